@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# pgvane's Patroni lab: a real 3-node PostgreSQL 15 + Patroni 4.1 + etcd
+# cluster on loopback, no Docker. Node N: PostgreSQL 127.0.0.(10+N):5432,
+# Patroni REST 127.0.0.(10+N):8008; etcd 127.0.0.10:2379. PostgreSQL and
+# Patroni run as the `postgres` user; every process is tracked by pid file
+# and stopped by pid.
+#
+# Usage: lab.sh install|up|down|status|switchover|kill-leader|stop-node N|
+#               start-node N|lag N|unlag N|tag N noloadbalance|untag N noloadbalance|
+#               sync on|off|quorum|leader|wait-healthy|psql N [args]
+set -euo pipefail
+
+LAB=${PGVANE_LAB_DIR:-/tmp/pgvane-lab}
+VENV=${PGVANE_LAB_VENV:-/opt/pgvane-lab-venv}
+PGBIN=${PGVANE_PGBIN:-/usr/lib/postgresql/15/bin}
+PATRONI_VERSION=${PATRONI_VERSION:-4.1.5}
+NODES=(1 2 3)
+SCOPE=lab
+LAG_BYTES=$((16 * 1024 * 1024))
+
+log() { printf '%s lab: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+ip_of() { echo "127.0.0.$((10 + $1))"; }
+api() { curl -fsS --max-time 2 "http://$(ip_of "$1"):8008$2"; }
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@"
+  else
+    "$@"
+  fi
+}
+
+# Starts "$@" as postgres in the background; $! is the program's own pid.
+spawn_pg() { # logfile pidfile command...
+  local logf=$1 pidf=$2; shift 2
+  if [ "$(id -u)" = 0 ]; then
+    ( exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@" >>"$logf" 2>&1 </dev/null ) &
+  else
+    ( exec "$@" >>"$logf" 2>&1 </dev/null ) &
+  fi
+  echo $! >"$pidf"
+}
+
+# ---------- install ----------
+install() {
+  local t0=$SECONDS need=()
+  [ -x "$PGBIN/postgres" ] || need+=(postgresql-15)
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v curl >/dev/null || need+=(curl)
+  command -v setpriv >/dev/null || need+=(util-linux)
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]} from Debian"
+    [ "$(id -u)" = 0 ] || die "need root to install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  if ! "$VENV/bin/patroni" --version 2>/dev/null | grep -q "$PATRONI_VERSION" \
+     || ! grep -q '^home = /usr/bin' "$VENV/pyvenv.cfg" 2>/dev/null; then
+    log "installing Patroni $PATRONI_VERSION + psycopg into $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "patroni[etcd3]==$PATRONI_VERSION" 'psycopg[binary]>=3.1'
+  fi
+  log "dependencies ready in $((SECONDS - t0)) s"
+}
+
+# ---------- process helpers ----------
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+stop_pid() { # pidfile signal timeout
+  local f=$1 sig=${2:-TERM} t=${3:-20} pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq $((t * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+postmaster_pid() { head -1 "$LAB/node$1/data/postmaster.pid" 2>/dev/null || true; }
+
+# ---------- etcd ----------
+start_etcd() {
+  pid_alive "$LAB/etcd.pid" && return 0
+  mkdir -p "$LAB/etcd"
+  chown postgres: "$LAB/etcd"
+  spawn_pg "$LAB/etcd/etcd.log" "$LAB/etcd.pid" etcd --name lab --data-dir "$LAB/etcd/data" \
+    --listen-client-urls http://127.0.0.10:2379 --advertise-client-urls http://127.0.0.10:2379 \
+    --listen-peer-urls http://127.0.0.10:2380 --initial-advertise-peer-urls http://127.0.0.10:2380 \
+    --initial-cluster lab=http://127.0.0.10:2380 --enable-v2=true
+  for _ in $(seq 100); do
+    curl -fsS --max-time 1 http://127.0.0.10:2379/health >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  die "etcd did not start; see $LAB/etcd/etcd.log"
+}
+
+# ---------- patroni ----------
+write_config() {
+  local n=$1 ip dir
+  ip=$(ip_of "$n"); dir="$LAB/node$n"
+  mkdir -p "$dir"
+  cat >"$dir/patroni.yml" <<YAML
+scope: $SCOPE
+name: node$n
+restapi:
+  listen: $ip:8008
+  connect_address: $ip:8008
+etcd3:
+  hosts: 127.0.0.10:2379
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 2
+    retry_timeout: 5
+    maximum_lag_on_failover: 1073741824
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: "on"
+        max_connections: 1200
+        max_wal_senders: 10
+        max_replication_slots: 10
+        wal_keep_size: 512MB
+        wal_log_hints: "on"
+  initdb:
+    - encoding: UTF8
+    - data-checksums
+  pg_hba:
+    - local all all trust
+    - host replication replicator 127.0.0.0/8 scram-sha-256
+    - host all all 127.0.0.0/8 scram-sha-256
+postgresql:
+  listen: $ip:5432
+  connect_address: $ip:5432
+  data_dir: $dir/data
+  bin_dir: $PGBIN
+  pgpass: $dir/pgpass
+  authentication:
+    superuser: {username: postgres, password: postgres}
+    replication: {username: replicator, password: replicator}
+    rewind: {username: rewinder, password: rewinder}
+  parameters:
+    unix_socket_directories: $dir
+    shared_buffers: 64MB
+    fsync: "off"
+    synchronous_commit: "on"
+tags:
+  noloadbalance: ${NOLB[$n]:-false}
+YAML
+  chown -R postgres: "$dir"
+}
+
+declare -A NOLB=()
+load_tags() { local n; for n in "${NODES[@]}"; do [ -f "$LAB/node$n/noloadbalance" ] && NOLB[$n]=true; done; return 0; }
+
+start_node() {
+  local n=$1
+  pid_alive "$LAB/node$n/patroni.pid" && return 0
+  load_tags; write_config "$n"
+  spawn_pg "$LAB/node$n/patroni.log" "$LAB/node$n/patroni.pid" "$VENV/bin/patroni" "$LAB/node$n/patroni.yml"
+}
+
+# ---------- cluster queries ----------
+cluster_json() {
+  local n
+  for n in "${NODES[@]}"; do api "$n" /cluster 2>/dev/null && return 0; done
+  return 1
+}
+
+# Prints "name=role/state[:lag]" for each member.
+summary() {
+  cluster_json | /usr/bin/python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+out=[]
+for m in d.get("members",[]):
+    lag=m.get("replay_lag", m.get("lag"))
+    s="%s=%s/%s"%(m["name"],m["role"],m["state"])
+    if lag not in (None,0): s+=":lag=%s"%lag
+    out.append(s)
+print(" ".join(out))'
+}
+
+leader() { cluster_json | /usr/bin/python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+print(next((m["name"] for m in d["members"] if m["role"] in ("leader","standby_leader")), ""))'; }
+
+wait_for() { # timeout description command...
+  local t=$1 what=$2; shift 2
+  local end=$((SECONDS + t))
+  while [ $SECONDS -lt $end ]; do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  die "timed out after ${t}s waiting for $what (cluster: $(summary 2>/dev/null || echo unreachable))"
+}
+
+# Healthy: one leader, every started node listed as a streaming or sync/quorum replica.
+healthy() {
+  local want=0 n
+  for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && want=$((want + 1)); done
+  cluster_json | /usr/bin/python3 -c '
+import json,sys
+want=int(sys.argv[1]); d=json.load(sys.stdin); ms=d["members"]
+leaders=[m for m in ms if m["role"] in ("leader",) and m["state"]=="running"]
+reps=[m for m in ms if m["role"]!="leader" and m["state"]=="streaming" and (m.get("replay_lag", m.get("lag")) or 0) < 1048576]
+sys.exit(0 if len(leaders)==1 and len(reps)==want-1 and len(ms)==want else 1)' "$want"
+}
+
+member_lag_at_least() { cluster_json | /usr/bin/python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+m=[m for m in d["members"] if m["name"]==sys.argv[1]]
+lag=m[0].get("replay_lag", m[0].get("lag")) if m else None
+sys.exit(0 if isinstance(lag,int) and lag>=int(sys.argv[2]) else 1)' "node$1" "$2"; }
+
+member_absent_or_stopped() { cluster_json | /usr/bin/python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+m=[m for m in d["members"] if m["name"]==sys.argv[1]]
+sys.exit(0 if not m or m[0]["state"]!="running" and m[0]["state"]!="streaming" else 1)' "node$1"; }
+
+leader_is_not() { local l; l=$(leader); [ -n "$l" ] && [ "$l" != "$1" ]; }
+
+sql() { # node sql...
+  local n=$1; shift
+  as_pg "$PGBIN/psql" -X -q -At -h "$LAB/node$n" -p 5432 -U postgres -d postgres -c "$*"
+}
+
+patronictl() { "$VENV/bin/patronictl" -c "$LAB/node1/patroni.yml" "$@"; }
+
+# ---------- commands ----------
+cmd_up() {
+  local t0=$SECONDS
+  install
+  id postgres >/dev/null 2>&1 || die "no postgres user (installed with postgresql-15)"
+  mkdir -p "$LAB"; chmod 755 "$LAB"
+  start_etcd
+  for n in "${NODES[@]}"; do start_node "$n"; done
+  wait_for 120 "a healthy 3-node cluster" healthy
+  log "cluster ready in $((SECONDS - t0)) s: $(summary)"
+}
+
+cmd_down() {
+  local n pm
+  for n in "${NODES[@]}"; do stop_pid "$LAB/node$n/patroni.pid" TERM 30; done
+  for n in "${NODES[@]}"; do
+    pm=$(postmaster_pid "$n")
+    if [ -n "$pm" ] && kill -0 "$pm" 2>/dev/null; then
+      echo "$pm" >"$LAB/node$n/pg.pid"; stop_pid "$LAB/node$n/pg.pid" INT 20
+    fi
+  done
+  stop_pid "$LAB/etcd.pid" TERM 10
+  rm -rf "$LAB"
+  log "lab stopped and removed"
+}
+
+cmd_switchover() {
+  local old t0=$SECONDS
+  old=$(leader); [ -n "$old" ] || die "no leader"
+  patronictl switchover "$SCOPE" --leader "$old" --force >/dev/null
+  wait_for 60 "a new leader" leader_is_not "$old"
+  log "switchover: $old -> $(leader) after $((SECONDS - t0)) s"
+  wait_for 60 "healthy cluster after switchover" healthy
+}
+
+cmd_kill_leader() {
+  local old n pm
+  old=$(leader); [ -n "$old" ] || die "no leader"
+  n=${old#node}
+  pm=$(postmaster_pid "$n")
+  kill -KILL "$(cat "$LAB/node$n/patroni.pid")" 2>/dev/null || true
+  [ -n "$pm" ] && kill -KILL "$pm" 2>/dev/null || true
+  rm -f "$LAB/node$n/patroni.pid"
+  log "killed -9 leader $old (patroni and postmaster $pm)"
+  echo "$old"
+}
+
+cmd_stop_node() {
+  local n=$1
+  stop_pid "$LAB/node$n/patroni.pid" TERM 60
+  log "node$n stopped"
+}
+
+cmd_start_node() {
+  local n=$1 t0=$SECONDS
+  start_node "$n"
+  wait_for 120 "node$n back and the cluster healthy" healthy
+  log "node$n up after $((SECONDS - t0)) s"
+}
+
+cmd_lag() {
+  local n=$1 l t0=$SECONDS
+  l=$(leader); [ "node$n" != "$l" ] || die "node$n is the leader"
+  sql "$n" "select pg_wal_replay_pause()" >/dev/null
+  # Each WAL switch after a write moves the leader to the next 16 MiB segment.
+  local i
+  for i in 1 2 3; do
+    sql "${l#node}" "create table if not exists lab_lag(x int); insert into lab_lag values ($i); select pg_switch_wal();" >/dev/null
+  done
+  wait_for 60 "node$n lag >= $LAG_BYTES" member_lag_at_least "$n" "$LAG_BYTES"
+  log "node$n lags >= $LAG_BYTES bytes after $((SECONDS - t0)) s"
+}
+
+cmd_unlag() {
+  local n=$1 t0=$SECONDS
+  sql "$n" "select pg_wal_replay_resume()" >/dev/null
+  wait_for 60 "node$n caught up" healthy
+  log "node$n caught up after $((SECONDS - t0)) s"
+}
+
+cmd_tag() { # on|off N tag
+  local on=$1 n=$2 tag=$3
+  [ "$tag" = noloadbalance ] || die "only the noloadbalance tag is supported"
+  if [ "$on" = on ]; then touch "$LAB/node$n/noloadbalance"; else rm -f "$LAB/node$n/noloadbalance"; fi
+  load_tags; NOLB[$n]=$([ "$on" = on ] && echo true || echo false); write_config "$n"
+  kill -HUP "$(cat "$LAB/node$n/patroni.pid")"
+  local want; want=$([ "$on" = on ] && echo True || echo False)
+  wait_for 30 "node$n noloadbalance=$want" tag_is "$n" "$want"
+  log "node$n noloadbalance=$want"
+}
+
+tag_is() { cluster_json | /usr/bin/python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+m=[m for m in d["members"] if m["name"]==sys.argv[1]][0]
+sys.exit(0 if str(bool((m.get("tags") or {}).get("noloadbalance")))==sys.argv[2] else 1)' "node$1" "$2"; }
+
+cmd_sync() {
+  local mode=$1 want
+  case $mode in on) want=sync_standby ;; quorum) want=quorum_standby ;; off) want=off ;; *) die "sync on|off|quorum" ;; esac
+  patronictl edit-config "$SCOPE" --force -s "synchronous_mode=$mode" >/dev/null
+  if [ "$want" = off ]; then
+    wait_for 30 "no sync standby" sh -c "! $0 summary | grep -Eq 'sync_standby|quorum_standby'"
+  else
+    wait_for 30 "a $want" sh -c "$0 summary | grep -q '$want'"
+  fi
+  log "synchronous_mode=$mode: $(summary)"
+}
+
+case ${1:-} in
+  install) install ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) summary ;;
+  summary) summary ;;
+  leader) leader ;;
+  wait-healthy) wait_for "${2:-120}" "a healthy cluster" healthy ;;
+  switchover) cmd_switchover ;;
+  kill-leader) cmd_kill_leader ;;
+  stop-node) cmd_stop_node "${2:?node}" ;;
+  start-node) cmd_start_node "${2:?node}" ;;
+  lag) cmd_lag "${2:?node}" ;;
+  unlag) cmd_unlag "${2:?node}" ;;
+  tag) cmd_tag on "${2:?node}" "${3:?tag}" ;;
+  untag) cmd_tag off "${2:?node}" "${3:?tag}" ;;
+  sync) cmd_sync "${2:?on|off|quorum}" ;;
+  psql) n=${2:?node}; shift 2; sql "$n" "$@" ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,170 @@
+//! The admin HTTP API (axum): `/`, `/update_clusters`, `/clusters`,
+//! `/metrics`, `/health`, `/ready`, `/reload`. Reads snapshots and stats;
+//! reload is a [`Command`] to `app`, never done here.
+
+use crate::control::{Command, ReloadReply};
+use crate::listener::PortShared;
+use crate::router::policy;
+use crate::telemetry::Metrics;
+use crate::topology::watcher::WatcherHandle;
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, oneshot};
+
+/// What admin sees of one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// The cluster's watcher (map snapshot and on-demand poll).
+    pub watcher: WatcherHandle,
+    /// The cluster's running ports.
+    pub ports: Vec<Arc<PortShared>>,
+}
+
+/// Shared state of the admin router.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Clusters by name, republished by `app` on reload.
+    pub clusters: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where reload requests go.
+    pub commands: mpsc::Sender<Command>,
+}
+
+/// The admin API as an axum router (tests drive it with `oneshot`).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/", get(|| async { "OK" }))
+        .route("/update_clusters", get(update_clusters).post(update_clusters))
+        .route("/clusters", get(clusters))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "OK" }))
+        .route("/ready", get(ready))
+        .route("/reload", axum::routing::post(reload))
+        .with_state(state)
+}
+
+async fn update_clusters(State(s): State<AdminState>) -> Response {
+    let views = s.clusters.load_full();
+    let polls = views.iter().map(|(name, v)| async move { (name.clone(), v.watcher.update_now().await) });
+    let results = futures_util::future::join_all(polls).await;
+    let mut body = serde_json::Map::new();
+    let mut ok = true;
+    for (name, r) in results {
+        match r {
+            Ok(generation) => body.insert(name, json!({"generation": generation})),
+            Err(error) => {
+                ok = false;
+                body.insert(name, json!({"error": error}))
+            }
+        };
+    }
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(Value::Object(body))).into_response()
+}
+
+fn cluster_json(view: &ClusterView) -> Value {
+    let map = view.watcher.map.load();
+    let ports: Vec<_> = view.ports.iter().map(|p| (p, p.config.load_full())).collect();
+    let members: Vec<Value> = map
+        .members
+        .iter()
+        .map(|m| {
+            let eligible: serde_json::Map<String, Value> = ports
+                .iter()
+                .map(|(p, cfg)| {
+                    let verdict = match policy::check(m, cfg) {
+                        Ok(()) => json!(true),
+                        Err(reason) => json!(reason.label()),
+                    };
+                    (p.key.port.clone(), verdict)
+                })
+                .collect();
+            json!({
+                "name": m.name, "role": m.role, "state": m.state, "host": m.addr.host,
+                "port": m.addr.port, "lag": m.lag, "noloadbalance": m.noloadbalance,
+                "nofailover": m.nofailover, "timeline": m.timeline, "eligible": eligible,
+            })
+        })
+        .collect();
+    let port_json: serde_json::Map<String, Value> = ports
+        .iter()
+        .map(|(p, cfg)| {
+            let clients: serde_json::Map<String, Value> = p
+                .balancer
+                .active()
+                .into_iter()
+                .map(|(k, n)| (k.name, json!(n)))
+                .collect();
+            let roles: Vec<String> = cfg.roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+            (
+                p.key.port.clone(),
+                json!({"listen": cfg.listen.to_string(), "mode": "tcp", "roles": roles,
+                       "host_port": cfg.host_port, "max_lag_in_bytes": cfg.max_lag_in_bytes,
+                       "clients": p.active(), "clients_by_node": clients}),
+            )
+        })
+        .collect();
+    json!({
+        "generation": map.generation, "stale": map.stale, "paused": map.paused,
+        "updated_at": map.updated_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+        "age_seconds": age(map.updated_at), "source": map.source, "last_error": map.last_error,
+        "skipped_members": map.skipped, "members": members, "ports": port_json,
+    })
+}
+
+fn age(t: SystemTime) -> Option<f64> {
+    (t != SystemTime::UNIX_EPOCH).then(|| SystemTime::now().duration_since(t).map_or(0.0, |d| d.as_secs_f64()))
+}
+
+async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
+    let views = s.clusters.load();
+    let body: serde_json::Map<String, Value> = views.iter().map(|(n, v)| (n.clone(), cluster_json(v))).collect();
+    axum::Json(Value::Object(body))
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    for (name, v) in s.clusters.load().iter() {
+        let map = v.watcher.map.load();
+        s.metrics.map_age.with_label_values(&[name]).set(age(map.updated_at).unwrap_or(-1.0));
+    }
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    let views = s.clusters.load();
+    let waiting: Vec<&String> = views
+        .iter()
+        .filter(|(_, v)| v.watcher.map.load().generation == 0)
+        .map(|(n, _)| n)
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "OK").into_response()
+    } else {
+        let names: Vec<&str> = waiting.iter().map(|s| s.as_str()).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("no Patroni answer yet for: {}", names.join(", "))).into_response()
+    }
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.commands.send(Command::Reload(Some(tx))).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let reply: ReloadReply = rx.await.unwrap_or_else(|_| Err("shutting down".into()));
+    match reply {
+        Ok(diff) => (StatusCode::OK, format!("reloaded: {diff}\n")).into_response(),
+        Err(errors) => (StatusCode::BAD_REQUEST, format!("reload rejected, old configuration kept:\n{errors}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

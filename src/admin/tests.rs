@@ -1,0 +1,135 @@
+use super::*;
+use crate::config::{Mode, PortConfig, PortKey, RoleSel, load_str};
+use crate::router::HealthBook;
+use crate::topology::watcher::{WatchSettings, Watcher};
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use std::time::Duration;
+use tower::ServiceExt;
+
+fn state_with(hosts: Vec<String>) -> (AdminState, mpsc::Receiver<Command>, tokio_util::sync::CancellationToken) {
+    let metrics = Arc::new(Metrics::new());
+    let settings = WatchSettings {
+        hosts,
+        interval: Duration::from_secs(3600),
+        timeout: Duration::from_millis(200),
+        client: reqwest::Client::new(),
+    };
+    let (w, handle) = Watcher::new("main", settings, Arc::clone(&metrics));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(w.run(cancel.clone()));
+    let globals = Arc::new(ArcSwap::from_pointee(
+        load_str("clusters: {main: {hosts: ['http://127.0.0.1:1'], ports: {ro: {listen: '127.0.0.1:1', roles: [async]}}}}").unwrap(),
+    ));
+    let port = Arc::new(PortShared::new(
+        PortKey { cluster: "main".into(), port: "ro".into() },
+        PortConfig {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            mode: Mode::Tcp,
+            roles: vec![RoleSel::Async],
+            host_port: None,
+            max_lag_in_bytes: Some(100),
+            max_clients: None,
+        },
+        globals,
+        Arc::clone(&handle.map),
+        Arc::new(HealthBook::default()),
+        Arc::clone(&metrics),
+    ));
+    let mut views = BTreeMap::new();
+    views.insert("main".to_owned(), ClusterView { watcher: handle, ports: vec![port] });
+    let (tx, rx) = mpsc::channel(4);
+    let state = AdminState {
+        clusters: Arc::new(ArcSwap::from_pointee(views)),
+        metrics,
+        commands: tx,
+    };
+    (state, rx, cancel)
+}
+
+async fn call(state: &AdminState, method: &str, uri: &str) -> (StatusCode, String) {
+    let req = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A one-shot fake Patroni serving `body` on every request.
+async fn patroni(body: &'static str) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    url
+}
+
+const CLUSTER: &str = r#"{"members": [{"name": "n1", "role": "leader", "state": "running", "host": "127.0.0.11", "port": 5432},
+ {"name": "n2", "role": "replica", "state": "streaming", "host": "127.0.0.12", "port": 5432, "lag": 0},
+ {"name": "n3", "role": "replica", "state": "streaming", "host": "127.0.0.13", "port": 5432, "lag": 5000}]}"#;
+
+#[tokio::test]
+async fn root_health_and_unready_before_first_answer() {
+    let (s, _rx, _c) = state_with(vec!["http://127.0.0.1:1".into()]);
+    assert_eq!(call(&s, "GET", "/").await, (StatusCode::OK, "OK".into()));
+    assert_eq!(call(&s, "GET", "/health").await.0, StatusCode::OK);
+    let (status, body) = call(&s, "GET", "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("main"));
+    let (status, body) = call(&s, "POST", "/update_clusters").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("error"), "{body}");
+}
+
+#[tokio::test]
+async fn update_clusters_publishes_before_answering() {
+    let url = patroni(CLUSTER).await;
+    let (s, _rx, _c) = state_with(vec![url]);
+    let (status, body) = call(&s, "GET", "/update_clusters").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"generation\":1"), "{body}");
+    assert_eq!(call(&s, "GET", "/ready").await.0, StatusCode::OK);
+    let (_, body) = call(&s, "GET", "/clusters").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let main = &v["main"];
+    assert_eq!(main["generation"], 1);
+    assert_eq!(main["stale"], false);
+    assert_eq!(main["members"][0]["role"], "leader");
+    assert_eq!(main["members"][0]["eligible"]["ro"], "role");
+    assert_eq!(main["members"][1]["eligible"]["ro"], true);
+    assert_eq!(main["members"][2]["eligible"]["ro"], "lag");
+    assert_eq!(main["members"][2]["lag"], 5000);
+    assert_eq!(main["ports"]["ro"]["max_lag_in_bytes"], 100);
+    let (status, text) = call(&s, "GET", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("pgvane_map_generation{cluster=\"main\"} 1"), "{text}");
+    assert!(text.contains("pgvane_patroni_polls_total{cluster=\"main\",result=\"ok\"} 1"), "{text}");
+    assert!(text.contains("pgvane_map_age_seconds{cluster=\"main\"}"), "{text}");
+}
+
+#[tokio::test]
+async fn reload_goes_to_app_and_reports_errors() {
+    let (s, mut rx, _c) = state_with(vec!["http://127.0.0.1:1".into()]);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(Command::Reload(Some(reply))) = rx.recv().await {
+            n += 1;
+            let _ = reply.send(if n == 1 { Ok("ports +[main/x]".into()) } else { Err("clusters.main.hosts: bad".into()) });
+        }
+    });
+    let (status, body) = call(&s, "POST", "/reload").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("main/x"));
+    let (status, body) = call(&s, "POST", "/reload").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("clusters.main.hosts: bad") && body.contains("old configuration kept"), "{body}");
+    assert_eq!(call(&s, "GET", "/reload").await.0, StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -1,0 +1,395 @@
+//! The composition root: builds watchers, ports and the admin API from the
+//! config, runs the command loop (reload, shutdown) and owns every
+//! long-lived task. The only module that knows all the others.
+
+use crate::admin::{self, AdminState, ClusterView};
+use crate::config::{self, ClusterConfig, Config, ConfigDiff, PortConfig, PortKey};
+use crate::control::{Command, ReloadReply};
+use crate::listener::{self, PortShared};
+use crate::router::HealthBook;
+use crate::telemetry::Metrics;
+use crate::tls;
+use crate::topology::watcher::{WatchSettings, Watcher, WatcherHandle};
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why pgvane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port or the admin API could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cluster's TLS files are unusable.
+    #[error("clusters.{cluster}.tls: {source}")]
+    Tls {
+        /// Cluster name.
+        cluster: String,
+        /// The TLS error.
+        #[source]
+        source: tls::TlsError,
+    },
+    /// Signal handlers could not be installed.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+struct PortRt {
+    shared: Arc<PortShared>,
+    stop_accept: CancellationToken,
+}
+
+struct ClusterRt {
+    watcher: WatcherHandle,
+    stop: CancellationToken,
+    health: Arc<HealthBook>,
+    ports: BTreeMap<String, PortRt>,
+    ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>>,
+}
+
+/// The running pgvane.
+struct App {
+    path: PathBuf,
+    globals: Arc<ArcSwap<Config>>,
+    metrics: Arc<Metrics>,
+    clusters: BTreeMap<String, ClusterRt>,
+    admin_view: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
+    tasks: TaskTracker,
+}
+
+/// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]).
+///
+/// # Errors
+/// [`StartError`] when a listener cannot bind or TLS files are unusable.
+pub async fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let (commands, mut inbox) = mpsc::channel(16);
+    let admin_listener = TcpListener::bind(config.listen_address)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen_address,
+            what: "listen_address".into(),
+            source,
+        })?;
+    let mut app = App {
+        path,
+        globals: Arc::new(ArcSwap::from_pointee(config.clone())),
+        metrics: Arc::clone(&metrics),
+        clusters: BTreeMap::new(),
+        admin_view: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
+        tasks: TaskTracker::new(),
+    };
+    let mut listeners = HashMap::new();
+    for (cname, c) in &config.clusters {
+        for (pname, p) in &c.ports {
+            let l = listener::bind(p.listen).map_err(|source| StartError::Bind {
+                addr: p.listen,
+                what: format!("clusters.{cname}.ports.{pname}.listen"),
+                source,
+            })?;
+            listeners.insert(key(cname, pname), l);
+        }
+    }
+    for (name, c) in &config.clusters {
+        let settings = watch_settings(&config, name, c).map_err(|source| StartError::Tls {
+            cluster: name.clone(),
+            source,
+        })?;
+        app.start_cluster(name, settings);
+        for (pname, p) in &c.ports {
+            if let Some(l) = listeners.remove(&key(name, pname)) {
+                app.start_port(name, pname, p, l);
+            }
+        }
+    }
+    app.publish_views();
+    let stop_admin = CancellationToken::new();
+    let admin_state = AdminState {
+        clusters: Arc::clone(&app.admin_view),
+        metrics,
+        commands: commands.clone(),
+    };
+    let admin_task = tokio::spawn({
+        let stop = stop_admin.clone();
+        async move {
+            let server = axum::serve(admin_listener, admin::router(admin_state)).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        }
+    });
+    let signals = signals_task(commands, stop_admin.clone())?;
+    tracing::info!(admin = %config.listen_address, clusters = config.clusters.len(), "pgvane started");
+    while let Some(cmd) = inbox.recv().await {
+        match cmd {
+            Command::Reload(reply) => {
+                let result = app.reload();
+                app.metrics
+                    .reloads
+                    .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+                    .inc();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Shutdown => break,
+        }
+    }
+    app.shutdown().await;
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    signals.abort();
+    tracing::info!("pgvane stopped");
+    Ok(())
+}
+
+fn signals_task(commands: mpsc::Sender<Command>, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    crate::signals::spawn(commands, stop).map_err(StartError::Signals)
+}
+
+fn key(cluster: &str, port: &str) -> PortKey {
+    PortKey {
+        cluster: cluster.to_owned(),
+        port: port.to_owned(),
+    }
+}
+
+fn watch_settings(config: &Config, _name: &str, c: &ClusterConfig) -> Result<WatchSettings, tls::TlsError> {
+    let timeout = config.api_timeout.min(config.cluster_update_interval);
+    Ok(WatchSettings {
+        hosts: c.hosts.clone(),
+        interval: config.cluster_update_interval,
+        timeout,
+        client: tls::patroni_client(c.tls.as_ref(), timeout)?,
+    })
+}
+
+impl App {
+    fn start_cluster(&mut self, name: &str, settings: WatchSettings) {
+        let (watcher, handle) = Watcher::new(name, settings, Arc::clone(&self.metrics));
+        let stop = CancellationToken::new();
+        self.tasks.spawn(watcher.run(stop.clone()));
+        let ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        self.tasks.spawn(evictor(handle.generation.clone(), Arc::clone(&ports_view), stop.clone()));
+        self.clusters.insert(
+            name.to_owned(),
+            ClusterRt {
+                watcher: handle,
+                stop,
+                health: Arc::new(HealthBook::default()),
+                ports: BTreeMap::new(),
+                ports_view,
+            },
+        );
+    }
+
+    fn start_port(&mut self, cluster: &str, port: &str, cfg: &PortConfig, l: TcpListener) {
+        let Some(c) = self.clusters.get_mut(cluster) else { return };
+        let shared = Arc::new(PortShared::new(
+            key(cluster, port),
+            cfg.clone(),
+            Arc::clone(&self.globals),
+            Arc::clone(&c.watcher.map),
+            Arc::clone(&c.health),
+            Arc::clone(&self.metrics),
+        ));
+        let stop_accept = CancellationToken::new();
+        self.tasks.spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
+        tracing::info!(port = %shared.key, listen = %cfg.listen, "port listening");
+        c.ports.insert(port.to_owned(), PortRt { shared, stop_accept });
+    }
+
+    fn publish_views(&self) {
+        let mut views = BTreeMap::new();
+        for (name, c) in &self.clusters {
+            let ports: Vec<Arc<PortShared>> = c.ports.values().map(|p| Arc::clone(&p.shared)).collect();
+            c.ports_view.store(Arc::new(ports.clone()));
+            views.insert(
+                name.clone(),
+                ClusterView {
+                    watcher: c.watcher.clone(),
+                    ports,
+                },
+            );
+        }
+        self.admin_view.store(Arc::new(views));
+    }
+
+    /// Applies the config file by diff, in numbered steps; any failure
+    /// before step 4 keeps the old config untouched.
+    fn reload(&mut self) -> ReloadReply {
+        // 1. Load and validate the whole file.
+        let new = config::load_file(&self.path).map_err(|e| {
+            tracing::error!("reload rejected, old configuration kept:\n{e}");
+            e.to_string()
+        })?;
+        // 2. Diff against the running config.
+        let old = self.globals.load_full();
+        let diff = ConfigDiff::between(&old, &new);
+        // 3. Prepare what can fail: watcher clients and new listeners.
+        let mut settings = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, c) in &new.clusters {
+            match watch_settings(&new, name, c) {
+                Ok(s) => {
+                    settings.insert(name.clone(), s);
+                }
+                Err(e) => errors.push(format!("clusters.{name}.tls: {e}")),
+            }
+        }
+        let mut bound = HashMap::new();
+        for k in diff.ports_added.iter().chain(&diff.ports_changed) {
+            let cfg = &new.clusters[&k.cluster].ports[&k.port];
+            let rebind = old
+                .clusters
+                .get(&k.cluster)
+                .and_then(|c| c.ports.get(&k.port))
+                .is_none_or(|o| o.listen != cfg.listen);
+            if rebind {
+                match listener::bind(cfg.listen) {
+                    Ok(l) => {
+                        bound.insert(k.clone(), l);
+                    }
+                    Err(e) => errors.push(format!("clusters.{}.ports.{}.listen: cannot listen on {}: {e}", k.cluster, k.port, cfg.listen)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            let text = errors.join("\n");
+            tracing::error!("reload rejected, old configuration kept:\n{text}");
+            return Err(text);
+        }
+        // 4. Publish the new config.
+        self.globals.store(Arc::new(new.clone()));
+        let drain = new.drain_timeout;
+        // 5. Stop removed ports (drain) and removed clusters.
+        for k in &diff.ports_removed {
+            if let Some(p) = self.clusters.get_mut(&k.cluster).and_then(|c| c.ports.remove(&k.port)) {
+                self.drain_port(p, drain);
+            }
+        }
+        for name in &diff.clusters_removed {
+            if let Some(c) = self.clusters.remove(name) {
+                c.stop.cancel();
+            }
+        }
+        // 6. Start added clusters; give every other watcher its new settings
+        //    when its hosts, TLS or the poll timing changed.
+        let timing_changed = old.cluster_update_interval != new.cluster_update_interval || old.api_timeout != new.api_timeout;
+        for (name, s) in settings {
+            if diff.clusters_added.contains(&name) {
+                self.start_cluster(&name, s);
+            } else if timing_changed || diff.watchers_changed.contains(&name) {
+                if let Some(c) = self.clusters.get(&name) {
+                    c.watcher.set_settings(s);
+                }
+            }
+        }
+        // 7. Changed ports keep their clients: swap settings, rebind if the
+        //    address moved, then evict clients that no longer qualify.
+        for k in &diff.ports_changed {
+            let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
+            let Some(p) = self.clusters.get_mut(&k.cluster).and_then(|c| c.ports.get_mut(&k.port)) else { continue };
+            p.shared.config.store(Arc::new(cfg));
+            if let Some(l) = bound.remove(k) {
+                p.stop_accept.cancel();
+                p.stop_accept = CancellationToken::new();
+                self.tasks.spawn(listener::serve(l, Arc::clone(&p.shared), p.stop_accept.clone()));
+            }
+            p.shared.evict_unqualified();
+        }
+        // 8. Start added ports.
+        for k in &diff.ports_added {
+            if let Some(l) = bound.remove(k) {
+                let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
+                self.start_port(&k.cluster, &k.port, &cfg, l);
+            }
+        }
+        // 9. Publish the views admin and the evictors read.
+        self.publish_views();
+        // 10. Log.
+        if !diff.restart_needed.is_empty() {
+            tracing::warn!(fields = ?diff.restart_needed, "these fields change only on restart");
+        }
+        tracing::info!(%diff, "configuration reloaded");
+        Ok(diff.to_string())
+    }
+
+    fn drain_port(&self, p: PortRt, deadline: Duration) {
+        p.stop_accept.cancel();
+        let shared = p.shared;
+        tracing::info!(port = %shared.key, clients = shared.active(), "port removed; draining");
+        shared.clients.close();
+        self.tasks.spawn(async move {
+            if tokio::time::timeout(deadline, shared.clients.wait()).await.is_err() {
+                tracing::info!(port = %shared.key, clients = shared.active(), "drain deadline passed; closing clients");
+                shared
+                    .metrics
+                    .evictions
+                    .with_label_values(&[&shared.key.cluster, &shared.key.port, "port_removed"])
+                    .inc_by(shared.active() as u64);
+                shared.close.cancel();
+            }
+        });
+    }
+
+    /// Stops accepting, waits for clients up to the drain deadline, closes
+    /// the rest, then stops the watchers.
+    async fn shutdown(self) {
+        let deadline = self.globals.load().drain_timeout;
+        let ports: Vec<Arc<PortShared>> = self
+            .clusters
+            .values()
+            .flat_map(|c| c.ports.values())
+            .map(|p| {
+                p.stop_accept.cancel();
+                p.shared.clients.close();
+                Arc::clone(&p.shared)
+            })
+            .collect();
+        let clients: usize = ports.iter().map(|p| p.active()).sum();
+        tracing::info!(clients, ?deadline, "shutting down: draining clients");
+        let wait_all = futures_util::future::join_all(ports.iter().map(|p| p.clients.wait()));
+        if tokio::time::timeout(deadline, wait_all).await.is_err() {
+            for p in &ports {
+                p.close.cancel();
+            }
+            let wait_all = futures_util::future::join_all(ports.iter().map(|p| p.clients.wait()));
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait_all).await;
+        }
+        for c in self.clusters.values() {
+            c.stop.cancel();
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+    }
+}
+
+/// Runs eviction on every port of a cluster whenever a new map generation
+/// is published.
+async fn evictor(mut generation: tokio::sync::watch::Receiver<u64>, ports: Arc<ArcSwap<Vec<Arc<PortShared>>>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = generation.changed() => if changed.is_err() { return },
+        }
+        for p in ports.load().iter() {
+            p.evict_unqualified();
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The difference between two configs, as reload applies it.
+//! Compares typed sections directly (they derive `PartialEq`).
+
+use super::model::Config;
+use std::fmt;
+
+/// Identifies a port across reloads: cluster name and port name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    /// Cluster name.
+    pub cluster: String,
+    /// Port name within the cluster.
+    pub port: String,
+}
+
+impl fmt::Display for PortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cluster, self.port)
+    }
+}
+
+/// What changed between the running config and a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Clusters only in the new config.
+    pub clusters_added: Vec<String>,
+    /// Clusters only in the old config.
+    pub clusters_removed: Vec<String>,
+    /// Clusters whose hosts or tls changed (their watcher is updated).
+    pub watchers_changed: Vec<String>,
+    /// Ports only in the new config.
+    pub ports_added: Vec<PortKey>,
+    /// Ports only in the old config.
+    pub ports_removed: Vec<PortKey>,
+    /// Ports whose settings changed.
+    pub ports_changed: Vec<PortKey>,
+    /// Global timing fields that changed (applied at once).
+    pub globals_changed: Vec<&'static str>,
+    /// Fields that need a restart to take effect.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl ConfigDiff {
+    /// Computes the diff from `old` to `new`.
+    #[must_use]
+    pub fn between(old: &Config, new: &Config) -> Self {
+        let mut d = Self::default();
+        if old.listen_address != new.listen_address {
+            d.restart_needed.push("listen_address");
+        }
+        for (field, changed) in [
+            ("cluster_update_interval", old.cluster_update_interval != new.cluster_update_interval),
+            ("api_timeout_ms", old.api_timeout != new.api_timeout),
+            ("connect_timeout_ms", old.connect_timeout != new.connect_timeout),
+            ("drain_timeout_ms", old.drain_timeout != new.drain_timeout),
+        ] {
+            if changed {
+                d.globals_changed.push(field);
+            }
+        }
+        for (name, oc) in &old.clusters {
+            let Some(nc) = new.clusters.get(name) else {
+                d.clusters_removed.push(name.clone());
+                d.ports_removed
+                    .extend(oc.ports.keys().map(|p| key(name, p)));
+                continue;
+            };
+            if oc.hosts != nc.hosts || oc.tls != nc.tls {
+                d.watchers_changed.push(name.clone());
+            }
+            for (pname, op) in &oc.ports {
+                match nc.ports.get(pname) {
+                    None => d.ports_removed.push(key(name, pname)),
+                    Some(np) if np != op => d.ports_changed.push(key(name, pname)),
+                    Some(_) => {}
+                }
+            }
+            for pname in nc.ports.keys().filter(|p| !oc.ports.contains_key(*p)) {
+                d.ports_added.push(key(name, pname));
+            }
+        }
+        for (name, nc) in new.clusters.iter().filter(|(n, _)| !old.clusters.contains_key(*n)) {
+            d.clusters_added.push(name.clone());
+            d.ports_added.extend(nc.ports.keys().map(|p| key(name, p)));
+        }
+        d
+    }
+
+    /// True when nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for ConfigDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return write!(f, "no changes");
+        }
+        let list = |v: &[PortKey]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        write!(
+            f,
+            "clusters +[{}] -[{}] watchers~[{}]; ports +[{}] -[{}] ~[{}]; globals~[{}]; restart needed for [{}]",
+            self.clusters_added.join(","),
+            self.clusters_removed.join(","),
+            self.watchers_changed.join(","),
+            list(&self.ports_added),
+            list(&self.ports_removed),
+            list(&self.ports_changed),
+            self.globals_changed.join(","),
+            self.restart_needed.join(","),
+        )
+    }
+}
+
+fn key(cluster: &str, port: &str) -> PortKey {
+    PortKey {
+        cluster: cluster.to_owned(),
+        port: port.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    const BASE: &str = "clusters:
+  c:
+    hosts: ['http://127.0.0.11:8008']
+    ports:
+      rw: {listen: '127.0.0.1:7000', roles: [leader]}
+      ro: {listen: '127.0.0.1:7001', roles: [async]}
+      keep: {listen: '127.0.0.1:7002', roles: [any]}
+";
+
+    #[test]
+    fn diff_names_added_removed_changed_ports() {
+        let old = load_str(BASE).unwrap();
+        let new_text = BASE
+            .replace("ro: {listen: '127.0.0.1:7001', roles: [async]}", "ro: {listen: '127.0.0.1:7001', roles: [sync]}")
+            .replace("rw: {listen: '127.0.0.1:7000', roles: [leader]}", "new: {listen: '127.0.0.1:7003', roles: [leader]}")
+            .replace("8008'", "8008', 'http://127.0.0.12:8008'");
+        let new = load_str(&new_text).unwrap();
+        let d = ConfigDiff::between(&old, &new);
+        assert_eq!(d.ports_added, vec![key("c", "new")]);
+        assert_eq!(d.ports_removed, vec![key("c", "rw")]);
+        assert_eq!(d.ports_changed, vec![key("c", "ro")]);
+        assert_eq!(d.watchers_changed, vec!["c".to_owned()]);
+        assert!(ConfigDiff::between(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn whole_cluster_added_and_removed() {
+        let old = load_str(BASE).unwrap();
+        let new = load_str(&BASE.replace("  c:", "  d:")).unwrap();
+        let d = ConfigDiff::between(&old, &new);
+        assert_eq!(d.clusters_removed, vec!["c".to_owned()]);
+        assert_eq!(d.clusters_added, vec!["d".to_owned()]);
+        assert_eq!(d.ports_removed.len(), 3);
+        assert_eq!(d.ports_added.len(), 3);
+    }
+}

@@ -1,0 +1,236 @@
+//! Loading: YAML text → [`Config`], collecting every problem with its field
+//! path. `serde_yaml` stays behind this file so it can be swapped for a fork.
+
+use super::model::{ClusterConfig, Config, Mode, PortConfig};
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// One problem in a config file: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted field path, e.g. `clusters.main.ports.rw.listen` (empty for the file).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a config file, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    #[serde(default)]
+    cluster_update_interval: Option<u64>,
+    #[serde(default)]
+    listen_address: Option<SocketAddr>,
+    #[serde(default)]
+    api_timeout_ms: Option<u64>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    drain_timeout_ms: Option<u64>,
+    clusters: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    hosts: Vec<String>,
+    #[serde(default)]
+    tls: Option<super::model::TlsConfig>,
+    ports: BTreeMap<String, Value>,
+}
+
+/// Reads and loads a config file.
+///
+/// # Errors
+/// Every problem found, each naming its field path.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    load_str(&text)
+}
+
+/// Loads a config from YAML text.
+///
+/// # Errors
+/// Every problem found, each naming its field path.
+pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let root: Value = serde_yaml::from_str(text).map_err(|e| one("", e.to_string()))?;
+    let top: RawTop = typed(root, "", &mut errors).ok_or_else(|| ConfigErrors(errors.clone()))?;
+    let mut clusters = BTreeMap::new();
+    for (name, value) in top.clusters {
+        let path = format!("clusters.{name}");
+        let Some(raw) = typed::<RawCluster>(value, &path, &mut errors) else {
+            continue;
+        };
+        let mut ports = BTreeMap::new();
+        for (port_name, value) in raw.ports {
+            let ppath = format!("{path}.ports.{port_name}");
+            if let Some(port) = typed::<PortConfig>(value, &ppath, &mut errors) {
+                ports.insert(port_name, port);
+            }
+        }
+        let cluster = ClusterConfig {
+            hosts: raw.hosts,
+            tls: raw.tls,
+            ports,
+        };
+        clusters.insert(name, cluster);
+    }
+    let interval = Duration::from_secs(top.cluster_update_interval.unwrap_or(3));
+    let api_default = Duration::from_millis(2000).min(interval.mul_f64(0.8));
+    let config = Config {
+        cluster_update_interval: interval,
+        listen_address: top
+            .listen_address
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8009))),
+        api_timeout: top.api_timeout_ms.map_or(api_default, Duration::from_millis),
+        connect_timeout: Duration::from_millis(top.connect_timeout_ms.unwrap_or(3000)),
+        drain_timeout: Duration::from_millis(top.drain_timeout_ms.unwrap_or(10_000)),
+        clusters,
+    };
+    validate(&config, top.cluster_update_interval, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn one(path: &str, message: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        path: path.to_owned(),
+        message,
+    }])
+}
+
+/// Deserializes `value` as `T`, recording a failure under `prefix` + the inner path.
+fn typed<T: for<'de> Deserialize<'de>>(
+    value: Value,
+    prefix: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match (prefix.is_empty(), inner == ".") {
+                (true, _) => inner,
+                (false, true) => prefix.to_owned(),
+                (false, false) => format!("{prefix}.{inner}"),
+            };
+            errors.push(ConfigError {
+                path,
+                message: e.into_inner().to_string(),
+            });
+            None
+        }
+    }
+}
+
+fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError>) {
+    let mut push = |path: String, message: &str| {
+        errors.push(ConfigError {
+            path,
+            message: message.to_owned(),
+        });
+    };
+    if interval == Some(0) {
+        push("cluster_update_interval".into(), "must be at least 1 second");
+    }
+    if config.api_timeout.is_zero() {
+        push("api_timeout_ms".into(), "must be above 0");
+    }
+    if config.connect_timeout.is_zero() {
+        push("connect_timeout_ms".into(), "must be above 0");
+    }
+    if config.clusters.is_empty() {
+        push("clusters".into(), "at least one cluster is required");
+    }
+    let mut listens: HashMap<SocketAddr, String> = HashMap::new();
+    for (name, cluster) in &config.clusters {
+        let path = format!("clusters.{name}");
+        if cluster.hosts.is_empty() {
+            push(format!("{path}.hosts"), "at least one Patroni host is required");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, host) in cluster.hosts.iter().enumerate() {
+            let lower = host.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                push(format!("{path}.hosts[{i}]"), &format!("`{host}` must start with http:// or https://"));
+            } else if reqwest::Url::parse(host).is_err() {
+                push(format!("{path}.hosts[{i}]"), &format!("`{host}` is not a valid URL"));
+            }
+            if !seen.insert(lower.trim_end_matches('/').to_owned()) {
+                push(format!("{path}.hosts[{i}]"), &format!("duplicate host `{host}`"));
+            }
+        }
+        if let Some(tls) = &cluster.tls {
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                push(format!("{path}.tls"), "client_cert and client_key must be given together");
+            }
+        }
+        if cluster.ports.is_empty() {
+            push(format!("{path}.ports"), "at least one port is required");
+        }
+        for (pname, port) in &cluster.ports {
+            let ppath = format!("{path}.ports.{pname}");
+            if port.roles.is_empty() {
+                push(format!("{ppath}.roles"), "at least one role is required");
+            }
+            if port.mode == Mode::Split {
+                push(format!("{ppath}.mode"), "`split` is not implemented in this version; use `tcp`");
+            }
+            if port.host_port == Some(0) {
+                push(format!("{ppath}.host_port"), "must be between 1 and 65535");
+            }
+            if port.max_clients == Some(0) {
+                push(format!("{ppath}.max_clients"), "must be above 0");
+            }
+            if let Some(other) = listens.insert(port.listen, ppath.clone()) {
+                push(format!("{ppath}.listen"), &format!("{} is already used by {other}", port.listen));
+            }
+        }
+    }
+    if let Some(other) = listens.get(&config.listen_address) {
+        push("listen_address".into(), &format!("{} is already used by {other}", config.listen_address));
+    }
+}
+
+#[cfg(test)]
+mod tests;

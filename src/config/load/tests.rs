@@ -1,0 +1,123 @@
+use super::*;
+use crate::config::RoleSel;
+
+/// patroni_proxy's own example config (pg_doorman `patroni_proxy.yaml` shape).
+const PATRONI_PROXY: &str = r#"
+cluster_update_interval: 3
+listen_address: "127.0.0.1:8009"
+clusters:
+  one:
+    hosts:
+      - "http://192.168.0.1:8008"
+      - "https://192.168.0.2:8008"
+    tls:
+      ca_cert: "/path/to/ca.crt"
+      client_cert: "/path/to/client.crt"
+      client_key: "/path/to/client.key"
+      skip_verify: false
+    ports:
+      master:
+        listen: "127.0.0.1:5432"
+        roles: ["leader"]
+        host_port: 6432
+      any:
+        listen: "127.0.0.1:6432"
+        roles: ["Any"]
+        host_port: 6432
+        max_lag_in_bytes: 16777216
+"#;
+
+#[test]
+fn patroni_proxy_config_loads_unchanged() {
+    let c = load_str(PATRONI_PROXY).unwrap();
+    assert_eq!(c.cluster_update_interval, Duration::from_secs(3));
+    let one = &c.clusters["one"];
+    assert_eq!(one.hosts.len(), 2);
+    assert_eq!(one.ports["master"].roles, vec![RoleSel::Leader]);
+    assert_eq!(one.ports["master"].host_port, Some(6432));
+    assert_eq!(one.ports["any"].roles, vec![RoleSel::Any]);
+    assert_eq!(one.ports["any"].max_lag_in_bytes, Some(16_777_216));
+    assert_eq!(one.tls.as_ref().unwrap().skip_verify, Some(false));
+}
+
+#[test]
+fn defaults_apply() {
+    let c = load_str(
+        "clusters: {c: {hosts: ['http://[::1]:8008', 'http://db1.example:8008'], ports: {p: {listen: '[::1]:7000', roles: [async, sync]}}}}",
+    )
+    .unwrap();
+    assert_eq!(c.listen_address, SocketAddr::from(([127, 0, 0, 1], 8009)));
+    assert_eq!(c.cluster_update_interval, Duration::from_secs(3));
+    assert_eq!(c.api_timeout, Duration::from_millis(2000));
+    let p = &c.clusters["c"].ports["p"];
+    assert_eq!(p.host_port, None);
+    assert_eq!(p.mode, Mode::Tcp);
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let text = r#"
+cluster_update_interval: 0
+clusters:
+  a:
+    hosts: ["ftp://x:8008", "http://y:8008", "http://y:8008"]
+    ports:
+      p1: {listen: "127.0.0.1:7000", roles: [master]}
+      p2: {listen: "127.0.0.1:7001", roles: [], host_port: 0}
+      p3: {listen: "127.0.0.1:7001", roles: [leader], bogus: 1}
+      p4: {listen: "not an address", roles: [leader]}
+      p5: {listen: "127.0.0.1:7002", roles: [leader]}
+  b:
+    hosts: ["http://z:8008"]
+    ports:
+      p1: {listen: "127.0.0.1:7002", roles: [leader]}
+"#;
+    let errs = load_str(text).unwrap_err().0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "cluster_update_interval",
+        "clusters.a.hosts[0]",
+        "clusters.a.hosts[2]",
+        "clusters.a.ports.p1.roles[0]",
+        "clusters.a.ports.p2.roles",
+        "clusters.a.ports.p2.host_port",
+        "clusters.a.ports.p3.bogus",
+        "clusters.a.ports.p4.listen",
+        "clusters.b.ports.p1.listen",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:?}");
+    }
+    let role = errs.iter().find(|e| e.path == "clusters.a.ports.p1.roles[0]").unwrap();
+    assert!(role.message.contains("master"), "{role:?}");
+    let dup = errs.iter().find(|e| e.path == "clusters.b.ports.p1.listen").unwrap();
+    assert!(dup.message.contains("clusters.a.ports.p5"), "{dup:?}");
+}
+
+#[test]
+fn unknown_top_level_field_is_named() {
+    let errs = load_str("clusters: {}\nlisten_adress: 1").unwrap_err().0;
+    assert_eq!(errs[0].path, "listen_adress");
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let errs = load_str("clusters: [").unwrap_err();
+    assert!(!errs.0.is_empty());
+}
+
+#[test]
+fn split_mode_is_refused_for_now() {
+    let errs = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split}}}}",
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errs[0].path, "clusters.c.ports.p.mode");
+}
+
+#[test]
+fn example_config_passes() {
+    let text = include_str!("../../../config.example.yaml");
+    let c = load_str(text).unwrap();
+    assert!(!c.clusters.is_empty());
+}

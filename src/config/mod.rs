@@ -1,0 +1,11 @@
+//! pgvane's configuration: the typed model, loading with field paths,
+//! semantic validation and the diff used by reload.
+//! Does no IO beyond reading the file; the running config is published by `app`.
+
+mod diff;
+mod load;
+mod model;
+
+pub use diff::{ConfigDiff, PortKey};
+pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use model::{ClusterConfig, Config, Mode, PortConfig, RoleSel, TlsConfig};

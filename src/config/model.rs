@@ -1,0 +1,135 @@
+//! The typed configuration model. Every field documents its default and
+//! whether a reload changes it; `docs/configuration.md` mirrors this file.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Seconds between Patroni polls (`cluster_update_interval`, default 3;
+    /// reload: applies at once).
+    pub cluster_update_interval: Duration,
+    /// Admin HTTP API address (`listen_address`, default 127.0.0.1:8009;
+    /// reload: needs a restart).
+    pub listen_address: SocketAddr,
+    /// Timeout for one Patroni API request (`api_timeout_ms`, default 2000,
+    /// capped below the poll interval; reload: applies at once).
+    pub api_timeout: Duration,
+    /// Timeout for pgvane's TCP connect to a node (`connect_timeout_ms`,
+    /// default 3000; reload: applies to new clients).
+    pub connect_timeout: Duration,
+    /// How long removed ports and shutdown wait for clients to leave
+    /// (`drain_timeout_ms`, default 10000; reload: applies at once).
+    pub drain_timeout: Duration,
+    /// Clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// One Patroni cluster (`clusters.<name>`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Patroni REST API base URLs, `http://` or `https://` (reload: at once).
+    pub hosts: Vec<String>,
+    /// TLS settings for `https://` hosts (reload: at once).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Ports by name. Filled by the loader, which reads each port on its own
+    /// so that every port's errors are reported together.
+    #[serde(skip)]
+    pub ports: BTreeMap<String, PortConfig>,
+}
+
+/// TLS settings for the Patroni API client (`clusters.<name>.tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of CA certificates to trust instead of none (default: none,
+    /// then only `skip_verify` lets `https://` work with private CAs).
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    /// PEM client certificate for mutual TLS.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Accept any server certificate (default false).
+    #[serde(default)]
+    pub skip_verify: Option<bool>,
+}
+
+/// How a port treats its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Role port: relay each whole connection to one node.
+    #[default]
+    Tcp,
+    /// Split port: statement-level routing (not implemented yet).
+    Split,
+}
+
+/// A role a port accepts, as patroni_proxy spells it (case-insensitive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleSel {
+    /// `leader` and `standby_leader` members.
+    Leader,
+    /// `sync_standby` and `quorum_standby` members.
+    Sync,
+    /// `replica` members.
+    Async,
+    /// All of the above.
+    Any,
+}
+
+impl<'de> Deserialize<'de> for RoleSel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.to_ascii_lowercase().as_str() {
+            "leader" => Ok(Self::Leader),
+            "sync" => Ok(Self::Sync),
+            "async" => Ok(Self::Async),
+            "any" => Ok(Self::Any),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown role `{text}`, expected one of leader, sync, async, any"
+            ))),
+        }
+    }
+}
+
+/// One listening port (`clusters.<name>.ports.<port>`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Address to listen on, e.g. `127.0.0.1:6432` (reload: rebinds).
+    pub listen: SocketAddr,
+    /// `tcp` (default) or `split`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Roles whose members may serve this port.
+    pub roles: Vec<RoleSel>,
+    /// Port to connect to on the chosen member (default: the member's own
+    /// `port` from Patroni).
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    /// Replicas whose lag exceeds this many bytes stop qualifying and their
+    /// clients are evicted (default: no limit). Never applies to leaders.
+    #[serde(default)]
+    pub max_lag_in_bytes: Option<u64>,
+    /// Most clients this port accepts at once (default: no limit); more get
+    /// SQLSTATE 53300.
+    #[serde(default)]
+    pub max_clients: Option<usize>,
+}
+
+impl PortConfig {
+    /// Whether a member of class `role` may serve this port by role alone.
+    #[must_use]
+    pub fn wants(&self, role: RoleSel) -> bool {
+        self.roles.iter().any(|r| *r == RoleSel::Any || *r == role)
+    }
+}

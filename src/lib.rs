@@ -1,0 +1,38 @@
+//! pgvane: a PostgreSQL router for Patroni clusters.
+//!
+//! Applications connect to pgvane as if it were PostgreSQL. pgvane polls
+//! the Patroni REST API, publishes one atomically swapped [`topology::ClusterMap`]
+//! per cluster, and relays each client connection to a node chosen by
+//! Patroni role (role ports).
+//!
+//! ```text
+//!  Patroni ──poll──▶ topology::watcher ──ArcSwap<ClusterMap>──┐
+//!                                                             ▼
+//!  client ──▶ listener ──▶ router (policy, balance, health) ──▶ relay ──▶ node
+//!                 ▲                                              ▲
+//!  config ──▶ app (reload, shutdown, evictor) ─────────────── admin API
+//! ```
+//!
+//! Words: *client* (an application connection), *node* (a Patroni member),
+//! *port* (a listening address with a mode), *map* and *generation* (the
+//! published cluster picture and its version), *evicted* (a client
+//! disconnected because its node stopped qualifying for its port).
+//!
+//! Module map: [`config`] (model, load, diff), [`topology`] (Patroni model,
+//! map, watcher), [`router`] (policy, balance, health), [`relay`] (byte
+//! relay, refusals), [`listener`] (ports), [`admin`] (HTTP API),
+//! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
+//! [`signals`], [`control`], [`app`] (composition root).
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod listener;
+pub mod protocol;
+pub mod relay;
+pub mod router;
+pub mod signals;
+pub mod telemetry;
+pub mod tls;
+pub mod topology;

@@ -1,0 +1,243 @@
+//! Role ports: bind, accept, and serve each client by choosing a node
+//! (`router`), connecting with retry on the next node, and relaying
+//! (`relay`). A port's shared state is [`PortShared`], built by `app`.
+
+use crate::config::{Config, PortConfig, PortKey};
+use crate::protocol::sqlstate::{self, SqlState};
+use crate::relay::{self, ByteCounters, RelayEnd};
+use crate::router::{self, Balancer, HealthBook, NoTarget, NodeKey};
+use crate::telemetry::Metrics;
+use crate::topology::{ClusterMap, NodeAddr};
+use arc_swap::ArcSwap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest time pgvane spends telling a refused client why.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Everything a role port's clients share. Lives as long as the port,
+/// across reloads that change its settings.
+#[derive(Debug)]
+pub struct PortShared {
+    /// Cluster and port name.
+    pub key: PortKey,
+    /// The port's settings (swapped by reload).
+    pub config: ArcSwap<PortConfig>,
+    /// The whole config snapshot (timeouts).
+    pub globals: Arc<ArcSwap<Config>>,
+    /// The cluster's published map.
+    pub map: Arc<ArcSwap<ClusterMap>>,
+    /// Least-connections counts and eviction tokens.
+    pub balancer: Arc<Balancer>,
+    /// The cluster's connect-failure book.
+    pub health: Arc<HealthBook>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tracks client tasks for drain.
+    pub clients: TaskTracker,
+    /// Fires to disconnect every client of the port (removal, shutdown).
+    pub close: CancellationToken,
+    active: AtomicUsize,
+    bytes: ByteCounters,
+}
+
+impl PortShared {
+    /// Creates a port's shared state.
+    #[must_use]
+    pub fn new(
+        key: PortKey,
+        config: PortConfig,
+        globals: Arc<ArcSwap<Config>>,
+        map: Arc<ArcSwap<ClusterMap>>,
+        health: Arc<HealthBook>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let labels = |dir: &str| metrics.bytes.with_label_values(&[&key.cluster, &key.port, dir]);
+        let bytes = ByteCounters {
+            to_server: labels("to_server"),
+            to_client: labels("to_client"),
+        };
+        Self {
+            config: ArcSwap::from_pointee(config),
+            globals,
+            map,
+            balancer: Arc::new(Balancer::default()),
+            health,
+            clients: TaskTracker::new(),
+            close: CancellationToken::new(),
+            active: AtomicUsize::new(0),
+            bytes,
+            metrics,
+            key,
+        }
+    }
+
+    /// Clients connected right now.
+    #[must_use]
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Evicts clients of nodes that no longer qualify under the current map
+    /// and port settings; records metrics and logs each eviction.
+    pub fn evict_unqualified(&self) {
+        let map = self.map.load();
+        let cfg = self.config.load();
+        let out = self
+            .balancer
+            .evict_where(|k| router::policy::still_qualifies(k, map.member(&k.name), &cfg).err());
+        for (node, reason, clients) in out {
+            let m = map.member(&node.name);
+            let why = m.map_or_else(|| "left the cluster".to_owned(), |m| reason.describe(m, &cfg));
+            tracing::info!(port = %self.key, node = %node.name, clients, reason = reason.label(), "evicting clients: node {why}");
+            self.metrics
+                .evictions
+                .with_label_values(&[&self.key.cluster, &self.key.port, reason.label()])
+                .inc_by(clients as u64);
+        }
+    }
+}
+
+/// Binds a listening socket with `SO_REUSEADDR`, as servers do.
+///
+/// # Errors
+/// The bind error.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts clients until `stop` fires; each client runs in `port.clients`.
+pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((client, _peer)) => {
+                let port = Arc::clone(&port);
+                port.metrics
+                    .accepted
+                    .with_label_values(&[&port.key.cluster, &port.key.port])
+                    .inc();
+                port.clients.clone().spawn(serve_client(client, port));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(port = %port.key, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Counts a client for `max_clients`; released on drop.
+struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
+    let _ = client.set_nodelay(true);
+    let cfg = port.config.load_full();
+    let _admission = Admission(&port.active);
+    let now_active = port.active.fetch_add(1, Ordering::Relaxed) + 1;
+    if cfg.max_clients.is_some_and(|max| now_active > max) {
+        let text = format!("pgvane: port \"{}\" has reached max_clients", port.key);
+        return refuse(&mut client, &port, sqlstate::TOO_MANY_CONNECTIONS, &text).await;
+    }
+    let map = port.map.load_full();
+    let targets = match router::choose(&map, &cfg, &port.balancer, &port.health, Instant::now()) {
+        Ok(t) => t,
+        Err(NoTarget::NoneQualifies(why)) => {
+            let text = format!("pgvane: no node of cluster \"{}\" qualifies for port \"{}\": {why}", port.key.cluster, port.key.port);
+            return refuse(&mut client, &port, sqlstate::CANNOT_CONNECT_NOW, &text).await;
+        }
+        Err(NoTarget::AllCoolingDown(nodes)) => {
+            let text = format!("pgvane: every node for port \"{}\" refused connections moments ago: {nodes}", port.key);
+            return refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
+        }
+    };
+    let timeout = port.globals.load().connect_timeout;
+    let mut failures = Vec::new();
+    for key in targets {
+        let lease = port.balancer.lease(key.clone());
+        match connect(&key.addr, timeout).await {
+            Ok(server) => {
+                port.health.success(&key.addr);
+                // The map may have changed since `choose`; a lease taken before
+                // an eviction is cancelled by it, one taken after sees the new map.
+                let current = port.map.load();
+                if let Err(reason) = router::policy::still_qualifies(&key, current.member(&key.name), &port.config.load()) {
+                    failures.push(format!("{} stopped qualifying ({})", key.name, reason.label()));
+                    continue;
+                }
+                drop(current);
+                run_relay(&client, &server, &port, &key, &lease).await;
+                return;
+            }
+            Err(e) => {
+                port.health.failure(&key.addr, Instant::now());
+                port.metrics
+                    .connect_failures
+                    .with_label_values(&[&port.key.cluster, &key.name])
+                    .inc();
+                tracing::warn!(port = %port.key, node = %key.name, addr = %key.addr, error = %e, "connect to node failed");
+                failures.push(format!("{} ({}): {e}", key.name, key.addr));
+            }
+        }
+    }
+    let text = format!("pgvane: could not connect to any node for port \"{}\": {}", port.key, failures.join("; "));
+    refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
+}
+
+async fn run_relay(client: &TcpStream, server: &TcpStream, port: &PortShared, key: &NodeKey, lease: &router::Lease) {
+    let _ = server.set_nodelay(true);
+    let gauge = port
+        .metrics
+        .clients
+        .with_label_values(&[&port.key.cluster, &port.key.port, &key.name]);
+    gauge.inc();
+    let end = tokio::select! {
+        end = relay::relay(client, server, lease.evicted(), &port.bytes) => end,
+        () = port.close.cancelled() => RelayEnd::Evicted,
+    };
+    gauge.dec();
+    if end == RelayEnd::Evicted {
+        tracing::debug!(port = %port.key, node = %key.name, "client evicted");
+    }
+}
+
+async fn connect(addr: &NodeAddr, timeout: Duration) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect((addr.host.as_str(), addr.port))).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))),
+    }
+}
+
+async fn refuse(client: &mut TcpStream, port: &PortShared, code: SqlState, text: &str) {
+    tracing::warn!(port = %port.key, sqlstate = code.code(), "{text}");
+    port.metrics
+        .client_errors
+        .with_label_values(&[&port.key.cluster, &port.key.port, code.code()])
+        .inc();
+    relay::refuse(client, code, text, REFUSAL_DEADLINE).await;
+}

@@ -1,0 +1,64 @@
+//! The `pgvane` binary: command line → logging → `app::run`. No logic.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A PostgreSQL router for Patroni clusters.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (YAML, patroni_proxy compatible).
+    #[arg(short, long, value_name = "PATH")]
+    config: PathBuf,
+    /// Validate the configuration and exit: 0 when valid, 1 otherwise.
+    #[arg(long)]
+    check: bool,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Log filter when RUST_LOG is unset.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match pgvane::config::load_file(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", cli.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        let ports: usize = config.clusters.values().map(|c| c.ports.len()).sum();
+        println!(
+            "{}: configuration OK ({} clusters, {ports} ports)",
+            cli.config.display(),
+            config.clusters.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    pgvane::telemetry::init_logging(&cli.log);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pgvane::app::run(cli.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pgvane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! SQLSTATE codes pgvane sends, as named constants.
+//! Source: PostgreSQL's src/backend/utils/errcodes.txt
+//! (<https://www.postgresql.org/docs/15/errcodes-appendix.html>).
+
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SqlState(pub &'static str);
+
+impl SqlState {
+    /// The code as text, e.g. `"08006"`.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        self.0
+    }
+}
+
+/// `08006 connection_failure`: every eligible node refused or timed out.
+pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+/// `08P01 protocol_violation`: malformed startup packet.
+pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+/// `57P03 cannot_connect_now`: no node currently qualifies for the port.
+pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+/// `57P01 admin_shutdown`: pgvane is shutting down or the port was removed.
+pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+/// `53300 too_many_connections`: the port's client limit is reached.
+pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");

@@ -1,0 +1,148 @@
+//! Logging setup and every Prometheus metric pgvane exports, defined in one
+//! place. Handles are created by `app` and passed down; nothing is global.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Installs the tracing subscriber (`RUST_LOG` overrides `default_filter`).
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+/// Every metric, registered in its own [`Registry`].
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry rendered by `/metrics`.
+    pub registry: Registry,
+    /// `pgvane_clients{cluster,port,node}`: clients relayed right now.
+    pub clients: IntGaugeVec,
+    /// `pgvane_clients_accepted_total{cluster,port}`.
+    pub accepted: IntCounterVec,
+    /// `pgvane_evictions_total{cluster,port,reason}`: clients disconnected
+    /// because their node stopped qualifying (or the port went away).
+    pub evictions: IntCounterVec,
+    /// `pgvane_client_errors_total{cluster,port,sqlstate}`: ErrorResponses sent.
+    pub client_errors: IntCounterVec,
+    /// `pgvane_connect_failures_total{cluster,node}`: pgvane's own failed connects.
+    pub connect_failures: IntCounterVec,
+    /// `pgvane_bytes_relayed_total{cluster,port,direction}`.
+    pub bytes: IntCounterVec,
+    /// `pgvane_patroni_polls_total{cluster,result}`.
+    pub polls: IntCounterVec,
+    /// `pgvane_patroni_poll_duration_seconds{cluster}`.
+    pub poll_duration: HistogramVec,
+    /// `pgvane_map_generation{cluster}`.
+    pub map_generation: IntGaugeVec,
+    /// `pgvane_map_stale{cluster}`: 1 when every Patroni host failed.
+    pub map_stale: IntGaugeVec,
+    /// `pgvane_map_age_seconds{cluster}`: time since the last good answer,
+    /// refreshed at each scrape.
+    pub map_age: prometheus::GaugeVec,
+    /// `pgvane_reloads_total{result}`.
+    pub reloads: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+impl Metrics {
+    /// Creates and registers every metric. Names are constants, so a failure
+    /// here is a programming error caught by the unit test below.
+    #[must_use]
+    #[allow(clippy::missing_panics_doc)]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let poll_duration = HistogramVec::new(
+            HistogramOpts::new("pgvane_patroni_poll_duration_seconds", "Time to get a good /cluster answer (or give up)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["cluster"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(poll_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let map_age = prometheus::GaugeVec::new(
+            Opts::new("pgvane_map_age_seconds", "Seconds since Patroni last confirmed the map"),
+            &["cluster"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(map_age.clone())).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            clients: gauge(&r, "pgvane_clients", "Clients relayed right now", &["cluster", "port", "node"]),
+            accepted: counter(&r, "pgvane_clients_accepted_total", "Client connections accepted", &["cluster", "port"]),
+            evictions: counter(&r, "pgvane_evictions_total", "Clients disconnected because their node stopped qualifying", &["cluster", "port", "reason"]),
+            client_errors: counter(&r, "pgvane_client_errors_total", "ErrorResponses pgvane sent to clients", &["cluster", "port", "sqlstate"]),
+            connect_failures: counter(&r, "pgvane_connect_failures_total", "pgvane's own failed connects to a node", &["cluster", "node"]),
+            bytes: counter(&r, "pgvane_bytes_relayed_total", "Bytes relayed", &["cluster", "port", "direction"]),
+            polls: counter(&r, "pgvane_patroni_polls_total", "Patroni polls by result", &["cluster", "result"]),
+            map_generation: gauge(&r, "pgvane_map_generation", "Generation of the published cluster map", &["cluster"]),
+            map_stale: gauge(&r, "pgvane_map_stale", "1 when every Patroni host failed and the last map is kept", &["cluster"]),
+            reloads: counter(&r, "pgvane_reloads_total", "Config reloads by result", &["result"]),
+            poll_duration,
+            map_age,
+            registry: r,
+        }
+    }
+
+    /// Records a published map's generation and staleness.
+    pub fn set_map(&self, cluster: &str, generation: u64, stale: bool) {
+        self.map_generation
+            .with_label_values(&[cluster])
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.map_stale.with_label_values(&[cluster]).set(i64::from(stale));
+    }
+
+    /// Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_named_pgvane() {
+        let m = Metrics::new();
+        m.set_map("c", 3, true);
+        m.clients.with_label_values(&["c", "p", "n"]).inc();
+        m.accepted.with_label_values(&["c", "p"]).inc();
+        m.evictions.with_label_values(&["c", "p", "lag"]).inc();
+        m.client_errors.with_label_values(&["c", "p", "57P03"]).inc();
+        m.connect_failures.with_label_values(&["c", "n"]).inc();
+        m.bytes.with_label_values(&["c", "p", "to_server"]).inc();
+        m.polls.with_label_values(&["c", "ok"]).inc();
+        m.poll_duration.with_label_values(&["c"]).observe(0.1);
+        m.map_age.with_label_values(&["c"]).set(1.0);
+        m.reloads.with_label_values(&["ok"]).inc();
+        let text = m.render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .collect();
+        assert!(names.len() >= 12, "{text}");
+        assert!(names.iter().all(|n| n.starts_with("pgvane_")), "{names:?}");
+        assert!(text.contains("pgvane_map_stale{cluster=\"c\"} 1"));
+    }
+}

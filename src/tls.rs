@@ -1,0 +1,119 @@
+//! TLS settings → clients. Today: the Patroni REST client (`reqwest` on
+//! rustls) with the cluster's `tls` block. Reads PEM files; nothing else.
+
+use crate::config::TlsConfig;
+use std::time::Duration;
+
+/// Why a cluster's HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file did not hold what it should.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// reqwest refused the settings.
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+fn read(path: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Builds the Patroni API client for a cluster. `connect_timeout` bounds the
+/// TCP (and TLS) connect; the watcher bounds each request as a whole.
+///
+/// # Errors
+/// [`TlsError`] when a certificate or key cannot be read or parsed.
+pub fn patroni_client(tls: Option<&TlsConfig>, connect_timeout: Duration) -> Result<reqwest::Client, TlsError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .user_agent(concat!("pgvane/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        if let Some(ca) = &tls.ca_cert {
+            let pem = read(ca)?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Pem {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
+            if certs.is_empty() {
+                return Err(TlsError::Pem {
+                    path: ca.clone(),
+                    message: "no certificate found".into(),
+                });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| TlsError::Pem {
+                path: format!("{cert} + {key}"),
+                message: e.to_string(),
+            })?;
+            builder = builder.identity(identity);
+        }
+        if tls.skip_verify == Some(true) {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_skip_verify_clients_build() {
+        assert!(patroni_client(None, Duration::from_secs(1)).is_ok());
+        let tls = TlsConfig {
+            skip_verify: Some(true),
+            ..TlsConfig::default()
+        };
+        assert!(patroni_client(Some(&tls), Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_named() {
+        let tls = TlsConfig {
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..TlsConfig::default()
+        };
+        let e = patroni_client(Some(&tls), Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("pgvane-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.pem");
+        std::fs::write(&bad, "not a pem").unwrap();
+        let tls = TlsConfig {
+            ca_cert: Some(bad.to_string_lossy().into_owned()),
+            ..TlsConfig::default()
+        };
+        let e = patroni_client(Some(&tls), Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(e.contains("bad.pem"), "{e}");
+    }
+}

@@ -1,0 +1,182 @@
+//! The published picture of one cluster: members with role, state, lag and
+//! tags, plus generation and staleness. Built by `patroni::parse`, published
+//! by the watcher, read by router, admin and app.
+
+use serde::Serialize;
+use std::fmt;
+use std::time::SystemTime;
+
+/// Patroni's role of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// `leader` (also `master`/`primary` from old Patroni versions).
+    Leader,
+    /// `standby_leader`: leader of a standby cluster.
+    StandbyLeader,
+    /// `sync_standby`.
+    SyncStandby,
+    /// `quorum_standby` (Patroni ≥ 4.0, `synchronous_mode: quorum`).
+    QuorumStandby,
+    /// `replica`.
+    Replica,
+    /// Anything else, kept verbatim; never routable.
+    Other(String),
+}
+
+impl MemberRole {
+    /// Maps Patroni's role string.
+    #[must_use]
+    pub fn from_patroni(s: &str) -> Self {
+        match s {
+            "leader" | "master" | "primary" => Self::Leader,
+            "standby_leader" => Self::StandbyLeader,
+            "sync_standby" => Self::SyncStandby,
+            "quorum_standby" => Self::QuorumStandby,
+            "replica" => Self::Replica,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// True for `leader` and `standby_leader`.
+    #[must_use]
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Self::Leader | Self::StandbyLeader)
+    }
+}
+
+/// Patroni's state of a member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// `running`.
+    Running,
+    /// `streaming` (a replica with a live WAL stream, Patroni ≥ 3.0.4).
+    Streaming,
+    /// Anything else (`stopped`, `starting`, `crashed`, ...), verbatim.
+    Other(String),
+}
+
+impl MemberState {
+    /// Maps Patroni's state string.
+    #[must_use]
+    pub fn from_patroni(s: &str) -> Self {
+        match s {
+            "running" => Self::Running,
+            "streaming" => Self::Streaming,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// Where a member's PostgreSQL listens, as Patroni reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct NodeAddr {
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One routable cluster member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// Patroni member name (unique in a cluster).
+    pub name: String,
+    /// Role.
+    pub role: MemberRole,
+    /// State.
+    pub state: MemberState,
+    /// PostgreSQL address.
+    pub addr: NodeAddr,
+    /// Replica lag in bytes (`replay_lag`, else `lag`); `None` when unknown
+    /// or for a leader.
+    pub lag: Option<u64>,
+    /// Tag `noloadbalance`.
+    pub noloadbalance: bool,
+    /// Tag `nofailover`.
+    pub nofailover: bool,
+    /// Timeline, when reported.
+    pub timeline: Option<u64>,
+}
+
+/// One published snapshot of a cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterMap {
+    /// Cluster name from the config.
+    pub cluster: String,
+    /// Bumped whenever members or staleness change; 0 = nothing fetched yet.
+    pub generation: u64,
+    /// Routable members, in Patroni's order.
+    pub members: Vec<Member>,
+    /// Names of members skipped because they had no host/port.
+    pub skipped: Vec<String>,
+    /// Patroni maintenance mode (`pause: true`).
+    pub paused: bool,
+    /// True when the last poll failed on every host and this is an older map.
+    pub stale: bool,
+    /// When the members were last confirmed by a good answer.
+    #[serde(with = "unix_seconds")]
+    pub updated_at: SystemTime,
+    /// Which host gave the last good answer.
+    pub source: Option<String>,
+    /// The last poll error, while stale.
+    pub last_error: Option<String>,
+}
+
+impl ClusterMap {
+    /// The empty map a cluster starts with, before its first poll.
+    #[must_use]
+    pub fn empty(cluster: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            generation: 0,
+            members: Vec::new(),
+            skipped: Vec::new(),
+            paused: false,
+            stale: true,
+            updated_at: SystemTime::UNIX_EPOCH,
+            source: None,
+            last_error: None,
+        }
+    }
+
+    /// The member called `name`.
+    #[must_use]
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The current leader, if any.
+    #[must_use]
+    pub fn leader(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.role.is_leader())
+    }
+
+    /// Whether routing facts differ (members, pause, staleness).
+    #[must_use]
+    pub fn same_facts(&self, other: &Self) -> bool {
+        self.members == other.members && self.paused == other.paused && self.stale == other.stale
+    }
+}
+
+mod unix_seconds {
+    use std::time::SystemTime;
+
+    pub(super) fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        s.serialize_f64(secs)
+    }
+}

@@ -1,0 +1,102 @@
+//! Lenient parsing of Patroni's `GET /cluster` answer into members.
+//! One bad member is skipped, never the whole answer; unknown keys are
+//! ignored. Fed raw bodies by the watcher; tested on `shared/patroni/`.
+
+use super::map::{Member, MemberRole, MemberState, NodeAddr};
+use serde_json::Value;
+
+/// The parts of a `/cluster` answer pgvane uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// Members that have an address.
+    pub members: Vec<Member>,
+    /// Names of members without host or port.
+    pub skipped: Vec<String>,
+    /// Maintenance mode.
+    pub paused: bool,
+}
+
+/// Why a body is not a usable `/cluster` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// JSON without a `members` array.
+    #[error("no `members` array in the answer")]
+    NoMembers,
+}
+
+/// Parses a `/cluster` body.
+///
+/// # Errors
+/// [`ParseError`] when the body is not JSON or has no `members` array.
+pub fn parse(body: &[u8]) -> Result<ClusterInfo, ParseError> {
+    let root: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let members = root
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or(ParseError::NoMembers)?;
+    let mut info = ClusterInfo {
+        members: Vec::with_capacity(members.len()),
+        skipped: Vec::new(),
+        paused: truthy(root.get("pause")),
+    };
+    for (i, m) in members.iter().enumerate() {
+        match member(m) {
+            Some(member) => info.members.push(member),
+            None => info.skipped.push(
+                m.get("name")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("#{i}"), str::to_owned),
+            ),
+        }
+    }
+    Ok(info)
+}
+
+fn member(m: &Value) -> Option<Member> {
+    let name = m.get("name")?.as_str()?.to_owned();
+    let host = m.get("host")?.as_str()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    if host.is_empty() {
+        return None;
+    }
+    let port = u16::try_from(number(m.get("port")?)?).ok()?;
+    let tags = m.get("tags");
+    Some(Member {
+        name,
+        role: MemberRole::from_patroni(m.get("role").and_then(Value::as_str).unwrap_or("")),
+        state: MemberState::from_patroni(m.get("state").and_then(Value::as_str).unwrap_or("")),
+        addr: NodeAddr { host, port },
+        lag: m.get("replay_lag").and_then(number).or_else(|| m.get("lag").and_then(number)),
+        noloadbalance: truthy(tags.and_then(|t| t.get("noloadbalance"))),
+        nofailover: truthy(tags.and_then(|t| t.get("nofailover"))),
+        timeline: m.get("timeline").and_then(number),
+    })
+}
+
+/// A non-negative integer given as a number or a numeric string.
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Patroni tags may be bools or strings such as `"true"`, `"on"`, `"yes"`.
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "true" | "on" | "yes" | "y" | "1"
+        ),
+        Some(Value::Number(n)) => n.as_u64().is_some_and(|n| n != 0),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
