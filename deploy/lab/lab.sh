@@ -7,7 +7,8 @@
 #
 # Usage: lab.sh install|up|down|status|switchover|kill-leader|stop-node N|
 #               start-node N|lag N|unlag N|tag N noloadbalance|untag N noloadbalance|
-#               sync on|off|quorum|leader|wait-healthy|psql N [args]
+#               sync on|off|quorum|pause-api|resume-api|leader|wait-healthy|
+#               psql N SQL
 set -euo pipefail
 
 LAB=${PGVANE_LAB_DIR:-/tmp/pgvane-lab}
@@ -17,6 +18,7 @@ PATRONI_VERSION=${PATRONI_VERSION:-4.1.5}
 NODES=(1 2 3)
 SCOPE=lab
 LAG_BYTES=$((16 * 1024 * 1024))
+export PGOPTIONS='-c client_min_messages=warning'
 
 log() { printf '%s lab: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -363,6 +365,8 @@ case ${1:-} in
   tag) cmd_tag on "${2:?node}" "${3:?tag}" ;;
   untag) cmd_tag off "${2:?node}" "${3:?tag}" ;;
   sync) cmd_sync "${2:?on|off|quorum}" ;;
+  pause-api) for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && kill -STOP "$(cat "$LAB/node$n/patroni.pid")"; done; log "every Patroni paused (SIGSTOP); PostgreSQL keeps running" ;;
+  resume-api) for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && kill -CONT "$(cat "$LAB/node$n/patroni.pid")"; done; log "every Patroni resumed" ;;
   psql) n=${2:?node}; shift 2; sql "$n" "$@" ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

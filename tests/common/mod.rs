@@ -1,0 +1,315 @@
+//! Shared helpers for the end-to-end tests: drive the lab script, start
+//! pgvane as a real process on its own config, connect real clients.
+//! Every wait polls until true or a deadline; nothing sleeps blindly.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `deploy/lab/lab.sh args…`, panicking with its output on failure.
+pub fn lab(args: &[&str]) -> String {
+    let out = Command::new(root().join("deploy/lab/lab.sh"))
+        .args(args)
+        .output()
+        .expect("run lab.sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lab.sh {args:?} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.trim().to_owned()
+}
+
+/// Starts the lab if needed and waits for one leader and two streaming replicas.
+pub fn healthy_lab() {
+    lab(&["up"]);
+}
+
+pub fn leader() -> String {
+    lab(&["leader"])
+}
+
+pub fn node_ip(name: &str) -> String {
+    format!("127.0.0.{}", 10 + name.trim_start_matches("node").parse::<u8>().unwrap())
+}
+
+pub fn node_of_ip(ip: &str) -> String {
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    format!("node{}", last - 10)
+}
+
+pub fn replicas() -> Vec<String> {
+    let l = leader();
+    NODES.iter().filter(|n| **n != l).map(|n| (*n).to_owned()).collect()
+}
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Ports {
+    pub admin: u16,
+    pub rw: u16,
+    pub ro: u16,
+    pub any: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Self { admin: free_port(), rw: free_port(), ro: free_port(), any: free_port() }
+    }
+}
+
+/// A patroni_proxy-style config for the lab: rw (leader), ro (sync+async,
+/// 16 MiB lag limit), any. Only patroni_proxy's own fields are used.
+pub fn lab_config(p: &Ports) -> String {
+    format!(
+        "cluster_update_interval: 1
+listen_address: 127.0.0.1:{admin}
+clusters:
+  lab:
+    hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
+    ports:
+      rw: {{listen: 127.0.0.1:{rw}, roles: [leader], host_port: 5432}}
+      ro: {{listen: 127.0.0.1:{ro}, roles: [sync, async], max_lag_in_bytes: 16777216}}
+      any: {{listen: 127.0.0.1:{any}, roles: [any]}}
+",
+        admin = p.admin,
+        rw = p.rw,
+        ro = p.ro,
+        any = p.any
+    )
+}
+
+/// pgvane running as a child process; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Pgvane {
+    pub child: Child,
+    pub config: PathBuf,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pgvane-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{n}-{name}"))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pgvane")
+}
+
+impl Pgvane {
+    /// Starts pgvane on `yaml` and waits until /ready answers 200.
+    pub fn start(yaml: &str, admin: u16) -> Self {
+        let config = temp_path("pgvane.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = temp_path("pgvane.log");
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut me = Self { child, config, admin, log };
+        let ok = wait_until(Duration::from_secs(15), || me.http("GET", "/ready").is_some_and(|(s, _)| s == 200));
+        if !ok {
+            panic!("pgvane not ready:\n{}", me.log_text());
+        }
+        let _ = me.child.try_wait();
+        me
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Blocking HTTP call to the admin API: (status, body).
+    pub fn http(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        http(self.admin, method, path)
+    }
+
+    pub fn clusters(&self) -> serde_json::Value {
+        let (s, body) = self.http("GET", "/clusters").unwrap();
+        assert_eq!(s, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn metrics(&self) -> String {
+        self.http("GET", "/metrics").unwrap().1
+    }
+
+    /// Sum of a metric's samples whose line contains every `filters` string.
+    pub fn metric(&self, name: &str, filters: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && filters.iter().all(|f| l.contains(f)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn rewrite_config(&self, yaml: &str) {
+        let mut f = std::fs::File::create(&self.config).unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "pgvane did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Pgvane {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Minimal blocking HTTP/1.1 client (no extra dependency in tests).
+pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked bodies: good enough to strip chunk sizes for our JSON/text checks.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A real PostgreSQL client through a pgvane port.
+pub struct Client {
+    pub client: tokio_postgres::Client,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
+    let conn_str = format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=10");
+    let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Client { client, task })
+}
+
+impl Client {
+    /// (node name, in recovery) of the server this client reached, asked of
+    /// PostgreSQL itself.
+    pub async fn whereami(&self) -> Result<(String, bool), tokio_postgres::Error> {
+        let row = self
+            .client
+            .query_one("select host(inet_server_addr()), pg_is_in_recovery()", &[])
+            .await?;
+        Ok((node_of_ip(row.get::<_, &str>(0)), row.get(1)))
+    }
+
+    pub async fn alive(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), self.client.simple_query("select 1"))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Connects, expecting a server error; returns (SQLSTATE, message).
+pub async fn connect_err(port: u16) -> (String, String) {
+    match tokio::time::timeout(Duration::from_secs(20), connect(port)).await {
+        Err(_) => panic!("connect to {port} hung"),
+        Ok(Ok(_)) => panic!("connect to {port} succeeded"),
+        Ok(Err(e)) => {
+            let db = e.as_db_error().unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
+            (db.code().code().to_owned(), db.message().to_owned())
+        }
+    }
+}
