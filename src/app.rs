@@ -127,7 +127,8 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
     let admin_task = tokio::spawn({
         let stop = stop_admin.clone();
         async move {
-            let server = axum::serve(admin_listener, admin::router(admin_state)).with_graceful_shutdown(stop.cancelled_owned());
+            let server = axum::serve(admin_listener, admin::router(admin_state))
+                .with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "admin API stopped");
             }
@@ -158,7 +159,10 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-fn signals_task(commands: mpsc::Sender<Command>, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, StartError> {
+fn signals_task(
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
     crate::signals::spawn(commands, stop).map_err(StartError::Signals)
 }
 
@@ -169,7 +173,11 @@ fn key(cluster: &str, port: &str) -> PortKey {
     }
 }
 
-fn watch_settings(config: &Config, _name: &str, c: &ClusterConfig) -> Result<WatchSettings, tls::TlsError> {
+fn watch_settings(
+    config: &Config,
+    _name: &str,
+    c: &ClusterConfig,
+) -> Result<WatchSettings, tls::TlsError> {
     let timeout = config.api_timeout.min(config.cluster_update_interval);
     Ok(WatchSettings {
         hosts: c.hosts.clone(),
@@ -184,8 +192,13 @@ impl App {
         let (watcher, handle) = Watcher::new(name, settings, Arc::clone(&self.metrics));
         let stop = CancellationToken::new();
         self.tasks.spawn(watcher.run(stop.clone()));
-        let ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
-        self.tasks.spawn(evictor(handle.generation.clone(), Arc::clone(&ports_view), stop.clone()));
+        let ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>> =
+            Arc::new(ArcSwap::from_pointee(Vec::new()));
+        self.tasks.spawn(evictor(
+            handle.generation.clone(),
+            Arc::clone(&ports_view),
+            stop.clone(),
+        ));
         self.clusters.insert(
             name.to_owned(),
             ClusterRt {
@@ -199,7 +212,9 @@ impl App {
     }
 
     fn start_port(&mut self, cluster: &str, port: &str, cfg: &PortConfig, l: TcpListener) {
-        let Some(c) = self.clusters.get_mut(cluster) else { return };
+        let Some(c) = self.clusters.get_mut(cluster) else {
+            return;
+        };
         let shared = Arc::new(PortShared::new(
             key(cluster, port),
             cfg.clone(),
@@ -209,15 +224,23 @@ impl App {
             Arc::clone(&self.metrics),
         ));
         let stop_accept = CancellationToken::new();
-        self.tasks.spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
+        self.tasks
+            .spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
         tracing::info!(port = %shared.key, listen = %cfg.listen, "port listening");
-        c.ports.insert(port.to_owned(), PortRt { shared, stop_accept });
+        c.ports.insert(
+            port.to_owned(),
+            PortRt {
+                shared,
+                stop_accept,
+            },
+        );
     }
 
     fn publish_views(&self) {
         let mut views = BTreeMap::new();
         for (name, c) in &self.clusters {
-            let ports: Vec<Arc<PortShared>> = c.ports.values().map(|p| Arc::clone(&p.shared)).collect();
+            let ports: Vec<Arc<PortShared>> =
+                c.ports.values().map(|p| Arc::clone(&p.shared)).collect();
             c.ports_view.store(Arc::new(ports.clone()));
             views.insert(
                 name.clone(),
@@ -265,7 +288,10 @@ impl App {
                     Ok(l) => {
                         bound.insert(k.clone(), l);
                     }
-                    Err(e) => errors.push(format!("clusters.{}.ports.{}.listen: cannot listen on {}: {e}", k.cluster, k.port, cfg.listen)),
+                    Err(e) => errors.push(format!(
+                        "clusters.{}.ports.{}.listen: cannot listen on {}: {e}",
+                        k.cluster, k.port, cfg.listen
+                    )),
                 }
             }
         }
@@ -279,7 +305,11 @@ impl App {
         let drain = new.drain_timeout;
         // 5. Stop removed ports (drain) and removed clusters.
         for k in &diff.ports_removed {
-            if let Some(p) = self.clusters.get_mut(&k.cluster).and_then(|c| c.ports.remove(&k.port)) {
+            if let Some(p) = self
+                .clusters
+                .get_mut(&k.cluster)
+                .and_then(|c| c.ports.remove(&k.port))
+            {
                 self.drain_port(p, drain);
             }
         }
@@ -290,7 +320,8 @@ impl App {
         }
         // 6. Start added clusters; give every other watcher its new settings
         //    when its hosts, TLS or the poll timing changed.
-        let timing_changed = old.cluster_update_interval != new.cluster_update_interval || old.api_timeout != new.api_timeout;
+        let timing_changed = old.cluster_update_interval != new.cluster_update_interval
+            || old.api_timeout != new.api_timeout;
         for (name, s) in settings {
             if diff.clusters_added.contains(&name) {
                 self.start_cluster(&name, s);
@@ -304,12 +335,22 @@ impl App {
         //    address moved, then evict clients that no longer qualify.
         for k in &diff.ports_changed {
             let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
-            let Some(p) = self.clusters.get_mut(&k.cluster).and_then(|c| c.ports.get_mut(&k.port)) else { continue };
+            let Some(p) = self
+                .clusters
+                .get_mut(&k.cluster)
+                .and_then(|c| c.ports.get_mut(&k.port))
+            else {
+                continue;
+            };
             p.shared.config.store(Arc::new(cfg));
             if let Some(l) = bound.remove(k) {
                 p.stop_accept.cancel();
                 p.stop_accept = CancellationToken::new();
-                self.tasks.spawn(listener::serve(l, Arc::clone(&p.shared), p.stop_accept.clone()));
+                self.tasks.spawn(listener::serve(
+                    l,
+                    Arc::clone(&p.shared),
+                    p.stop_accept.clone(),
+                ));
             }
             p.shared.evict_unqualified();
         }
@@ -382,7 +423,11 @@ impl App {
 
 /// Runs eviction on every port of a cluster whenever a new map generation
 /// is published.
-async fn evictor(mut generation: tokio::sync::watch::Receiver<u64>, ports: Arc<ArcSwap<Vec<Arc<PortShared>>>>, stop: CancellationToken) {
+async fn evictor(
+    mut generation: tokio::sync::watch::Receiver<u64>,
+    ports: Arc<ArcSwap<Vec<Arc<PortShared>>>>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

@@ -58,7 +58,11 @@ impl PortShared {
         health: Arc<HealthBook>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let labels = |dir: &str| metrics.bytes.with_label_values(&[&key.cluster, &key.port, dir]);
+        let labels = |dir: &str| {
+            metrics
+                .bytes
+                .with_label_values(&[&key.cluster, &key.port, dir])
+        };
         let bytes = ByteCounters {
             to_server: labels("to_server"),
             to_client: labels("to_client"),
@@ -94,7 +98,10 @@ impl PortShared {
             .evict_where(|k| router::policy::still_qualifies(k, map.member(&k.name), &cfg).err());
         for (node, reason, clients) in out {
             let m = map.member(&node.name);
-            let why = m.map_or_else(|| "left the cluster".to_owned(), |m| reason.describe(m, &cfg));
+            let why = m.map_or_else(
+                || "left the cluster".to_owned(),
+                |m| reason.describe(m, &cfg),
+            );
             tracing::info!(port = %self.key, node = %node.name, clients, reason = reason.label(), "evicting clients: node {why}");
             self.metrics
                 .evictions
@@ -168,11 +175,17 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
     let targets = match router::choose(&map, &cfg, &port.balancer, &port.health, Instant::now()) {
         Ok(t) => t,
         Err(NoTarget::NoneQualifies(why)) => {
-            let text = format!("pgvane: no node of cluster \"{}\" qualifies for port \"{}\": {why}", port.key.cluster, port.key.port);
+            let text = format!(
+                "pgvane: no node of cluster \"{}\" qualifies for port \"{}\": {why}",
+                port.key.cluster, port.key.port
+            );
             return refuse(&mut client, &port, sqlstate::CANNOT_CONNECT_NOW, &text).await;
         }
         Err(NoTarget::AllCoolingDown(nodes)) => {
-            let text = format!("pgvane: every node for port \"{}\" refused connections moments ago: {nodes}", port.key);
+            let text = format!(
+                "pgvane: every node for port \"{}\" refused connections moments ago: {nodes}",
+                port.key
+            );
             return refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
         }
     };
@@ -186,8 +199,16 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
                 // The map may have changed since `choose`; a lease taken before
                 // an eviction is cancelled by it, one taken after sees the new map.
                 let current = port.map.load();
-                if let Err(reason) = router::policy::still_qualifies(&key, current.member(&key.name), &port.config.load()) {
-                    failures.push(format!("{} stopped qualifying ({})", key.name, reason.label()));
+                if let Err(reason) = router::policy::still_qualifies(
+                    &key,
+                    current.member(&key.name),
+                    &port.config.load(),
+                ) {
+                    failures.push(format!(
+                        "{} stopped qualifying ({})",
+                        key.name,
+                        reason.label()
+                    ));
                     continue;
                 }
                 drop(current);
@@ -205,16 +226,26 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
             }
         }
     }
-    let text = format!("pgvane: could not connect to any node for port \"{}\": {}", port.key, failures.join("; "));
+    let text = format!(
+        "pgvane: could not connect to any node for port \"{}\": {}",
+        port.key,
+        failures.join("; ")
+    );
     refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
 }
 
-async fn run_relay(client: &TcpStream, server: &TcpStream, port: &PortShared, key: &NodeKey, lease: &router::Lease) {
+async fn run_relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    port: &PortShared,
+    key: &NodeKey,
+    lease: &router::Lease,
+) {
     let _ = server.set_nodelay(true);
-    let gauge = port
-        .metrics
-        .clients
-        .with_label_values(&[&port.key.cluster, &port.key.port, &key.name]);
+    let gauge =
+        port.metrics
+            .clients
+            .with_label_values(&[&port.key.cluster, &port.key.port, &key.name]);
     gauge.inc();
     let end = tokio::select! {
         end = relay::relay(client, server, lease.evicted(), &port.bytes) => end,
@@ -229,7 +260,10 @@ async fn run_relay(client: &TcpStream, server: &TcpStream, port: &PortShared, ke
 async fn connect(addr: &NodeAddr, timeout: Duration) -> io::Result<TcpStream> {
     match tokio::time::timeout(timeout, TcpStream::connect((addr.host.as_str(), addr.port))).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {timeout:?}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect timed out after {timeout:?}"),
+        )),
     }
 }
 

@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 ///
 /// # Errors
 /// When the signal handlers cannot be installed.
-pub fn spawn(commands: mpsc::Sender<Command>, stop: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    commands: mpsc::Sender<Command>,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
     Ok(tokio::spawn(async move {
         loop {

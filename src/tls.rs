@@ -41,7 +41,10 @@ fn read(path: &str) -> Result<Vec<u8>, TlsError> {
 ///
 /// # Errors
 /// [`TlsError`] when a certificate or key cannot be read or parsed.
-pub fn patroni_client(tls: Option<&TlsConfig>, connect_timeout: Duration) -> Result<reqwest::Client, TlsError> {
+pub fn patroni_client(
+    tls: Option<&TlsConfig>,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, TlsError> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .no_proxy()
@@ -103,7 +106,9 @@ mod tests {
             ca_cert: Some("/nonexistent/ca.pem".into()),
             ..TlsConfig::default()
         };
-        let e = patroni_client(Some(&tls), Duration::from_secs(1)).unwrap_err().to_string();
+        let e = patroni_client(Some(&tls), Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         let dir = std::env::temp_dir().join(format!("pgvane-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -113,7 +118,9 @@ mod tests {
             ca_cert: Some(bad.to_string_lossy().into_owned()),
             ..TlsConfig::default()
         };
-        let e = patroni_client(Some(&tls), Duration::from_secs(1)).unwrap_err().to_string();
+        let e = patroni_client(Some(&tls), Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.pem"), "{e}");
     }
 }

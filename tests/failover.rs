@@ -1,6 +1,7 @@
 //! kill -9 of the leader's Patroni and PostgreSQL: the leader port answers
 //! an ErrorResponse or reaches the new leader within a bounded time and
 //! never hangs; the ex-leader rejoins afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -16,13 +17,19 @@ async fn kill_leader_never_hangs_and_reaches_the_new_leader() {
     let t0 = Instant::now();
     let killed = lab(&["kill-leader"]);
     assert_eq!(killed.lines().last().unwrap(), old);
-    assert!(!rw.alive().await, "client of the killed leader must not stay usable");
+    assert!(
+        !rw.alive().await,
+        "client of the killed leader must not stay usable"
+    );
     // Every attempt ends quickly: an ErrorResponse while no leader qualifies,
     // or a session on the new leader. Never a hang.
     let mut errors = 0;
     let mut first_error = None;
     let reached = loop {
-        assert!(t0.elapsed() < Duration::from_secs(90), "no new leader after 90 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no new leader after 90 s"
+        );
         let attempt = Instant::now();
         let result = tokio::time::timeout(Duration::from_secs(10), connect(p.rw)).await;
         let took = attempt.elapsed();
@@ -34,7 +41,9 @@ async fn kill_leader_never_hangs_and_reaches_the_new_leader() {
                 other => panic!("leader port reached {other:?}"),
             },
             Err(e) => {
-                let db = e.as_db_error().unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}\n{}", pg.log_text()));
+                let db = e
+                    .as_db_error()
+                    .unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}\n{}", pg.log_text()));
                 assert!(["57P03", "08006"].contains(&db.code().code()), "{db:?}");
                 first_error.get_or_insert_with(|| db.message().to_owned());
                 errors += 1;
@@ -42,7 +51,12 @@ async fn kill_leader_never_hangs_and_reaches_the_new_leader() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    eprintln!("failover: leader port reached the new leader {reached:?} after kill -9 ({errors} ErrorResponses meanwhile, first: {first_error:?})");
-    assert!(errors > 0, "the dead leader stays in /cluster for up to ttl; clients must have been refused meanwhile");
+    eprintln!(
+        "failover: leader port reached the new leader {reached:?} after kill -9 ({errors} ErrorResponses meanwhile, first: {first_error:?})"
+    );
+    assert!(
+        errors > 0,
+        "the dead leader stays in /cluster for up to ttl; clients must have been refused meanwhile"
+    );
     lab(&["start-node", old.trim_start_matches("node")]);
 }

@@ -1,6 +1,7 @@
 //! Lag (patroni_proxy's acceptance scenario restated): a replica past
 //! `max_lag_in_bytes` loses exactly its replica-port clients; the others
 //! stay; after catching up it is eligible again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -18,7 +19,11 @@ async fn lagging_replica_clients_are_evicted_and_come_back() {
     for _ in 0..4 {
         let c = connect(p.ro).await.unwrap();
         let node = c.whereami().await.unwrap().0;
-        if node == laggy { on_laggy.push(c) } else { on_steady.push(c) }
+        if node == laggy {
+            on_laggy.push(c)
+        } else {
+            on_steady.push(c)
+        }
     }
     // The `any` port has no lag limit: its client on the laggy node stays.
     let mut any_on_laggy = None;
@@ -41,27 +46,42 @@ async fn lagging_replica_clients_are_evicted_and_come_back() {
     })
     .await;
     let took = t0.elapsed();
-    assert!(evicted, "clients of the lagging replica were not evicted:\n{}", pg.log_text());
+    assert!(
+        evicted,
+        "clients of the lagging replica were not evicted:\n{}",
+        pg.log_text()
+    );
     eprintln!("lag: clients evicted {took:?} after `lab.sh lag` began");
     for c in &on_steady {
         assert!(c.alive().await, "client of the healthy replica was dropped");
     }
     assert!(any_on_laggy.alive().await, "the any port has no lag limit");
-    assert_eq!(pg.metric("pgvane_evictions_total", &["port=\"ro\"", "reason=\"lag\""]), 2.0);
+    assert_eq!(
+        pg.metric("pgvane_evictions_total", &["port=\"ro\"", "reason=\"lag\""]),
+        2.0
+    );
     // New clients avoid the lagging replica.
     for _ in 0..3 {
         let c = connect(p.ro).await.unwrap();
         assert_eq!(c.whereami().await.unwrap().0, steady);
     }
     let clusters = pg.clusters();
-    let m = clusters["lab"]["members"].as_array().unwrap().iter().find(|m| m["name"] == laggy.as_str()).unwrap().clone();
+    let m = clusters["lab"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == laggy.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(m["eligible"]["ro"], "lag", "{m}");
     lab(&["unlag", laggy.trim_start_matches("node")]);
     let back = wait_until_async(Duration::from_secs(15), || async {
         let mut clients = Vec::new();
         let mut seen = false;
         for _ in 0..4 {
-            let Ok(c) = connect(p.ro).await else { return false };
+            let Ok(c) = connect(p.ro).await else {
+                return false;
+            };
             seen |= c.whereami().await.map(|w| w.0 == laggy).unwrap_or(false);
             clients.push(c);
         }

@@ -1,5 +1,6 @@
 //! `noloadbalance`: removes a node from replica roles only; its replica-port
 //! clients are evicted, leader-port routing is untouched.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -22,14 +23,24 @@ async fn noloadbalance_tag_evicts_replica_clients_only() {
     assert_eq!(on_tagged.len(), 1);
     let rw = connect(p.rw).await.unwrap();
     lab(&["tag", &n, "noloadbalance"]);
-    let gone = wait_until_async(Duration::from_secs(10), || async { !on_tagged[0].alive().await }).await;
-    assert!(gone, "client on the noloadbalance replica not evicted:\n{}", pg.log_text());
+    let gone = wait_until_async(Duration::from_secs(10), || async {
+        !on_tagged[0].alive().await
+    })
+    .await;
+    assert!(
+        gone,
+        "client on the noloadbalance replica not evicted:\n{}",
+        pg.log_text()
+    );
     assert!(rw.alive().await, "leader-port client must stay");
     for _ in 0..3 {
         let c = connect(p.ro).await.unwrap();
         assert_ne!(c.whereami().await.unwrap().0, tagged);
     }
-    assert_eq!(pg.metric("pgvane_evictions_total", &["reason=\"noloadbalance\""]), 1.0);
+    assert_eq!(
+        pg.metric("pgvane_evictions_total", &["reason=\"noloadbalance\""]),
+        1.0
+    );
     lab(&["untag", &n, "noloadbalance"]);
 }
 

@@ -1,6 +1,7 @@
 //! Role ports against the real lab: the leader port reaches the leader, the
 //! replica port reaches replicas and spreads clients, `any` covers all,
 //! refusals are PostgreSQL errors, a refused connect retries the next node.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -16,8 +17,16 @@ async fn leader_port_reaches_the_leader() {
         let c = connect(p.rw).await.unwrap();
         let (node, recovery) = c.whereami().await.unwrap();
         assert_eq!(node, leader);
-        assert!(!recovery, "pg_is_in_recovery() must be false on the leader port");
-        c.client.batch_execute("create table if not exists pgvane_rw(x int); insert into pgvane_rw values (1)").await.unwrap();
+        assert!(
+            !recovery,
+            "pg_is_in_recovery() must be false on the leader port"
+        );
+        c.client
+            .batch_execute(
+                "create table if not exists pgvane_rw(x int); insert into pgvane_rw values (1)",
+            )
+            .await
+            .unwrap();
     }
 }
 
@@ -53,12 +62,21 @@ async fn no_qualifying_node_gets_a_clear_error() {
     healthy_lab();
     let p = Ports::new();
     // synchronous_mode is off in the healthy lab: a sync-only port has no node.
-    let yaml = lab_config(&p).replace("roles: [sync, async], max_lag_in_bytes: 16777216", "roles: [sync]");
+    let yaml = lab_config(&p).replace(
+        "roles: [sync, async], max_lag_in_bytes: 16777216",
+        "roles: [sync]",
+    );
     let _pg = Pgvane::start(&yaml, p.admin);
     let (code, msg) = connect_err(p.ro).await;
     assert_eq!(code, "57P03");
-    assert!(msg.contains("no node of cluster \"lab\" qualifies for port \"ro\""), "{msg}");
-    assert!(msg.contains("has role Replica") && msg.contains("has role Leader"), "{msg}");
+    assert!(
+        msg.contains("no node of cluster \"lab\" qualifies for port \"ro\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("has role Replica") && msg.contains("has role Leader"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,7 +84,10 @@ async fn refused_connects_give_08006_after_trying_every_node() {
     healthy_lab();
     let p = Ports::new();
     let closed = free_port();
-    let yaml = lab_config(&p).replace("roles: [any]}", &format!("roles: [any], host_port: {closed}}}"));
+    let yaml = lab_config(&p).replace(
+        "roles: [any]}",
+        &format!("roles: [any], host_port: {closed}}}"),
+    );
     let pg = Pgvane::start(&yaml, p.admin);
     let (code, msg) = connect_err(p.any).await;
     assert_eq!(code, "08006");
@@ -87,18 +108,34 @@ async fn refused_connects_give_08006_after_trying_every_node() {
 async fn psql_sees_the_error_not_a_bare_close() {
     healthy_lab();
     let p = Ports::new();
-    let yaml = lab_config(&p).replace("roles: [sync, async], max_lag_in_bytes: 16777216", "roles: [sync]");
+    let yaml = lab_config(&p).replace(
+        "roles: [sync, async], max_lag_in_bytes: 16777216",
+        "roles: [sync]",
+    );
     let _pg = Pgvane::start(&yaml, p.admin);
     // psql tries SSL first (sslmode=prefer): pgvane answers N, then the error.
     let out = std::process::Command::new("psql")
-        .args(["-X", "-h", "127.0.0.1", "-p", &p.ro.to_string(), "-U", "postgres", "-c", "select 1"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p.ro.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "select 1",
+        ])
         .env("PGPASSWORD", "postgres")
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("no node of cluster \"lab\" qualifies"), "{err}");
+    assert!(
+        err.contains("no node of cluster \"lab\" qualifies"),
+        "{err}"
+    );
 }
 
 /// A fake Patroni (edge case only) listing a member whose port refuses, next
@@ -120,7 +157,10 @@ async fn refused_connect_is_retried_on_the_next_node() {
         while let Ok((mut s, _)) = api.accept().await {
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf).await;
-            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = s.write_all(reply.as_bytes()).await;
         }
     });
@@ -132,9 +172,15 @@ async fn refused_connect_is_retried_on_the_next_node() {
     let pg = Pgvane::start(&yaml, admin);
     let c = connect(port).await.unwrap();
     assert_eq!(c.whereami().await.unwrap().0, replica);
-    assert_eq!(pg.metric("pgvane_connect_failures_total", &["node=\"a-dead\""]), 1.0);
+    assert_eq!(
+        pg.metric("pgvane_connect_failures_total", &["node=\"a-dead\""]),
+        1.0
+    );
     // The dead node now backs off: the next client goes straight to the replica.
     let c2 = connect(port).await.unwrap();
     assert_eq!(c2.whereami().await.unwrap().0, replica);
-    assert_eq!(pg.metric("pgvane_connect_failures_total", &["node=\"a-dead\""]), 1.0);
+    assert_eq!(
+        pg.metric("pgvane_connect_failures_total", &["node=\"a-dead\""]),
+        1.0
+    );
 }

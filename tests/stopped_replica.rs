@@ -1,5 +1,6 @@
 //! A stopped replica leaves the replica port; new clients go elsewhere;
 //! started again it comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -17,7 +18,9 @@ async fn stopped_replica_is_skipped_then_returns() {
     // Until Patroni marks it stopped, pgvane's own refused connects steer new
     // clients away; afterwards the map does. Either way: never the stopped node.
     for _ in 0..6 {
-        let c = connect(p.ro).await.unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
+        let c = connect(p.ro)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
         assert_eq!(c.whereami().await.unwrap().0, reps[1]);
     }
     let listed_not_eligible = wait_until(Duration::from_secs(30), || {

@@ -1,6 +1,7 @@
 //! Switchover (patroni_proxy's acceptance scenario restated): new
 //! connections reach the new leader, the old leader's leader-port clients
 //! are evicted, replica-port clients on untouched replicas stay.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
@@ -34,17 +35,30 @@ async fn switchover_moves_the_leader_port_and_keeps_other_clients() {
     .await;
     let reached = t0.elapsed();
     assert!(ok, "leader port never reached {new}");
-    eprintln!("switchover: leader port reached the new leader {:?} after the switchover began", reached);
+    eprintln!(
+        "switchover: leader port reached the new leader {:?} after the switchover began",
+        reached
+    );
     // The client on the old leader was evicted (or its backend terminated).
-    assert!(wait_until_async(Duration::from_secs(10), || async { !rw.alive().await }).await, "old leader client still connected");
+    assert!(
+        wait_until_async(Duration::from_secs(10), || async { !rw.alive().await }).await,
+        "old leader client still connected"
+    );
     // Replica-port clients on the replica that stayed a replica are untouched.
     for (node, c) in &ro {
         if *node != new && *node != old {
-            assert!(c.alive().await, "client on untouched replica {node} was dropped:\n{}", pg.log_text());
+            assert!(
+                c.alive().await,
+                "client on untouched replica {node} was dropped:\n{}",
+                pg.log_text()
+            );
         }
     }
     let evicted = pg.metric("pgvane_evictions_total", &["port=\"rw\""]);
     let log = pg.log_text();
-    assert!(evicted >= 1.0 || log.contains("evicting clients"), "no eviction recorded:\n{log}");
+    assert!(
+        evicted >= 1.0 || log.contains("evicting clients"),
+        "no eviction recorded:\n{log}"
+    );
     lab(&["wait-healthy"]);
 }

@@ -43,7 +43,10 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/", get(|| async { "OK" }))
-        .route("/update_clusters", get(update_clusters).post(update_clusters))
+        .route(
+            "/update_clusters",
+            get(update_clusters).post(update_clusters),
+        )
         .route("/clusters", get(clusters))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "OK" }))
@@ -54,7 +57,9 @@ pub fn router(state: AdminState) -> Router {
 
 async fn update_clusters(State(s): State<AdminState>) -> Response {
     let views = s.clusters.load_full();
-    let polls = views.iter().map(|(name, v)| async move { (name.clone(), v.watcher.update_now().await) });
+    let polls = views
+        .iter()
+        .map(|(name, v)| async move { (name.clone(), v.watcher.update_now().await) });
     let results = futures_util::future::join_all(polls).await;
     let mut body = serde_json::Map::new();
     let mut ok = true;
@@ -67,13 +72,21 @@ async fn update_clusters(State(s): State<AdminState>) -> Response {
             }
         };
     }
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(Value::Object(body))).into_response()
 }
 
 fn cluster_json(view: &ClusterView) -> Value {
     let map = view.watcher.map.load();
-    let ports: Vec<_> = view.ports.iter().map(|p| (p, p.config.load_full())).collect();
+    let ports: Vec<_> = view
+        .ports
+        .iter()
+        .map(|p| (p, p.config.load_full()))
+        .collect();
     let members: Vec<Value> = map
         .members
         .iter()
@@ -104,7 +117,11 @@ fn cluster_json(view: &ClusterView) -> Value {
                 .into_iter()
                 .map(|(k, n)| (k.name, json!(n)))
                 .collect();
-            let roles: Vec<String> = cfg.roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+            let roles: Vec<String> = cfg
+                .roles
+                .iter()
+                .map(|r| format!("{r:?}").to_lowercase())
+                .collect();
             (
                 p.key.port.clone(),
                 json!({"listen": cfg.listen.to_string(), "mode": "tcp", "roles": roles,
@@ -122,21 +139,35 @@ fn cluster_json(view: &ClusterView) -> Value {
 }
 
 fn age(t: SystemTime) -> Option<f64> {
-    (t != SystemTime::UNIX_EPOCH).then(|| SystemTime::now().duration_since(t).map_or(0.0, |d| d.as_secs_f64()))
+    (t != SystemTime::UNIX_EPOCH).then(|| {
+        SystemTime::now()
+            .duration_since(t)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
 }
 
 async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
     let views = s.clusters.load();
-    let body: serde_json::Map<String, Value> = views.iter().map(|(n, v)| (n.clone(), cluster_json(v))).collect();
+    let body: serde_json::Map<String, Value> = views
+        .iter()
+        .map(|(n, v)| (n.clone(), cluster_json(v)))
+        .collect();
     axum::Json(Value::Object(body))
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     for (name, v) in s.clusters.load().iter() {
         let map = v.watcher.map.load();
-        s.metrics.map_age.with_label_values(&[name]).set(age(map.updated_at).unwrap_or(-1.0));
+        s.metrics
+            .map_age
+            .with_label_values(&[name])
+            .set(age(map.updated_at).unwrap_or(-1.0));
     }
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
@@ -150,7 +181,11 @@ async fn ready(State(s): State<AdminState>) -> Response {
         (StatusCode::OK, "OK").into_response()
     } else {
         let names: Vec<&str> = waiting.iter().map(|s| s.as_str()).collect();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("no Patroni answer yet for: {}", names.join(", "))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no Patroni answer yet for: {}", names.join(", ")),
+        )
+            .into_response()
     }
 }
 
@@ -162,7 +197,11 @@ async fn reload(State(s): State<AdminState>) -> Response {
     let reply: ReloadReply = rx.await.unwrap_or_else(|_| Err("shutting down".into()));
     match reply {
         Ok(diff) => (StatusCode::OK, format!("reloaded: {diff}\n")).into_response(),
-        Err(errors) => (StatusCode::BAD_REQUEST, format!("reload rejected, old configuration kept:\n{errors}\n")).into_response(),
+        Err(errors) => (
+            StatusCode::BAD_REQUEST,
+            format!("reload rejected, old configuration kept:\n{errors}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -8,7 +8,13 @@ use http_body_util::BodyExt;
 use std::time::Duration;
 use tower::ServiceExt;
 
-fn state_with(hosts: Vec<String>) -> (AdminState, mpsc::Receiver<Command>, tokio_util::sync::CancellationToken) {
+fn state_with(
+    hosts: Vec<String>,
+) -> (
+    AdminState,
+    mpsc::Receiver<Command>,
+    tokio_util::sync::CancellationToken,
+) {
     let metrics = Arc::new(Metrics::new());
     let settings = WatchSettings {
         hosts,
@@ -23,7 +29,10 @@ fn state_with(hosts: Vec<String>) -> (AdminState, mpsc::Receiver<Command>, tokio
         load_str("clusters: {main: {hosts: ['http://127.0.0.1:1'], ports: {ro: {listen: '127.0.0.1:1', roles: [async]}}}}").unwrap(),
     ));
     let port = Arc::new(PortShared::new(
-        PortKey { cluster: "main".into(), port: "ro".into() },
+        PortKey {
+            cluster: "main".into(),
+            port: "ro".into(),
+        },
         PortConfig {
             listen: "127.0.0.1:1".parse().unwrap(),
             mode: Mode::Tcp,
@@ -38,7 +47,13 @@ fn state_with(hosts: Vec<String>) -> (AdminState, mpsc::Receiver<Command>, tokio
         Arc::clone(&metrics),
     ));
     let mut views = BTreeMap::new();
-    views.insert("main".to_owned(), ClusterView { watcher: handle, ports: vec![port] });
+    views.insert(
+        "main".to_owned(),
+        ClusterView {
+            watcher: handle,
+            ports: vec![port],
+        },
+    );
     let (tx, rx) = mpsc::channel(4);
     let state = AdminState {
         clusters: Arc::new(ArcSwap::from_pointee(views)),
@@ -49,7 +64,11 @@ fn state_with(hosts: Vec<String>) -> (AdminState, mpsc::Receiver<Command>, tokio
 }
 
 async fn call(state: &AdminState, method: &str, uri: &str) -> (StatusCode, String) {
-    let req = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
     let resp = router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -65,7 +84,10 @@ async fn patroni(body: &'static str) -> String {
         while let Ok((mut s, _)) = l.accept().await {
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf).await;
-            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = s.write_all(reply.as_bytes()).await;
         }
     });
@@ -110,9 +132,18 @@ async fn update_clusters_publishes_before_answering() {
     assert_eq!(main["ports"]["ro"]["max_lag_in_bytes"], 100);
     let (status, text) = call(&s, "GET", "/metrics").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(text.contains("pgvane_map_generation{cluster=\"main\"} 1"), "{text}");
-    assert!(text.contains("pgvane_patroni_polls_total{cluster=\"main\",result=\"ok\"} 1"), "{text}");
-    assert!(text.contains("pgvane_map_age_seconds{cluster=\"main\"}"), "{text}");
+    assert!(
+        text.contains("pgvane_map_generation{cluster=\"main\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgvane_patroni_polls_total{cluster=\"main\",result=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pgvane_map_age_seconds{cluster=\"main\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +153,11 @@ async fn reload_goes_to_app_and_reports_errors() {
         let mut n = 0;
         while let Some(Command::Reload(Some(reply))) = rx.recv().await {
             n += 1;
-            let _ = reply.send(if n == 1 { Ok("ports +[main/x]".into()) } else { Err("clusters.main.hosts: bad".into()) });
+            let _ = reply.send(if n == 1 {
+                Ok("ports +[main/x]".into())
+            } else {
+                Err("clusters.main.hosts: bad".into())
+            });
         }
     });
     let (status, body) = call(&s, "POST", "/reload").await;
@@ -130,6 +165,12 @@ async fn reload_goes_to_app_and_reports_errors() {
     assert!(body.contains("main/x"));
     let (status, body) = call(&s, "POST", "/reload").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body.contains("clusters.main.hosts: bad") && body.contains("old configuration kept"), "{body}");
-    assert_eq!(call(&s, "GET", "/reload").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        body.contains("clusters.main.hosts: bad") && body.contains("old configuration kept"),
+        "{body}"
+    );
+    assert_eq!(
+        call(&s, "GET", "/reload").await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 }

@@ -49,9 +49,15 @@ impl ConfigDiff {
             d.restart_needed.push("listen_address");
         }
         for (field, changed) in [
-            ("cluster_update_interval", old.cluster_update_interval != new.cluster_update_interval),
+            (
+                "cluster_update_interval",
+                old.cluster_update_interval != new.cluster_update_interval,
+            ),
             ("api_timeout_ms", old.api_timeout != new.api_timeout),
-            ("connect_timeout_ms", old.connect_timeout != new.connect_timeout),
+            (
+                "connect_timeout_ms",
+                old.connect_timeout != new.connect_timeout,
+            ),
             ("drain_timeout_ms", old.drain_timeout != new.drain_timeout),
         ] {
             if changed {
@@ -79,7 +85,11 @@ impl ConfigDiff {
                 d.ports_added.push(key(name, pname));
             }
         }
-        for (name, nc) in new.clusters.iter().filter(|(n, _)| !old.clusters.contains_key(*n)) {
+        for (name, nc) in new
+            .clusters
+            .iter()
+            .filter(|(n, _)| !old.clusters.contains_key(*n))
+        {
             d.clusters_added.push(name.clone());
             d.ports_added.extend(nc.ports.keys().map(|p| key(name, p)));
         }
@@ -98,7 +108,12 @@ impl fmt::Display for ConfigDiff {
         if self.is_empty() {
             return write!(f, "no changes");
         }
-        let list = |v: &[PortKey]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let list = |v: &[PortKey]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         write!(
             f,
             "clusters +[{}] -[{}] watchers~[{}]; ports +[{}] -[{}] ~[{}]; globals~[{}]; restart needed for [{}]",
@@ -139,8 +154,14 @@ mod tests {
     fn diff_names_added_removed_changed_ports() {
         let old = load_str(BASE).unwrap();
         let new_text = BASE
-            .replace("ro: {listen: '127.0.0.1:7001', roles: [async]}", "ro: {listen: '127.0.0.1:7001', roles: [sync]}")
-            .replace("rw: {listen: '127.0.0.1:7000', roles: [leader]}", "new: {listen: '127.0.0.1:7003', roles: [leader]}")
+            .replace(
+                "ro: {listen: '127.0.0.1:7001', roles: [async]}",
+                "ro: {listen: '127.0.0.1:7001', roles: [sync]}",
+            )
+            .replace(
+                "rw: {listen: '127.0.0.1:7000', roles: [leader]}",
+                "new: {listen: '127.0.0.1:7003', roles: [leader]}",
+            )
             .replace("8008'", "8008', 'http://127.0.0.12:8008'");
         let new = load_str(&new_text).unwrap();
         let d = ConfigDiff::between(&old, &new);

@@ -119,7 +119,9 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         listen_address: top
             .listen_address
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8009))),
-        api_timeout: top.api_timeout_ms.map_or(api_default, Duration::from_millis),
+        api_timeout: top
+            .api_timeout_ms
+            .map_or(api_default, Duration::from_millis),
         connect_timeout: Duration::from_millis(top.connect_timeout_ms.unwrap_or(3000)),
         drain_timeout: Duration::from_millis(top.drain_timeout_ms.unwrap_or(10_000)),
         clusters,
@@ -171,7 +173,10 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
         });
     };
     if interval == Some(0) {
-        push("cluster_update_interval".into(), "must be at least 1 second");
+        push(
+            "cluster_update_interval".into(),
+            "must be at least 1 second",
+        );
     }
     if config.api_timeout.is_zero() {
         push("api_timeout_ms".into(), "must be above 0");
@@ -186,23 +191,38 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
     for (name, cluster) in &config.clusters {
         let path = format!("clusters.{name}");
         if cluster.hosts.is_empty() {
-            push(format!("{path}.hosts"), "at least one Patroni host is required");
+            push(
+                format!("{path}.hosts"),
+                "at least one Patroni host is required",
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for (i, host) in cluster.hosts.iter().enumerate() {
             let lower = host.to_ascii_lowercase();
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                push(format!("{path}.hosts[{i}]"), &format!("`{host}` must start with http:// or https://"));
+                push(
+                    format!("{path}.hosts[{i}]"),
+                    &format!("`{host}` must start with http:// or https://"),
+                );
             } else if reqwest::Url::parse(host).is_err() {
-                push(format!("{path}.hosts[{i}]"), &format!("`{host}` is not a valid URL"));
+                push(
+                    format!("{path}.hosts[{i}]"),
+                    &format!("`{host}` is not a valid URL"),
+                );
             }
             if !seen.insert(lower.trim_end_matches('/').to_owned()) {
-                push(format!("{path}.hosts[{i}]"), &format!("duplicate host `{host}`"));
+                push(
+                    format!("{path}.hosts[{i}]"),
+                    &format!("duplicate host `{host}`"),
+                );
             }
         }
         if let Some(tls) = &cluster.tls {
             if tls.client_cert.is_some() != tls.client_key.is_some() {
-                push(format!("{path}.tls"), "client_cert and client_key must be given together");
+                push(
+                    format!("{path}.tls"),
+                    "client_cert and client_key must be given together",
+                );
             }
         }
         if cluster.ports.is_empty() {
@@ -214,7 +234,10 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                 push(format!("{ppath}.roles"), "at least one role is required");
             }
             if port.mode == Mode::Split {
-                push(format!("{ppath}.mode"), "`split` is not implemented in this version; use `tcp`");
+                push(
+                    format!("{ppath}.mode"),
+                    "`split` is not implemented in this version; use `tcp`",
+                );
             }
             if port.host_port == Some(0) {
                 push(format!("{ppath}.host_port"), "must be between 1 and 65535");
@@ -223,12 +246,18 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                 push(format!("{ppath}.max_clients"), "must be above 0");
             }
             if let Some(other) = listens.insert(port.listen, ppath.clone()) {
-                push(format!("{ppath}.listen"), &format!("{} is already used by {other}", port.listen));
+                push(
+                    format!("{ppath}.listen"),
+                    &format!("{} is already used by {other}", port.listen),
+                );
             }
         }
     }
     if let Some(other) = listens.get(&config.listen_address) {
-        push("listen_address".into(), &format!("{} is already used by {other}", config.listen_address));
+        push(
+            "listen_address".into(),
+            &format!("{} is already used by {other}", config.listen_address),
+        );
     }
 }
 

@@ -2,7 +2,9 @@
 //! Owns the classification of SSLRequest, GSSENCRequest, CancelRequest and
 //! StartupMessage; does not answer them. Fed by `relay::refuse`.
 
-use super::{CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_LENGTH, SSL_REQUEST_CODE};
+use super::{
+    CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_LENGTH, SSL_REQUEST_CODE,
+};
 
 /// What the first packet of a connection asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +74,9 @@ pub fn parse(packet: &[u8]) -> Result<FirstPacket, StartupError> {
             pid: u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
             key: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
         }),
-        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => Err(StartupError::Malformed),
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
+            Err(StartupError::Malformed)
+        }
         version => Ok(FirstPacket::Startup {
             version,
             params: parse_params(body)?,
@@ -114,8 +118,14 @@ mod tests {
 
     #[test]
     fn classifies_every_kind() {
-        assert_eq!(parse(&packet(SSL_REQUEST_CODE, b"")), Ok(FirstPacket::SslRequest));
-        assert_eq!(parse(&packet(GSSENC_REQUEST_CODE, b"")), Ok(FirstPacket::GssEncRequest));
+        assert_eq!(
+            parse(&packet(SSL_REQUEST_CODE, b"")),
+            Ok(FirstPacket::SslRequest)
+        );
+        assert_eq!(
+            parse(&packet(GSSENC_REQUEST_CODE, b"")),
+            Ok(FirstPacket::GssEncRequest)
+        );
         assert_eq!(
             parse(&packet(CANCEL_REQUEST_CODE, &[0, 0, 0, 7, 0, 0, 0, 9])),
             Ok(FirstPacket::Cancel { pid: 7, key: 9 })
@@ -124,7 +134,10 @@ mod tests {
             parse(&packet(196_608, b"user\0app\0database\0db\0\0")),
             Ok(FirstPacket::Startup {
                 version: 196_608,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())],
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ],
             })
         );
     }
@@ -133,9 +146,18 @@ mod tests {
     fn rejects_bad_input_without_panicking() {
         assert_eq!(packet_len(&[0, 0, 0]), Ok(None));
         assert_eq!(packet_len(&[0, 0, 0, 4]), Err(StartupError::BadLength(4)));
-        assert_eq!(packet_len(&[0, 1, 0, 0]), Err(StartupError::BadLength(65536)));
-        assert_eq!(parse(&packet(196_608, b"user\0app")), Err(StartupError::Malformed));
-        assert_eq!(parse(&packet(CANCEL_REQUEST_CODE, b"x")), Err(StartupError::Malformed));
+        assert_eq!(
+            packet_len(&[0, 1, 0, 0]),
+            Err(StartupError::BadLength(65536))
+        );
+        assert_eq!(
+            parse(&packet(196_608, b"user\0app")),
+            Err(StartupError::Malformed)
+        );
+        assert_eq!(
+            parse(&packet(CANCEL_REQUEST_CODE, b"x")),
+            Err(StartupError::Malformed)
+        );
         // Every short prefix of every byte value: no panic.
         for b in 0..=255u8 {
             for n in 0..12 {

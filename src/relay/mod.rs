@@ -39,9 +39,17 @@ pub struct ByteCounters {
 
 /// Relays until both directions end or `evict` fires.
 /// Cancel safe: dropping it drops both sockets.
-pub async fn relay(client: &TcpStream, server: &TcpStream, evict: &CancellationToken, bytes: &ByteCounters) -> RelayEnd {
+pub async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    evict: &CancellationToken,
+    bytes: &ByteCounters,
+) -> RelayEnd {
     let both = async {
-        tokio::try_join!(pump(client, server, &bytes.to_server), pump(server, client, &bytes.to_client))
+        tokio::try_join!(
+            pump(client, server, &bytes.to_server),
+            pump(server, client, &bytes.to_client)
+        )
     };
     tokio::select! {
         _ = both => RelayEnd::Closed,
@@ -50,7 +58,11 @@ pub async fn relay(client: &TcpStream, server: &TcpStream, evict: &CancellationT
 }
 
 /// One direction: `from` → `to`, propagating EOF as a half-close.
-async fn pump(from: &TcpStream, to: &TcpStream, counter: &prometheus::IntCounter) -> io::Result<()> {
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &prometheus::IntCounter,
+) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     loop {
         if !pending.is_empty() {
@@ -109,7 +121,9 @@ pub async fn refuse(client: &mut TcpStream, code: SqlState, message: &str, deadl
         let mut out = Vec::with_capacity(64 + message.len());
         loop {
             match read_first(client).await {
-                Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => client.write_all(b"N").await?,
+                Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
+                    client.write_all(b"N").await?
+                }
                 Ok(FirstPacket::Cancel { .. }) => return Ok(()),
                 Ok(FirstPacket::Startup { .. }) => {
                     error_response(&mut out, Severity::Fatal, code, message);

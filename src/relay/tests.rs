@@ -29,10 +29,23 @@ async fn relays_both_ways_large_payloads_and_half_close() {
     let (up2, down2) = (up.clone(), down.clone());
     let (mut app_r, mut app_w) = app.split();
     let (mut db_r, mut db_w) = db.split();
-    let w1 = async { app_w.write_all(&up2).await.unwrap(); app_w.shutdown().await.unwrap(); };
-    let w2 = async { db_w.write_all(&down2).await.unwrap(); };
-    let r1 = async { let mut v = Vec::new(); db_r.read_to_end(&mut v).await.unwrap(); v };
-    let r2 = async { let mut v = vec![0; down.len()]; app_r.read_exact(&mut v).await.unwrap(); v };
+    let w1 = async {
+        app_w.write_all(&up2).await.unwrap();
+        app_w.shutdown().await.unwrap();
+    };
+    let w2 = async {
+        db_w.write_all(&down2).await.unwrap();
+    };
+    let r1 = async {
+        let mut v = Vec::new();
+        db_r.read_to_end(&mut v).await.unwrap();
+        v
+    };
+    let r2 = async {
+        let mut v = vec![0; down.len()];
+        app_r.read_exact(&mut v).await.unwrap();
+        v
+    };
     let ((), (), got_up, got_down) = tokio::join!(w1, w2, r1, r2);
     assert!(got_up == up, "client→server bytes differ");
     assert!(got_down == down, "server→client bytes differ");
@@ -54,29 +67,47 @@ async fn eviction_ends_the_relay() {
     let (server_side, _db) = pair().await;
     let evict = CancellationToken::new();
     let e2 = evict.clone();
-    let task = tokio::spawn(async move { relay(&client_side, &server_side, &e2, &counters()).await });
+    let task =
+        tokio::spawn(async move { relay(&client_side, &server_side, &e2, &counters()).await });
     evict.cancel();
     assert_eq!(task.await.unwrap(), RelayEnd::Evicted);
     let mut buf = [0u8; 1];
-    assert_eq!(app.read(&mut buf).await.unwrap(), 0, "client sees the close");
+    assert_eq!(
+        app.read(&mut buf).await.unwrap(),
+        0,
+        "client sees the close"
+    );
 }
 
 #[tokio::test]
 async fn refusal_answers_ssl_then_sends_fatal_error() {
     let (mut app, mut client_side) = pair().await;
     let task = tokio::spawn(async move {
-        refuse(&mut client_side, crate::protocol::sqlstate::CANNOT_CONNECT_NOW, "no node", Duration::from_secs(5)).await;
+        refuse(
+            &mut client_side,
+            crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+            "no node",
+            Duration::from_secs(5),
+        )
+        .await;
     });
-    app.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    app.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut n = [0u8; 1];
     app.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");
-    app.write_all(b"\0\0\0\x12\0\x03\0\0user\0app\0\0").await.unwrap();
+    app.write_all(b"\0\0\0\x12\0\x03\0\0user\0app\0\0")
+        .await
+        .unwrap();
     let mut reply = Vec::new();
     app.read_to_end(&mut reply).await.unwrap();
     assert_eq!(reply[0], b'E');
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.contains("C57P03") && text.contains("Mno node"), "{text}");
+    assert!(
+        text.contains("C57P03") && text.contains("Mno node"),
+        "{text}"
+    );
     task.await.unwrap();
 }
 
@@ -84,15 +115,34 @@ async fn refusal_answers_ssl_then_sends_fatal_error() {
 async fn refusal_of_garbage_or_silence_is_bounded() {
     let (mut app, mut client_side) = pair().await;
     app.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(2), refuse(&mut client_side, crate::protocol::sqlstate::CANNOT_CONNECT_NOW, "x", Duration::from_secs(1)))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        refuse(
+            &mut client_side,
+            crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+            "x",
+            Duration::from_secs(1),
+        ),
+    )
+    .await
+    .unwrap();
     let mut reply = Vec::new();
     app.read_to_end(&mut reply).await.unwrap();
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.starts_with('E') && text.contains("C08P01") && text.contains("invalid startup packet"), "{text}");
+    assert!(
+        text.starts_with('E') && text.contains("C08P01") && text.contains("invalid startup packet"),
+        "{text}"
+    );
     let (_silent, mut client_side) = pair().await;
-    tokio::time::timeout(Duration::from_secs(2), refuse(&mut client_side, crate::protocol::sqlstate::CANNOT_CONNECT_NOW, "x", Duration::from_millis(200)))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        refuse(
+            &mut client_side,
+            crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+            "x",
+            Duration::from_millis(200),
+        ),
+    )
+    .await
+    .unwrap();
 }

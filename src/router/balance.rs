@@ -62,7 +62,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.balancer.with(|slots| {
             // An evicted slot is gone or replaced: only the lease's own slot counts.
-            if let Some(slot) = slots.by_node.get_mut(&self.key).filter(|s| s.id == self.slot) {
+            if let Some(slot) = slots
+                .by_node
+                .get_mut(&self.key)
+                .filter(|s| s.id == self.slot)
+            {
                 slot.active = slot.active.saturating_sub(1);
                 if slot.active == 0 {
                     slots.by_node.remove(&self.key);
@@ -74,15 +78,27 @@ impl Drop for Lease {
 
 impl Balancer {
     fn with<R>(&self, f: impl FnOnce(&mut Slots) -> R) -> R {
-        let mut guard = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
     /// Sorts `nodes` best first: fewest active clients, then fewest recent
     /// failures, then name.
     #[must_use]
-    pub fn order(&self, mut nodes: Vec<NodeKey>, failures: impl Fn(&NodeKey) -> u32) -> Vec<NodeKey> {
-        let counts: Vec<usize> = self.with(|s| nodes.iter().map(|k| s.by_node.get(k).map_or(0, |x| x.active)).collect());
+    pub fn order(
+        &self,
+        mut nodes: Vec<NodeKey>,
+        failures: impl Fn(&NodeKey) -> u32,
+    ) -> Vec<NodeKey> {
+        let counts: Vec<usize> = self.with(|s| {
+            nodes
+                .iter()
+                .map(|k| s.by_node.get(k).map_or(0, |x| x.active))
+                .collect()
+        });
         let mut ranked: Vec<(usize, u32, NodeKey)> = counts
             .into_iter()
             .zip(nodes.drain(..))
@@ -118,7 +134,10 @@ impl Balancer {
 
     /// Evicts the clients of every node for which `verdict` gives a reason;
     /// returns each evicted node with its reason and client count.
-    pub fn evict_where<R>(&self, mut verdict: impl FnMut(&NodeKey) -> Option<R>) -> Vec<(NodeKey, R, usize)> {
+    pub fn evict_where<R>(
+        &self,
+        mut verdict: impl FnMut(&NodeKey) -> Option<R>,
+    ) -> Vec<(NodeKey, R, usize)> {
         self.with(|slots| {
             let mut out = Vec::new();
             slots.by_node.retain(|key, slot| match verdict(key) {
@@ -136,7 +155,12 @@ impl Balancer {
     /// Active clients per node.
     #[must_use]
     pub fn active(&self) -> Vec<(NodeKey, usize)> {
-        let mut v: Vec<_> = self.with(|s| s.by_node.iter().map(|(k, x)| (k.clone(), x.active)).collect());
+        let mut v: Vec<_> = self.with(|s| {
+            s.by_node
+                .iter()
+                .map(|(k, x)| (k.clone(), x.active))
+                .collect()
+        });
         v.sort();
         v
     }
@@ -147,20 +171,35 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> NodeKey {
-        NodeKey { name: name.into(), addr: NodeAddr { host: format!("{name}.h"), port: 5432 } }
+        NodeKey {
+            name: name.into(),
+            addr: NodeAddr {
+                host: format!("{name}.h"),
+                port: 5432,
+            },
+        }
     }
 
     #[test]
     fn least_connections_then_failures_then_name() {
         let b = Arc::new(Balancer::default());
         let nodes = vec![key("c"), key("b"), key("a")];
-        assert_eq!(b.order(nodes.clone(), |_| 0), vec![key("a"), key("b"), key("c")]);
+        assert_eq!(
+            b.order(nodes.clone(), |_| 0),
+            vec![key("a"), key("b"), key("c")]
+        );
         let _l1 = b.lease(key("a"));
         let _l2 = b.lease(key("a"));
         let _l3 = b.lease(key("b"));
-        assert_eq!(b.order(nodes.clone(), |_| 0), vec![key("c"), key("b"), key("a")]);
+        assert_eq!(
+            b.order(nodes.clone(), |_| 0),
+            vec![key("c"), key("b"), key("a")]
+        );
         let failures = |k: &NodeKey| u32::from(k.name == "c");
-        assert_eq!(b.order(vec![key("c"), key("d")], failures), vec![key("d"), key("c")]);
+        assert_eq!(
+            b.order(vec![key("c"), key("d")], failures),
+            vec![key("d"), key("c")]
+        );
     }
 
     #[test]

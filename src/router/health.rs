@@ -26,14 +26,20 @@ pub struct HealthBook {
 
 impl HealthBook {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<NodeAddr, Entry>) -> R) -> R {
-        let mut guard = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
     /// Records a failed connect: back off `500 ms × 2^(n-1)`, at most 5 s.
     pub fn failure(&self, addr: &NodeAddr, now: Instant) {
         self.with(|e| {
-            let entry = e.entry(addr.clone()).or_insert(Entry { failures: 0, until: now });
+            let entry = e.entry(addr.clone()).or_insert(Entry {
+                failures: 0,
+                until: now,
+            });
             entry.failures = entry.failures.saturating_add(1);
             let backoff = BASE_BACKOFF
                 .saturating_mul(1 << (entry.failures - 1).min(4))
@@ -67,7 +73,10 @@ mod tests {
     #[test]
     fn backoff_grows_and_success_clears() {
         let book = HealthBook::default();
-        let a = NodeAddr { host: "h".into(), port: 1 };
+        let a = NodeAddr {
+            host: "h".into(),
+            port: 1,
+        };
         let t = Instant::now();
         assert!(!book.cooling(&a, t));
         book.failure(&a, t);

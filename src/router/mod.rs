@@ -54,9 +54,14 @@ pub fn choose(
         }
         return Err(NoTarget::NoneQualifies(why.join(", ")));
     }
-    let (cool, warm): (Vec<_>, Vec<_>) = qualifying.into_iter().partition(|k| health.cooling(&k.addr, now));
+    let (cool, warm): (Vec<_>, Vec<_>) = qualifying
+        .into_iter()
+        .partition(|k| health.cooling(&k.addr, now));
     if warm.is_empty() {
-        let names: Vec<String> = cool.iter().map(|k| format!("{} ({})", k.name, k.addr)).collect();
+        let names: Vec<String> = cool
+            .iter()
+            .map(|k| format!("{} ({})", k.name, k.addr))
+            .collect();
         return Err(NoTarget::AllCoolingDown(names.join(", ")));
     }
     Ok(balancer.order(warm, |k| health.failures(&k.addr)))

@@ -110,7 +110,11 @@ pub fn target_key(m: &Member, port: &PortConfig) -> NodeKey {
 ///
 /// # Errors
 /// Why the client must be evicted.
-pub fn still_qualifies(key: &NodeKey, m: Option<&Member>, port: &PortConfig) -> Result<(), Ineligible> {
+pub fn still_qualifies(
+    key: &NodeKey,
+    m: Option<&Member>,
+    port: &PortConfig,
+) -> Result<(), Ineligible> {
     let m = m.ok_or(Ineligible::Removed)?;
     if target_key(m, port) != *key {
         return Err(Ineligible::Removed);

@@ -56,14 +56,20 @@ impl Default for Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(c.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    registry.register(Box::new(g.clone())).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     g
 }
 
@@ -75,29 +81,89 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let poll_duration = HistogramVec::new(
-            HistogramOpts::new("pgvane_patroni_poll_duration_seconds", "Time to get a good /cluster answer (or give up)")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new(
+                "pgvane_patroni_poll_duration_seconds",
+                "Time to get a good /cluster answer (or give up)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             &["cluster"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(poll_duration.clone())).unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(poll_duration.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         let map_age = prometheus::GaugeVec::new(
-            Opts::new("pgvane_map_age_seconds", "Seconds since Patroni last confirmed the map"),
+            Opts::new(
+                "pgvane_map_age_seconds",
+                "Seconds since Patroni last confirmed the map",
+            ),
             &["cluster"],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(map_age.clone())).unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(map_age.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
         Self {
-            clients: gauge(&r, "pgvane_clients", "Clients relayed right now", &["cluster", "port", "node"]),
-            accepted: counter(&r, "pgvane_clients_accepted_total", "Client connections accepted", &["cluster", "port"]),
-            evictions: counter(&r, "pgvane_evictions_total", "Clients disconnected because their node stopped qualifying", &["cluster", "port", "reason"]),
-            client_errors: counter(&r, "pgvane_client_errors_total", "ErrorResponses pgvane sent to clients", &["cluster", "port", "sqlstate"]),
-            connect_failures: counter(&r, "pgvane_connect_failures_total", "pgvane's own failed connects to a node", &["cluster", "node"]),
-            bytes: counter(&r, "pgvane_bytes_relayed_total", "Bytes relayed", &["cluster", "port", "direction"]),
-            polls: counter(&r, "pgvane_patroni_polls_total", "Patroni polls by result", &["cluster", "result"]),
-            map_generation: gauge(&r, "pgvane_map_generation", "Generation of the published cluster map", &["cluster"]),
-            map_stale: gauge(&r, "pgvane_map_stale", "1 when every Patroni host failed and the last map is kept", &["cluster"]),
-            reloads: counter(&r, "pgvane_reloads_total", "Config reloads by result", &["result"]),
+            clients: gauge(
+                &r,
+                "pgvane_clients",
+                "Clients relayed right now",
+                &["cluster", "port", "node"],
+            ),
+            accepted: counter(
+                &r,
+                "pgvane_clients_accepted_total",
+                "Client connections accepted",
+                &["cluster", "port"],
+            ),
+            evictions: counter(
+                &r,
+                "pgvane_evictions_total",
+                "Clients disconnected because their node stopped qualifying",
+                &["cluster", "port", "reason"],
+            ),
+            client_errors: counter(
+                &r,
+                "pgvane_client_errors_total",
+                "ErrorResponses pgvane sent to clients",
+                &["cluster", "port", "sqlstate"],
+            ),
+            connect_failures: counter(
+                &r,
+                "pgvane_connect_failures_total",
+                "pgvane's own failed connects to a node",
+                &["cluster", "node"],
+            ),
+            bytes: counter(
+                &r,
+                "pgvane_bytes_relayed_total",
+                "Bytes relayed",
+                &["cluster", "port", "direction"],
+            ),
+            polls: counter(
+                &r,
+                "pgvane_patroni_polls_total",
+                "Patroni polls by result",
+                &["cluster", "result"],
+            ),
+            map_generation: gauge(
+                &r,
+                "pgvane_map_generation",
+                "Generation of the published cluster map",
+                &["cluster"],
+            ),
+            map_stale: gauge(
+                &r,
+                "pgvane_map_stale",
+                "1 when every Patroni host failed and the last map is kept",
+                &["cluster"],
+            ),
+            reloads: counter(
+                &r,
+                "pgvane_reloads_total",
+                "Config reloads by result",
+                &["result"],
+            ),
             poll_duration,
             map_age,
             registry: r,
@@ -109,7 +175,9 @@ impl Metrics {
         self.map_generation
             .with_label_values(&[cluster])
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.map_stale.with_label_values(&[cluster]).set(i64::from(stale));
+        self.map_stale
+            .with_label_values(&[cluster])
+            .set(i64::from(stale));
     }
 
     /// Prometheus text exposition of every metric.
@@ -132,7 +200,9 @@ mod tests {
         m.clients.with_label_values(&["c", "p", "n"]).inc();
         m.accepted.with_label_values(&["c", "p"]).inc();
         m.evictions.with_label_values(&["c", "p", "lag"]).inc();
-        m.client_errors.with_label_values(&["c", "p", "57P03"]).inc();
+        m.client_errors
+            .with_label_values(&["c", "p", "57P03"])
+            .inc();
         m.connect_failures.with_label_values(&["c", "n"]).inc();
         m.bytes.with_label_values(&["c", "p", "to_server"]).inc();
         m.polls.with_label_values(&["c", "ok"]).inc();

@@ -58,7 +58,10 @@ pub fn parse(body: &[u8]) -> Result<ClusterInfo, ParseError> {
 fn member(m: &Value) -> Option<Member> {
     let name = m.get("name")?.as_str()?.to_owned();
     let host = m.get("host")?.as_str()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if host.is_empty() {
         return None;
     }
@@ -69,7 +72,10 @@ fn member(m: &Value) -> Option<Member> {
         role: MemberRole::from_patroni(m.get("role").and_then(Value::as_str).unwrap_or("")),
         state: MemberState::from_patroni(m.get("state").and_then(Value::as_str).unwrap_or("")),
         addr: NodeAddr { host, port },
-        lag: m.get("replay_lag").and_then(number).or_else(|| m.get("lag").and_then(number)),
+        lag: m
+            .get("replay_lag")
+            .and_then(number)
+            .or_else(|| m.get("lag").and_then(number)),
         noloadbalance: truthy(tags.and_then(|t| t.get("noloadbalance"))),
         nofailover: truthy(tags.and_then(|t| t.get("nofailover"))),
         timeline: m.get("timeline").and_then(number),

@@ -75,7 +75,11 @@ pub struct Watcher {
 impl Watcher {
     /// Creates a watcher with an empty map and its handle.
     #[must_use]
-    pub fn new(cluster: &str, settings: WatchSettings, metrics: Arc<Metrics>) -> (Self, WatcherHandle) {
+    pub fn new(
+        cluster: &str,
+        settings: WatchSettings,
+        metrics: Arc<Metrics>,
+    ) -> (Self, WatcherHandle) {
         let map = Arc::new(ArcSwap::from_pointee(ClusterMap::empty(cluster)));
         let (gen_tx, gen_rx) = watch::channel(0);
         let (set_tx, set_rx) = watch::channel(Arc::new(settings));
@@ -130,7 +134,10 @@ impl Watcher {
             .with_label_values(&[&self.cluster])
             .observe(started.elapsed().as_secs_f64());
         let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.polls.with_label_values(&[&self.cluster, label]).inc();
+        self.metrics
+            .polls
+            .with_label_values(&[&self.cluster, label])
+            .inc();
         let reply = result.as_ref().map(|_| ()).map_err(Clone::clone);
         let generation = self.publish(result);
         reply.map(|()| generation)
@@ -216,15 +223,26 @@ async fn poll(settings: &WatchSettings) -> Result<(ClusterInfo, String), String>
     Err(errors.join("; "))
 }
 
-async fn fetch(client: &reqwest::Client, host: &str, timeout: Duration) -> Result<(ClusterInfo, String), String> {
+async fn fetch(
+    client: &reqwest::Client,
+    host: &str,
+    timeout: Duration,
+) -> Result<(ClusterInfo, String), String> {
     let url = format!("{}/cluster", host.trim_end_matches('/'));
     let work = async {
-        let resp = client.get(&url).send().await.map_err(|e| format!("{host}: {}", error_chain(&e)))?;
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{host}: {}", error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("{host}: HTTP {status}"));
         }
-        let body = resp.bytes().await.map_err(|e| format!("{host}: {}", error_chain(&e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{host}: {}", error_chain(&e)))?;
         let info = patroni::parse(&body).map_err(|e| format!("{host}: {e}"))?;
         if info.members.is_empty() {
             return Err(format!("{host}: answer lists no routable member"));

@@ -1,7 +1,13 @@
 //! Shared helpers for the end-to-end tests: drive the lab script, start
 //! pgvane as a real process on its own config, connect real clients.
 //! Every wait polls until true or a deadline; nothing sleeps blindly.
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -40,7 +46,10 @@ pub fn leader() -> String {
 }
 
 pub fn node_ip(name: &str) -> String {
-    format!("127.0.0.{}", 10 + name.trim_start_matches("node").parse::<u8>().unwrap())
+    format!(
+        "127.0.0.{}",
+        10 + name.trim_start_matches("node").parse::<u8>().unwrap()
+    )
 }
 
 pub fn node_of_ip(ip: &str) -> String {
@@ -50,12 +59,20 @@ pub fn node_of_ip(ip: &str) -> String {
 
 pub fn replicas() -> Vec<String> {
     let l = leader();
-    NODES.iter().filter(|n| **n != l).map(|n| (*n).to_owned()).collect()
+    NODES
+        .iter()
+        .filter(|n| **n != l)
+        .map(|n| (*n).to_owned())
+        .collect()
 }
 
 /// A free loopback TCP port (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Ports {
@@ -67,7 +84,12 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Self {
-        Self { admin: free_port(), rw: free_port(), ro: free_port(), any: free_port() }
+        Self {
+            admin: free_port(),
+            rw: free_port(),
+            ro: free_port(),
+            any: free_port(),
+        }
     }
 }
 
@@ -127,8 +149,15 @@ impl Pgvane {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut me = Self { child, config, admin, log };
-        let ok = wait_until(Duration::from_secs(15), || me.http("GET", "/ready").is_some_and(|(s, _)| s == 200));
+        let mut me = Self {
+            child,
+            config,
+            admin,
+            log,
+        };
+        let ok = wait_until(Duration::from_secs(15), || {
+            me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
+        });
         if !ok {
             panic!("pgvane not ready:\n{}", me.log_text());
         }
@@ -170,7 +199,11 @@ impl Pgvane {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -182,7 +215,10 @@ impl Pgvane {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "pgvane did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "pgvane did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -191,7 +227,10 @@ impl Pgvane {
 impl Drop for Pgvane {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if self.child.try_wait().ok().flatten().is_some() {
@@ -210,14 +249,24 @@ pub fn http(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     // Chunked bodies: good enough to strip chunk sizes for our JSON/text checks.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -229,7 +278,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -276,7 +327,9 @@ pub struct Client {
 }
 
 pub async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
-    let conn_str = format!("host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=10");
+    let conn_str = format!(
+        "host=127.0.0.1 port={port} user=postgres password=postgres dbname=postgres connect_timeout=10"
+    );
     let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
     let task = tokio::spawn(async move {
         let _ = conn.await;
@@ -308,7 +361,9 @@ pub async fn connect_err(port: u16) -> (String, String) {
         Err(_) => panic!("connect to {port} hung"),
         Ok(Ok(_)) => panic!("connect to {port} succeeded"),
         Ok(Err(e)) => {
-            let db = e.as_db_error().unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("not an ErrorResponse: {e:?}"));
             (db.code().code().to_owned(), db.message().to_owned())
         }
     }

@@ -87,9 +87,15 @@ clusters:
     ] {
         assert!(paths.contains(&want), "missing {want} in {errs:?}");
     }
-    let role = errs.iter().find(|e| e.path == "clusters.a.ports.p1.roles[0]").unwrap();
+    let role = errs
+        .iter()
+        .find(|e| e.path == "clusters.a.ports.p1.roles[0]")
+        .unwrap();
     assert!(role.message.contains("master"), "{role:?}");
-    let dup = errs.iter().find(|e| e.path == "clusters.b.ports.p1.listen").unwrap();
+    let dup = errs
+        .iter()
+        .find(|e| e.path == "clusters.b.ports.p1.listen")
+        .unwrap();
     assert!(dup.message.contains("clusters.a.ports.p5"), "{dup:?}");
 }
 

@@ -51,7 +51,10 @@ fn every_fixture_parses() {
             let info = parse(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!info.members.is_empty(), "{name}");
             assert!(info.skipped.is_empty(), "{name}");
-            assert!(info.members.iter().filter(|m| m.role.is_leader()).count() <= 1, "{name}");
+            assert!(
+                info.members.iter().filter(|m| m.role.is_leader()).count() <= 1,
+                "{name}"
+            );
             n += 1;
         } else if name.ends_with(".trace.json") {
             // Each trace step carries Patroni's own one-line summary: ours must match.
@@ -61,7 +64,12 @@ fn every_fixture_parses() {
                     continue;
                 };
                 let info = parse(cluster.to_string().as_bytes()).unwrap();
-                assert_eq!(summary(&info), step["members"].as_str().unwrap(), "{name} t={}", step["t"]);
+                assert_eq!(
+                    summary(&info),
+                    step["members"].as_str().unwrap(),
+                    "{name} t={}",
+                    step["t"]
+                );
                 n += 1;
             }
         }
@@ -72,10 +80,19 @@ fn every_fixture_parses() {
 #[test]
 fn healthy_replicas_are_streaming() {
     let info = fixture("01-healthy");
-    assert_eq!(summary(&info), "node1=leader/running node2=replica/streaming node3=replica/streaming");
+    assert_eq!(
+        summary(&info),
+        "node1=leader/running node2=replica/streaming node3=replica/streaming"
+    );
     assert_eq!(info.members[0].lag, None);
     assert_eq!(info.members[1].lag, Some(0));
-    assert_eq!(info.members[1].addr, NodeAddr { host: "127.0.0.12".into(), port: 5432 });
+    assert_eq!(
+        info.members[1].addr,
+        NodeAddr {
+            host: "127.0.0.12".into(),
+            port: 5432
+        }
+    );
 }
 
 #[test]
@@ -94,8 +111,15 @@ fn receive_lag_is_seen() {
 
 #[test]
 fn sync_quorum_tags_stopped_pause() {
-    assert_eq!(fixture("09-sync-on").members[1].role, MemberRole::SyncStandby);
-    assert!(fixture("10-sync-quorum").members[..2].iter().all(|m| m.role == MemberRole::QuorumStandby));
+    assert_eq!(
+        fixture("09-sync-on").members[1].role,
+        MemberRole::SyncStandby
+    );
+    assert!(
+        fixture("10-sync-quorum").members[..2]
+            .iter()
+            .all(|m| m.role == MemberRole::QuorumStandby)
+    );
     assert!(fixture("11-noloadbalance").members[0].noloadbalance);
     assert!(fixture("12-nofailover").members[1].nofailover);
     let stopped = &fixture("13-replica-stopped").members[0];
@@ -126,14 +150,20 @@ fn lenient_on_odd_members() {
     assert!(!info.members[1].nofailover);
     assert_eq!(info.members[2].addr.host, "fe80::1");
     assert_eq!(info.members[2].role, MemberRole::StandbyLeader);
-    assert_eq!(info.skipped, vec!["c".to_owned(), "#3".to_owned(), "#5".to_owned()]);
+    assert_eq!(
+        info.skipped,
+        vec!["c".to_owned(), "#3".to_owned(), "#5".to_owned()]
+    );
     assert!(info.paused);
 }
 
 #[test]
 fn rejects_non_cluster_bodies() {
     assert!(matches!(parse(b"<html>"), Err(ParseError::Json(_))));
-    assert_eq!(parse(b"{\"state\": \"running\"}"), Err(ParseError::NoMembers));
+    assert_eq!(
+        parse(b"{\"state\": \"running\"}"),
+        Err(ParseError::NoMembers)
+    );
     assert_eq!(parse(b"[]"), Err(ParseError::NoMembers));
     assert_eq!(parse(b"{\"members\": []}").unwrap().members.len(), 0);
 }

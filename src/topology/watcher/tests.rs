@@ -24,7 +24,9 @@ async fn fake(answer: Answer) -> Fake {
     let shared = Arc::clone(&answer);
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let now = shared.lock().unwrap().clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
@@ -35,13 +37,19 @@ async fn fake(answer: Answer) -> Fake {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                assert!(got.starts_with(b"GET /cluster "), "{}", String::from_utf8_lossy(&got));
+                assert!(
+                    got.starts_with(b"GET /cluster "),
+                    "{}",
+                    String::from_utf8_lossy(&got)
+                );
                 let reply = match now {
                     Answer::Json(body) => format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     ),
-                    Answer::Status(code) => format!("HTTP/1.1 {code} Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+                    Answer::Status(code) => format!(
+                        "HTTP/1.1 {code} Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    ),
                     Answer::Hang => {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         return;
@@ -107,7 +115,10 @@ async fn first_good_answer_wins_over_failing_hosts() {
     let (h, _c) = start(settings(&[&bad, &hang, &good]));
     let t = Instant::now();
     h.update_now().await.unwrap();
-    assert!(t.elapsed() < Duration::from_millis(250), "waited for the hanging host");
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "waited for the hanging host"
+    );
     assert_eq!(h.map.load().source.as_deref(), Some(good.url.as_str()));
 }
 
@@ -117,7 +128,14 @@ async fn every_host_failing_keeps_last_map_marked_stale() {
     let b = fake(Answer::Status(500)).await;
     let (h, _c) = start(settings(&[&a, &b]));
     let g1 = h.update_now().await.unwrap();
-    for broken in [Answer::Status(500), Answer::Json("{not json"), Answer::Hang, Answer::Close, Answer::Json(r#"{"members": []}"#), Answer::Json(r#"{"x": 1}"#)] {
+    for broken in [
+        Answer::Status(500),
+        Answer::Json("{not json"),
+        Answer::Hang,
+        Answer::Close,
+        Answer::Json(r#"{"members": []}"#),
+        Answer::Json(r#"{"x": 1}"#),
+    ] {
         *a.answer.lock().unwrap() = broken;
         let err = h.update_now().await.unwrap_err();
         assert!(err.contains(&a.url) && err.contains(&b.url), "{err}");
@@ -127,7 +145,10 @@ async fn every_host_failing_keeps_last_map_marked_stale() {
         assert_eq!(map.generation, g1 + 1, "stale flips the generation once");
         assert!(map.last_error.is_some());
     }
-    let err = { *a.answer.lock().unwrap() = Answer::Hang; h.update_now().await.unwrap_err() };
+    let err = {
+        *a.answer.lock().unwrap() = Answer::Hang;
+        h.update_now().await.unwrap_err()
+    };
     assert!(err.contains("timed out"), "{err}");
     *a.answer.lock().unwrap() = Answer::Json(HEALTHY);
     assert_eq!(h.update_now().await.unwrap(), g1 + 2);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: format and lint checks,
+# unit tests, then the end-to-end tests against a real Patroni lab started
+# here (deploy/lab/lab.sh) and stopped afterwards by pid.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+step() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
+
+step "install: PostgreSQL 15, etcd, Patroni venv (deploy/lab/lab.sh install)"
+deploy/lab/lab.sh install
+command -v psql >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client-15; }
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --all-targets --locked
+
+step "unit tests (no network)"
+cargo test --locked --lib
+
+step "lab up"
+started_lab=0
+if ! deploy/lab/lab.sh status >/dev/null 2>&1; then started_lab=1; fi
+cleanup() { [ "$started_lab" = 1 ] && deploy/lab/lab.sh down || true; }
+trap cleanup EXIT
+deploy/lab/lab.sh up
+
+step "end-to-end tests against the lab (one at a time: they share one cluster)"
+cargo test --locked --tests --test '*' -- --test-threads=1
+
+step "all tests passed in $((SECONDS - t0)) s"

@@ -1,0 +1,57 @@
+//! SIGTERM: stop accepting at once, let clients finish up to the drain
+//! deadline, close the rest, exit 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_then_exits_zero() {
+    healthy_lab();
+    let p = Ports::new();
+    let yaml = format!("drain_timeout_ms: 2000\n{}", lab_config(&p));
+    let mut pg = Pgvane::start(&yaml, p.admin);
+    let c = connect(p.rw).await.unwrap();
+    let t0 = Instant::now();
+    pg.signal("TERM");
+    // New clients are refused at once; the connected one still works.
+    assert!(
+        wait_until_async(Duration::from_secs(2), || async {
+            connect(p.rw).await.is_err()
+        })
+        .await
+    );
+    assert!(
+        c.alive().await,
+        "a connected client may finish during the drain"
+    );
+    let status = pg.stop();
+    let took = t0.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "drain took {took:?}"
+    );
+    assert!(!c.alive().await, "client closed at the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_with_no_clients_exits_at_once() {
+    healthy_lab();
+    let p = Ports::new();
+    let pg = Pgvane::start(&lab_config(&p), p.admin);
+    let t0 = Instant::now();
+    pg.signal("INT");
+    let mut pg = pg;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = pg.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}
