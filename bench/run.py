@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""pgvane role-port benchmark: one interleaved run of pgbench through a
+direct connection, pgvane's leader port and HAProxy (Debian), plus RSS per
+idle client for 1,000 idle clients. Needs the lab up (deploy/lab/lab.sh up)
+and a release build (cargo build --release). Stdlib only.
+
+    bench/run.py [--repeats 4] [--seconds 5] [--idle 1000] [--out FILE]
+
+Every process it starts it stops by pid. patroni_proxy is not run: it is
+not packaged for Debian and this machine cannot fetch its source.
+"""
+import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PGBIN = "/usr/lib/postgresql/15/bin"
+ENV = dict(os.environ, PGPASSWORD="postgres")
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def leader():
+    for n in (1, 2, 3):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.{10+n}:8008/cluster", timeout=2) as r:
+                d = json.load(r)
+            for m in d["members"]:
+                if m["role"] == "leader":
+                    return m["host"]
+        except OSError:
+            pass
+    sys.exit("no lab leader: run deploy/lab/lab.sh up")
+
+
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / CLK
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, t=10):
+    end = time.time() + t
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listening on {port}")
+
+
+def start_pgvane(leader_ip, tmp):
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(tmp, "pgvane.yaml")
+    open(cfg, "w").write(f"""cluster_update_interval: 3
+listen_address: 127.0.0.1:{admin}
+clusters:
+  lab:
+    hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
+    ports:
+      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}
+""")
+    p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
+                         env=dict(os.environ, RUST_LOG="warn"))
+    wait_port(port)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1); break
+        except OSError:
+            time.sleep(0.05)
+    return p, port
+
+
+def start_haproxy(leader_ip, tmp):
+    port = free_port()
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    open(cfg, "w").write(f"""global
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+listen rw
+    bind 127.0.0.1:{port}
+    server leader {leader_ip}:5432
+""")
+    p = subprocess.Popen(["/usr/sbin/haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p, port
+
+
+WORKLOADS = [
+    # name, pgbench args (clients, mode...), uses select1 script
+    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], True),
+    ("SELECT 1, 16 clients", ["-c", "16", "-j", "2", "-M", "simple"], True),
+    ("SELECT 1, 64 clients", ["-c", "64", "-j", "2", "-M", "simple"], True),
+    ("-S simple, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "simple"], False),
+    ("-S extended, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "extended"], False),
+    ("-S prepared, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "prepared"], False),
+    ("-S -C new connection per txn, 8 clients", ["-S", "-C", "-c", "8", "-j", "2", "-M", "simple"], False),
+]
+
+
+def pgbench(host, port, args, seconds, select1):
+    cmd = [f"{PGBIN}/pgbench", "-h", host, "-p", str(port), "-U", "postgres", "-n", "-T", str(seconds)] + args
+    if select1:
+        cmd += ["-f", select1]
+    cmd.append("postgres")
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=seconds * 4 + 60)
+    m = re.search(r"tps = ([\d.]+)", out.stdout)
+    lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
+    n = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    if not m or not n:
+        raise RuntimeError(f"pgbench failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    return float(m.group(1)), float(lat.group(1)) if lat else None, int(n.group(1))
+
+
+def idle_rss(pid, port, n):
+    """RSS growth per client with n idle clients connected through the proxy."""
+    code = f"""
+import psycopg, sys, time
+conns = [psycopg.connect(host='127.0.0.1', port={port}, user='postgres', password='postgres', dbname='postgres') for _ in range({n})]
+for c in conns[:10]: c.execute('select 1')
+print('ready', flush=True)
+sys.stdin.readline()
+"""
+    before = rss_kib(pid)
+    py = "/opt/pgvane-lab-venv/bin/python"
+    p = subprocess.Popen([py, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    if line.strip() != "ready":
+        p.kill(); raise RuntimeError("idle clients failed")
+    time.sleep(1)
+    after = rss_kib(pid)
+    p.stdin.write("\n"); p.stdin.flush(); p.wait(timeout=60)
+    return (after - before) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
+    leader_ip = leader()
+    subprocess.run([f"{PGBIN}/pgbench", "-h", leader_ip, "-U", "postgres", "-i", "-q", "-s", "10", "postgres"],
+                   env=ENV, check=True, capture_output=True)
+    select1 = os.path.join(tmp, "select1.sql"); open(select1, "w").write("SELECT 1;\n")
+    procs = {}
+    pv, pv_port = start_pgvane(leader_ip, tmp); procs["pgvane"] = pv
+    ha, ha_port = start_haproxy(leader_ip, tmp); procs["haproxy"] = ha
+    targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), ("haproxy", "127.0.0.1", ha_port, ha.pid)]
+    results = {}  # (workload, target) -> list of (tps, lat, cpu_us_per_txn)
+    try:
+        for r in range(a.repeats):
+            for wname, args, s1 in WORKLOADS:
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for tname, host, port, pid in order:
+                    c0 = cpu_seconds(pid) if pid else 0
+                    tps, lat, n = pgbench(host, port, args, a.seconds, select1 if s1 else None)
+                    cpu = (cpu_seconds(pid) - c0) * 1e6 / n if pid else None
+                    results.setdefault((wname, tname), []).append((tps, lat, cpu))
+                    print(f"repeat {r+1} {wname:42} {tname:8} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
+        rss = {}
+        for tname, host, port, pid in targets[1:]:
+            rss[tname] = idle_rss(pid, port, a.idle)
+            print(f"idle RSS {tname}: {rss[tname]:.2f} KiB per client", flush=True)
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    med = lambda xs: statistics.median(xs)
+    lines = ["| workload | direct TPS | pgvane TPS (× direct) | HAProxy TPS (× direct) | pgvane / HAProxy | pgvane CPU µs/txn | HAProxy CPU µs/txn |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for wname, _, _ in WORKLOADS:
+        d = med([x[0] for x in results[(wname, "direct")]])
+        p = med([x[0] for x in results[(wname, "pgvane")]])
+        h = med([x[0] for x in results[(wname, "haproxy")]])
+        pc = med([x[2] for x in results[(wname, "pgvane")]])
+        hc = med([x[2] for x in results[(wname, "haproxy")]])
+        lines.append(f"| {wname} | {d:,.0f} | {p:,.0f} ({p/d:.2f}×) | {h:,.0f} ({h/d:.2f}×) | {p/h:.2f}× | {pc:.1f} | {hc:.1f} |")
+    lat = {t: med([x[1] for x in results[("SELECT 1, 1 client", t)]]) for t, *_ in targets}
+    lines.append("")
+    lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
+                 f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), HAProxy {lat['haproxy']*1000:.0f} µs (+{(lat['haproxy']-lat['direct'])*1000:.0f} µs).")
+    lines.append(f"RSS per idle relayed client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, HAProxy {rss['haproxy']:.2f} KiB.")
+    lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores.")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if a.out:
+        open(a.out, "w").write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
