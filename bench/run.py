@@ -53,10 +53,11 @@ def wait_port(port, t=10):
             socket.create_connection(("127.0.0.1", port), 0.2).close(); return
         except OSError:
             time.sleep(0.05)
-    sys.exit(f"nothing listening on {port}")
+    raise RuntimeError(f"nothing listening on {port}")
 
 
 def start_pgvane(leader_ip, tmp):
+    # Note: the caller stops it by pid in its finally block.
     port, admin = free_port(), free_port()
     cfg = os.path.join(tmp, "pgvane.yaml")
     open(cfg, "w").write(f"""cluster_update_interval: 3
@@ -70,7 +71,10 @@ clusters:
     p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
-    wait_port(port)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.kill(); raise
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1); break
@@ -83,7 +87,7 @@ def start_haproxy(leader_ip, tmp):
     port = free_port()
     cfg = os.path.join(tmp, "haproxy.cfg")
     open(cfg, "w").write(f"""global
-    maxconn 20000
+    maxconn 4000
 defaults
     mode tcp
     timeout connect 3s
@@ -93,8 +97,11 @@ listen rw
     bind 127.0.0.1:{port}
     server leader {leader_ip}:5432
 """)
-    p = subprocess.Popen(["/usr/sbin/haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    p = subprocess.Popen(["/usr/sbin/haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "haproxy.log"), "w"))
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.kill(); raise
     return p, port
 
 
@@ -158,11 +165,11 @@ def main():
                    env=ENV, check=True, capture_output=True)
     select1 = os.path.join(tmp, "select1.sql"); open(select1, "w").write("SELECT 1;\n")
     procs = {}
-    pv, pv_port = start_pgvane(leader_ip, tmp); procs["pgvane"] = pv
-    ha, ha_port = start_haproxy(leader_ip, tmp); procs["haproxy"] = ha
-    targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), ("haproxy", "127.0.0.1", ha_port, ha.pid)]
     results = {}  # (workload, target) -> list of (tps, lat, cpu_us_per_txn)
     try:
+        pv, pv_port = start_pgvane(leader_ip, tmp); procs["pgvane"] = pv
+        ha, ha_port = start_haproxy(leader_ip, tmp); procs["haproxy"] = ha
+        targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), ("haproxy", "127.0.0.1", ha_port, ha.pid)]
         for r in range(a.repeats):
             for wname, args, s1 in WORKLOADS:
                 order = targets if r % 2 == 0 else list(reversed(targets))

@@ -9,6 +9,7 @@ use crate::listener::{self, PortShared};
 use crate::router::HealthBook;
 use crate::telemetry::Metrics;
 use crate::tls;
+use crate::workers::Workers;
 use crate::topology::watcher::{WatchSettings, Watcher, WatcherHandle};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -70,13 +71,15 @@ struct App {
     clusters: BTreeMap<String, ClusterRt>,
     admin_view: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
     tasks: TaskTracker,
+    workers: Arc<Workers>,
 }
 
-/// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]).
+/// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]); client
+/// tasks run on `workers`, everything else on the calling runtime.
 ///
 /// # Errors
 /// [`StartError`] when a listener cannot bind or TLS files are unusable.
-pub async fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
+pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
     let admin_listener = TcpListener::bind(config.listen_address)
@@ -93,6 +96,7 @@ pub async fn run(path: PathBuf, config: Config) -> Result<(), StartError> {
         clusters: BTreeMap::new(),
         admin_view: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
         tasks: TaskTracker::new(),
+        workers,
     };
     let mut listeners = HashMap::new();
     for (cname, c) in &config.clusters {
@@ -222,6 +226,7 @@ impl App {
             Arc::clone(&c.watcher.map),
             Arc::clone(&c.health),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.workers),
         ));
         let stop_accept = CancellationToken::new();
         self.tasks

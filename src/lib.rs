@@ -22,7 +22,8 @@
 //! map, watcher), [`router`] (policy, balance, health), [`relay`] (byte
 //! relay, refusals), [`listener`] (ports), [`admin`] (HTTP API),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
-//! [`signals`], [`control`], [`app`] (composition root).
+//! [`signals`], [`control`], [`workers`] (per-core client runtimes),
+//! [`app`] (composition root).
 
 pub mod admin;
 pub mod app;
@@ -36,3 +37,4 @@ pub mod signals;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;
+pub mod workers;

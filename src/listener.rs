@@ -8,6 +8,7 @@ use crate::relay::{self, ByteCounters, RelayEnd};
 use crate::router::{self, Balancer, HealthBook, NoTarget, NodeKey};
 use crate::telemetry::Metrics;
 use crate::topology::{ClusterMap, NodeAddr};
+use crate::workers::Workers;
 use arc_swap::ArcSwap;
 use std::io;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct PortShared {
     pub clients: TaskTracker,
     /// Fires to disconnect every client of the port (removal, shutdown).
     pub close: CancellationToken,
+    /// Runtimes client tasks run on.
+    pub workers: Arc<Workers>,
     active: AtomicUsize,
     bytes: ByteCounters,
 }
@@ -57,6 +60,7 @@ impl PortShared {
         map: Arc<ArcSwap<ClusterMap>>,
         health: Arc<HealthBook>,
         metrics: Arc<Metrics>,
+        workers: Arc<Workers>,
     ) -> Self {
         let labels = |dir: &str| {
             metrics
@@ -75,6 +79,7 @@ impl PortShared {
             health,
             clients: TaskTracker::new(),
             close: CancellationToken::new(),
+            workers,
             active: AtomicUsize::new(0),
             bytes,
             metrics,
@@ -137,12 +142,31 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
         };
         match accepted {
             Ok((client, _peer)) => {
-                let port = Arc::clone(&port);
                 port.metrics
                     .accepted
                     .with_label_values(&[&port.key.cluster, &port.key.port])
                     .inc();
-                port.clients.clone().spawn(serve_client(client, port));
+                // Move the socket to a worker runtime: deregister here,
+                // register with the worker's reactor inside the task.
+                let std_client = match client.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(port = %port.key, error = %e, "could not hand the client to a worker");
+                        continue;
+                    }
+                };
+                let (handle, placement) = port.workers.pick();
+                let port = Arc::clone(&port);
+                port.clients.clone().spawn_on(
+                    async move {
+                        let _placement = placement;
+                        match TcpStream::from_std(std_client) {
+                            Ok(client) => serve_client(client, port).await,
+                            Err(e) => tracing::warn!(port = %port.key, error = %e, "worker could not take the client"),
+                        }
+                    },
+                    &handle,
+                );
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -14,7 +14,7 @@ struct Cli {
     /// Validate the configuration and exit: 0 when valid, 1 otherwise.
     #[arg(long)]
     check: bool,
-    /// Runtime worker threads (default: one per core).
+    /// Client worker threads, each a single-threaded runtime (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Log filter when RUST_LOG is unset.
@@ -41,19 +41,24 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     pgvane::telemetry::init_logging(&cli.log);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = cli.threads {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = match builder.build() {
-        Ok(r) => r,
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let started = pgvane::workers::Workers::start(threads).and_then(|w| {
+        // Control plane (watchers, admin API, accept loops, reload) on this thread.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok((std::sync::Arc::new(w), rt))
+    });
+    let (workers, runtime) = match started {
+        Ok(x) => x,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("cannot start the runtimes: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pgvane::app::run(cli.config, config)) {
+    let result = runtime.block_on(pgvane::app::run(cli.config, config, std::sync::Arc::clone(&workers)));
+    workers.stop();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

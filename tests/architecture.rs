@@ -31,7 +31,7 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// Modules each module may use (besides itself).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "protocol" | "config" | "classifier" | "telemetry" | "control" => &[],
+        "protocol" | "config" | "classifier" | "telemetry" | "control" | "workers" => &[],
         "topology" => &["config", "telemetry"],
         "router" => &["topology", "classifier", "config"],
         "relay" => &["protocol"],

@@ -45,6 +45,7 @@ fn state_with(
         Arc::clone(&handle.map),
         Arc::new(HealthBook::default()),
         Arc::clone(&metrics),
+        Arc::new(crate::workers::Workers::current()),
     ));
     let mut views = BTreeMap::new();
     views.insert(

@@ -12,7 +12,7 @@ use crate::protocol::sqlstate::{PROTOCOL_VIOLATION, SqlState};
 use crate::protocol::startup::{self, FirstPacket};
 use std::io;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -95,9 +95,29 @@ async fn pump(
 
 /// Reads once into a stack buffer and writes what it can; the rest goes to
 /// `pending`. Returns bytes read (0 = EOF).
+///
+/// A short read means the socket buffer is drained, so readiness is cleared
+/// right away (the closure reports `WouldBlock` after keeping the bytes):
+/// this saves the extra `recv` that would only return `EAGAIN`. Tokio's
+/// readiness tick makes this safe if more data arrived meanwhile.
 fn move_once(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Result<usize> {
     let mut buf = [0u8; CHUNK];
-    let n = from.try_read(&mut buf)?;
+    let sock = socket2::SockRef::from(from);
+    let mut got = 0;
+    let read = from.try_io(Interest::READABLE, || {
+        let n = io::Read::read(&mut &*sock, &mut buf)?;
+        got = n;
+        if n > 0 && n < CHUNK {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    let n = match read {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
+        Err(e) => return Err(e),
+    };
     let mut off = 0;
     while off < n {
         match to.try_write(&buf[off..n]) {
