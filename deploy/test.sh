@@ -32,6 +32,6 @@ trap cleanup EXIT
 deploy/lab/lab.sh up
 
 step "end-to-end tests against the lab (one at a time: they share one cluster)"
-cargo test --locked --test '*' -- --test-threads=1
+cargo test --locked --test '*' -- --test-threads=1 --nocapture
 
 step "all tests passed in $((SECONDS - t0)) s"

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let started = pgvane::workers::Workers::start(threads).and_then(|w| {
         // Control plane (watchers, admin API, accept loops, reload) on this thread.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         Ok((std::sync::Arc::new(w), rt))
     });
     let (workers, runtime) = match started {
@@ -56,7 +58,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(pgvane::app::run(cli.config, config, std::sync::Arc::clone(&workers)));
+    let result = runtime.block_on(pgvane::app::run(
+        cli.config,
+        config,
+        std::sync::Arc::clone(&workers),
+    ));
     workers.stop();
     match result {
         Ok(()) => ExitCode::SUCCESS,

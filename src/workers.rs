@@ -43,7 +43,9 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut workers = Vec::new();
         for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let handle = rt.handle().clone();
             let stop = stop.clone();
             std::thread::Builder::new()
@@ -117,8 +119,14 @@ mod tests {
         let (h3, _p3) = w.pick();
         assert_eq!(h3.id(), h1.id());
         let (tx, rx) = std::sync::mpsc::channel();
-        h3.spawn(async move { tx.send(std::thread::current().name().map(str::to_owned)).unwrap() });
-        let name = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap();
+        h3.spawn(async move {
+            tx.send(std::thread::current().name().map(str::to_owned))
+                .unwrap()
+        });
+        let name = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         assert!(name.starts_with("pgvane-worker-"));
         w.stop();
     }
