@@ -38,6 +38,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "tls" => &["config"],
         "signals" => &["control"],
         "listener" => &[
+            "workers",
             "config",
             "protocol",
             "relay",
@@ -46,6 +47,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "topology",
         ],
         "admin" => &[
+            "workers",
             "control",
             "listener",
             "router",
