@@ -66,13 +66,19 @@ pub fn replicas() -> Vec<String> {
         .collect()
 }
 
-/// A free loopback TCP port (bound, then released).
+/// A free loopback TCP port (bound, then released), never the same twice
+/// in one test process (the kernel may hand a released port out again).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Ports {
