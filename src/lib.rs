@@ -27,12 +27,17 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod classifier;
 pub mod config;
 pub mod control;
 pub mod listener;
+pub mod pool;
 pub mod protocol;
 pub mod relay;
 pub mod router;
+pub mod session;
 pub mod signals;
 pub mod telemetry;
 pub mod tls;

@@ -2,10 +2,13 @@
 //! (`router`), connecting with retry on the next node, and relaying
 //! (`relay`). A port's shared state is [`PortShared`], built by `app`.
 
+use crate::classifier::Classifier;
+use crate::config::Mode;
 use crate::config::{Config, PortConfig, PortKey};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::relay::{self, ByteCounters, RelayEnd};
 use crate::router::{self, Balancer, HealthBook, NoTarget, NodeKey};
+use crate::session::{self, CancelRegistry, SessionContext};
 use crate::telemetry::Metrics;
 use crate::topology::{ClusterMap, NodeAddr};
 use crate::workers::Workers;
@@ -29,7 +32,9 @@ pub struct PortShared {
     /// Cluster and port name.
     pub key: PortKey,
     /// The port's settings (swapped by reload).
-    pub config: ArcSwap<PortConfig>,
+    pub config: Arc<ArcSwap<PortConfig>>,
+    /// Split ports: what their sessions share (pools, classifier, cancel keys).
+    pub split: Option<Arc<SessionContext>>,
     /// The whole config snapshot (timeouts).
     pub globals: Arc<ArcSwap<Config>>,
     /// The cluster's published map.
@@ -71,8 +76,26 @@ impl PortShared {
             to_server: labels("to_server"),
             to_client: labels("to_client"),
         };
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let cfg = config.load();
+        let split = (cfg.mode == Mode::Split).then(|| {
+            Arc::new(SessionContext {
+                key: key.clone(),
+                port: Arc::clone(&config),
+                globals: Arc::clone(&globals),
+                map: Arc::clone(&map),
+                health: Arc::clone(&health),
+                pools: Arc::default(),
+                classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
+                cancels: Arc::new(CancelRegistry::default()),
+                metrics: Arc::clone(&metrics),
+                secrets: std::sync::Mutex::default(),
+            })
+        });
+        drop(cfg);
         Self {
-            config: ArcSwap::from_pointee(config),
+            split,
+            config,
             globals,
             map,
             balancer: Arc::new(Balancer::default()),
@@ -98,6 +121,17 @@ impl PortShared {
     pub fn evict_unqualified(&self) {
         let map = self.map.load();
         let cfg = self.config.load();
+        if let Some(split) = &self.split {
+            // Split ports disconnect nobody: pools of nodes that left the map
+            // or changed role are closed, reads simply avoid lagging replicas.
+            split.pools.retain(|addr, role| {
+                map.members.iter().any(|m| {
+                    router::policy::target_key(m, &cfg).addr == *addr
+                        && (m.role.is_leader() == (role == "leader"))
+                })
+            });
+            return;
+        }
         let out = self
             .balancer
             .evict_where(|k| router::policy::still_qualifies(k, map.member(&k.name), &cfg).err());
@@ -161,7 +195,10 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                     async move {
                         let _placement = placement;
                         match TcpStream::from_std(std_client) {
-                            Ok(client) => serve_client(client, port).await,
+                            Ok(client) => match port.split.clone() {
+                                Some(ctx) => session::run(client, ctx).await,
+                                None => serve_client(client, port).await,
+                            },
                             Err(e) => tracing::warn!(port = %port.key, error = %e, "worker could not take the client"),
                         }
                     },

@@ -31,13 +31,29 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// Modules each module may use (besides itself).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "protocol" | "config" | "classifier" | "telemetry" | "control" | "workers" => &[],
+        "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" => &[],
+        "config" => &["auth"],
+        "backend" => &["protocol", "topology"],
+        "pool" => &["backend", "topology"],
+        "session" => &[
+            "auth",
+            "backend",
+            "classifier",
+            "config",
+            "pool",
+            "protocol",
+            "router",
+            "telemetry",
+            "topology",
+        ],
         "topology" => &["config", "telemetry"],
         "router" => &["topology", "classifier", "config"],
         "relay" => &["protocol"],
         "tls" => &["config"],
         "signals" => &["control"],
         "listener" => &[
+            "session",
+            "classifier",
             "workers",
             "config",
             "protocol",
@@ -47,6 +63,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "topology",
         ],
         "admin" => &[
+            "session",
+            "pool",
             "workers",
             "control",
             "listener",

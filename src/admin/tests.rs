@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Mode, PortConfig, PortKey, RoleSel, load_str};
+use crate::config::{PortConfig, PortKey, RoleSel, load_str};
 use crate::router::HealthBook;
 use crate::topology::watcher::{WatchSettings, Watcher};
 use axum::body::Body;
@@ -34,12 +34,8 @@ fn state_with(
             port: "ro".into(),
         },
         PortConfig {
-            listen: "127.0.0.1:1".parse().unwrap(),
-            mode: Mode::Tcp,
-            roles: vec![RoleSel::Async],
-            host_port: None,
             max_lag_in_bytes: Some(100),
-            max_clients: None,
+            ..PortConfig::new("127.0.0.1:1".parse().unwrap(), vec![RoleSel::Async])
         },
         globals,
         Arc::clone(&handle.map),

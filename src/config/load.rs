@@ -68,6 +68,8 @@ struct RawCluster {
     #[serde(default)]
     tls: Option<super::model::TlsConfig>,
     ports: BTreeMap<String, Value>,
+    #[serde(default)]
+    users: Vec<super::model::UserConfig>,
 }
 
 /// Reads and loads a config file.
@@ -109,6 +111,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             hosts: raw.hosts,
             tls: raw.tls,
             ports,
+            users: raw.users,
         };
         clusters.insert(name, cluster);
     }
@@ -225,6 +228,17 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                 );
             }
         }
+        for (i, u) in cluster.users.iter().enumerate() {
+            if let Err(e) = crate::auth::Secret::from_config(&u.password) {
+                push(format!("{path}.users[{i}].password"), &e.to_string());
+            }
+            if cluster.users[..i].iter().any(|o| o.name == u.name) {
+                push(
+                    format!("{path}.users[{i}].name"),
+                    &format!("duplicate user `{}`", u.name),
+                );
+            }
+        }
         if cluster.ports.is_empty() {
             push(format!("{path}.ports"), "at least one port is required");
         }
@@ -234,10 +248,43 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                 push(format!("{ppath}.roles"), "at least one role is required");
             }
             if port.mode == Mode::Split {
-                push(
-                    format!("{ppath}.mode"),
-                    "`split` is not implemented in this version; use `tcp`",
-                );
+                if cluster.users.is_empty() {
+                    push(
+                        format!("{ppath}.mode"),
+                        "a split port needs `users` in its cluster",
+                    );
+                }
+                if port.pool_size == Some(0) {
+                    push(format!("{ppath}.pool_size"), "must be above 0");
+                }
+                if port.roles == [super::model::RoleSel::Leader] {
+                    push(
+                        format!("{ppath}.roles"),
+                        "a split port's roles say where reads may go: use sync, async or any",
+                    );
+                }
+            } else {
+                for (field, set) in [
+                    ("pool_size", port.pool_size.is_some()),
+                    (
+                        "pool_acquire_timeout_ms",
+                        port.pool_acquire_timeout_ms.is_some(),
+                    ),
+                    (
+                        "server_idle_timeout_ms",
+                        port.server_idle_timeout_ms.is_some(),
+                    ),
+                    ("server_lifetime_ms", port.server_lifetime_ms.is_some()),
+                    ("fallback_to_leader", port.fallback_to_leader.is_some()),
+                    ("read_only_functions", !port.read_only_functions.is_empty()),
+                ] {
+                    if set {
+                        push(
+                            format!("{ppath}.{field}"),
+                            "only applies to `mode: split` ports",
+                        );
+                    }
+                }
             }
             if port.host_port == Some(0) {
                 push(format!("{ppath}.host_port"), "must be between 1 and 65535");

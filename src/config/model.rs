@@ -41,6 +41,24 @@ pub struct ClusterConfig {
     /// so that every port's errors are reported together.
     #[serde(skip)]
     pub ports: BTreeMap<String, PortConfig>,
+    /// Who may log in to split ports (reload: new logins).
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+/// A user of split ports (`clusters.<name>.users[i]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Role name, used for the client login and the backend login.
+    pub name: String,
+    /// Plaintext, a `SCRAM-SHA-256$…` verifier or an `md5…` hash. Clients
+    /// authenticate with SCRAM-SHA-256 (md5 when an md5 hash is given).
+    pub password: String,
+    /// Password pgvane uses to log in to PostgreSQL when `password` is a
+    /// verifier or hash (default: `password` when plaintext; none = trust).
+    #[serde(default)]
+    pub backend_password: Option<String>,
 }
 
 /// TLS settings for the Patroni API client (`clusters.<name>.tls`).
@@ -69,7 +87,7 @@ pub enum Mode {
     /// Role port: relay each whole connection to one node.
     #[default]
     Tcp,
-    /// Split port: statement-level routing (not implemented yet).
+    /// Split port: statement-level routing with pools.
     Split,
 }
 
@@ -124,9 +142,49 @@ pub struct PortConfig {
     /// SQLSTATE 53300.
     #[serde(default)]
     pub max_clients: Option<usize>,
+    /// Split ports: backends per (node, database, user) (default 20).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+    /// Split ports: longest wait for a pooled backend, ms (default 5000).
+    #[serde(default)]
+    pub pool_acquire_timeout_ms: Option<u64>,
+    /// Split ports: idle backends older than this are closed, ms (default 600000).
+    #[serde(default)]
+    pub server_idle_timeout_ms: Option<u64>,
+    /// Split ports: backends older than this are closed when returned, ms
+    /// (default 3600000).
+    #[serde(default)]
+    pub server_lifetime_ms: Option<u64>,
+    /// Split ports: send reads to the leader when no replica qualifies
+    /// (default true); false answers 57P03 instead.
+    #[serde(default)]
+    pub fallback_to_leader: Option<bool>,
+    /// Split ports: user functions known to be read-only (lower-case names),
+    /// allowed on replicas.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
 }
 
 impl PortConfig {
+    /// A role port on `listen` for `roles` with every optional field unset.
+    #[must_use]
+    pub fn new(listen: SocketAddr, roles: Vec<RoleSel>) -> Self {
+        Self {
+            listen,
+            mode: Mode::Tcp,
+            roles,
+            host_port: None,
+            max_lag_in_bytes: None,
+            max_clients: None,
+            pool_size: None,
+            pool_acquire_timeout_ms: None,
+            server_idle_timeout_ms: None,
+            server_lifetime_ms: None,
+            fallback_to_leader: None,
+            read_only_functions: Vec::new(),
+        }
+    }
+
     /// Whether a member of class `role` may serve this port by role alone.
     #[must_use]
     pub fn wants(&self, role: RoleSel) -> bool {

@@ -45,6 +45,148 @@ pub fn error_response(buf: &mut Vec<u8>, severity: Severity, code: SqlState, mes
     buf[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends one tagged message whose body `f` writes; fills in the length.
+pub fn frame(buf: &mut Vec<u8>, tag: u8, f: impl FnOnce(&mut Vec<u8>)) {
+    buf.push(tag);
+    let at = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    f(buf);
+    let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut Vec<u8>, s: &str) {
+    buf.extend(s.bytes().filter(|b| *b != 0));
+    buf.push(0);
+}
+
+/// 'Q' Query.
+pub fn query(buf: &mut Vec<u8>, sql: &str) {
+    frame(buf, b'Q', |b| put_cstr(b, sql));
+}
+
+/// 'S' Sync.
+pub fn sync(buf: &mut Vec<u8>) {
+    frame(buf, b'S', |_| {});
+}
+
+/// 'X' Terminate.
+pub fn terminate(buf: &mut Vec<u8>) {
+    frame(buf, b'X', |_| {});
+}
+
+/// 'P' Parse with a raw parameter-type section (count + OIDs).
+pub fn parse(buf: &mut Vec<u8>, name: &str, sql: &str, types: &[u8]) {
+    frame(buf, b'P', |b| {
+        put_cstr(b, name);
+        put_cstr(b, sql);
+        b.extend_from_slice(types);
+    });
+}
+
+/// 'B' Bind with everything after the two names raw.
+pub fn bind_raw(buf: &mut Vec<u8>, portal: &str, statement: &str, rest: &[u8]) {
+    frame(buf, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.extend_from_slice(rest);
+    });
+}
+
+/// 'D' Describe or 'C' Close (`tag`) of `kind` `S`/`P`.
+pub fn describe_or_close(buf: &mut Vec<u8>, tag: u8, kind: u8, name: &str) {
+    frame(buf, tag, |b| {
+        b.push(kind);
+        put_cstr(b, name);
+    });
+}
+
+/// 'R' Authentication request with `code` and `data`.
+pub fn auth(buf: &mut Vec<u8>, code: i32, data: &[u8]) {
+    frame(buf, b'R', |b| {
+        b.extend_from_slice(&code.to_be_bytes());
+        b.extend_from_slice(data);
+    });
+}
+
+/// 'S' ParameterStatus.
+pub fn parameter_status(buf: &mut Vec<u8>, name: &str, value: &str) {
+    frame(buf, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+/// 'K' BackendKeyData.
+pub fn backend_key_data(buf: &mut Vec<u8>, pid: u32, key: u32) {
+    frame(buf, b'K', |b| {
+        b.extend_from_slice(&pid.to_be_bytes());
+        b.extend_from_slice(&key.to_be_bytes());
+    });
+}
+
+/// 'Z' ReadyForQuery.
+pub fn ready_for_query(buf: &mut Vec<u8>, status: u8) {
+    frame(buf, b'Z', |b| b.push(status));
+}
+
+/// '1' ParseComplete.
+pub fn parse_complete(buf: &mut Vec<u8>) {
+    frame(buf, b'1', |_| {});
+}
+
+/// '3' CloseComplete.
+pub fn close_complete(buf: &mut Vec<u8>) {
+    frame(buf, b'3', |_| {});
+}
+
+/// 'p' password / SASL response with raw `data`.
+pub fn password(buf: &mut Vec<u8>, data: &[u8]) {
+    frame(buf, b'p', |b| b.extend_from_slice(data));
+}
+
+/// 'p' SASLInitialResponse.
+pub fn sasl_initial(buf: &mut Vec<u8>, mechanism: &str, data: &[u8]) {
+    frame(buf, b'p', |b| {
+        put_cstr(b, mechanism);
+        b.extend_from_slice(&i32::try_from(data.len()).unwrap_or(i32::MAX).to_be_bytes());
+        b.extend_from_slice(data);
+    });
+}
+
+/// Untagged StartupMessage, protocol 3.0, with `params`.
+pub fn startup(buf: &mut Vec<u8>, params: &[(&str, &str)]) {
+    let at = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    buf.extend_from_slice(&super::PROTOCOL_3_0.to_be_bytes());
+    for (k, v) in params {
+        put_cstr(buf, k);
+        put_cstr(buf, v);
+    }
+    buf.push(0);
+    let len = u32::try_from(buf.len() - at).unwrap_or(u32::MAX);
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Untagged CancelRequest.
+pub fn cancel_request(buf: &mut Vec<u8>, pid: u32, key: u32) {
+    buf.extend_from_slice(&16u32.to_be_bytes());
+    buf.extend_from_slice(&super::CANCEL_REQUEST_CODE.to_be_bytes());
+    buf.extend_from_slice(&pid.to_be_bytes());
+    buf.extend_from_slice(&key.to_be_bytes());
+}
+
+/// 'v' NegotiateProtocolVersion: newest minor supported and unknown options.
+pub fn negotiate_protocol_version(buf: &mut Vec<u8>, minor: u32, unknown: &[&str]) {
+    frame(buf, b'v', |b| {
+        b.extend_from_slice(&minor.to_be_bytes());
+        b.extend_from_slice(&u32::try_from(unknown.len()).unwrap_or(0).to_be_bytes());
+        for o in unknown {
+            put_cstr(b, o);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! knows nothing of pgvane's types. Fed raw bytes by `relay` and `listener`.
 
 pub mod encode;
+pub mod message;
 pub mod sqlstate;
 pub mod startup;
 

@@ -24,3 +24,11 @@ pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
 pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
 /// `53300 too_many_connections`: the port's client limit is reached.
 pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+/// `28P01 invalid_password`: wrong password or unknown user.
+pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+/// `3D000 invalid_catalog_name`: unknown database.
+pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+/// `0A000 feature_not_supported`.
+pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+/// `53400 configuration_limit_exceeded`: pool acquire timed out.
+pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");

@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod health;
 pub mod policy;
+pub mod split;
 
 pub use balance::{Balancer, Lease, NodeKey};
 pub use health::HealthBook;

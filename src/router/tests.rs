@@ -1,17 +1,13 @@
 use super::*;
-use crate::config::{Mode, RoleSel};
+use crate::config::RoleSel;
 use crate::topology::patroni::tests::fixture;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn port(roles: &[RoleSel], max_lag: Option<u64>) -> PortConfig {
     PortConfig {
-        listen: "127.0.0.1:1".parse().unwrap(),
-        mode: Mode::Tcp,
-        roles: roles.to_vec(),
-        host_port: None,
         max_lag_in_bytes: max_lag,
-        max_clients: None,
+        ..PortConfig::new("127.0.0.1:1".parse().unwrap(), roles.to_vec())
     }
 }
 

@@ -47,6 +47,20 @@ pub struct Metrics {
     pub map_age: prometheus::GaugeVec,
     /// `pgvane_reloads_total{result}`.
     pub reloads: IntCounterVec,
+    /// `pgvane_statements_routed_total{cluster,port,node,role,reason}`: split-port
+    /// backend acquisitions (one per autocommit statement, batch or transaction).
+    pub statements: IntCounterVec,
+    /// `pgvane_pins_total{cluster,port,reason}`: sessions pinned to the leader.
+    pub pins: IntCounterVec,
+    /// `pgvane_pool_acquire_seconds{cluster,port}`: wait for a pooled backend.
+    pub acquire_wait: HistogramVec,
+    /// `pgvane_pool_backends{cluster,port,node,state}`: open, idle, active and
+    /// waiting, refreshed at each scrape.
+    pub pool: IntGaugeVec,
+    /// `pgvane_classifier_cache_hits_total`.
+    pub classifier_hits: prometheus::IntCounter,
+    /// `pgvane_classifier_cache_misses_total`.
+    pub classifier_misses: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -102,6 +116,31 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(map_age.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let acquire_wait = HistogramVec::new(
+            HistogramOpts::new("pgvane_pool_acquire_seconds", "Wait for a pooled backend").buckets(
+                vec![
+                    0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ],
+            ),
+            &["cluster", "port"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(acquire_wait.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let classifier_hits = prometheus::IntCounter::new(
+            "pgvane_classifier_cache_hits_total",
+            "Classifier cache hits",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(classifier_hits.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let classifier_misses = prometheus::IntCounter::new(
+            "pgvane_classifier_cache_misses_total",
+            "Classifier cache misses",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(classifier_misses.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
         Self {
             clients: gauge(
@@ -164,6 +203,27 @@ impl Metrics {
                 "Config reloads by result",
                 &["result"],
             ),
+            statements: counter(
+                &r,
+                "pgvane_statements_routed_total",
+                "Split-port backend acquisitions by node, role and reason",
+                &["cluster", "port", "node", "role", "reason"],
+            ),
+            pins: counter(
+                &r,
+                "pgvane_pins_total",
+                "Split sessions pinned to the leader, by reason",
+                &["cluster", "port", "reason"],
+            ),
+            pool: gauge(
+                &r,
+                "pgvane_pool_backends",
+                "Split-port pool backends by state (open, idle, active, waiting)",
+                &["cluster", "port", "node", "state"],
+            ),
+            acquire_wait,
+            classifier_hits,
+            classifier_misses,
             poll_duration,
             map_age,
             registry: r,

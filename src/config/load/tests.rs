@@ -112,13 +112,31 @@ fn syntax_error_is_reported() {
 }
 
 #[test]
-fn split_mode_is_refused_for_now() {
+fn split_ports_need_users_and_split_fields_need_split() {
     let errs = load_str(
-        "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split}}}}",
+        "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split}, t: {listen: '127.0.0.1:7001', roles: [leader], pool_size: 3}}}}",
     )
     .unwrap_err()
     .0;
-    assert_eq!(errs[0].path, "clusters.c.ports.p.mode");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"clusters.c.ports.p.mode"), "{errs:?}");
+    assert!(paths.contains(&"clusters.c.ports.t.pool_size"), "{errs:?}");
+    let ok = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: secret}], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split, pool_size: 5, read_only_functions: [f]}}}}",
+    )
+    .unwrap();
+    assert_eq!(ok.clusters["c"].ports["p"].pool_size, Some(5));
+    let bad = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: 'SCRAM-SHA-256$x'}, {name: app, password: y}], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split}}}}",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = bad.iter().map(|e| e.path.as_str()).collect();
+    assert!(
+        paths.contains(&"clusters.c.users[0].password")
+            && paths.contains(&"clusters.c.users[1].name"),
+        "{bad:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,293 @@
+//! pgvane's own SQL lexer: statement boundaries, the leading hint comment
+//! and the first keywords, with PostgreSQL's quoting rules (nested block
+//! comments, `E''`, `U&''`, dollar quotes, `standard_conforming_strings`).
+//! Never panics, whatever the input; never allocates for the common path.
+
+/// A routing hint read from the comments before the first token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hint {
+    /// `/* pgvane: leader */` (or `primary`): always the leader.
+    Leader,
+    /// `/* pgvane: replica */`: may relax a policy decision.
+    Replica,
+}
+
+/// Splits `sql` into statements at top-level semicolons. Empty statements
+/// are dropped. With `scs` false, a backslash escapes inside plain `'...'`.
+#[must_use]
+pub fn split(sql: &str, scs: bool) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b';' => {
+                push_nonempty(&mut out, sql, start, i);
+                start = i + 1;
+                i += 1;
+            }
+            _ => i = skip_token(b, i, scs),
+        }
+    }
+    push_nonempty(&mut out, sql, start, b.len());
+    out
+}
+
+fn push_nonempty<'a>(out: &mut Vec<&'a str>, sql: &'a str, start: usize, end: usize) {
+    if let Some(s) = sql.get(start..end) {
+        if first_token_at(s.as_bytes(), 0).is_some() {
+            out.push(s);
+        }
+    }
+}
+
+/// Returns the index after the token (or single byte) starting at `i`.
+fn skip_token(b: &[u8], i: usize, scs: bool) -> usize {
+    match b[i] {
+        b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
+            .iter()
+            .position(|c| *c == b'\n')
+            .map_or(b.len(), |p| i + p + 1),
+        b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
+        b'\'' => {
+            let escapes = !scs || is_e_prefix(b, i);
+            skip_quoted(b, i, b'\'', escapes)
+        }
+        b'"' => skip_quoted(b, i, b'"', false),
+        b'$' => skip_dollar(b, i),
+        _ => i + 1,
+    }
+}
+
+fn is_e_prefix(b: &[u8], i: usize) -> bool {
+    i > 0
+        && matches!(b[i - 1], b'e' | b'E')
+        && (i < 2 || !(b[i - 2].is_ascii_alphanumeric() || b[i - 2] == b'_'))
+}
+
+fn skip_block_comment(b: &[u8], i: usize) -> usize {
+    let mut depth = 0usize;
+    let mut j = i;
+    while j + 1 < b.len() {
+        if b[j] == b'/' && b[j + 1] == b'*' {
+            depth += 1;
+            j += 2;
+        } else if b[j] == b'*' && b[j + 1] == b'/' {
+            depth -= 1;
+            j += 2;
+            if depth == 0 {
+                return j;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+fn skip_quoted(b: &[u8], i: usize, q: u8, backslash: bool) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        if backslash && b[j] == b'\\' {
+            j += 2;
+        } else if b[j] == q {
+            if b.get(j + 1) == Some(&q) {
+                j += 2;
+            } else {
+                return j + 1;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+fn skip_dollar(b: &[u8], i: usize) -> usize {
+    // A tag is `$` [A-Za-z_][A-Za-z0-9_]* `$` or `$$`; `$1` is a parameter.
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+        if j == i + 1 && b[j].is_ascii_digit() {
+            return i + 1;
+        }
+        j += 1;
+    }
+    if j >= b.len() || b[j] != b'$' {
+        return i + 1;
+    }
+    let tag = &b[i..=j];
+    let body = j + 1;
+    b[body..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map_or(b.len(), |p| body + p + tag.len())
+}
+
+/// Index of the first token (after whitespace and comments) at or after `i`.
+fn first_token_at(b: &[u8], mut i: usize) -> Option<usize> {
+    while i < b.len() {
+        match b[i] {
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => i = skip_token(b, i, true),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            _ => return Some(i),
+        }
+    }
+    None
+}
+
+/// The hint in the comments before the first token, if any.
+#[must_use]
+pub fn leading_hint(sql: &str) -> Option<Hint> {
+    let b = sql.as_bytes();
+    let end = first_token_at(b, 0).unwrap_or(b.len());
+    let head = sql.get(..end)?.to_ascii_lowercase();
+    let mut found = None;
+    for (marker, hint) in [
+        ("pgvane: leader", Hint::Leader),
+        ("pgvane:leader", Hint::Leader),
+        ("pgvane: primary", Hint::Leader),
+        ("pgdog_role: primary", Hint::Leader),
+        ("pgvane: replica", Hint::Replica),
+        ("pgvane:replica", Hint::Replica),
+        ("pgdog_role: replica", Hint::Replica),
+    ] {
+        if head.contains(marker) {
+            // Leader wins over replica when both appear.
+            if hint == Hint::Leader {
+                return Some(Hint::Leader);
+            }
+            found = Some(hint);
+        }
+    }
+    found
+}
+
+/// Up to `n` leading words of a statement, upper-cased; a `(` counts as a word.
+#[must_use]
+pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while out.len() < n {
+        let Some(start) = first_token_at(b, i) else {
+            break;
+        };
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        if end == start {
+            // Punctuation: `(` is reported, anything else ends the scan.
+            if b[start] == b'(' {
+                out.push("(".to_owned());
+                i = start + 1;
+                continue;
+            }
+            break;
+        }
+        out.push(stmt.get(start..end).unwrap_or("").to_ascii_uppercase());
+        i = end;
+    }
+    out
+}
+
+/// Every bare word of a statement outside quotes and comments, upper-cased.
+#[must_use]
+pub fn words(stmt: &str) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() || b[i] == b'_' {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            out.push(stmt.get(start..i).unwrap_or("").to_ascii_uppercase());
+        } else {
+            i = skip_token(b, i, true);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_respecting_quotes_comments_dollars() {
+        assert_eq!(
+            split("select 1; select 2;", true),
+            vec!["select 1", " select 2"]
+        );
+        assert_eq!(
+            split("select ';'; select $$;$$; select $a$ $$ ; $a$", true).len(),
+            3
+        );
+        assert_eq!(
+            split("select 1 /* ; /* ; */ ; */ ; select \"a;b\"", true).len(),
+            2
+        );
+        assert_eq!(split("select 1 -- ;\n; ;;", true), vec!["select 1 -- ;\n"]);
+        assert_eq!(
+            split("select 'a\\'; select 1'", false).len(),
+            1,
+            "scs off: backslash escapes"
+        );
+        assert_eq!(split("select 'a\\'; select 1'", true).len(), 2);
+        assert_eq!(split("select E'a\\'; select 1'", true).len(), 1);
+        assert_eq!(split("select $1, $2; select 3", true).len(), 2);
+        assert!(split("  -- only a comment", true).is_empty());
+    }
+
+    #[test]
+    fn hints_only_before_the_first_token() {
+        assert_eq!(
+            leading_hint("/* pgvane: leader */ select 1"),
+            Some(Hint::Leader)
+        );
+        assert_eq!(
+            leading_hint("-- pgvane: replica\nselect 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            leading_hint("/* x */ /* PGVANE: Replica */select 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(leading_hint("select 1 /* pgvane: leader */"), None);
+        assert_eq!(leading_hint("select '/* pgvane: leader */'"), None);
+    }
+
+    #[test]
+    fn keywords_and_words() {
+        assert_eq!(
+            keywords("  /* c */ begin  read only", 3),
+            vec!["BEGIN", "READ", "ONLY"]
+        );
+        assert_eq!(
+            keywords("explain (analyze) select", 3),
+            vec!["EXPLAIN", "(", "ANALYZE"]
+        );
+        assert_eq!(keywords("", 2), Vec::<String>::new());
+        assert_eq!(
+            words("select 'for update' from t for update"),
+            vec!["SELECT", "FROM", "T", "FOR", "UPDATE"]
+        );
+    }
+
+    #[test]
+    fn never_panics_on_odd_bytes() {
+        for s in [
+            "'", "\"", "$", "$a", "$a$", "/*", "/* /*", "--", "E'\\", "é'ü;", "$1$",
+        ] {
+            let _ = split(s, true);
+            let _ = split(s, false);
+            let _ = leading_hint(s);
+            let _ = keywords(s, 4);
+            let _ = words(s);
+        }
+    }
+}

@@ -1,0 +1,265 @@
+use super::*;
+
+fn c(sql: &str) -> Classification {
+    classify_uncached(sql, true, &[])
+}
+
+fn route(sql: &str) -> Route {
+    c(sql).route
+}
+
+use Route::{Leader, Replica};
+
+#[test]
+fn reads_go_to_replicas() {
+    for sql in [
+        "select 1",
+        "SELECT * FROM t WHERE id = $1",
+        "select count(*), max(x) from t group by y",
+        "with a as (select 1) select * from a",
+        "values (1), (2)",
+        "table t",
+        "select now(), inet_server_addr(), version()",
+        "select * from generate_series(1, 3)",
+        "explain select * from t",
+        "explain insert into t values (1)",
+        "(select 1) union (select 2)",
+        "select 'for update' as x, \"nextval\" from t",
+    ] {
+        assert_eq!(route(sql), Replica, "{sql}");
+    }
+}
+
+#[test]
+fn writes_locks_and_unsure_go_to_the_leader() {
+    for (sql, reason) in [
+        ("insert into t values (1)", Reason::Write),
+        ("update t set x = 1", Reason::Write),
+        ("delete from t", Reason::Write),
+        (
+            "merge into t using s on t.id = s.id when matched then delete",
+            Reason::Write,
+        ),
+        ("create table t (x int)", Reason::Write),
+        ("copy t from stdin", Reason::Write),
+        ("select * from t for update", Reason::Lock),
+        ("select * from t for share", Reason::Lock),
+        ("select * from t for no key update", Reason::Unparsed),
+        ("select * from (select * from t for update) s", Reason::Lock),
+        ("table t for update", Reason::Lock),
+        ("select * into t2 from t", Reason::Write),
+        (
+            "with d as (delete from t returning *) select * from d",
+            Reason::Write,
+        ),
+        (
+            "with a as (select 1), b as (with c as (insert into t values (1) returning 1) select * from c) select 1",
+            Reason::Write,
+        ),
+        ("select my_func(1)", Reason::UnknownFunction),
+        ("select * from my_srf(1)", Reason::UnknownFunction),
+        ("select pg_notify('c', 'x')", Reason::WriteFunction),
+        ("select txid_current()", Reason::WriteFunction),
+        ("select pg_advisory_xact_lock(1)", Reason::WriteFunction),
+        ("select pg_is_in_recovery()", Reason::Probe),
+        ("show transaction_read_only", Reason::Probe),
+        ("explain analyze insert into t values (1)", Reason::Write),
+        ("explain (analyze, buffers) delete from t", Reason::Write),
+        ("select 1; insert into t values (1)", Reason::Write),
+        ("select $$ unterminated", Reason::Unparsed),
+        ("vacuum t", Reason::Write),
+        ("do $$ begin end $$", Reason::Write),
+        ("begin", Reason::Transaction),
+        (
+            "begin isolation level serializable read only deferrable",
+            Reason::Transaction,
+        ),
+        ("commit", Reason::Transaction),
+        ("rollback to savepoint a", Reason::Transaction),
+    ] {
+        let got = c(sql);
+        assert_eq!((got.route, got.reason), (Leader, reason), "{sql}");
+    }
+}
+
+#[test]
+fn explain_analyze_of_a_read_is_a_read() {
+    assert_eq!(route("explain analyze select * from t"), Replica);
+    assert_eq!(route("explain analyse select 1"), Replica);
+    assert_eq!(
+        route("explain (analyze false) insert into t values (1)"),
+        Replica
+    );
+}
+
+#[test]
+fn session_state_pins() {
+    for (sql, pin) in [
+        ("set search_path = a", Pin::Set),
+        ("SET SESSION statement_timeout = 5", Pin::Set),
+        ("reset all", Pin::Set),
+        ("select set_config('a.b', '1', false)", Pin::SetConfig),
+        ("create temp table x (a int)", Pin::TempTable),
+        ("create temporary view v as select 1", Pin::TempTable),
+        ("create local temp table x (a int)", Pin::TempTable),
+        ("listen chan", Pin::Listen),
+        ("select pg_advisory_lock(1)", Pin::AdvisoryLock),
+        ("select pg_try_advisory_lock(1, 2)", Pin::AdvisoryLock),
+        ("prepare p as select 1", Pin::Prepare),
+        ("declare c cursor with hold for select 1", Pin::HoldCursor),
+        ("load 'auto_explain'", Pin::Load),
+        ("select nextval('s')", Pin::Sequence),
+        ("select currval('s')", Pin::Sequence),
+        ("select dblink_connect('x')", Pin::Dblink),
+    ] {
+        let got = c(sql);
+        assert_eq!((got.route, got.pin), (Leader, Some(pin)), "{sql}");
+    }
+    for sql in [
+        "set local statement_timeout = 5",
+        "set transaction read only",
+        "select set_config('a.b', '1', true)",
+        "prepare transaction 'x'",
+        "declare c cursor for select 1",
+    ] {
+        assert_eq!(c(sql).pin, None, "{sql}");
+    }
+    assert!(c("discard all").discard_all);
+    assert!(!c("discard plans").discard_all);
+}
+
+#[test]
+fn transactions() {
+    assert_eq!(c("begin read only").begin, Some(true));
+    assert_eq!(c("begin read only").route, Replica);
+    assert_eq!(
+        c("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").begin,
+        Some(true)
+    );
+    assert_eq!(
+        c("start transaction read only deferrable").begin,
+        Some(true)
+    );
+    assert_eq!(c("begin").begin, Some(false));
+    assert_eq!(c("begin read write").begin, Some(false));
+    assert_eq!(
+        c("begin isolation level serializable read only").begin,
+        Some(false)
+    );
+    assert_eq!(
+        c("begin read only; select 1").route,
+        Leader,
+        "a transaction inside a multi-statement query"
+    );
+}
+
+#[test]
+fn hints() {
+    assert_eq!(route("/* pgvane: leader */ select 1"), Leader);
+    assert_eq!(c("/* pgvane: leader */ select 1").reason, Reason::Hint);
+    assert_eq!(
+        route("-- pgvane: replica\nselect my_func(1)"),
+        Replica,
+        "replica hint relaxes an unknown function"
+    );
+    assert_eq!(
+        route("/* pgvane: replica */ update t set x = 1"),
+        Leader,
+        "never overrides a write"
+    );
+    assert_eq!(
+        route("/* pgvane: replica */ select nextval('s')"),
+        Leader,
+        "never overrides session state"
+    );
+    assert_eq!(
+        route("/* pgvane: replica */ select * from t for update"),
+        Leader
+    );
+    assert_eq!(
+        route("select 1 /* pgvane: leader */"),
+        Replica,
+        "hints only before the first token"
+    );
+}
+
+#[test]
+fn allowlist_and_scs() {
+    let allow = vec!["my_func".to_owned()];
+    assert_eq!(
+        classify_uncached("select my_func(1)", true, &allow).route,
+        Replica
+    );
+    assert_eq!(
+        classify_uncached("select public.\"my_func\"(1)", true, &allow).route,
+        Replica
+    );
+    assert_eq!(
+        classify_uncached("select 'a\\'", false, &[]).route,
+        Leader,
+        "scs off fails closed"
+    );
+}
+
+#[test]
+fn cache_hits_and_stays_bounded() {
+    let cl = Classifier::new(vec![]);
+    assert!(!cl.classify("select 1", true).1);
+    assert!(cl.classify("select 1", true).1);
+    assert!(!cl.classify("select 1", false).1, "scs is part of the key");
+    for i in 0..(CACHE_CAPACITY + 10) {
+        let _ = cl.classify(&format!("select {i}"), true);
+    }
+    assert!(cl.cache.lock().unwrap().len() <= CACHE_CAPACITY);
+}
+
+#[test]
+fn too_long_goes_to_the_leader() {
+    let sql = format!("select {}", "1 + ".repeat(MAX_PARSE_LEN / 4) + "1");
+    assert_eq!(c(&sql).reason, Reason::TooLong);
+}
+
+/// The whole PostgreSQL 15 regression corpus: no panic, every unparsed
+/// statement to the leader, nothing the real grammar calls a write to a replica.
+#[test]
+fn regression_corpus() {
+    use std::io::Read;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let reads = ["SelectStmt", "ExplainStmt", "TransactionStmt"];
+    let (mut n, mut parsed, mut replica, mut bad) = (0, 0, 0, Vec::new());
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let sql = v["sql"].as_str().unwrap();
+        let scs = v
+            .get("standard_conforming_strings")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        let got = classify_uncached(sql, scs, &[]);
+        n += 1;
+        parsed += usize::from(got.parsed);
+        if !got.parsed && got.route != Leader {
+            bad.push(format!("unparsed to replica: {sql}"));
+        }
+        if got.route == Replica {
+            replica += 1;
+            let stmt = v["pg_stmt"].as_str();
+            // An empty statement (only a comment) has no node type and does nothing.
+            if v["pg_valid"] == true && stmt.is_some_and(|s| !reads.contains(&s)) {
+                bad.push(format!("{stmt:?} to replica: {sql}"));
+            }
+        }
+    }
+    eprintln!("corpus: {n} statements, {parsed} parsed, {replica} to replicas");
+    assert_eq!(n, 41_562);
+    assert!(
+        bad.is_empty(),
+        "{} misroutes:\n{}",
+        bad.len(),
+        bad.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
+}

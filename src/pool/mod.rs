@@ -1,0 +1,273 @@
+//! Idle backends per (node, database, user, startup parameters): at most
+//! `pool_size` open at once, an acquire timeout with a clear error, idle and
+//! lifetime reaping, and closing whole pools when their node leaves the map
+//! or changes role. A backend returns only when clean (ReadyForQuery `I`).
+
+use crate::backend::{Backend, BackendError, Credentials};
+use crate::topology::NodeAddr;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Node address.
+    pub node: NodeAddr,
+    /// Login and startup parameters.
+    pub creds: Credentials,
+}
+
+/// Pool timings and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most backends open at once.
+    pub size: usize,
+    /// Longest wait for a backend.
+    pub acquire_timeout: Duration,
+    /// Idle backends older than this are closed.
+    pub idle_timeout: Duration,
+    /// Backends older than this are closed when returned.
+    pub lifetime: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+/// Why no backend could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Every backend stayed busy for the whole timeout.
+    #[error("no backend of {node} became free within {timeout:?} (pool_size {size})")]
+    Timeout {
+        /// Node.
+        node: NodeAddr,
+        /// Timeout.
+        timeout: Duration,
+        /// Pool size.
+        size: usize,
+    },
+    /// Opening a new backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// One pool.
+#[derive(Debug)]
+pub struct Pool {
+    /// Its key.
+    pub key: PoolKey,
+    /// Role class tag when created (`leader`/`replica`), for `retain`.
+    pub role: &'static str,
+    settings: PoolSettings,
+    idle: Mutex<Vec<Backend>>,
+    permits: Arc<Semaphore>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// A backend on loan with its pool permit.
+#[derive(Debug)]
+pub struct Pooled {
+    /// The backend.
+    pub backend: Backend,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    fn new(key: PoolKey, role: &'static str, settings: PoolSettings) -> Self {
+        Self {
+            key,
+            role,
+            permits: Arc::new(Semaphore::new(settings.size.max(1))),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Backend>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes an idle backend or opens one, waiting up to the acquire timeout.
+    ///
+    /// # Errors
+    /// [`PoolError`].
+    pub async fn acquire(self: &Arc<Self>) -> Result<Pooled, PoolError> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(
+            self.settings.acquire_timeout,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Ok(permit)) = permit else {
+            return Err(PoolError::Timeout {
+                node: self.key.node.clone(),
+                timeout: self.settings.acquire_timeout,
+                size: self.settings.size,
+            });
+        };
+        let now = Instant::now();
+        loop {
+            let candidate = self.idle_list().pop();
+            match candidate {
+                Some(b)
+                    if now.duration_since(b.idle_since) > self.settings.idle_timeout
+                        || now.duration_since(b.created) > self.settings.lifetime =>
+                {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    tokio::spawn(b.close());
+                }
+                Some(backend) => {
+                    return Ok(Pooled {
+                        backend,
+                        pool: Arc::clone(self),
+                        _permit: permit,
+                    });
+                }
+                None => break,
+            }
+        }
+        let backend = Backend::connect(
+            &self.key.node,
+            &self.key.creds,
+            self.settings.connect_timeout,
+        )
+        .await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Pooled {
+            backend,
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// (open, idle, waiting) right now.
+    #[must_use]
+    pub fn stats(&self) -> (usize, usize, usize) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.idle_list().len(),
+            self.waiting.load(Ordering::Relaxed),
+        )
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let drained: Vec<Backend> = std::mem::take(&mut *self.idle_list());
+        self.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        for b in drained {
+            tokio::spawn(b.close());
+        }
+    }
+}
+
+impl Pooled {
+    /// Returns the backend to its pool if it is clean, else closes it.
+    pub fn release(self) {
+        let Self {
+            mut backend,
+            pool,
+            _permit,
+        } = self;
+        let fresh = backend.created.elapsed() < pool.settings.lifetime;
+        if backend.status == b'I'
+            && backend.drained()
+            && fresh
+            && !pool.closed.load(Ordering::Relaxed)
+        {
+            backend.idle_since = Instant::now();
+            pool.idle_list().push(backend);
+        } else {
+            pool.open.fetch_sub(1, Ordering::Relaxed);
+            tokio::spawn(backend.close());
+        }
+    }
+
+    /// Closes the backend (broken or in an unknown state).
+    pub fn discard(self) {
+        self.pool.open.fetch_sub(1, Ordering::Relaxed);
+        drop(self.backend);
+    }
+
+    /// The pool it came from.
+    #[must_use]
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+/// Every pool of a split port.
+#[derive(Debug, Default)]
+pub struct PoolSet {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl PoolSet {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pool for `key`, created on first use.
+    #[must_use]
+    pub fn get(&self, key: &PoolKey, role: &'static str, settings: PoolSettings) -> Arc<Pool> {
+        let mut m = self.map();
+        if let Some(p) = m.get(key) {
+            if p.role == role {
+                return Arc::clone(p);
+            }
+            p.close();
+        }
+        let p = Arc::new(Pool::new(key.clone(), role, settings));
+        m.insert(key.clone(), Arc::clone(&p));
+        p
+    }
+
+    /// Closes pools whose node no longer exists or has another role class.
+    pub fn retain(&self, keep: impl Fn(&NodeAddr, &'static str) -> bool) {
+        self.map().retain(|k, p| {
+            let ok = keep(&k.node, p.role);
+            if !ok {
+                tracing::info!(node = %k.node, role = p.role, "closing pool: node left the map or changed role");
+                p.close();
+            }
+            ok
+        });
+    }
+
+    /// Active backends on `node` across this set (for balancing reads).
+    #[must_use]
+    pub fn busy(&self, node: &NodeAddr) -> usize {
+        self.map()
+            .iter()
+            .filter(|(k, _)| &k.node == node)
+            .map(|(_, p)| {
+                let (open, idle, waiting) = p.stats();
+                open.saturating_sub(idle) + waiting
+            })
+            .sum()
+    }
+
+    /// Every pool with its stats: (key, role, open, idle, waiting).
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<(PoolKey, &'static str, usize, usize, usize)> {
+        self.map()
+            .iter()
+            .map(|(k, p)| {
+                let (o, i, w) = p.stats();
+                (k.clone(), p.role, o, i, w)
+            })
+            .collect()
+    }
+}

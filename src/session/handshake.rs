@@ -1,0 +1,326 @@
+//! The start of a split-port connection: SSL/GSS negotiation (answered
+//! `N`), CancelRequest, protocol version, then client authentication from
+//! the cluster's `users` (SCRAM-SHA-256 or md5). Generic over the stream so
+//! tests drive it through `tokio::io::duplex`.
+
+use crate::auth::{self, Secret, scram};
+use crate::protocol::PROTOCOL_3_0;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::message::{self, Frontend};
+use crate::protocol::sqlstate::{self, SqlState};
+use crate::protocol::startup::{self, FirstPacket};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What the first packets asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// A session: the startup parameters.
+    Session(Vec<(String, String)>),
+    /// A CancelRequest for pgvane's (pid, key).
+    Cancel(u32, u32),
+}
+
+/// Why the handshake ended without a session.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// IO or EOF.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Refused with this SQLSTATE and message (already sent).
+    #[error("{1}")]
+    Refused(SqlState, String),
+}
+
+/// Sends a FATAL ErrorResponse and returns the matching error.
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    code: SqlState,
+    text: String,
+) -> HandshakeError {
+    let mut out = Vec::new();
+    encode::error_response(&mut out, Severity::Fatal, code, &text);
+    let _ = s.write_all(&out).await;
+    HandshakeError::Refused(code, text)
+}
+
+/// Reads the first packets. Cancel safe only before the first byte.
+///
+/// # Errors
+/// [`HandshakeError`].
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+) -> Result<Handshake, HandshakeError> {
+    loop {
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await?;
+        let len = match startup::packet_len(&head) {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => {
+                return Err(refuse(
+                    s,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "invalid startup packet length".into(),
+                )
+                .await);
+            }
+        };
+        let mut packet = vec![0u8; len];
+        packet[..4].copy_from_slice(&head);
+        s.read_exact(&mut packet[4..]).await?;
+        match startup::parse(&packet) {
+            Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => s.write_all(b"N").await?,
+            Ok(FirstPacket::Cancel { pid, key }) => return Ok(Handshake::Cancel(pid, key)),
+            Ok(FirstPacket::Startup { version, params }) => {
+                if version >> 16 != 3 {
+                    let text = format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        version >> 16,
+                        version & 0xffff
+                    );
+                    return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, text).await);
+                }
+                let unknown: Vec<&str> = params
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("_pq_."))
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                if version != PROTOCOL_3_0 || !unknown.is_empty() {
+                    let mut out = Vec::new();
+                    encode::negotiate_protocol_version(&mut out, 0, &unknown);
+                    s.write_all(&out).await?;
+                }
+                let params = params
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("_pq_."))
+                    .collect();
+                return Ok(Handshake::Session(params));
+            }
+            Err(e) => {
+                return Err(refuse(
+                    s,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {e}"),
+                )
+                .await);
+            }
+        }
+    }
+}
+
+/// Authenticates `user` against `secret` (None = unknown user: the exchange
+/// still runs against a dummy verifier so timing does not reveal it).
+/// Sends AuthenticationOk on success.
+///
+/// # Errors
+/// [`HandshakeError::Refused`] with 28P01 for a wrong password or unknown user.
+pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    user: &str,
+    secret: Option<&Secret>,
+) -> Result<(), HandshakeError> {
+    let fail = format!("password authentication failed for user \"{user}\"");
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    match secret {
+        Some(Secret::Md5(stored)) => {
+            let salt = auth::random_bytes::<4>();
+            encode::auth(&mut out, 5, &salt);
+            s.write_all(&out).await?;
+            let answer = read_password(s, &mut buf).await?;
+            let got = answer.strip_suffix(&[0][..]).unwrap_or(&answer);
+            if got != auth::md5_expected(stored, salt).as_bytes() {
+                return Err(refuse(s, sqlstate::INVALID_PASSWORD, fail).await);
+            }
+        }
+        other => {
+            let dummy;
+            let verifier = match other {
+                Some(Secret::Scram(v)) => v,
+                _ => {
+                    dummy = scram::Verifier::from_password(
+                        &auth::nonce(),
+                        b"pgvane-unknown-user",
+                        4096,
+                    );
+                    &dummy
+                }
+            };
+            encode::auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+            s.write_all(&out).await?;
+            let initial = read_password(s, &mut buf).await?;
+            let mut pos = 0;
+            let mech = message::cstr(&initial, &mut pos).unwrap_or("");
+            if mech != "SCRAM-SHA-256" || initial.len() < pos + 4 {
+                return Err(refuse(
+                    s,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("unsupported SASL mechanism \"{mech}\""),
+                )
+                .await);
+            }
+            let data = &initial[pos + 4..];
+            let mut server = scram::Server::new(verifier, auth::nonce());
+            let first = match server.client_first(data) {
+                Ok(f) => f,
+                Err(e) => return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, e.to_string()).await),
+            };
+            out.clear();
+            encode::auth(&mut out, 11, first.as_bytes());
+            s.write_all(&out).await?;
+            let fin = read_password(s, &mut buf).await?;
+            match server.client_final(&fin) {
+                Ok(sig) if other.is_some() => {
+                    out.clear();
+                    encode::auth(&mut out, 12, sig.as_bytes());
+                    s.write_all(&out).await?;
+                }
+                Ok(_) | Err(scram::ScramError::WrongPassword) => {
+                    return Err(refuse(s, sqlstate::INVALID_PASSWORD, fail).await);
+                }
+                Err(e) => return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, e.to_string()).await),
+            }
+        }
+    }
+    out.clear();
+    encode::auth(&mut out, 0, &[]);
+    s.write_all(&out).await?;
+    Ok(())
+}
+
+async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, HandshakeError> {
+    let m = match message::read_message(s, buf).await {
+        Ok(m) => m,
+        Err(message::ReadError::Io(e)) => return Err(e.into()),
+        Err(e) => {
+            return Err(HandshakeError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                e.to_string(),
+            )));
+        }
+    };
+    match Frontend::parse(&m) {
+        Some(Frontend::Password(data)) => Ok(data.to_vec()),
+        _ => Err(refuse(
+            s,
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("expected a password message, got '{}'", m.tag() as char),
+        )
+        .await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ssl_then_startup() {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        c.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+        let mut n = [0u8; 1];
+        c.read_exact(&mut n).await.unwrap();
+        assert_eq!(&n, b"N");
+        let mut out = Vec::new();
+        encode::startup(&mut out, &[("user", "app"), ("database", "db")]);
+        c.write_all(&out).await.unwrap();
+        assert_eq!(
+            task.await.unwrap(),
+            Handshake::Session(vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "db".into())
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_and_bad_packets() {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        let mut out = Vec::new();
+        encode::cancel_request(&mut out, 7, 9);
+        c.write_all(&out).await.unwrap();
+        assert_eq!(task.await.unwrap(), Handshake::Cancel(7, 9));
+
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s).await });
+        c.write_all(&[0, 0, 0, 2]).await.unwrap();
+        assert!(
+            matches!(task.await.unwrap(), Err(HandshakeError::Refused(code, _)) if code == sqlstate::PROTOCOL_VIOLATION)
+        );
+        let mut reply = Vec::new();
+        c.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply[0], b'E');
+    }
+
+    #[tokio::test]
+    async fn protocol_3_2_gets_negotiate() {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        let mut out = Vec::new();
+        encode::startup(&mut out, &[("user", "app"), ("_pq_.x", "1")]);
+        out[4..8].copy_from_slice(&((3u32 << 16) | 2).to_be_bytes());
+        c.write_all(&out).await.unwrap();
+        assert_eq!(
+            task.await.unwrap(),
+            Handshake::Session(vec![("user".into(), "app".into())])
+        );
+        let mut head = [0u8; 1];
+        c.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"v");
+    }
+
+    #[tokio::test]
+    async fn scram_with_tokio_postgres_client_logic() {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let secret = Secret::from_config("pw").unwrap();
+        for (password, ok) in [("pw", true), ("nope", false)] {
+            let (mut c, mut s) = tokio::io::duplex(4096);
+            let sec = secret.clone();
+            let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&sec)).await });
+            let mut buf = BytesMut::new();
+            let m = message::read_message(&mut c, &mut buf).await.unwrap();
+            assert_eq!(m.tag(), b'R');
+            let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+            let mut out = Vec::new();
+            encode::sasl_initial(&mut out, "SCRAM-SHA-256", scram.message());
+            c.write_all(&out).await.unwrap();
+            let m = message::read_message(&mut c, &mut buf).await.unwrap();
+            scram.update(&m.body()[4..]).unwrap();
+            out.clear();
+            encode::password(&mut out, scram.message());
+            c.write_all(&out).await.unwrap();
+            let m = message::read_message(&mut c, &mut buf).await.unwrap();
+            if ok {
+                assert_eq!(&m.body()[..4], &12i32.to_be_bytes());
+                scram.finish(&m.body()[4..]).unwrap();
+                task.await.unwrap().unwrap();
+            } else {
+                assert_eq!(m.tag(), b'E');
+                assert!(String::from_utf8_lossy(m.body()).contains("28P01"));
+                assert!(task.await.unwrap().is_err());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn md5_login() {
+        let secret = Secret::Md5(auth::md5_stored("app", "pw"));
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&secret)).await });
+        let mut buf = BytesMut::new();
+        let m = message::read_message(&mut c, &mut buf).await.unwrap();
+        let salt: [u8; 4] = m.body()[4..8].try_into().unwrap();
+        let mut data =
+            postgres_protocol::authentication::md5_hash(b"app", b"pw", salt).into_bytes();
+        data.push(0);
+        let mut out = Vec::new();
+        encode::password(&mut out, &data);
+        c.write_all(&out).await.unwrap();
+        task.await.unwrap().unwrap();
+    }
+}
