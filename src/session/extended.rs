@@ -162,7 +162,7 @@ impl Session {
                 b'G' => {
                     self.out.extend_from_slice(m.raw());
                     self.flush().await?;
-                    self.copy_in().await?;
+                    self.copy_in(true).await?;
                 }
                 b'Z' => {
                     self.out.extend_from_slice(m.raw());

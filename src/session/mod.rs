@@ -667,7 +667,7 @@ impl Session {
                 }
                 b'G' => {
                     self.flush().await?;
-                    self.copy_in().await?;
+                    self.copy_in(false).await?;
                 }
                 b'S' => self.note_parameter(&m),
                 _ => {}
@@ -684,12 +684,16 @@ impl Session {
     }
 
     /// Relays CopyData/CopyDone/CopyFail from the client to the backend.
-    async fn copy_in(&mut self) -> Result<(), SessionError> {
+    /// After an extended-protocol COPY the server ignored the batch's Sync,
+    /// so the client sends another one after CopyDone: relay up to it too.
+    async fn copy_in(&mut self, extended: bool) -> Result<(), SessionError> {
         let mut pending: Vec<u8> = Vec::new();
+        let mut copy_done = false;
         loop {
             let m = self.read_client().await?;
             pending.extend_from_slice(m.raw());
-            let done = matches!(m.tag(), b'c' | b'f');
+            copy_done |= matches!(m.tag(), b'c' | b'f');
+            let done = copy_done && (!extended || m.tag() == b'S');
             if done || pending.len() > 64 * 1024 || self.cbuf.is_empty() {
                 self.send_backend(&pending).await?;
                 pending.clear();

@@ -120,6 +120,16 @@ clusters:
     )
 }
 
+/// `lab_config` plus a split port `app` on `split` for user postgres.
+pub fn split_config(p: &Ports, split: u16) -> String {
+    lab_config(p).replace(
+        "    ports:\n",
+        &format!(
+            "    users:\n      - {{name: postgres, password: postgres}}\n    ports:\n      app: {{listen: 127.0.0.1:{split}, mode: split, roles: [sync, async], max_lag_in_bytes: 16777216, pool_size: 8, read_only_functions: [pgvane_ro]}}\n"
+        ),
+    )
+}
+
 /// pgvane running as a child process; stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Pgvane {
     pub child: Child,
