@@ -9,7 +9,18 @@ step() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
 
 step "install: PostgreSQL 15, etcd, Patroni venv (deploy/lab/lab.sh install)"
 deploy/lab/lab.sh install
-command -v psql >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client-15; }
+need=()
+command -v psql >/dev/null || need+=(postgresql-client-15)
+[ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
+command -v java >/dev/null || need+=(default-jdk-headless)
+command -v node >/dev/null || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+step "install: driver test dependencies (asyncpg in the lab venv, node-postgres)"
+/opt/pgvane-lab-venv/bin/python -c 'import asyncpg' 2>/dev/null || /opt/pgvane-lab-venv/bin/pip install -q --disable-pip-version-check 'asyncpg>=0.29'
+[ -d tests/drivers/node/node_modules/pg ] || npm install --prefix tests/drivers/node --silent --no-audit --no-fund
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt || true
 
 step "cargo fmt --check"

@@ -9,7 +9,11 @@ use common::*;
 use std::time::Duration;
 
 async fn node_of(c: &Client, sql: &str) -> String {
-    let rows = c.client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = c
+        .client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     for r in rows {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = r {
             return node_of_ip(row.get(0).unwrap());
@@ -23,7 +27,11 @@ fn setup() -> (Ports, u16, Pgvane) {
     let p = Ports::new();
     let split = free_port();
     let pg = Pgvane::start(&split_config(&p, split), p.admin);
-    lab(&["psql", &leader()[4..], "create table if not exists split_t(id int primary key, v text); insert into split_t values (1, 'a') on conflict do nothing; create or replace function pgvane_rw() returns int language sql as 'select 1'; create or replace function pgvane_ro() returns int language sql as 'select 1'"]);
+    lab(&[
+        "psql",
+        &leader()[4..],
+        "create table if not exists split_t(id int primary key, v text); insert into split_t values (1, 'a') on conflict do nothing; create or replace function pgvane_rw() returns int language sql as 'select 1'; create or replace function pgvane_ro() returns int language sql as 'select 1'",
+    ]);
     (p, split, pg)
 }
 
@@ -40,7 +48,11 @@ async fn statements_land_where_they_should() {
         "select host(inet_server_addr()); explain select 1",
     ];
     for sql in reads {
-        assert_ne!(node_of(&c, sql).await, leader, "read went to the leader: {sql}");
+        assert_ne!(
+            node_of(&c, sql).await,
+            leader,
+            "read went to the leader: {sql}"
+        );
     }
     let leader_stmts = [
         "select host(inet_server_addr()) from split_t where id = 1 for update",
@@ -54,19 +66,34 @@ async fn statements_land_where_they_should() {
         assert_eq!(node_of(&c, sql).await, leader, "{sql}");
     }
     // Prepared (extended protocol, named statements) reads and writes.
-    let read = c.client.prepare("select host(inet_server_addr()) where $1::int > 0").await.unwrap();
+    let read = c
+        .client
+        .prepare("select host(inet_server_addr()) where $1::int > 0")
+        .await
+        .unwrap();
     for _ in 0..5 {
         let row = c.client.query_one(&read, &[&1i32]).await.unwrap();
         assert_ne!(node_of_ip(row.get(0)), leader);
     }
     let write = c.client.prepare("insert into split_t values ($1, 'p') on conflict (id) do update set v = 'p' returning host(inet_server_addr())").await.unwrap();
     for i in 0..5 {
-        let row = c.client.query_one(&write, &[&(3_000_000 + i)]).await.unwrap();
+        let row = c
+            .client
+            .query_one(&write, &[&(3_000_000 + i)])
+            .await
+            .unwrap();
         assert_eq!(node_of_ip(row.get(0)), leader);
     }
-    let routed = pg.metric("pgvane_statements_routed_total", &["port=\"app\"", "role=\"replica\""]);
+    let routed = pg.metric(
+        "pgvane_statements_routed_total",
+        &["port=\"app\"", "role=\"replica\""],
+    );
     assert!(routed >= 10.0, "replica routing not counted: {routed}");
-    assert_ne!(node_of(&c, reads[0]).await, leader, "a repeated read, from the cache");
+    assert_ne!(
+        node_of(&c, reads[0]).await,
+        leader,
+        "a repeated read, from the cache"
+    );
     assert!(pg.metric("pgvane_classifier_cache_hits_total", &[]) >= 1.0);
     assert!(pg.metric("pgvane_classifier_cache_misses_total", &[]) >= 10.0);
 }
@@ -77,17 +104,46 @@ async fn transactions_stay_on_one_backend() {
     let leader = leader();
     let mut c = connect(split).await.unwrap();
     // BEGIN READ ONLY may use a replica; every statement on the same backend.
-    let tx = c.client.build_transaction().read_only(true).start().await.unwrap();
-    let a: String = tx.query_one("select host(inet_server_addr()) || ':' || pg_backend_pid()", &[]).await.unwrap().get(0);
-    let b: String = tx.query_one("select host(inet_server_addr()) || ':' || pg_backend_pid()", &[]).await.unwrap().get(0);
+    let tx = c
+        .client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .unwrap();
+    let a: String = tx
+        .query_one(
+            "select host(inet_server_addr()) || ':' || pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let b: String = tx
+        .query_one(
+            "select host(inet_server_addr()) || ':' || pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(a, b);
     assert_ne!(node_of_ip(a.split(':').next().unwrap()), leader);
     tx.commit().await.unwrap();
     // A plain transaction goes to the leader, reads included.
     let tx = c.client.transaction().await.unwrap();
-    let n: String = tx.query_one("select host(inet_server_addr())", &[]).await.unwrap().get(0);
+    let n: String = tx
+        .query_one("select host(inet_server_addr())", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(node_of_ip(&n), leader);
-    tx.execute("insert into split_t values (4000001, 'tx') on conflict do nothing", &[]).await.unwrap();
+    tx.execute(
+        "insert into split_t values (4000001, 'tx') on conflict do nothing",
+        &[],
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     // An error inside a transaction, then ROLLBACK: the session is usable.
     c.client.batch_execute("begin").await.unwrap();
@@ -98,7 +154,12 @@ async fn transactions_stay_on_one_backend() {
     c.client.batch_execute("rollback").await.unwrap();
     assert!(c.alive().await);
     // An autocommit error leaves the session usable too.
-    assert!(c.client.simple_query("select * from no_such_table").await.is_err());
+    assert!(
+        c.client
+            .simple_query("select * from no_such_table")
+            .await
+            .is_err()
+    );
     assert_ne!(node_of(&c, "select host(inet_server_addr())").await, leader);
 }
 
@@ -108,14 +169,52 @@ async fn session_state_pins_until_discard_all() {
     let leader = leader();
     let c = connect(split).await.unwrap();
     assert_ne!(node_of(&c, "select host(inet_server_addr())").await, leader);
-    c.client.batch_execute("set statement_timeout = '5min'").await.unwrap();
+    // A driver-style setting is replayed on every backend instead of pinning.
+    c.client
+        .batch_execute("set statement_timeout = '5min'")
+        .await
+        .unwrap();
     for _ in 0..3 {
-        assert_eq!(node_of(&c, "select host(inet_server_addr())").await, leader, "pinned after SET");
+        assert_ne!(
+            node_of(&c, "select host(inet_server_addr())").await,
+            leader,
+            "not pinned by a replayed SET"
+        );
+        let row = c
+            .client
+            .query_one("show statement_timeout", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, &str>(0),
+            "5min",
+            "the SET follows the session to every backend"
+        );
     }
-    let row = c.client.query_one("show statement_timeout", &[]).await.unwrap();
-    assert_eq!(row.get::<_, &str>(0), "5min", "the SET is visible: same backend");
+    // Any other SET pins.
+    c.client
+        .batch_execute("set work_mem = '8MB'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            node_of(&c, "select host(inet_server_addr())").await,
+            leader,
+            "pinned after SET"
+        );
+    }
+    let row = c.client.query_one("show work_mem", &[]).await.unwrap();
+    assert_eq!(
+        row.get::<_, &str>(0),
+        "8MB",
+        "the SET is visible: same backend"
+    );
     c.client.batch_execute("discard all").await.unwrap();
-    assert_ne!(node_of(&c, "select host(inet_server_addr())").await, leader, "DISCARD ALL unpins");
+    assert_ne!(
+        node_of(&c, "select host(inet_server_addr())").await,
+        leader,
+        "DISCARD ALL unpins"
+    );
     for (sql, reason) in [
         ("create temp table tmp_x(a int)", "temp_table"),
         ("select pg_advisory_lock(42)", "advisory_lock"),
@@ -124,8 +223,15 @@ async fn session_state_pins_until_discard_all() {
     ] {
         let c = connect(split).await.unwrap();
         c.client.batch_execute(sql).await.unwrap();
-        assert_eq!(node_of(&c, "select host(inet_server_addr())").await, leader, "{sql}");
-        assert!(pg.metric("pgvane_pins_total", &[&format!("reason=\"{reason}\"")]) >= 1.0, "{reason}");
+        assert_eq!(
+            node_of(&c, "select host(inet_server_addr())").await,
+            leader,
+            "{sql}"
+        );
+        assert!(
+            pg.metric("pgvane_pins_total", &[&format!("reason=\"{reason}\"")]) >= 1.0,
+            "{reason}"
+        );
     }
 }
 
@@ -133,9 +239,16 @@ async fn session_state_pins_until_discard_all() {
 async fn copy_both_ways_and_cancel() {
     let (_p, split, _pg) = setup();
     let c = connect(split).await.unwrap();
-    c.client.batch_execute("create table if not exists split_copy(a int, b text); truncate split_copy").await.unwrap();
+    c.client
+        .batch_execute("create table if not exists split_copy(a int, b text); truncate split_copy")
+        .await
+        .unwrap();
     use futures_util::SinkExt;
-    let sink = c.client.copy_in("copy split_copy from stdin").await.unwrap();
+    let sink = c
+        .client
+        .copy_in("copy split_copy from stdin")
+        .await
+        .unwrap();
     futures_util::pin_mut!(sink);
     let mut data = String::new();
     for i in 0..5000 {
@@ -144,7 +257,11 @@ async fn copy_both_ways_and_cancel() {
     sink.send(bytes::Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 5000);
     use futures_util::StreamExt;
-    let stream = c.client.copy_out("copy (select * from split_copy order by a) to stdout").await.unwrap();
+    let stream = c
+        .client
+        .copy_out("copy (select * from split_copy order by a) to stdout")
+        .await
+        .unwrap();
     futures_util::pin_mut!(stream);
     let mut got = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -170,14 +287,22 @@ async fn copy_both_ways_and_cancel() {
 async fn authentication_errors_are_clear() {
     let (_p, split, _pg) = setup();
     for (user, password) in [("postgres", "wrong"), ("nobody", "postgres")] {
-        let conn = format!("host=127.0.0.1 port={split} user={user} password={password} dbname=postgres");
-        let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.err().unwrap();
+        let conn =
+            format!("host=127.0.0.1 port={split} user={user} password={password} dbname=postgres");
+        let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .err()
+            .unwrap();
         let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
         assert_eq!(db.code().code(), "28P01", "{user}");
         assert!(db.message().contains(user));
     }
-    let conn = format!("host=127.0.0.1 port={split} user=postgres password=postgres dbname=no_such_db");
-    let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.err().unwrap();
+    let conn =
+        format!("host=127.0.0.1 port={split} user=postgres password=postgres dbname=no_such_db");
+    let err = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.as_db_error().unwrap().code().code(), "3D000");
 }
 

@@ -128,6 +128,7 @@ impl Session {
             let m = self.read_backend().await?;
             match m.tag() {
                 b'E' => {
+                    self.saw_error = true;
                     self.out.extend_from_slice(m.raw());
                     // The server skips everything up to Sync after an error.
                     while queue
@@ -177,7 +178,7 @@ impl Session {
             }
         }
         self.flush().await?;
-        self.apply_effects(&class, &first_sql);
+        self.apply_effects(&class, &first_sql, status);
         if let Some(status) = status {
             self.after_ready(status);
         }

@@ -180,6 +180,66 @@ struct Session {
     unnamed: Option<Stmt>,
     cancel_key: (u32, u32),
     cancel_slot: CancelTarget,
+    /// An ErrorResponse came back for the current request.
+    saw_error: bool,
+    /// The held backend ran a replayed SET: close it instead of pooling it.
+    tainted: bool,
+}
+
+/// Session settings pgvane replays as startup parameters of new backends
+/// instead of pinning: client formatting and timeouts that drivers set at
+/// connect (pgJDBC sends `SET extra_float_digits = 3`).
+const REPLAYABLE: &[&str] = &[
+    "application_name",
+    "extra_float_digits",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "client_encoding",
+    "bytea_output",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+/// `SET [SESSION] name {= | TO} value` with one simple value for a
+/// [`REPLAYABLE`] setting: (name, value) to replay.
+fn replayable_set(sql: &str) -> Option<(String, String)> {
+    let t = sql.trim().trim_end_matches(';').trim();
+    let rest = t.get(..4).filter(|p| p.eq_ignore_ascii_case("set "))?;
+    let mut rest = &t[rest.len()..];
+    if rest
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("session "))
+    {
+        rest = &rest[8..];
+    }
+    let (name, value) = match rest.split_once('=') {
+        Some(pair) => pair,
+        None => {
+            let lower = rest.to_ascii_lowercase();
+            let at = lower.find(" to ")?;
+            (&rest[..at], &rest[at + 4..])
+        }
+    };
+    let name = name.trim().to_ascii_lowercase();
+    if !REPLAYABLE.contains(&name.as_str()) {
+        return None;
+    }
+    let value = value.trim();
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:+-/".contains(&b))
+    };
+    let value = match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) if !inner.contains('\'') && !inner.contains('\\') => inner,
+        Some(_) => return None,
+        None if plain(value) => value,
+        None => return None,
+    };
+    Some((name, value.to_owned()))
 }
 
 /// Serves one split-port client until it leaves.
@@ -252,6 +312,8 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
         unnamed: None,
         cancel_key,
         cancel_slot,
+        saw_error: false,
+        tainted: false,
     };
     if s.greet(app_name.as_deref()).await.is_ok() {
         s.serve().await;
@@ -561,14 +623,34 @@ impl Session {
         if status == b'I' && self.pin.is_none() {
             if let Some(h) = self.held.take() {
                 self.clear_cancel();
-                h.pooled.release();
+                if std::mem::take(&mut self.tainted) {
+                    h.pooled.discard();
+                } else {
+                    h.pooled.release();
+                }
             }
         }
     }
 
-    fn apply_effects(&mut self, class: &Classification, sql: &str) {
+    fn apply_effects(&mut self, class: &Classification, sql: &str, status: Option<u8>) {
+        let saw_error = std::mem::take(&mut self.saw_error);
+        if class.pin == Some(Pin::Set) && self.pin.is_none() && status == Some(b'I') && !saw_error {
+            if let Some((name, value)) = replayable_set(sql) {
+                // Replayed on every new backend instead of pinning; the
+                // backend that ran it carries it, so it is not pooled again.
+                self.creds
+                    .params
+                    .retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+                self.creds.params.push((name, value));
+                self.creds.params.sort();
+                self.tainted = true;
+                return;
+            }
+        }
         if let Some(pin) = class.pin {
             if self.pin.is_none() {
+                let head: String = sql.chars().take(80).collect();
+                tracing::debug!(port = %self.ctx.key, reason = pin.label(), statement = %head, "session pinned to the leader");
                 self.ctx
                     .metrics
                     .pins
@@ -599,7 +681,7 @@ impl Session {
         self.backend_for(&class).await?;
         self.send_backend(m.raw()).await?;
         let status = self.pump_until_ready().await?;
-        self.apply_effects(&class, &sql);
+        self.apply_effects(&class, &sql, Some(status));
         self.after_ready(status);
         Ok(())
     }
@@ -660,6 +742,7 @@ impl Session {
             let m = self.read_backend().await?;
             self.out.extend_from_slice(m.raw());
             match m.tag() {
+                b'E' => self.saw_error = true,
                 b'Z' => {
                     let status = m.body().first().copied().unwrap_or(b'I');
                     self.flush().await?;
@@ -723,5 +806,32 @@ fn describe(e: &SessionError) -> (SqlState, String, Option<Message>) {
             Some(raw.clone()),
         ),
         SessionError::Protocol(text) => (sqlstate::PROTOCOL_VIOLATION, text.clone(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replayable_set;
+
+    #[test]
+    fn replayable_sets() {
+        let r = |s: &str| replayable_set(s).map(|(k, v)| format!("{k}={v}"));
+        assert_eq!(
+            r("SET extra_float_digits = 3").as_deref(),
+            Some("extra_float_digits=3")
+        );
+        assert_eq!(
+            r("set session TimeZone to 'Europe/Berlin';").as_deref(),
+            Some("timezone=Europe/Berlin")
+        );
+        assert_eq!(
+            r("SET application_name = 'PostgreSQL JDBC Driver'").as_deref(),
+            Some("application_name=PostgreSQL JDBC Driver")
+        );
+        assert_eq!(r("set search_path = a, b"), None, "lists pin");
+        assert_eq!(r("set work_mem = '64MB'"), None, "not in the list");
+        assert_eq!(r("set local statement_timeout = 5"), None);
+        assert_eq!(r("set role x"), None);
+        assert_eq!(r("set application_name = 'a''b'"), None);
     }
 }
