@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""pgvane role-port benchmark: one interleaved run of pgbench through a
-direct connection, pgvane's leader port and HAProxy (Debian), plus RSS per
-idle client for 1,000 idle clients. Needs the lab up (deploy/lab/lab.sh up)
-and a release build (cargo build --release). Stdlib only.
+"""pgvane benchmark: one interleaved run of pgbench through a direct
+connection and pgvane beside a reference proxy, plus RSS per idle client for
+1,000 idle clients. Needs the lab up (deploy/lab/lab.sh up) and a release
+build (cargo build --release). Stdlib only.
 
-    bench/run.py [--repeats 4] [--seconds 5] [--idle 1000] [--out FILE]
+    bench/run.py [--split] [--repeats 4] [--seconds 5] [--idle 1000] [--out FILE]
+
+Default: role ports (pgvane's leader port vs HAProxy, Debian). --split:
+pgvane's split port vs pgbouncer (Debian, transaction mode,
+default_pool_size = pgvane's pool_size).
 
 Every process it starts it stops by pid. patroni_proxy is not run: it is
 not packaged for Debian and this machine cannot fetch its source.
@@ -83,6 +87,58 @@ clusters:
     return p, port
 
 
+POOL_SIZE = 20
+
+
+def start_pgvane_split(leader_ip, tmp):
+    port, admin = free_port(), free_port()
+    cfg = os.path.join(tmp, "pgvane-split.yaml")
+    open(cfg, "w").write(f"""cluster_update_interval: 3
+listen_address: 127.0.0.1:{admin}
+clusters:
+  lab:
+    hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
+    users: [{{name: postgres, password: postgres}}]
+    ports:
+      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [sync, async], pool_size: {POOL_SIZE}}}
+""")
+    p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
+                         env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.kill(); raise
+    return p, port
+
+
+def start_pgbouncer(leader_ip, tmp):
+    port = free_port()
+    d = os.path.join(tmp, "pgbouncer"); os.makedirs(d, exist_ok=True); os.chmod(tmp, 0o755); os.chmod(d, 0o777)
+    open(os.path.join(d, "userlist.txt"), "w").write('"postgres" "postgres"\n')
+    cfg = os.path.join(d, "pgbouncer.ini")
+    open(cfg, "w").write(f"""[databases]
+postgres = host={leader_ip} port=5432 dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {d}/userlist.txt
+pool_mode = transaction
+default_pool_size = {POOL_SIZE}
+max_client_conn = 5000
+logfile = {d}/pgbouncer.log
+""")
+    args = ["/usr/sbin/pgbouncer", cfg] if os.getuid() else ["/usr/sbin/pgbouncer", "-u", "postgres", cfg]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        p.kill(); raise
+    return p, port
+
+
 def start_haproxy(leader_ip, tmp):
     port = free_port()
     cfg = os.path.join(tmp, "haproxy.cfg")
@@ -105,6 +161,18 @@ listen rw
     return p, port
 
 
+SPLIT_WORKLOADS = [
+    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], True),
+    ("-S simple, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "simple"], False),
+    ("-S extended, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "extended"], False),
+    ("-S prepared, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "prepared"], False),
+    ("-S simple, 64 clients", ["-S", "-c", "64", "-j", "2", "-M", "simple"], False),
+    ("-S extended, 64 clients", ["-S", "-c", "64", "-j", "2", "-M", "extended"], False),
+    ("-S prepared, 64 clients", ["-S", "-c", "64", "-j", "2", "-M", "prepared"], False),
+    ("tpcb-like, 16 clients", ["-b", "tpcb-like", "-c", "16", "-j", "2", "-M", "simple"], False),
+    ("-S -C new connection per txn, 8 clients", ["-S", "-C", "-c", "8", "-j", "2", "-M", "simple"], False),
+]
+
 WORKLOADS = [
     # name, pgbench args (clients, mode...), uses select1 script
     ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], True),
@@ -126,8 +194,9 @@ def pgbench(host, port, args, seconds, select1):
     m = re.search(r"tps = ([\d.]+)", out.stdout)
     lat = re.search(r"latency average = ([\d.]+) ms", out.stdout)
     n = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
-    if not m or not n:
-        raise RuntimeError(f"pgbench failed: {' '.join(cmd)}\n{out.stdout}\n{out.stderr}")
+    failed = re.search(r"number of failed transactions: (\d+)", out.stdout)
+    if not m or not n or int(n.group(1)) == 0 or "aborted" in out.stderr or (failed and int(failed.group(1)) > 0):
+        return None
     return float(m.group(1)), float(lat.group(1)) if lat else None, int(n.group(1))
 
 
@@ -154,6 +223,7 @@ sys.stdin.readline()
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--split", action="store_true", help="split port vs pgbouncer instead of leader port vs HAProxy")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=1000)
@@ -163,22 +233,30 @@ def main():
     leader_ip = leader()
     subprocess.run([f"{PGBIN}/pgbench", "-h", leader_ip, "-U", "postgres", "-i", "-q", "-s", "10", "postgres"],
                    env=ENV, check=True, capture_output=True)
+    time.sleep(2)  # let the replicas replay the new tables
     select1 = os.path.join(tmp, "select1.sql"); open(select1, "w").write("SELECT 1;\n")
+    ref = "pgbouncer" if a.split else "haproxy"
+    workloads = SPLIT_WORKLOADS if a.split else WORKLOADS
     procs = {}
-    results = {}  # (workload, target) -> list of (tps, lat, cpu_us_per_txn)
+    results = {}  # (workload, target) -> list of (tps, lat, cpu_us_per_txn); None = failed
     try:
-        pv, pv_port = start_pgvane(leader_ip, tmp); procs["pgvane"] = pv
-        ha, ha_port = start_haproxy(leader_ip, tmp); procs["haproxy"] = ha
-        targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), ("haproxy", "127.0.0.1", ha_port, ha.pid)]
+        pv, pv_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp); procs["pgvane"] = pv
+        rp, rp_port = (start_pgbouncer if a.split else start_haproxy)(leader_ip, tmp); procs[ref] = rp
+        targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), (ref, "127.0.0.1", rp_port, rp.pid)]
         for r in range(a.repeats):
-            for wname, args, s1 in WORKLOADS:
+            for wname, args, s1 in workloads:
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for tname, host, port, pid in order:
                     c0 = cpu_seconds(pid) if pid else 0
-                    tps, lat, n = pgbench(host, port, args, a.seconds, select1 if s1 else None)
+                    got = pgbench(host, port, args, a.seconds, select1 if s1 else None)
+                    if got is None:
+                        results.setdefault((wname, tname), []).append(None)
+                        print(f"repeat {r+1} {wname:42} {tname:9} FAILED", flush=True)
+                        continue
+                    tps, lat, n = got
                     cpu = (cpu_seconds(pid) - c0) * 1e6 / n if pid else None
                     results.setdefault((wname, tname), []).append((tps, lat, cpu))
-                    print(f"repeat {r+1} {wname:42} {tname:8} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
+                    print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
         rss = {}
         for tname, host, port, pid in targets[1:]:
             rss[tname] = idle_rss(pid, port, a.idle)
@@ -191,21 +269,25 @@ def main():
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
-    med = lambda xs: statistics.median(xs)
-    lines = ["| workload | direct TPS | pgvane TPS (× direct) | HAProxy TPS (× direct) | pgvane / HAProxy | pgvane CPU µs/txn | HAProxy CPU µs/txn |",
+
+    def med(w, t, i):
+        xs = [x[i] for x in results.get((w, t), []) if x is not None and x[i] is not None]
+        return statistics.median(xs) if xs else None
+
+    R = "HAProxy" if ref == "haproxy" else "pgbouncer"
+    lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for wname, _, _ in WORKLOADS:
-        d = med([x[0] for x in results[(wname, "direct")]])
-        p = med([x[0] for x in results[(wname, "pgvane")]])
-        h = med([x[0] for x in results[(wname, "haproxy")]])
-        pc = med([x[2] for x in results[(wname, "pgvane")]])
-        hc = med([x[2] for x in results[(wname, "haproxy")]])
-        lines.append(f"| {wname} | {d:,.0f} | {p:,.0f} ({p/d:.2f}×) | {h:,.0f} ({h/d:.2f}×) | {p/h:.2f}× | {pc:.1f} | {hc:.1f} |")
-    lat = {t: med([x[1] for x in results[("SELECT 1, 1 client", t)]]) for t, *_ in targets}
+    fmt = lambda v, d: "fails" if v is None else f"{v:,.0f} ({v/d:.2f}×)"
+    for wname, _, _ in workloads:
+        d, p_, h = med(wname, "direct", 0), med(wname, "pgvane", 0), med(wname, ref, 0)
+        pc, hc = med(wname, "pgvane", 2), med(wname, ref, 2)
+        ratio = f"{p_/h:.2f}×" if p_ and h else "—"
+        lines.append(f"| {wname} | {d:,.0f} | {fmt(p_, d)} | {fmt(h, d)} | {ratio} | {pc if pc is None else round(pc, 1)} | {hc if hc is None else round(hc, 1)} |")
+    lat = {t: med("SELECT 1, 1 client", t, 1) for t, *_ in targets}
     lines.append("")
     lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
-                 f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), HAProxy {lat['haproxy']*1000:.0f} µs (+{(lat['haproxy']-lat['direct'])*1000:.0f} µs).")
-    lines.append(f"RSS per idle relayed client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, HAProxy {rss['haproxy']:.2f} KiB.")
+                 f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
+    lines.append(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
     lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores.")
     text = "\n".join(lines)
     print("\n" + text)

@@ -16,7 +16,13 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
     let split = free_port();
     let pg = Pgvane::start(&split_config(&p, split), p.admin);
     let setup = connect(split).await.unwrap();
-    setup.client.batch_execute("create table if not exists split_fo(id bigint primary key); truncate split_fo").await.unwrap();
+    setup
+        .client
+        .batch_execute(
+            "create table if not exists split_fo(id bigint primary key); truncate split_fo",
+        )
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let stop = Arc::clone(&stop);
@@ -27,9 +33,13 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 id += 1;
                 let ok = match &c {
-                    Some(cl) => tokio::time::timeout(Duration::from_secs(5), cl.client.execute("insert into split_fo values ($1)", &[&id]))
-                        .await
-                        .is_ok_and(|r| r.is_ok()),
+                    Some(cl) => tokio::time::timeout(
+                        Duration::from_secs(5),
+                        cl.client
+                            .execute("insert into split_fo values ($1)", &[&id]),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
                     None => false,
                 };
                 if ok {
@@ -82,7 +92,8 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = writer.await.unwrap();
     let (reads_ok, reads_failed) = reader.await.unwrap();
-    let reached = reached.unwrap_or_else(|| panic!("writes never reached {new}:\n{}", pg.log_text()));
+    let reached =
+        reached.unwrap_or_else(|| panic!("writes never reached {new}:\n{}", pg.log_text()));
     eprintln!(
         "split failover: writes reached the new leader {reached:?} after the switchover began; {} writes acknowledged, {errors} failed; reads {reads_ok} ok, {reads_failed} failed",
         acked.len()
@@ -90,9 +101,22 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
     assert!(acked.len() > 50, "too few writes: {}", acked.len());
     // Every acknowledged id is on the new leader.
     let check = connect(p.rw).await.unwrap();
-    let rows = check.client.query("select id from split_fo where id > 0", &[]).await.unwrap();
+    let rows = check
+        .client
+        .query("select id from split_fo where id > 0", &[])
+        .await
+        .unwrap();
     let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<i64> = acked.iter().copied().filter(|i| !present.contains(i)).collect();
-    assert!(lost.is_empty(), "{} acknowledged commits lost: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    let lost: Vec<i64> = acked
+        .iter()
+        .copied()
+        .filter(|i| !present.contains(i))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged commits lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
     lab(&["wait-healthy"]);
 }

@@ -96,6 +96,7 @@ async fn statements_land_where_they_should() {
     );
     assert!(pg.metric("pgvane_classifier_cache_hits_total", &[]) >= 1.0);
     assert!(pg.metric("pgvane_classifier_cache_misses_total", &[]) >= 10.0);
+    assert!(pg.metric("pgvane_pool_backends", &["port=\"app\"", "state=\"open\""]) >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

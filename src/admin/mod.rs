@@ -124,7 +124,7 @@ fn cluster_json(view: &ClusterView) -> Value {
                 .collect();
             (
                 p.key.port.clone(),
-                json!({"listen": cfg.listen.to_string(), "mode": "tcp", "roles": roles,
+                json!({"listen": cfg.listen.to_string(), "mode": format!("{:?}", cfg.mode).to_lowercase(), "roles": roles,
                        "host_port": cfg.host_port, "max_lag_in_bytes": cfg.max_lag_in_bytes,
                        "clients": p.active(), "clients_by_node": clients}),
             )
@@ -157,6 +157,23 @@ async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     for (name, v) in s.clusters.load().iter() {
+        for p in &v.ports {
+            let Some(split) = &p.split else { continue };
+            for (key, _role, open, idle, waiting) in split.pools.snapshot() {
+                let node = key.node.to_string();
+                for (state, n) in [
+                    ("open", open),
+                    ("idle", idle),
+                    ("active", open.saturating_sub(idle)),
+                    ("waiting", waiting),
+                ] {
+                    s.metrics
+                        .pool
+                        .with_label_values(&[name, &p.key.port, &node, state])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
         let map = v.watcher.map.load();
         s.metrics
             .map_age

@@ -193,6 +193,61 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// The cache key of a query: the text with every string and number literal
+/// replaced by `?`, so `... WHERE id = 1` and `... WHERE id = 2` share one
+/// entry. Routing never depends on a literal's value (booleans and NULL are
+/// keywords and stay); comments stay, hints included.
+#[must_use]
+pub fn normalize(sql: &str, scs: bool) -> String {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        let c = b[i];
+        let prev_word =
+            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        let literal_end = match c {
+            b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
+            b'$' if i + 1 < b.len()
+                && (b[i + 1] == b'$' || b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_') =>
+            {
+                let end = skip_dollar(b, i);
+                (end > i + 1).then_some(end)
+            }
+            b'0'..=b'9' if !prev_word => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                    j += 1;
+                }
+                if j < b.len()
+                    && (b[j] == b'e' || b[j] == b'E')
+                    && b.get(j + 1)
+                        .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
+                {
+                    j += 2;
+                    while j < b.len() && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                }
+                Some(j)
+            }
+            _ => None,
+        };
+        match literal_end {
+            Some(end) => {
+                out.push_str(sql.get(copied..i).unwrap_or(""));
+                out.push('?');
+                i = end.max(i + 1);
+                copied = i;
+            }
+            None => i = skip_token(b, i, scs).max(i + 1),
+        }
+    }
+    out.push_str(sql.get(copied..).unwrap_or(""));
+    out
+}
+
 /// Every bare word of a statement outside quotes and comments, upper-cased.
 #[must_use]
 pub fn words(stmt: &str) -> Vec<String> {
@@ -279,6 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn normalizes_literals_only() {
+        assert_eq!(
+            normalize("select * from t where id = 42 and s = 'x''y'", true),
+            "select * from t where id = ? and s = ?"
+        );
+        assert_eq!(
+            normalize("select $1, t1.c2, 1.5e-3, $$a$$, $q$b$q$", true),
+            "select $1, t1.c2, ?, ?, ?"
+        );
+        assert_eq!(
+            normalize("/* pgvane: leader */ select true, null -- 5\n", true),
+            "/* pgvane: leader */ select true, null -- 5\n"
+        );
+        assert_eq!(normalize("select E'a\\'b'", true), "select E?");
+        assert_eq!(normalize("select 'a\\'", false), "select ?");
+    }
+
+    #[test]
     fn never_panics_on_odd_bytes() {
         for s in [
             "'", "\"", "$", "$a", "$a$", "/*", "/* /*", "--", "E'\\", "é'ü;", "$1$",
@@ -288,6 +361,8 @@ mod tests {
             let _ = leading_hint(s);
             let _ = keywords(s, 4);
             let _ = words(s);
+            let _ = normalize(s, true);
+            let _ = normalize(s, false);
         }
     }
 }

@@ -180,12 +180,14 @@ pub const MAX_PARSE_LEN: usize = 64 * 1024;
 /// Entries kept in the cache before it starts evicting.
 pub const CACHE_CAPACITY: usize = 16_384;
 
-/// Classifies SQL with a bounded cache keyed by text and
-/// `standard_conforming_strings`.
+/// Classifies SQL with a bounded cache keyed by the text with its literals
+/// blanked ([`lexer::normalize`]) and `standard_conforming_strings`.
 #[derive(Debug, Default)]
 pub struct Classifier {
     read_only_functions: Vec<String>,
-    cache: Mutex<HashMap<(Box<str>, bool), Classification>>,
+    /// One map per `standard_conforming_strings` value, looked up by `&str`
+    /// without allocating.
+    cache: [Mutex<HashMap<Box<str>, Classification>>; 2],
 }
 
 impl Classifier {
@@ -197,25 +199,25 @@ impl Classifier {
                 .into_iter()
                 .map(|f| f.to_ascii_lowercase())
                 .collect(),
-            cache: Mutex::new(HashMap::new()),
+            cache: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
         }
     }
 
     /// Classifies `sql`; `scs` is the session's `standard_conforming_strings`.
     /// Returns the verdict and whether it came from the cache.
     pub fn classify(&self, sql: &str, scs: bool) -> (Classification, bool) {
+        let slot = &self.cache[usize::from(scs)];
+        let key = lexer::normalize(sql, scs);
         {
-            let cache = self
-                .cache
+            let cache = slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = cache.get(&(Box::from(sql), scs)) {
+            if let Some(c) = cache.get(key.as_str()) {
                 return (*c, true);
             }
         }
         let c = classify_uncached(sql, scs, &self.read_only_functions);
-        let mut cache = self
-            .cache
+        let mut cache = slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_CAPACITY {
@@ -223,7 +225,7 @@ impl Classifier {
                 cache.remove(&k);
             }
         }
-        cache.insert((Box::from(sql), scs), c);
+        cache.insert(key.into_boxed_str(), c);
         (c, false)
     }
 }

@@ -207,10 +207,22 @@ fn cache_hits_and_stays_bounded() {
     assert!(!cl.classify("select 1", true).1);
     assert!(cl.classify("select 1", true).1);
     assert!(!cl.classify("select 1", false).1, "scs is part of the key");
+    assert!(
+        cl.classify("select 2", true).1,
+        "literals are not part of the key"
+    );
+    assert_eq!(
+        cl.classify("select nextval('s')", true).0.pin,
+        Some(Pin::Sequence)
+    );
+    assert_eq!(
+        cl.classify("select nextval('t')", true),
+        (c("select nextval('t')"), true)
+    );
     for i in 0..(CACHE_CAPACITY + 10) {
-        let _ = cl.classify(&format!("select {i}"), true);
+        let _ = cl.classify(&format!("select c{i}"), true);
     }
-    assert!(cl.cache.lock().unwrap().len() <= CACHE_CAPACITY);
+    assert!(cl.cache[1].lock().unwrap().len() <= CACHE_CAPACITY);
 }
 
 #[test]

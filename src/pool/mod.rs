@@ -151,6 +151,12 @@ impl Pool {
         })
     }
 
+    /// True once the pool was closed (node left the map or changed role).
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// (open, idle, waiting) right now.
     #[must_use]
     pub fn stats(&self) -> (usize, usize, usize) {

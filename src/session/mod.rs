@@ -184,6 +184,12 @@ struct Session {
     saw_error: bool,
     /// The held backend ran a replayed SET: close it instead of pooling it.
     tainted: bool,
+    /// Pools this session used, by node (valid while `creds` is unchanged).
+    pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
+    /// Metric handles this session used: (node, role, reason) → counter.
+    counters: Vec<((String, &'static str, &'static str), prometheus::IntCounter)>,
+    /// `pgvane_pool_acquire_seconds` for this port.
+    acquire_wait: prometheus::Histogram,
 }
 
 /// Session settings pgvane replays as startup parameters of new backends
@@ -314,6 +320,12 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
         cancel_slot,
         saw_error: false,
         tainted: false,
+        pools: Vec::new(),
+        counters: Vec::new(),
+        acquire_wait: ctx
+            .metrics
+            .acquire_wait
+            .with_label_values(&[&ctx.key.cluster, &ctx.key.port]),
     };
     if s.greet(app_name.as_deref()).await.is_ok() {
         s.serve().await;
@@ -549,36 +561,35 @@ impl Session {
         let settings = self.ctx.pool_settings();
         let mut failures = Vec::new();
         for t in targets {
-            let key = PoolKey {
-                node: t.addr.clone(),
-                creds: self.creds.clone(),
+            let cached = self
+                .pools
+                .iter()
+                .find(|(a, p)| *a == t.addr && p.role == t.role && !p.is_closed())
+                .map(|(_, p)| Arc::clone(p));
+            let pool = match cached {
+                Some(p) => p,
+                None => {
+                    let key = PoolKey {
+                        node: t.addr.clone(),
+                        creds: self.creds.clone(),
+                    };
+                    let p = self.ctx.pools.get(&key, t.role, settings);
+                    self.pools.retain(|(a, _)| *a != t.addr);
+                    self.pools.push((t.addr.clone(), Arc::clone(&p)));
+                    p
+                }
             };
-            let pool = self.ctx.pools.get(&key, t.role, settings);
             let started = Instant::now();
             match pool.acquire().await {
                 Ok(p) => {
                     self.ctx.health.success(&t.addr);
-                    self.ctx
-                        .metrics
-                        .acquire_wait
-                        .with_label_values(&[&self.ctx.key.cluster, &self.ctx.key.port])
-                        .observe(started.elapsed().as_secs_f64());
+                    self.acquire_wait.observe(started.elapsed().as_secs_f64());
                     *self
                         .cancel_slot
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) =
                         Some((t.addr.clone(), p.backend.key));
-                    self.ctx
-                        .metrics
-                        .statements
-                        .with_label_values(&[
-                            &self.ctx.key.cluster,
-                            &self.ctx.key.port,
-                            &t.name,
-                            t.role,
-                            class.reason.label(),
-                        ])
-                        .inc();
+                    self.count_statement(&t.name, t.role, class.reason.label());
                     self.held = Some(Held {
                         pooled: p,
                         node: t.name,
@@ -615,6 +626,26 @@ impl Session {
         ))
     }
 
+    fn count_statement(&mut self, node: &str, role: &'static str, reason: &'static str) {
+        if let Some((_, c)) = self
+            .counters
+            .iter()
+            .find(|((n, ro, re), _)| n == node && *ro == role && *re == reason)
+        {
+            c.inc();
+            return;
+        }
+        let c = self.ctx.metrics.statements.with_label_values(&[
+            &self.ctx.key.cluster,
+            &self.ctx.key.port,
+            node,
+            role,
+            reason,
+        ]);
+        c.inc();
+        self.counters.push(((node.to_owned(), role, reason), c));
+    }
+
     /// After a ReadyForQuery: release the backend when idle and unpinned.
     fn after_ready(&mut self, status: u8) {
         if let Some(h) = &mut self.held {
@@ -643,6 +674,7 @@ impl Session {
                     .retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
                 self.creds.params.push((name, value));
                 self.creds.params.sort();
+                self.pools.clear();
                 self.tainted = true;
                 return;
             }
