@@ -34,6 +34,7 @@ pgvane is running (pid $(cat "$RUN/pgvane.pid"), log $RUN/pgvane.log) on the lab
   leader port   psql "host=127.0.0.1 port=6432 user=postgres password=postgres"
   replica port  psql "host=127.0.0.1 port=6433 user=postgres password=postgres"
   any node      psql "host=127.0.0.1 port=6434 user=postgres password=postgres"
+  split port    psql "host=127.0.0.1 port=6435 user=postgres password=postgres"   (reads to replicas, writes to the leader)
   admin API     curl http://127.0.0.1:8009/clusters   (also /metrics, /update_clusters, /reload)
   the lab       deploy/lab/lab.sh status | switchover | kill-leader | lag 2 | ...
 Stop everything: deploy/start.sh stop
