@@ -120,3 +120,98 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
     );
     lab(&["wait-healthy"]);
 }
+
+/// A fake PostgreSQL that logs anyone in, then drops the connection at the
+/// first query: a replica that goes away before answering.
+async fn vanishing_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                let _ = s.read_exact(&mut rest).await;
+                let mut out = Vec::new();
+                out.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+                for (k, v) in [
+                    ("server_version", "15.18"),
+                    ("standard_conforming_strings", "on"),
+                    ("client_encoding", "UTF8"),
+                ] {
+                    let body = format!("{k}\0{v}\0");
+                    out.push(b'S');
+                    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                    out.extend_from_slice(body.as_bytes());
+                }
+                out.extend_from_slice(&[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]);
+                out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+                let _ = s.write_all(&out).await;
+                let mut first = [0u8; 1];
+                let _ = s.read_exact(&mut first).await;
+                // Gone before answering.
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_is_retried_once_when_its_replica_vanishes_before_answering() {
+    healthy_lab();
+    let leader = leader();
+    let replica = replicas().remove(0);
+    let fake = vanishing_server().await;
+    let body = format!(
+        r#"{{"members": [{{"name": "{leader}", "role": "leader", "state": "running", "host": "{}", "port": 5432}},
+        {{"name": "a-vanishing", "role": "replica", "state": "streaming", "host": "127.0.0.1", "port": {fake}, "lag": 0}},
+        {{"name": "{replica}", "role": "replica", "state": "streaming", "host": "{}", "port": 5432, "lag": 0}}]}}"#,
+        node_ip(&leader),
+        node_ip(&replica)
+    );
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = api.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let (admin, port) = (free_port(), free_port());
+    let yaml = format!(
+        "listen_address: 127.0.0.1:{admin}\nclusters:\n  fake:\n    hosts: ['http://127.0.0.1:{api_port}']\n    users: [{{name: postgres, password: postgres}}]\n    ports:\n      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [async]}}\n"
+    );
+    let pg = Pgvane::start(&yaml, admin);
+    let c = connect(port).await.unwrap();
+    let rows = c
+        .client
+        .simple_query("select host(inet_server_addr())")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(node_of_ip(row.get(0).unwrap()), replica);
+    assert!(pg.log_text().contains("retrying once"), "{}", pg.log_text());
+    // The same through the extended protocol, once the vanishing node's
+    // back-off has passed and it is tried again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let row = c.client.query_one("select host(inet_server_addr()) where $1::int = 1", &[&1i32]).await.unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
+    assert_eq!(node_of_ip(row.get(0)), replica);
+    assert_eq!(pg.log_text().matches("retrying once").count(), 2, "{}", pg.log_text());
+    assert!(c.alive().await);
+}

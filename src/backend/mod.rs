@@ -250,6 +250,18 @@ impl Backend {
         message::try_cut(&mut self.buf)
     }
 
+    /// True when the idle connection is still open and silent: no buffered
+    /// bytes, and a non-blocking read finds nothing (not EOF, not a FATAL
+    /// the server sent when it shut down).
+    #[must_use]
+    pub fn idle_and_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// True when no unread bytes are buffered.
     #[must_use]
     pub fn drained(&self) -> bool {

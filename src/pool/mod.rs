@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Backends idle longer than this are checked for a server-side close before reuse.
+pub const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
+
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -126,6 +129,15 @@ impl Pool {
                 {
                     self.open.fetch_sub(1, Ordering::Relaxed);
                     tokio::spawn(b.close());
+                }
+                // A backend idle for a while may have been closed by its
+                // server (shutdown, restart): it then has data or EOF waiting.
+                Some(backend)
+                    if now.duration_since(backend.idle_since) > IDLE_CHECK_AFTER
+                        && !backend.idle_and_open() =>
+                {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(backend);
                 }
                 Some(backend) => {
                     return Ok(Pooled {

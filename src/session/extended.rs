@@ -113,8 +113,27 @@ impl Session {
             reason: Reason::Transaction,
             ..self.ctx.classifier.classify("select 1", true).0
         });
+        let fresh = self.held.is_none();
         self.backend_for(&class).await?;
-        let (out, mut queue) = self.rewrite(&msgs)?;
+        self.forwarded = false;
+        let mut result = self.run_batch(&msgs).await;
+        if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
+        {
+            self.retry_elsewhere(&class).await?;
+            result = self.run_batch(&msgs).await;
+        }
+        let status = result?;
+        self.apply_effects(&class, &first_sql, status);
+        if let Some(status) = status {
+            self.after_ready(status);
+        }
+        Ok(())
+    }
+
+    /// Sends one rewritten batch and relays its replies; the ReadyForQuery
+    /// status when the batch ended in Sync.
+    async fn run_batch(&mut self, msgs: &[Message]) -> Result<Option<u8>, SessionError> {
+        let (out, mut queue) = self.rewrite(msgs)?;
         self.send_backend(&out).await?;
         let mut status = None;
         loop {
@@ -178,11 +197,7 @@ impl Session {
             }
         }
         self.flush().await?;
-        self.apply_effects(&class, &first_sql, status);
-        if let Some(status) = status {
-            self.after_ready(status);
-        }
-        Ok(())
+        Ok(status)
     }
 
     /// Rewrites the batch for the held backend and lists the replies owed.

@@ -184,6 +184,8 @@ struct Session {
     saw_error: bool,
     /// The held backend ran a replayed SET: close it instead of pooling it.
     tainted: bool,
+    /// Bytes of the current request's answer already reached the client.
+    forwarded: bool,
     /// Pools this session used, by node (valid while `creds` is unchanged).
     pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
     /// Metric handles this session used: (node, role, reason) → counter.
@@ -320,6 +322,7 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
         cancel_slot,
         saw_error: false,
         tainted: false,
+        forwarded: false,
         pools: Vec::new(),
         counters: Vec::new(),
         acquire_wait: ctx
@@ -389,6 +392,7 @@ impl Session {
 
     async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
+            self.forwarded = true;
             self.client
                 .write_all(&self.out)
                 .await
@@ -710,12 +714,54 @@ impl Session {
         let sql = sql.to_owned();
         let (class, hit) = self.ctx.classifier.classify(&sql, self.scs);
         self.count_cache(hit);
+        let fresh = self.held.is_none();
         self.backend_for(&class).await?;
-        self.send_backend(m.raw()).await?;
-        let status = self.pump_until_ready().await?;
+        self.forwarded = false;
+        let mut result = self.run_simple(m).await;
+        if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
+        {
+            self.retry_elsewhere(&class).await?;
+            result = self.run_simple(m).await;
+        }
+        let status = result?;
         self.apply_effects(&class, &sql, Some(status));
         self.after_ready(status);
         Ok(())
+    }
+
+    /// A read may be retried when its backend was taken for it alone, it
+    /// pins nothing, and no byte of its answer reached the client.
+    fn may_retry(&self, fresh: bool, class: &Classification) -> bool {
+        fresh
+            && class.route == Route::Replica
+            && class.pin.is_none()
+            && self.pin.is_none()
+            && !self.forwarded
+    }
+
+    /// Drops the lost backend (its node backs off) and takes another.
+    async fn retry_elsewhere(&mut self, class: &Classification) -> Result<(), SessionError> {
+        if let Some(h) = self.held.take() {
+            tracing::info!(port = %self.ctx.key, node = %h.node, "read lost its backend before answering; retrying once");
+            let addr = self
+                .pools
+                .iter()
+                .find(|(_, p)| Arc::ptr_eq(p, h.pooled.pool()))
+                .map(|(a, _)| a.clone());
+            if let Some(addr) = addr {
+                self.ctx.health.failure(&addr, Instant::now());
+            }
+            h.pooled.discard();
+        }
+        self.clear_cancel();
+        // Nothing of the lost answer was sent: drop what was buffered of it.
+        self.out.clear();
+        self.backend_for(class).await
+    }
+
+    async fn run_simple(&mut self, m: &Message) -> Result<u8, SessionError> {
+        self.send_backend(m.raw()).await?;
+        self.pump_until_ready().await
     }
 
     fn count_cache(&self, hit: bool) {
