@@ -228,7 +228,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
     a = ap.parse_args()
+    if a.idle_only:
+        a.repeats = 0
     tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
     leader_ip = leader()
     subprocess.run([f"{PGBIN}/pgbench", "-h", leader_ip, "-U", "postgres", "-i", "-q", "-s", "10", "postgres"],
@@ -275,6 +278,9 @@ def main():
         return statistics.median(xs) if xs else None
 
     R = "HAProxy" if ref == "haproxy" else "pgbouncer"
+    if a.idle_only:
+        print(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
+        return
     lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     fmt = lambda v, d: "fails" if v is None else f"{v:,.0f} ({v/d:.2f}×)"

@@ -347,7 +347,13 @@ impl App {
             else {
                 continue;
             };
+            let old_cfg = p.shared.config.load_full();
+            let rebuild =
+                old_cfg.mode != cfg.mode || old_cfg.read_only_functions != cfg.read_only_functions;
             p.shared.config.store(Arc::new(cfg));
+            if rebuild {
+                p.shared.rebuild_split();
+            }
             if let Some(l) = bound.remove(k) {
                 p.stop_accept.cancel();
                 p.stop_accept = CancellationToken::new();

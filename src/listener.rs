@@ -34,7 +34,7 @@ pub struct PortShared {
     /// The port's settings (swapped by reload).
     pub config: Arc<ArcSwap<PortConfig>>,
     /// Split ports: what their sessions share (pools, classifier, cancel keys).
-    pub split: Option<Arc<SessionContext>>,
+    pub split: arc_swap::ArcSwapOption<SessionContext>,
     /// The whole config snapshot (timeouts).
     pub globals: Arc<ArcSwap<Config>>,
     /// The cluster's published map.
@@ -77,23 +77,8 @@ impl PortShared {
             to_client: labels("to_client"),
         };
         let config = Arc::new(ArcSwap::from_pointee(config));
-        let cfg = config.load();
-        let split = (cfg.mode == Mode::Split).then(|| {
-            Arc::new(SessionContext {
-                key: key.clone(),
-                port: Arc::clone(&config),
-                globals: Arc::clone(&globals),
-                map: Arc::clone(&map),
-                health: Arc::clone(&health),
-                pools: Arc::default(),
-                classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
-                cancels: Arc::new(CancelRegistry::default()),
-                metrics: Arc::clone(&metrics),
-                secrets: std::sync::Mutex::default(),
-            })
-        });
-        drop(cfg);
-        Self {
+        let split = arc_swap::ArcSwapOption::empty();
+        let port = Self {
             split,
             config,
             globals,
@@ -107,7 +92,31 @@ impl PortShared {
             bytes,
             metrics,
             key,
-        }
+        };
+        port.rebuild_split();
+        port
+    }
+
+    /// (Re)builds what split sessions share from the current settings: on
+    /// creation, and on reload when `mode` or `read_only_functions` change.
+    /// Sessions already running keep the context they started with.
+    pub fn rebuild_split(&self) {
+        let cfg = self.config.load();
+        let ctx = (cfg.mode == Mode::Split).then(|| {
+            Arc::new(SessionContext {
+                key: self.key.clone(),
+                port: Arc::clone(&self.config),
+                globals: Arc::clone(&self.globals),
+                map: Arc::clone(&self.map),
+                health: Arc::clone(&self.health),
+                pools: Arc::default(),
+                classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
+                cancels: Arc::new(CancelRegistry::default()),
+                metrics: Arc::clone(&self.metrics),
+                secrets: std::sync::Mutex::default(),
+            })
+        });
+        self.split.store(ctx);
     }
 
     /// Clients connected right now.
@@ -121,7 +130,7 @@ impl PortShared {
     pub fn evict_unqualified(&self) {
         let map = self.map.load();
         let cfg = self.config.load();
-        if let Some(split) = &self.split {
+        if let Some(split) = self.split.load_full() {
             // Split ports disconnect nobody: pools of nodes that left the map
             // or changed role are closed, reads simply avoid lagging replicas.
             split.pools.retain(|addr, role| {
@@ -195,7 +204,7 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                     async move {
                         let _placement = placement;
                         match TcpStream::from_std(std_client) {
-                            Ok(client) => match port.split.clone() {
+                            Ok(client) => match port.split.load_full() {
                                 Some(ctx) => session::run(client, ctx).await,
                                 None => serve_client(client, port).await,
                             },

@@ -210,8 +210,20 @@ async fn read_is_retried_once_when_its_replica_vanishes_before_answering() {
     // The same through the extended protocol, once the vanishing node's
     // back-off has passed and it is tried again.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let row = c.client.query_one("select host(inet_server_addr()) where $1::int = 1", &[&1i32]).await.unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
+    let row = c
+        .client
+        .query_one(
+            "select host(inet_server_addr()) where $1::int = 1",
+            &[&1i32],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", pg.log_text()));
     assert_eq!(node_of_ip(row.get(0)), replica);
-    assert_eq!(pg.log_text().matches("retrying once").count(), 2, "{}", pg.log_text());
+    assert_eq!(
+        pg.log_text().matches("retrying once").count(),
+        2,
+        "{}",
+        pg.log_text()
+    );
     assert!(c.alive().await);
 }

@@ -158,7 +158,9 @@ async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
 async fn metrics(State(s): State<AdminState>) -> Response {
     for (name, v) in s.clusters.load().iter() {
         for p in &v.ports {
-            let Some(split) = &p.split else { continue };
+            let Some(split) = p.split.load_full() else {
+                continue;
+            };
             for (key, _role, open, idle, waiting) in split.pools.snapshot() {
                 let node = key.node.to_string();
                 for (state, n) in [

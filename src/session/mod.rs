@@ -330,7 +330,9 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
             .acquire_wait
             .with_label_values(&[&ctx.key.cluster, &ctx.key.port]),
     };
-    if s.greet(app_name.as_deref()).await.is_ok() {
+    // Boxed: the task of an idle session then holds only the small future
+    // of the request loop, not the largest request's state machine.
+    if Box::pin(s.greet(app_name.as_deref())).await.is_ok() {
         s.serve().await;
     }
     if let Some(h) = s.held.take() {
@@ -417,6 +419,10 @@ impl Session {
                 return Ok(m);
             }
             if self.cbuf.is_empty() {
+                // About to wait on the client: hold no buffer while it idles.
+                if self.out.capacity() > 0 && self.held.is_none() {
+                    self.out = Vec::new();
+                }
                 self.client
                     .readable()
                     .await
@@ -454,7 +460,7 @@ impl Session {
                 Err(_) => return,
             };
             let result = match m.tag() {
-                b'Q' => self.simple(&m).await,
+                b'Q' => Box::pin(self.simple(&m)).await,
                 b'P' | b'B' | b'D' | b'C' | b'E' => {
                     batch.push(m);
                     continue;
@@ -462,7 +468,7 @@ impl Session {
                 b'S' | b'H' => {
                     batch.push(m);
                     let msgs = std::mem::take(&mut batch);
-                    self.extended(msgs).await
+                    Box::pin(self.extended(msgs)).await
                 }
                 b'X' => return,
                 b'd' | b'c' | b'f' => continue,
