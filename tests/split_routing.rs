@@ -54,6 +54,21 @@ async fn statements_land_where_they_should() {
             "read went to the leader: {sql}"
         );
     }
+    // Prepared (extended protocol, named statements) reads and writes.
+    let read = c
+        .client
+        .prepare("select host(inet_server_addr()) where $1::int > 0")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let row = c.client.query_one(&read, &[&1i32]).await.unwrap();
+        assert_ne!(node_of_ip(row.get(0)), leader);
+    }
+    assert_ne!(
+        node_of(&c, reads[0]).await,
+        leader,
+        "a repeated read, from the cache"
+    );
     let leader_stmts = [
         "select host(inet_server_addr()) from split_t where id = 1 for update",
         "select host(inet_server_addr()) from (select pgvane_rw()) s",
@@ -65,16 +80,6 @@ async fn statements_land_where_they_should() {
     for sql in leader_stmts {
         assert_eq!(node_of(&c, sql).await, leader, "{sql}");
     }
-    // Prepared (extended protocol, named statements) reads and writes.
-    let read = c
-        .client
-        .prepare("select host(inet_server_addr()) where $1::int > 0")
-        .await
-        .unwrap();
-    for _ in 0..5 {
-        let row = c.client.query_one(&read, &[&1i32]).await.unwrap();
-        assert_ne!(node_of_ip(row.get(0)), leader);
-    }
     let write = c.client.prepare("insert into split_t values ($1, 'p') on conflict (id) do update set v = 'p' returning host(inet_server_addr())").await.unwrap();
     for i in 0..5 {
         let row = c
@@ -84,16 +89,16 @@ async fn statements_land_where_they_should() {
             .unwrap();
         assert_eq!(node_of_ip(row.get(0)), leader);
     }
+    // Read your own writes: right after a write, reads follow it to the
+    // leader; after `read_your_writes_ms` (1 s by default) they go back.
+    assert_eq!(node_of(&c, "select host(inet_server_addr())").await, leader);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ne!(node_of(&c, "select host(inet_server_addr())").await, leader);
     let routed = pg.metric(
         "pgvane_statements_routed_total",
         &["port=\"app\"", "role=\"replica\""],
     );
     assert!(routed >= 10.0, "replica routing not counted: {routed}");
-    assert_ne!(
-        node_of(&c, reads[0]).await,
-        leader,
-        "a repeated read, from the cache"
-    );
     assert!(pg.metric("pgvane_classifier_cache_hits_total", &[]) >= 1.0);
     assert!(pg.metric("pgvane_classifier_cache_misses_total", &[]) >= 10.0);
     assert!(pg.metric("pgvane_pool_backends", &["port=\"app\"", "state=\"open\""]) >= 1.0);
@@ -154,7 +159,9 @@ async fn transactions_stay_on_one_backend() {
     assert_eq!(err.as_db_error().unwrap().code().code(), "25P02");
     c.client.batch_execute("rollback").await.unwrap();
     assert!(c.alive().await);
-    // An autocommit error leaves the session usable too.
+    // An autocommit error leaves the session usable too (after the
+    // read-your-writes window of the writes above).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(
         c.client
             .simple_query("select * from no_such_table")

@@ -277,6 +277,7 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     ("server_lifetime_ms", port.server_lifetime_ms.is_some()),
                     ("fallback_to_leader", port.fallback_to_leader.is_some()),
                     ("read_only_functions", !port.read_only_functions.is_empty()),
+                    ("read_your_writes_ms", port.read_your_writes_ms.is_some()),
                 ] {
                     if set {
                         push(

@@ -163,6 +163,10 @@ pub struct PortConfig {
     /// allowed on replicas.
     #[serde(default)]
     pub read_only_functions: Vec<String>,
+    /// Split ports: after a session writes, its reads go to the leader for
+    /// this long, so it reads its own writes (default 1000; 0 = off).
+    #[serde(default)]
+    pub read_your_writes_ms: Option<u64>,
 }
 
 impl PortConfig {
@@ -182,6 +186,7 @@ impl PortConfig {
             server_lifetime_ms: None,
             fallback_to_leader: None,
             read_only_functions: Vec::new(),
+            read_your_writes_ms: None,
         }
     }
 

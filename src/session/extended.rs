@@ -95,22 +95,41 @@ impl Session {
         (class, first_sql)
     }
 
+    /// The name in a Close of a named statement.
+    fn named_close(m: &Message) -> Option<String> {
+        match Frontend::parse(m) {
+            Some(Frontend::Close { kind: b'S', name }) if !name.is_empty() => Some(name.to_owned()),
+            _ => None,
+        }
+    }
+
     /// Runs one batch ending in Sync or Flush.
     pub(super) async fn extended(&mut self, msgs: Vec<Message>) -> Result<(), SessionError> {
         let (class, first_sql) = self.batch_class(&msgs);
         if self.held.is_none()
             && class.is_none()
-            && msgs.iter().all(|m| matches!(m.tag(), b'S' | b'H'))
+            && msgs
+                .iter()
+                .all(|m| matches!(m.tag(), b'S' | b'H') || Self::named_close(m).is_some())
         {
-            // A bare Sync between transactions: answer it here.
-            if msgs.iter().any(|m| m.tag() == b'S') {
-                encode::ready_for_query(&mut self.out, b'I');
+            // Between transactions, a batch of Sync/Flush and Closes of named
+            // statements needs no backend: pgvane keeps the server-side
+            // statements for reuse and answers here.
+            for m in &msgs {
+                if let Some(name) = Self::named_close(m) {
+                    self.prepared.remove(&name);
+                    encode::close_complete(&mut self.out);
+                } else if m.tag() == b'S' {
+                    encode::ready_for_query(&mut self.out, b'I');
+                }
             }
             return self.flush().await;
         }
+        // A batch naming no statement (a portal Describe, an unnamed Close)
+        // writes nothing: it must not start the read-your-writes window.
         let class = class.unwrap_or(Classification {
             route: Route::Leader,
-            reason: Reason::Transaction,
+            reason: Reason::Session,
             ..self.ctx.classifier.classify("select 1", true).0
         });
         let fresh = self.held.is_none();

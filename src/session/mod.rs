@@ -186,6 +186,8 @@ struct Session {
     tainted: bool,
     /// Bytes of the current request's answer already reached the client.
     forwarded: bool,
+    /// Reads go to the leader until then: the session wrote just before.
+    leader_until: Option<Instant>,
     /// Pools this session used, by node (valid while `creds` is unchanged).
     pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
     /// Metric handles this session used: (node, role, reason) → counter.
@@ -323,6 +325,7 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
         saw_error: false,
         tainted: false,
         forwarded: false,
+        leader_until: None,
         pools: Vec::new(),
         counters: Vec::new(),
         acquire_wait: ctx
@@ -553,7 +556,8 @@ impl Session {
         if self.held.is_some() {
             return Ok(());
         }
-        let route = if self.pin.is_some() || class.pin.is_some() {
+        let reads_own_writes = self.leader_until.is_some_and(|t| Instant::now() < t);
+        let route = if self.pin.is_some() || class.pin.is_some() || reads_own_writes {
             Route::Leader
         } else {
             class.route
@@ -675,6 +679,17 @@ impl Session {
 
     fn apply_effects(&mut self, class: &Classification, sql: &str, status: Option<u8>) {
         let saw_error = std::mem::take(&mut self.saw_error);
+        if class.route == Route::Leader
+            && !matches!(
+                class.reason,
+                crate::classifier::Reason::Probe | crate::classifier::Reason::Session
+            )
+        {
+            let window = self.ctx.port.load().read_your_writes_ms.unwrap_or(1000);
+            if window > 0 {
+                self.leader_until = Some(Instant::now() + Duration::from_millis(window));
+            }
+        }
         if class.pin == Some(Pin::Set) && self.pin.is_none() && status == Some(b'I') && !saw_error {
             if let Some((name, value)) = replayable_set(sql) {
                 // Replayed on every new backend instead of pinning; the

@@ -4,6 +4,9 @@ const { Client } = require('pg');
   const port = Number(process.env.PGVANE_PORT), leader = process.env.LEADER_IP;
   const c = new Client({ host: '127.0.0.1', port, user: 'postgres', password: 'postgres', database: 'postgres' });
   await c.connect();
+  // First, before any write (reads follow a session's writes to the leader for 1 s).
+  const h = await c.query('select host(inet_server_addr()) as h');
+  if (h.rows[0].h === leader) throw new Error('read reached the leader');
   await c.query('create table if not exists drv_node(id int primary key, v text)');
   await c.query('delete from drv_node');
   for (let i = 0; i < 3; i++) {
@@ -16,8 +19,6 @@ const { Client } = require('pg');
   const n = await c.query('select count(*)::int as n from drv_node');
   if (n.rows[0].n !== 4) throw new Error('bad count');
   await c.query('commit');
-  const h = await c.query('select host(inet_server_addr()) as h');
-  if (h.rows[0].h === leader) throw new Error('read reached the leader');
   let failed = false;
   try { await c.query('select 1/0'); } catch (e) { failed = e.code === '22012'; }
   if (!failed) throw new Error('no division error');
