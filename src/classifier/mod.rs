@@ -157,8 +157,10 @@ impl Classification {
         }
     }
 
-    /// Combines two statements of one query: leader wins, pins add up.
-    fn merge(self, other: Self) -> Self {
+    /// Combines the verdicts of statements run together (one query, one
+    /// batch): the leader wins, pins and `DISCARD ALL` add up.
+    #[must_use]
+    pub fn merge(self, other: Self) -> Self {
         let (route, reason) = if self.route == Route::Leader {
             (self.route, self.reason)
         } else {

@@ -54,18 +54,7 @@ impl Session {
         let mut class: Option<Classification> = None;
         let mut first_sql = String::new();
         let merge = |c: Classification, class: &mut Option<Classification>| {
-            *class = Some(match *class {
-                None => c,
-                Some(prev) if prev.route == Route::Leader => Classification {
-                    pin: prev.pin.or(c.pin),
-                    discard_all: prev.discard_all || c.discard_all,
-                    ..prev
-                },
-                Some(prev) => Classification {
-                    pin: prev.pin.or(c.pin),
-                    ..c
-                },
-            });
+            *class = Some(class.map_or(c, |prev| prev.merge(c)));
         };
         let mut parsed_unnamed = false;
         for m in msgs {
