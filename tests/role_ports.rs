@@ -150,20 +150,7 @@ async fn refused_connect_is_retried_on_the_next_node() {
         {{"name": "{replica}", "role": "replica", "state": "streaming", "host": "{}", "port": 5432, "lag": 0}}]}}"#,
         node_ip(&replica)
     );
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_port = api.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = api.accept().await {
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf).await;
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(reply.as_bytes()).await;
-        }
-    });
+    let api_port = fake_patroni(body).await;
     let admin = free_port();
     let port = free_port();
     let yaml = format!(

@@ -173,20 +173,7 @@ async fn read_is_retried_once_when_its_replica_vanishes_before_answering() {
         node_ip(&leader),
         node_ip(&replica)
     );
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_port = api.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = api.accept().await {
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf).await;
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(reply.as_bytes()).await;
-        }
-    });
+    let api_port = fake_patroni(body).await;
     let (admin, port) = (free_port(), free_port());
     let yaml = format!(
         "listen_address: 127.0.0.1:{admin}\nclusters:\n  fake:\n    hosts: ['http://127.0.0.1:{api_port}']\n    users: [{{name: postgres, password: postgres}}]\n    ports:\n      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [async]}}\n"

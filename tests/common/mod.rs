@@ -336,6 +336,26 @@ where
     }
 }
 
+/// A fake Patroni REST API (edge cases only) answering every request with
+/// `body` as the `/cluster` JSON; returns its port.
+pub async fn fake_patroni(body: String) -> u16 {
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = api.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = api.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    port
+}
+
 /// A real PostgreSQL client through a pgvane port.
 pub struct Client {
     pub client: tokio_postgres::Client,
