@@ -17,9 +17,11 @@ async fn kill_leader_never_hangs_and_reaches_the_new_leader() {
     let t0 = Instant::now();
     let killed = lab(&["kill-leader"]);
     assert_eq!(killed.lines().last().unwrap(), old);
+    // Orphaned backends exit once they notice the postmaster died: bounded, not instant.
+    let gone = wait_until_async(Duration::from_secs(10), || async { !rw.alive().await }).await;
     assert!(
-        !rw.alive().await,
-        "client of the killed leader must not stay usable"
+        gone,
+        "client of the killed leader still usable 10 s after the kill"
     );
     // Every attempt ends quickly: an ErrorResponse while no leader qualifies,
     // or a session on the new leader. Never a hang.
