@@ -50,8 +50,14 @@ fn server_name(key: u64) -> String {
 }
 
 impl Session {
-    fn batch_class(&mut self, msgs: &[Message]) -> (Option<Classification>, String) {
+    /// The merged verdict of a batch, its first SQL text, and each Parse's
+    /// own verdict in order (handed to `rewrite`, so no Parse is classified twice).
+    fn batch_class(
+        &mut self,
+        msgs: &[Message],
+    ) -> (Option<Classification>, String, Vec<Classification>) {
         let mut class: Option<Classification> = None;
+        let mut parses = Vec::new();
         let mut first_sql = String::new();
         let merge = |c: Classification, class: &mut Option<Classification>| {
             *class = Some(class.map_or(c, |prev| prev.merge(c)));
@@ -63,6 +69,7 @@ impl Session {
                     let (c, hit) = self.ctx.classifier.classify(sql, self.scs);
                     self.count_cache(hit);
                     merge(c, &mut class);
+                    parses.push(c);
                     parsed_unnamed |= name.is_empty();
                     if first_sql.is_empty() {
                         first_sql = sql.to_owned();
@@ -81,7 +88,7 @@ impl Session {
                 _ => {}
             }
         }
-        (class, first_sql)
+        (class, first_sql, parses)
     }
 
     /// The name in a Close of a named statement.
@@ -94,7 +101,7 @@ impl Session {
 
     /// Runs one batch ending in Sync or Flush.
     pub(super) async fn extended(&mut self, msgs: Vec<Message>) -> Result<(), SessionError> {
-        let (class, first_sql) = self.batch_class(&msgs);
+        let (class, first_sql, parses) = self.batch_class(&msgs);
         if self.held.is_none()
             && class.is_none()
             && msgs
@@ -124,11 +131,11 @@ impl Session {
         let fresh = self.held.is_none();
         self.backend_for(&class).await?;
         self.forwarded = false;
-        let mut result = self.run_batch(&msgs).await;
+        let mut result = self.run_batch(&msgs, &parses).await;
         if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
         {
             self.retry_elsewhere(&class).await?;
-            result = self.run_batch(&msgs).await;
+            result = self.run_batch(&msgs, &parses).await;
         }
         let status = result?;
         self.apply_effects(&class, &first_sql, status);
@@ -140,8 +147,12 @@ impl Session {
 
     /// Sends one rewritten batch and relays its replies; the ReadyForQuery
     /// status when the batch ended in Sync.
-    async fn run_batch(&mut self, msgs: &[Message]) -> Result<Option<u8>, SessionError> {
-        let (out, mut queue) = self.rewrite(msgs)?;
+    async fn run_batch(
+        &mut self,
+        msgs: &[Message],
+        parses: &[Classification],
+    ) -> Result<Option<u8>, SessionError> {
+        let (out, mut queue) = self.rewrite(msgs, parses)?;
         self.send_backend(&out).await?;
         let mut status = None;
         loop {
@@ -209,7 +220,12 @@ impl Session {
     }
 
     /// Rewrites the batch for the held backend and lists the replies owed.
-    fn rewrite(&mut self, msgs: &[Message]) -> Result<(Vec<u8>, VecDeque<Expect>), SessionError> {
+    fn rewrite(
+        &mut self,
+        msgs: &[Message],
+        parses: &[Classification],
+    ) -> Result<(Vec<u8>, VecDeque<Expect>), SessionError> {
+        let mut parses = parses.iter().copied();
         let mut out = Vec::with_capacity(msgs.iter().map(|m| m.raw().len() + 24).sum());
         let mut queue = VecDeque::with_capacity(msgs.len() + 2);
         let mut pending: HashSet<u64> = HashSet::new();
@@ -234,7 +250,9 @@ impl Session {
                     out.extend_from_slice(m.raw());
                     queue.push_back(Expect::Real(Kind::Parse));
                     parsed_unnamed = true;
-                    let (class, _) = self.ctx.classifier.classify(sql, self.scs);
+                    let class = parses
+                        .next()
+                        .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
                     self.unnamed = Some(Stmt {
                         sql: Arc::from(sql),
                         types: Bytes::copy_from_slice(types),
@@ -244,7 +262,9 @@ impl Session {
                 }
                 Frontend::Parse { name, sql, types } => {
                     let key = key_of(sql, types);
-                    let (class, _) = self.ctx.classifier.classify(sql, self.scs);
+                    let class = parses
+                        .next()
+                        .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
                     self.prepared.insert(
                         name.to_owned(),
                         Stmt {
