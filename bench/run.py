@@ -60,8 +60,8 @@ def wait_port(port, t=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start_pgvane(leader_ip, tmp):
-    # Note: the caller stops it by pid in its finally block.
+def spawn_pgvane(tmp, cluster_yaml):
+    """Starts pgvane on a lab cluster block; returns (process, port)."""
     port, admin = free_port(), free_port()
     cfg = os.path.join(tmp, "pgvane.yaml")
     open(cfg, "w").write(f"""cluster_update_interval: 3
@@ -69,9 +69,8 @@ listen_address: 127.0.0.1:{admin}
 clusters:
   lab:
     hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
-    ports:
-      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}
-""")
+{cluster_yaml.format(port=port)}""")
+    # The caller stops it by pid in its finally block.
     p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
                          stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
@@ -90,26 +89,14 @@ clusters:
 POOL_SIZE = 20
 
 
+def start_pgvane(leader_ip, tmp):
+    return spawn_pgvane(tmp, "    ports:\n      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}\n")
+
+
 def start_pgvane_split(leader_ip, tmp):
-    port, admin = free_port(), free_port()
-    cfg = os.path.join(tmp, "pgvane-split.yaml")
-    open(cfg, "w").write(f"""cluster_update_interval: 3
-listen_address: 127.0.0.1:{admin}
-clusters:
-  lab:
-    hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
-    users: [{{name: postgres, password: postgres}}]
-    ports:
-      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [sync, async], pool_size: {POOL_SIZE}}}
-""")
-    p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
-                         env=dict(os.environ, RUST_LOG="warn"))
-    try:
-        wait_port(port)
-    except RuntimeError:
-        p.kill(); raise
-    return p, port
+    return spawn_pgvane(tmp, "    users: [{{name: postgres, password: postgres}}]\n    ports:\n"
+                             "      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [sync, async], pool_size: "
+                             + str(POOL_SIZE) + "}}\n")
 
 
 def start_pgbouncer(leader_ip, tmp):
