@@ -387,6 +387,7 @@ impl App {
         let shared = p.shared;
         tracing::info!(port = %shared.key, clients = shared.active(), "port removed; draining");
         shared.clients.close();
+        shared.drain.cancel();
         self.tasks.spawn(async move {
             if tokio::time::timeout(deadline, shared.clients.wait()).await.is_err() {
                 tracing::info!(port = %shared.key, clients = shared.active(), "drain deadline passed; closing clients");
@@ -411,6 +412,7 @@ impl App {
             .map(|p| {
                 p.stop_accept.cancel();
                 p.shared.clients.close();
+                p.shared.drain.cancel();
                 Arc::clone(&p.shared)
             })
             .collect();

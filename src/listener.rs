@@ -49,6 +49,11 @@ pub struct PortShared {
     pub clients: TaskTracker,
     /// Fires to disconnect every client of the port (removal, shutdown).
     pub close: CancellationToken,
+    /// Fires when the port starts draining: idle split sessions end, the
+    /// others after their transaction.
+    pub drain: CancellationToken,
+    /// Split ports' cancel keys; kept across reloads that rebuild the context.
+    pub cancels: Arc<CancelRegistry>,
     /// Runtimes client tasks run on.
     pub workers: Arc<Workers>,
     active: AtomicUsize,
@@ -87,6 +92,8 @@ impl PortShared {
             health,
             clients: TaskTracker::new(),
             close: CancellationToken::new(),
+            drain: CancellationToken::new(),
+            cancels: Arc::default(),
             workers,
             active: AtomicUsize::new(0),
             bytes,
@@ -111,9 +118,11 @@ impl PortShared {
                 health: Arc::clone(&self.health),
                 pools: Arc::default(),
                 classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
-                cancels: Arc::new(CancelRegistry::default()),
+                cancels: Arc::clone(&self.cancels),
                 metrics: Arc::clone(&self.metrics),
                 secrets: std::sync::Mutex::default(),
+                drain: self.drain.clone(),
+                close: self.close.clone(),
             })
         });
         self.split.store(ctx);

@@ -121,8 +121,9 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
     lab(&["wait-healthy"]);
 }
 
-/// A fake PostgreSQL that logs anyone in, then drops the connection at the
-/// first query: a replica that goes away before answering.
+/// A fake PostgreSQL that logs anyone in, answers pgvane's session-settings
+/// query, then drops the connection at the first client query: a replica
+/// that goes away before answering.
 async fn vanishing_server() -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,9 +152,27 @@ async fn vanishing_server() -> u16 {
                 out.extend_from_slice(&[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]);
                 out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
                 let _ = s.write_all(&out).await;
-                let mut first = [0u8; 1];
-                let _ = s.read_exact(&mut first).await;
-                // Gone before answering.
+                loop {
+                    let mut head = [0u8; 5];
+                    if s.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                    let mut body = vec![0u8; len.saturating_sub(4)];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if !String::from_utf8_lossy(&body).contains("set_config(") {
+                        return; // Gone before answering.
+                    }
+                    let mut ok = Vec::new();
+                    ok.extend_from_slice(&[b'C', 0, 0, 0, 13]);
+                    ok.extend_from_slice(b"SELECT 1\0");
+                    ok.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+                    if s.write_all(&ok).await.is_err() {
+                        return;
+                    }
+                }
             });
         }
     });

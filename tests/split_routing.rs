@@ -201,7 +201,7 @@ async fn session_state_pins_until_discard_all() {
     }
     // Any other SET pins.
     c.client
-        .batch_execute("set work_mem = '8MB'")
+        .batch_execute("set maintenance_work_mem = '8MB'")
         .await
         .unwrap();
     for _ in 0..3 {
@@ -211,7 +211,11 @@ async fn session_state_pins_until_discard_all() {
             "pinned after SET"
         );
     }
-    let row = c.client.query_one("show work_mem", &[]).await.unwrap();
+    let row = c
+        .client
+        .query_one("show maintenance_work_mem", &[])
+        .await
+        .unwrap();
     assert_eq!(
         row.get::<_, &str>(0),
         "8MB",

@@ -1,19 +1,29 @@
 //! One pgvane → PostgreSQL connection: connect, start up, authenticate
 //! (SCRAM-SHA-256, md5, cleartext or trust), remember the server's
-//! parameters and key, and exchange messages. Never uses pool, router or
-//! session; the session drives it.
+//! parameters and key, and exchange messages. The connection owns its
+//! protocol state ([`state::ConnState`]), its transparently prepared
+//! statements ([`prepared::PreparedCache`]) and the session settings
+//! applied to it, all updated from what is sent and what the server
+//! answers. Never uses pool, router or session; the session drives it.
+
+pub mod prepared;
+pub mod state;
 
 use crate::protocol::encode;
 use crate::protocol::message::{self, Backend as B, Message, ReadError};
 use crate::topology::NodeAddr;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use std::collections::HashSet;
+use prepared::PreparedCache;
+use state::{ConnState, PreparedEffect};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Who pgvane logs in as, and with which startup parameters.
+/// Who pgvane logs in as. Startup parameters are not part of it: they are
+/// applied per session as [`Setting`]s, so one pool serves every client of
+/// a (node, database, user).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Credentials {
     /// Role name.
@@ -22,8 +32,68 @@ pub struct Credentials {
     pub password: Option<String>,
     /// Database.
     pub database: String,
-    /// Extra startup parameters (client_encoding, DateStyle, ...), sorted.
-    pub params: Vec<(String, String)>,
+}
+
+/// One session setting pgvane applies to the backends a session uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    /// A startup parameter (name, value), applied with `set_config`, which
+    /// reads the value exactly as the startup packet would.
+    Startup(String, String),
+    /// A `SET` the client ran in autocommit (lower-case name, statement
+    /// text), replayed verbatim so quoting and lists mean what they meant.
+    Set(String, Arc<str>),
+}
+
+impl Setting {
+    /// The setting's lower-case name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Startup(n, _) | Self::Set(n, _) => n,
+        }
+    }
+}
+
+/// The settings a session wants on its backends, in order.
+pub type Settings = Arc<Vec<Setting>>;
+
+/// The SQL that turns a backend's settings into `wanted`.
+#[must_use]
+pub fn apply_sql(wanted: &[Setting], reset_first: bool) -> String {
+    let mut sql = String::new();
+    if reset_first {
+        sql.push_str("RESET ALL;");
+    }
+    for s in wanted {
+        match s {
+            Setting::Startup(name, value) => {
+                sql.push_str("SELECT pg_catalog.set_config(");
+                push_literal(&mut sql, name);
+                sql.push(',');
+                push_literal(&mut sql, value);
+                sql.push_str(",false);");
+            }
+            Setting::Set(_, stmt) => {
+                sql.push_str(stmt);
+                sql.push(';');
+            }
+        }
+    }
+    sql
+}
+
+/// Appends `v` as an `E'...'` literal, whatever `standard_conforming_strings` is.
+fn push_literal(out: &mut String, v: &str) {
+    out.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
 }
 
 /// Why a backend could not be opened or used.
@@ -61,6 +131,16 @@ pub enum BackendError {
     /// The server broke the protocol.
     #[error("protocol: {0}")]
     Protocol(&'static str),
+    /// Applying the session's settings failed (the server's ErrorResponse).
+    #[error("applying session settings: {code} {message}")]
+    Apply {
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+        /// The raw ErrorResponse.
+        raw: Message,
+    },
 }
 
 /// An open, authenticated backend.
@@ -68,16 +148,20 @@ pub enum BackendError {
 pub struct Backend {
     stream: TcpStream,
     buf: BytesMut,
+    wbuf: BytesMut,
     /// The node it is connected to.
     pub addr: NodeAddr,
     /// BackendKeyData (pid, secret) for cancel requests.
     pub key: (u32, u32),
-    /// ParameterStatus values from startup.
+    /// ParameterStatus values, kept current from every report.
     pub params: Vec<(String, String)>,
-    /// Keys of the statements prepared on it (`pgv_<key>`).
-    pub prepared: HashSet<u64>,
-    /// Last ReadyForQuery status (`I`, `T`, `E`).
-    pub status: u8,
+    /// Protocol state, from what was sent and answered.
+    pub state: ConnState,
+    /// Statements pgvane prepared on it.
+    pub prepared: PreparedCache,
+    /// Session settings applied on top of the server defaults; `None`
+    /// when a `SET`/`RESET` made them unknown.
+    pub applied: Option<Settings>,
     /// When it was opened.
     pub created: Instant,
     /// When it was last returned idle.
@@ -93,6 +177,7 @@ impl Backend {
         addr: &NodeAddr,
         creds: &Credentials,
         timeout: Duration,
+        max_prepared: usize,
     ) -> Result<Self, BackendError> {
         let work = async {
             let stream = TcpStream::connect((addr.host.as_str(), addr.port))
@@ -105,11 +190,13 @@ impl Backend {
             let mut b = Self {
                 stream,
                 buf: BytesMut::with_capacity(8192),
+                wbuf: BytesMut::new(),
                 addr: addr.clone(),
                 key: (0, 0),
                 params: Vec::new(),
-                prepared: HashSet::new(),
-                status: b'I',
+                state: ConnState::default(),
+                prepared: PreparedCache::new(max_prepared),
+                applied: Some(Arc::default()),
                 created: Instant::now(),
                 idle_since: Instant::now(),
             };
@@ -130,11 +217,9 @@ impl Backend {
 
     async fn startup(&mut self, creds: &Credentials) -> Result<(), BackendError> {
         let mut out = Vec::new();
-        let mut params: Vec<(&str, &str)> =
-            vec![("user", &creds.user), ("database", &creds.database)];
-        params.extend(creds.params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let params: Vec<(&str, &str)> = vec![("user", &creds.user), ("database", &creds.database)];
         encode::startup(&mut out, &params);
-        self.send(&out).await?;
+        self.stream.write_all(&out).await?;
         let mut scram: Option<ScramSha256> = None;
         loop {
             let m = self.read().await?;
@@ -191,10 +276,13 @@ impl Backend {
                 B::Auth(code, _) => {
                     return Err(BackendError::Auth(format!("unsupported method {code}")));
                 }
-                B::ParameterStatus(k, v) => self.params.push((k.to_owned(), v.to_owned())),
+                B::ParameterStatus(..) => {}
                 B::KeyData(pid, key) => self.key = (pid, key),
                 B::Ready(status) => {
-                    self.status = status;
+                    self.state = ConnState {
+                        status,
+                        ..ConnState::default()
+                    };
                     return Ok(());
                 }
                 B::Error => {
@@ -222,24 +310,197 @@ impl Backend {
     async fn send_password(&mut self, data: &[u8]) -> Result<(), BackendError> {
         let mut out = Vec::new();
         encode::password(&mut out, data);
-        self.send(&out).await
+        self.stream.write_all(&out).await?;
+        Ok(())
     }
 
-    /// Writes bytes to the server.
+    /// Queues whole frontend messages; they are written by [`Self::flush`]
+    /// or while [`Self::read`] waits for replies.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.state.on_send(bytes);
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Writes bytes to the server (queue, then flush).
     ///
     /// # Errors
     /// The IO error.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        self.stream.write_all(bytes).await?;
+        self.queue(bytes);
+        self.flush().await
+    }
+
+    /// Writes everything queued.
+    ///
+    /// # Errors
+    /// The IO error.
+    pub async fn flush(&mut self) -> Result<(), BackendError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        if self.wbuf.capacity() > 256 * 1024 {
+            self.wbuf = BytesMut::new();
+        }
         Ok(())
     }
 
-    /// Reads the next message. Cancel safe: the buffer lives in `self`.
+    /// True while queued bytes wait to be written.
+    #[must_use]
+    pub fn has_unsent(&self) -> bool {
+        !self.wbuf.is_empty()
+    }
+
+    fn write_some(&mut self) -> std::io::Result<()> {
+        match self.stream.try_write(&self.wbuf) {
+            Ok(n) => {
+                self.wbuf.advance(n);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the next message, writing queued bytes meanwhile so a long
+    /// pipeline never deadlocks against a server that is busy answering.
+    /// Updates the protocol state, prepared statements and parameters from
+    /// what it reads. Cancel safe: both buffers live in `self`.
     ///
     /// # Errors
     /// [`ReadError`].
     pub async fn read(&mut self) -> Result<Message, ReadError> {
-        message::read_message(&mut self.stream, &mut self.buf).await
+        loop {
+            if let Some(m) = message::try_cut(&mut self.buf)? {
+                self.note(&m);
+                return Ok(m);
+            }
+            if self.wbuf.is_empty() {
+                self.stream.readable().await?;
+            } else {
+                tokio::select! {
+                    r = self.stream.readable() => r?,
+                    w = self.stream.writable() => {
+                        w?;
+                        self.write_some()?;
+                        continue;
+                    }
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => {
+                    return Err(if self.buf.is_empty() {
+                        ReadError::Closed
+                    } else {
+                        ReadError::Truncated
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn note(&mut self, m: &Message) {
+        if self.state.on_recv(m) == PreparedEffect::AllGone {
+            self.prepared.clear();
+        }
+        match m.tag() {
+            b'S' => {
+                if let Some(B::ParameterStatus(k, v)) = B::parse(m) {
+                    match self.params.iter_mut().find(|(n, _)| n == k) {
+                        Some(slot) => v.clone_into(&mut slot.1),
+                        None => self.params.push((k.to_owned(), v.to_owned())),
+                    }
+                }
+            }
+            b'C' if self.state.settings_changed => {
+                self.state.settings_changed = false;
+                self.applied = if self.state.last_tag == state::Tag::DiscardAll {
+                    Some(Arc::default())
+                } else {
+                    None
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes the backend's session settings `wanted` (one round trip, its
+    /// replies swallowed), unless they already are. Only at rest.
+    ///
+    /// # Errors
+    /// [`BackendError::Apply`] with the server's error, or an IO error.
+    pub async fn apply(&mut self, wanted: &Settings) -> Result<(), BackendError> {
+        let reset_first = match &self.applied {
+            Some(a) if Arc::ptr_eq(a, wanted) || **a == **wanted => return Ok(()),
+            Some(a) => !a.is_empty(),
+            None => true,
+        };
+        let sql = apply_sql(wanted, reset_first);
+        let mut out = Vec::with_capacity(sql.len() + 6);
+        encode::query(&mut out, &sql);
+        self.send(&out).await?;
+        let mut failed = None;
+        loop {
+            let m = self.read().await?;
+            match m.tag() {
+                b'E' => {
+                    let (code, message) = message::error_fields(m.body());
+                    failed = Some(BackendError::Apply {
+                        code,
+                        message,
+                        raw: m,
+                    });
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        self.state.settings_changed = false;
+        match failed {
+            Some(e) => {
+                self.applied = None;
+                Err(e)
+            }
+            None => {
+                self.applied = Some(Arc::clone(wanted));
+                Ok(())
+            }
+        }
+    }
+
+    /// Resets session state with `DISCARD ALL` within `timeout`; true when
+    /// the server confirmed it and the connection is clean.
+    pub async fn reset(&mut self, timeout: Duration) -> bool {
+        if !self.state.at_rest() || !self.buf.is_empty() {
+            return false;
+        }
+        let work = async {
+            let mut out = Vec::new();
+            encode::query(&mut out, "DISCARD ALL");
+            self.send(&out).await.ok()?;
+            let mut ok = false;
+            loop {
+                let m = self.read().await.ok()?;
+                match m.tag() {
+                    b'C' => ok = state::Tag::of(m.body()) == state::Tag::DiscardAll,
+                    b'E' => ok = false,
+                    b'Z' => return Some(ok),
+                    _ => {}
+                }
+            }
+        };
+        let ok = tokio::time::timeout(timeout, work)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        ok && self.state.clean()
     }
 
     /// A message already buffered, without awaiting.
@@ -247,7 +508,11 @@ impl Backend {
     /// # Errors
     /// [`ReadError::BadLength`].
     pub fn try_buffered(&mut self) -> Result<Option<Message>, ReadError> {
-        message::try_cut(&mut self.buf)
+        let m = message::try_cut(&mut self.buf)?;
+        if let Some(m) = &m {
+            self.note(m);
+        }
+        Ok(m)
     }
 
     /// True when the idle connection is still open and silent: no buffered

@@ -132,6 +132,10 @@ pub struct Classification {
     pub discard_all: bool,
     /// sqlparser parsed it (or the lexer recognised it fully).
     pub parsed: bool,
+    /// The statement may leave session state the classifier cannot see
+    /// (DO, CALL, a function not known to be side-effect free): the
+    /// backend it ran on is reset before another client gets it.
+    pub reset: bool,
 }
 
 impl Classification {
@@ -143,6 +147,7 @@ impl Classification {
             begin: None,
             discard_all: false,
             parsed: true,
+            reset: false,
         }
     }
 
@@ -173,6 +178,7 @@ impl Classification {
             begin: self.begin.or(other.begin),
             discard_all: self.discard_all || other.discard_all,
             parsed: self.parsed && other.parsed,
+            reset: self.reset || other.reset,
         }
     }
 }

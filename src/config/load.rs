@@ -254,6 +254,12 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                         "a split port needs `users` in its cluster",
                     );
                 }
+                if port.max_prepared_statements == Some(0) {
+                    push(
+                        format!("{ppath}.max_prepared_statements"),
+                        "must be above 0",
+                    );
+                }
                 if port.pool_size == Some(0) {
                     push(format!("{ppath}.pool_size"), "must be above 0");
                 }
@@ -278,6 +284,10 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     ("fallback_to_leader", port.fallback_to_leader.is_some()),
                     ("read_only_functions", !port.read_only_functions.is_empty()),
                     ("read_your_writes_ms", port.read_your_writes_ms.is_some()),
+                    (
+                        "max_prepared_statements",
+                        port.max_prepared_statements.is_some(),
+                    ),
                 ] {
                     if set {
                         push(

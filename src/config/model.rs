@@ -167,6 +167,10 @@ pub struct PortConfig {
     /// this long, so it reads its own writes (default 1000; 0 = off).
     #[serde(default)]
     pub read_your_writes_ms: Option<u64>,
+    /// Split ports: most statements pgvane keeps prepared on one backend;
+    /// the least recently used is closed past it (default 200).
+    #[serde(default)]
+    pub max_prepared_statements: Option<usize>,
 }
 
 impl PortConfig {
@@ -187,6 +191,7 @@ impl PortConfig {
             fallback_to_leader: None,
             read_only_functions: Vec::new(),
             read_your_writes_ms: None,
+            max_prepared_statements: None,
         }
     }
 

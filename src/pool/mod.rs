@@ -1,7 +1,9 @@
-//! Idle backends per (node, database, user, startup parameters): at most
-//! `pool_size` open at once, an acquire timeout with a clear error, idle and
-//! lifetime reaping, and closing whole pools when their node leaves the map
-//! or changes role. A backend returns only when clean (ReadyForQuery `I`).
+//! Idle backends per (node, database, user): at most `pool_size` open at
+//! once, an acquire timeout with a clear error, idle and lifetime reaping,
+//! and closing whole pools when their node leaves the map or changes role.
+//! A backend returns only when its own protocol state says it is clean;
+//! one at rest but holding session state is reset with `DISCARD ALL`
+//! (bounded in time) first; anything else is closed.
 
 use crate::backend::{Backend, BackendError, Credentials};
 use crate::topology::NodeAddr;
@@ -14,12 +16,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Backends idle longer than this are checked for a server-side close before reuse.
 pub const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
 
-/// Identifies a pool.
+/// Identifies a pool: one per (node, database, user).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// Node address.
     pub node: NodeAddr,
-    /// Login and startup parameters.
+    /// Login (user, password, database).
     pub creds: Credentials,
 }
 
@@ -36,7 +38,15 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// Most statements pgvane keeps prepared on one backend.
+    pub max_prepared: usize,
 }
+
+/// Longest time a `DISCARD ALL` reset may take before the backend is closed.
+pub const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pools kept without any backend before empty ones are dropped.
+const EMPTY_POOLS_KEPT: usize = 64;
 
 /// Why no backend could be had.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +163,7 @@ impl Pool {
             &self.key.node,
             &self.key.creds,
             self.settings.connect_timeout,
+            self.settings.max_prepared,
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -190,21 +201,33 @@ impl Pool {
 }
 
 impl Pooled {
-    /// Returns the backend to its pool if it is clean, else closes it.
+    /// Returns the backend to its pool if its state is clean; resets it
+    /// first (in the background, still counted against the pool) when it
+    /// is at rest but may hold session state; closes it otherwise.
     pub fn release(self) {
         let Self {
             mut backend,
             pool,
             _permit,
         } = self;
-        let fresh = backend.created.elapsed() < pool.settings.lifetime;
-        if backend.status == b'I'
+        let usable = backend.created.elapsed() < pool.settings.lifetime
             && backend.drained()
-            && fresh
-            && !pool.closed.load(Ordering::Relaxed)
-        {
+            && !backend.has_unsent()
+            && !pool.closed.load(Ordering::Relaxed);
+        if usable && backend.state.clean() {
             backend.idle_since = Instant::now();
             pool.idle_list().push(backend);
+        } else if usable && backend.state.at_rest() {
+            tokio::spawn(async move {
+                if backend.reset(RESET_TIMEOUT).await && !pool.closed.load(Ordering::Relaxed) {
+                    backend.idle_since = Instant::now();
+                    pool.idle_list().push(backend);
+                } else {
+                    pool.open.fetch_sub(1, Ordering::Relaxed);
+                    backend.close().await;
+                }
+                drop(_permit);
+            });
         } else {
             pool.open.fetch_sub(1, Ordering::Relaxed);
             tokio::spawn(backend.close());
@@ -246,6 +269,13 @@ impl PoolSet {
                 return Arc::clone(p);
             }
             p.close();
+        }
+        if m.len() >= EMPTY_POOLS_KEPT {
+            // Pools of databases that do not exist, or long unused: drop the empty ones.
+            m.retain(|_, p| {
+                let (open, idle, waiting) = p.stats();
+                open + idle + waiting > 0 || Arc::strong_count(p) > 1
+            });
         }
         let p = Arc::new(Pool::new(key.clone(), role, settings));
         m.insert(key.clone(), Arc::clone(&p));

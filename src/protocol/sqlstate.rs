@@ -32,3 +32,7 @@ pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
 pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
 /// `53400 configuration_limit_exceeded`: pool acquire timed out.
 pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
+/// `54000` program_limit_exceeded.
+pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+/// `22023` invalid_parameter_value.
+pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");

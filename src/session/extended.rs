@@ -1,31 +1,44 @@
 //! Extended-protocol batches (Parse/Bind/Describe/Execute/Close up to Sync
 //! or Flush): one routing decision per batch, and transparent named
-//! prepared statements. A client's statement `s1` becomes `pgv_<hash>` on
-//! whichever backend runs it, prepared there on first use; replies pgvane
-//! owes the client (ParseComplete for an already prepared statement,
-//! CloseComplete) are made up in order from a queue of expected replies.
+//! prepared statements. A client's statement `s1` becomes `pgv_<n>` on
+//! whichever backend runs it, prepared there on first use and kept in that
+//! backend's bounded LRU (what it evicts is closed). Replies pgvane owes
+//! the client (ParseComplete of an already prepared statement,
+//! CloseComplete) are made up in order from a queue of expected replies;
+//! after a server error the queue skips to Sync exactly as the server does.
 
-use super::{Session, SessionError, Stmt};
+use super::error::SessionError;
+use super::{MAX_SESSION_STATEMENT_BYTES, MAX_SESSION_STATEMENTS, Session, Stmt};
+use crate::backend::Backend;
+use crate::backend::prepared::{StmtText, server_name};
 use crate::classifier::{Classification, Reason, Route};
 use crate::protocol::encode;
 use crate::protocol::message::{Frontend, Message};
+use crate::protocol::sqlstate;
 use bytes::Bytes;
-use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A reply the backend (or pgvane) owes the client, in order.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     /// Forward backend messages until this request completes.
     Real(Kind),
     /// ParseComplete of a `pgv_` Parse: mark prepared; forward it when the
     /// client sent the Parse itself, swallow it when pgvane injected it.
-    Prepare { key: u64, forward: bool },
+    Prepare { id: u64, forward: bool },
     /// ParseComplete of an injected unnamed Parse: swallow.
     Swallow,
-    /// A reply pgvane makes up: the encoded message.
-    Synth(fn(&mut Vec<u8>)),
+    /// CloseComplete of a statement pgvane evicted: swallow.
+    SwallowClose,
+    /// A reply pgvane makes up.
+    Synth(Synth),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synth {
+    ParseComplete,
+    CloseComplete,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,57 +51,66 @@ enum Kind {
     Sync,
 }
 
-fn key_of(sql: &str, types: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    types.hash(&mut h);
-    h.finish()
-}
-
-fn server_name(key: u64) -> String {
-    format!("pgv_{key:016x}")
+/// What routing needs to know of a batch.
+struct BatchInfo {
+    /// The merged verdict, `None` when the batch names no statement.
+    class: Option<Classification>,
+    /// Each Parse's own verdict, in order.
+    parses: Vec<Classification>,
+    /// The SQL of the statement the last Execute ran.
+    exec_sql: Option<Arc<str>>,
+    /// Execute messages.
+    executes: usize,
 }
 
 impl Session {
-    /// The merged verdict of a batch, its first SQL text, and each Parse's
-    /// own verdict in order (handed to `rewrite`, so no Parse is classified twice).
-    fn batch_class(
-        &mut self,
-        msgs: &[Message],
-    ) -> (Option<Classification>, String, Vec<Classification>) {
-        let mut class: Option<Classification> = None;
-        let mut parses = Vec::new();
-        let mut first_sql = String::new();
+    fn batch_info(&mut self, msgs: &[Message]) -> BatchInfo {
+        let mut info = BatchInfo {
+            class: None,
+            parses: Vec::new(),
+            exec_sql: None,
+            executes: 0,
+        };
         let merge = |c: Classification, class: &mut Option<Classification>| {
             *class = Some(class.map_or(c, |prev| prev.merge(c)));
         };
-        let mut parsed_unnamed = false;
+        let mut unnamed: Option<Arc<str>> = None;
+        let mut bound: Option<Arc<str>> = None;
         for m in msgs {
             match Frontend::parse(m) {
                 Some(Frontend::Parse { name, sql, .. }) => {
                     let (c, hit) = self.ctx.classifier.classify(sql, self.scs);
                     self.count_cache(hit);
-                    merge(c, &mut class);
-                    parses.push(c);
-                    parsed_unnamed |= name.is_empty();
-                    if first_sql.is_empty() {
-                        first_sql = sql.to_owned();
+                    merge(c, &mut info.class);
+                    info.parses.push(c);
+                    if name.is_empty() {
+                        unnamed = Some(Arc::from(sql));
                     }
                 }
                 Some(Frontend::Bind { statement, .. }) => {
-                    let st = if statement.is_empty() {
-                        (!parsed_unnamed).then_some(self.unnamed.as_ref()).flatten()
-                    } else {
-                        self.prepared.get(statement)
-                    };
-                    if let Some(st) = st {
-                        merge(st.class, &mut class);
+                    if statement.is_empty() {
+                        match &unnamed {
+                            Some(sql) => bound = Some(Arc::clone(sql)),
+                            None => {
+                                if let Some(st) = &self.unnamed {
+                                    merge(st.class, &mut info.class);
+                                    bound = Some(Arc::clone(&st.text.sql));
+                                }
+                            }
+                        }
+                    } else if let Some(st) = self.prepared.get(statement) {
+                        merge(st.class, &mut info.class);
+                        bound = Some(Arc::clone(&st.text.sql));
                     }
+                }
+                Some(Frontend::Execute) => {
+                    info.executes += 1;
+                    info.exec_sql.clone_from(&bound);
                 }
                 _ => {}
             }
         }
-        (class, first_sql, parses)
+        info
     }
 
     /// The name in a Close of a named statement.
@@ -99,11 +121,29 @@ impl Session {
         }
     }
 
-    /// Runs one batch ending in Sync or Flush.
-    pub(super) async fn extended(&mut self, msgs: Vec<Message>) -> Result<(), SessionError> {
-        let (class, first_sql, parses) = self.batch_class(&msgs);
+    fn forget(&mut self, name: &str) {
+        if let Some(old) = self.prepared.remove(name) {
+            self.prepared_bytes = self.prepared_bytes.saturating_sub(old.text.sql.len());
+        }
+    }
+
+    /// Runs one batch ending in Sync or Flush (or, with `inject_flush`, one
+    /// cut short by the buffering limit or a Query: pgvane adds a Flush).
+    pub(super) async fn extended(
+        &mut self,
+        msgs: Vec<Message>,
+        inject_flush: bool,
+    ) -> Result<(), SessionError> {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.pooled.backend.state.skipping)
+        {
+            return self.skipped_batch(&msgs).await;
+        }
+        let info = self.batch_info(&msgs);
         if self.held.is_none()
-            && class.is_none()
+            && info.class.is_none()
             && msgs
                 .iter()
                 .all(|m| matches!(m.tag(), b'S' | b'H') || Self::named_close(m).is_some())
@@ -113,51 +153,96 @@ impl Session {
             // statements for reuse and answers here.
             for m in &msgs {
                 if let Some(name) = Self::named_close(m) {
-                    self.prepared.remove(&name);
-                    encode::close_complete(&mut self.out);
+                    self.forget(&name);
+                    encode::close_complete(&mut self.client.out);
                 } else if m.tag() == b'S' {
-                    encode::ready_for_query(&mut self.out, b'I');
+                    encode::ready_for_query(&mut self.client.out, b'I');
                 }
             }
-            return self.flush().await;
+            return self.client.flush().await;
         }
         // A batch naming no statement (a portal Describe, an unnamed Close)
         // writes nothing: it must not start the read-your-writes window.
-        let class = class.unwrap_or(Classification {
+        let class = info.class.unwrap_or(Classification {
             route: Route::Leader,
             reason: Reason::Session,
             ..self.ctx.classifier.classify("select 1", true).0
         });
         let fresh = self.held.is_none();
         self.backend_for(&class).await?;
-        self.forwarded = false;
-        let mut result = self.run_batch(&msgs, &parses).await;
+        self.client.forwarded = false;
+        let before = self.before_request(&class);
+        let mut result = self.run_batch(&msgs, &info.parses, inject_flush).await;
         if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
         {
             self.retry_elsewhere(&class).await?;
-            result = self.run_batch(&msgs, &parses).await;
+            let _ = self.before_request(&class);
+            result = self.run_batch(&msgs, &info.parses, inject_flush).await;
         }
         let status = result?;
-        self.apply_effects(&class, &first_sql, status);
+        let sql = info.exec_sql.as_deref().unwrap_or("");
+        self.after_request(&class, before, sql, info.executes, status);
         if let Some(status) = status {
             self.after_ready(status);
         }
         Ok(())
     }
 
-    /// Sends one rewritten batch and relays its replies; the ReadyForQuery
-    /// status when the batch ended in Sync.
+    /// The server ignores everything up to Sync after an error: so does
+    /// pgvane (no statement is recorded or closed), and relays the
+    /// ReadyForQuery of the Sync.
+    async fn skipped_batch(&mut self, msgs: &[Message]) -> Result<(), SessionError> {
+        let mut out = Vec::new();
+        let mut synced = false;
+        for m in msgs {
+            if m.tag() == b'S' {
+                encode::sync(&mut out);
+                synced = true;
+            }
+        }
+        if !synced {
+            return Ok(());
+        }
+        self.send_backend(&out).await?;
+        loop {
+            let m = self.read_backend().await?;
+            self.client.out.extend_from_slice(m.raw());
+            if m.tag() == b'Z' {
+                let status = m.body().first().copied().unwrap_or(b'I');
+                self.client.flush().await?;
+                self.after_ready(status);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends one rewritten batch and relays its replies, writing and
+    /// reading at once; the ReadyForQuery status when it ended in Sync.
     async fn run_batch(
         &mut self,
         msgs: &[Message],
         parses: &[Classification],
+        inject_flush: bool,
     ) -> Result<Option<u8>, SessionError> {
-        let (out, mut queue) = self.rewrite(msgs, parses)?;
-        self.send_backend(&out).await?;
+        let (mut out, mut queue) = self.rewrite(msgs, parses)?;
+        if inject_flush {
+            encode::frame(&mut out, b'H', |_| {});
+        }
+        let synced = msgs.iter().any(|m| m.tag() == b'S');
+        {
+            let Some(h) = self.held.as_mut() else {
+                return Err(self.lost("no backend"));
+            };
+            h.pooled.backend.queue(&out);
+        }
         let mut status = None;
+        let mut failed = false;
         loop {
-            while let Some(Expect::Synth(f)) = queue.front() {
-                f(&mut self.out);
+            while let Some(Expect::Synth(s)) = queue.front() {
+                match s {
+                    Synth::ParseComplete => encode::parse_complete(&mut self.client.out),
+                    Synth::CloseComplete => encode::close_complete(&mut self.client.out),
+                }
                 queue.pop_front();
             }
             if queue.is_empty() {
@@ -167,55 +252,70 @@ impl Session {
             match m.tag() {
                 b'E' => {
                     self.saw_error = true;
-                    self.out.extend_from_slice(m.raw());
-                    // The server skips everything up to Sync after an error.
+                    failed = true;
+                    self.client.out.extend_from_slice(m.raw());
+                    // The server skips everything up to Sync after an error,
+                    // pgvane's own replies included.
                     while queue
                         .front()
-                        .is_some_and(|e| !matches!(e, Expect::Real(Kind::Sync)))
+                        .is_some_and(|e| *e != Expect::Real(Kind::Sync))
                     {
                         queue.pop_front();
                     }
                 }
                 b'1' => match queue.pop_front() {
-                    Some(Expect::Prepare { key, forward }) => {
+                    Some(Expect::Prepare { id, forward }) => {
                         if let Some(h) = self.held.as_mut() {
-                            h.pooled.backend.prepared.insert(key);
+                            h.pooled.backend.prepared.confirm(id);
                         }
                         if forward {
-                            self.out.extend_from_slice(m.raw());
+                            self.client.out.extend_from_slice(m.raw());
                         }
                     }
                     Some(Expect::Swallow) => {}
-                    _ => self.out.extend_from_slice(m.raw()),
+                    _ => self.client.out.extend_from_slice(m.raw()),
                 },
-                b'2' | b'3' | b'C' | b'I' | b's' => {
-                    self.out.extend_from_slice(m.raw());
+                b'3' => {
+                    if queue.pop_front() != Some(Expect::SwallowClose) {
+                        self.client.out.extend_from_slice(m.raw());
+                    }
+                }
+                b'2' | b'C' | b'I' | b's' => {
+                    self.client.out.extend_from_slice(m.raw());
                     queue.pop_front();
                 }
                 b'T' | b'n' => {
-                    self.out.extend_from_slice(m.raw());
-                    if matches!(queue.front(), Some(Expect::Real(Kind::Describe))) {
+                    self.client.out.extend_from_slice(m.raw());
+                    if queue.front() == Some(&Expect::Real(Kind::Describe)) {
                         queue.pop_front();
                     }
                 }
                 b'G' => {
-                    self.out.extend_from_slice(m.raw());
-                    self.flush().await?;
-                    self.copy_in(true).await?;
+                    self.client.out.extend_from_slice(m.raw());
+                    self.client.flush().await?;
+                    self.copy_in(true, synced).await?;
                 }
                 b'Z' => {
-                    self.out.extend_from_slice(m.raw());
+                    self.client.out.extend_from_slice(m.raw());
                     status = m.body().first().copied();
                     queue.pop_front();
                 }
                 b'S' => {
                     self.note_parameter(&m);
-                    self.out.extend_from_slice(m.raw());
+                    self.client.out.extend_from_slice(m.raw());
                 }
-                _ => self.out.extend_from_slice(m.raw()),
+                _ => self.client.out.extend_from_slice(m.raw()),
             }
         }
-        self.flush().await?;
+        if let Some(h) = self.held.as_mut() {
+            if failed {
+                h.pooled.backend.prepared.drop_unconfirmed();
+            }
+            if let Err(e) = h.pooled.backend.flush().await {
+                return Err(self.lost(e));
+            }
+        }
+        self.client.flush().await?;
         Ok(status)
     }
 
@@ -228,16 +328,19 @@ impl Session {
         let mut parses = parses.iter().copied();
         let mut out = Vec::with_capacity(msgs.iter().map(|m| m.raw().len() + 24).sum());
         let mut queue = VecDeque::with_capacity(msgs.len() + 2);
-        let mut pending: HashSet<u64> = HashSet::new();
+        let mut used: Vec<u64> = Vec::new();
         let mut parsed_unnamed = false;
-        let Some(held) = self.held.as_ref() else {
-            return Err(self.lost("no backend"));
+        let Some(held) = self.held.as_mut() else {
+            return Err(SessionError::BackendLost {
+                node: String::new(),
+                cause: "no backend".into(),
+            });
         };
-        let prepared = &held.pooled.backend.prepared;
+        let backend = &mut held.pooled.backend;
         for m in msgs {
             let Some(f) = Frontend::parse(m) else {
                 return Err(SessionError::Protocol(format!(
-                    "malformed '{}' message",
+                    "invalid '{}' message",
                     m.tag() as char
                 )));
             };
@@ -254,32 +357,52 @@ impl Session {
                         .next()
                         .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
                     self.unnamed = Some(Stmt {
-                        sql: Arc::from(sql),
-                        types: Bytes::copy_from_slice(types),
-                        key: 0,
+                        text: Arc::new(StmtText {
+                            sql: Arc::from(sql),
+                            types: Bytes::copy_from_slice(types),
+                        }),
                         class,
                     });
                 }
                 Frontend::Parse { name, sql, types } => {
-                    let key = key_of(sql, types);
                     let class = parses
                         .next()
                         .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
+                    let text = Arc::new(StmtText {
+                        sql: Arc::from(sql),
+                        types: Bytes::copy_from_slice(types),
+                    });
+                    let replaced = self.prepared.get(name).map_or(0, |s| s.text.sql.len());
+                    if replaced == 0
+                        && (self.prepared.len() >= MAX_SESSION_STATEMENTS
+                            || self.prepared_bytes + sql.len() > MAX_SESSION_STATEMENT_BYTES)
+                    {
+                        return Err(SessionError::Limit(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!(
+                                "pgvane: this session holds {} prepared statements ({} bytes), the most allowed; close some first",
+                                self.prepared.len(),
+                                self.prepared_bytes
+                            ),
+                        ));
+                    }
+                    self.prepared_bytes = self.prepared_bytes - replaced + sql.len();
                     self.prepared.insert(
                         name.to_owned(),
                         Stmt {
-                            sql: Arc::from(sql),
-                            types: Bytes::copy_from_slice(types),
-                            key,
+                            text: Arc::clone(&text),
                             class,
                         },
                     );
-                    if prepared.contains(&key) || pending.contains(&key) {
-                        queue.push_back(Expect::Synth(encode::parse_complete));
-                    } else {
-                        encode::parse(&mut out, &server_name(key), sql, types);
-                        queue.push_back(Expect::Prepare { key, forward: true });
-                        pending.insert(key);
+                    match backend.prepared.lookup(&text) {
+                        Some(id) => {
+                            used.push(id);
+                            queue.push_back(Expect::Synth(Synth::ParseComplete));
+                        }
+                        None => {
+                            let id = prepare(backend, &mut out, &mut queue, &mut used, text);
+                            queue.push_back(Expect::Prepare { id, forward: true });
+                        }
                     }
                 }
                 Frontend::Bind {
@@ -290,15 +413,15 @@ impl Session {
                     if statement.is_empty() {
                         if !parsed_unnamed {
                             if let Some(u) = &self.unnamed {
-                                encode::parse(&mut out, "", &u.sql, &u.types);
+                                encode::parse(&mut out, "", &u.text.sql, &u.text.types);
                                 queue.push_back(Expect::Swallow);
                                 parsed_unnamed = true;
                             }
                         }
                         out.extend_from_slice(m.raw());
                     } else if let Some(st) = self.prepared.get(statement) {
-                        Self::ensure(&mut out, &mut queue, &mut pending, prepared, st);
-                        encode::bind_raw(&mut out, portal, &server_name(st.key), rest);
+                        let id = ensure(backend, &mut out, &mut queue, &mut used, &st.text);
+                        encode::bind_raw(&mut out, portal, &server_name(id), rest);
                     } else {
                         out.extend_from_slice(m.raw());
                     }
@@ -306,8 +429,8 @@ impl Session {
                 }
                 Frontend::Describe { kind: b'S', name } if !name.is_empty() => {
                     if let Some(st) = self.prepared.get(name) {
-                        Self::ensure(&mut out, &mut queue, &mut pending, prepared, st);
-                        encode::describe_or_close(&mut out, b'D', b'S', &server_name(st.key));
+                        let id = ensure(backend, &mut out, &mut queue, &mut used, &st.text);
+                        encode::describe_or_close(&mut out, b'D', b'S', &server_name(id));
                     } else {
                         out.extend_from_slice(m.raw());
                     }
@@ -319,8 +442,11 @@ impl Session {
                 }
                 Frontend::Close { kind: b'S', name } if !name.is_empty() => {
                     // The server-side statement stays for other clients to reuse.
-                    self.prepared.remove(name);
-                    queue.push_back(Expect::Synth(encode::close_complete));
+                    if let Some(old) = self.prepared.remove(name) {
+                        self.prepared_bytes =
+                            self.prepared_bytes.saturating_sub(old.text.sql.len());
+                    }
+                    queue.push_back(Expect::Synth(Synth::CloseComplete));
                 }
                 Frontend::Close { .. } => {
                     out.extend_from_slice(m.raw());
@@ -339,21 +465,41 @@ impl Session {
         }
         Ok((out, queue))
     }
+}
 
-    /// Prepares `st` on the backend first if it is not there yet.
-    fn ensure(
-        out: &mut Vec<u8>,
-        queue: &mut VecDeque<Expect>,
-        pending: &mut HashSet<u64>,
-        prepared: &HashSet<u64>,
-        st: &Stmt,
-    ) {
-        if !prepared.contains(&st.key) && pending.insert(st.key) {
-            encode::parse(out, &server_name(st.key), &st.sql, &st.types);
-            queue.push_back(Expect::Prepare {
-                key: st.key,
-                forward: false,
-            });
-        }
+/// Prepares `text` on the backend under a new name, closing the statement
+/// the LRU evicts first; returns the new id (its ParseComplete is owed).
+fn prepare(
+    backend: &mut Backend,
+    out: &mut Vec<u8>,
+    queue: &mut VecDeque<Expect>,
+    used: &mut Vec<u64>,
+    text: Arc<StmtText>,
+) -> u64 {
+    let (sql, types) = (Arc::clone(&text.sql), text.types.clone());
+    let (id, evicted) = backend.prepared.insert(text, used);
+    if let Some(old) = evicted {
+        encode::describe_or_close(out, b'C', b'S', &server_name(old));
+        queue.push_back(Expect::SwallowClose);
     }
+    encode::parse(out, &server_name(id), &sql, &types);
+    used.push(id);
+    id
+}
+
+/// The backend's id for `text`, preparing it first when it is not there.
+fn ensure(
+    backend: &mut Backend,
+    out: &mut Vec<u8>,
+    queue: &mut VecDeque<Expect>,
+    used: &mut Vec<u64>,
+    text: &Arc<StmtText>,
+) -> u64 {
+    if let Some(id) = backend.prepared.lookup(text) {
+        used.push(id);
+        return id;
+    }
+    let id = prepare(backend, out, queue, used, Arc::clone(text));
+    queue.push_back(Expect::Prepare { id, forward: false });
+    id
 }

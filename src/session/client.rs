@@ -1,0 +1,149 @@
+//! The client side of a split session: its socket with one read buffer
+//! (a partial message always waits for readiness, never spins), a bounded
+//! output buffer, the explicit [`ClientState`], and the port's drain and
+//! close signals. Holds no buffer while the client idles.
+
+use super::error::SessionError;
+use crate::protocol::message::{self, Message};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Output is written to the client once this much is buffered.
+pub(super) const OUT_LIMIT: usize = 64 * 1024;
+
+/// Where the client side of a session stands. Transaction states mirror the
+/// last ReadyForQuery the client got; the others are pgvane's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClientState {
+    /// Between requests, outside a transaction (`I`).
+    Idle,
+    /// Inside a transaction block (`T`).
+    InTransaction,
+    /// Inside a failed transaction block (`E`).
+    FailedTransaction,
+    /// pgvane failed an extended-protocol batch itself: like PostgreSQL,
+    /// it ignores everything up to the next Sync.
+    AwaitingSync,
+    /// Relaying COPY FROM STDIN.
+    CopyIn,
+}
+
+impl ClientState {
+    /// The state a ReadyForQuery status announces.
+    pub(super) fn from_status(status: u8) -> Self {
+        match status {
+            b'T' => Self::InTransaction,
+            b'E' => Self::FailedTransaction,
+            _ => Self::Idle,
+        }
+    }
+}
+
+/// A client socket with its buffers and the port's signals.
+pub(super) struct ClientConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Bytes waiting to be written to the client.
+    pub(super) out: Vec<u8>,
+    /// Bytes of the current request's answer already reached the client.
+    pub(super) forwarded: bool,
+    drain: CancellationToken,
+    close: CancellationToken,
+}
+
+impl ClientConn {
+    /// Wraps an accepted socket.
+    pub(super) fn new(
+        stream: TcpStream,
+        drain: CancellationToken,
+        close: CancellationToken,
+    ) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            forwarded: false,
+            drain,
+            close,
+        }
+    }
+
+    /// Writes everything buffered.
+    pub(super) async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.out.is_empty() {
+            self.forwarded = true;
+            let write = self.stream.write_all(&self.out);
+            tokio::select! {
+                r = write => r.map_err(|_| SessionError::ClientGone)?,
+                () = self.close.cancelled() => return Err(SessionError::Shutdown),
+            }
+            self.out.clear();
+            if self.out.capacity() > OUT_LIMIT {
+                self.out = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes when more than [`OUT_LIMIT`] is buffered: the client's reading
+    /// speed bounds what pgvane holds for it.
+    pub(super) async fn flush_if_full(&mut self) -> Result<(), SessionError> {
+        if self.out.len() >= OUT_LIMIT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a whole message is already buffered.
+    pub(super) fn has_buffered(&self) -> bool {
+        self.buf.len() >= 5
+            && self.buf.len()
+                > u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize
+    }
+
+    /// Reads one client message. `idle` says the session holds no backend:
+    /// then a draining port ends it here. A partial message waits for the
+    /// socket to become readable again.
+    pub(super) async fn read(&mut self, idle: bool) -> Result<Message, SessionError> {
+        loop {
+            if let Some(m) = message::try_cut(&mut self.buf)
+                .map_err(|e| SessionError::Protocol(e.to_string()))?
+            {
+                if self.buf.is_empty() {
+                    self.buf = BytesMut::new();
+                }
+                return Ok(m);
+            }
+            if idle && self.buf.is_empty() && self.drain.is_cancelled() {
+                return Err(SessionError::Shutdown);
+            }
+            if self.buf.is_empty() && idle && self.out.capacity() > 0 {
+                // About to wait on an idle client: hold no buffer meanwhile.
+                self.out = Vec::new();
+            }
+            tokio::select! {
+                biased;
+                () = self.close.cancelled() => return Err(SessionError::Shutdown),
+                () = self.drain.cancelled(), if idle && self.buf.is_empty() => {
+                    return Err(SessionError::Shutdown);
+                }
+                r = self.stream.readable() => r.map_err(|_| SessionError::ClientGone)?,
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(8192);
+            }
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(SessionError::ClientGone),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
+                }
+                Err(_) => return Err(SessionError::ClientGone),
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Simple-protocol requests: a Query (every statement of it classified),
+//! the fast-path FunctionCall (always the leader; the backend is reset
+//! before reuse, since any function can be called by OID), and COPY in
+//! both directions, relayed with bounded buffers.
+
+use super::Session;
+use super::client::ClientState;
+use super::error::SessionError;
+use crate::classifier::{self, Classification, Reason, Route};
+use crate::protocol::message::{self, Frontend, Message, ReadError};
+
+impl Session {
+    pub(super) async fn simple(&mut self, m: &Message) -> Result<(), SessionError> {
+        let Some(Frontend::Query(sql)) = Frontend::parse(m) else {
+            return Err(SessionError::Protocol("malformed Query message".into()));
+        };
+        let (class, hit) = self.ctx.classifier.classify(sql, self.scs);
+        self.count_cache(hit);
+        let statements = classifier::lexer::split(sql, self.scs).len();
+        let fresh = self.held.is_none();
+        self.backend_for(&class).await?;
+        self.client.forwarded = false;
+        let before = self.before_request(&class);
+        let mut result = self.run_simple(m).await;
+        if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
+        {
+            self.retry_elsewhere(&class).await?;
+            let _ = self.before_request(&class);
+            result = self.run_simple(m).await;
+        }
+        let status = result?;
+        self.after_request(&class, before, sql, statements, Some(status));
+        self.after_ready(status);
+        Ok(())
+    }
+
+    /// The fast-path FunctionCall ('F'): on the leader, relayed as is.
+    pub(super) async fn function_call(&mut self, m: &Message) -> Result<(), SessionError> {
+        let class = Classification {
+            route: Route::Leader,
+            reason: Reason::WriteFunction,
+            pin: None,
+            reset: true,
+            ..self.ctx.classifier.classify("select 1", true).0
+        };
+        self.backend_for(&class).await?;
+        self.client.forwarded = false;
+        let before = self.before_request(&class);
+        let status = self.run_simple(m).await?;
+        self.after_request(&class, before, "", 1, Some(status));
+        self.after_ready(status);
+        Ok(())
+    }
+
+    async fn run_simple(&mut self, m: &Message) -> Result<u8, SessionError> {
+        self.send_backend(m.raw()).await?;
+        self.pump_until_ready().await
+    }
+
+    pub(super) async fn send_backend(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        let Some(h) = self.held.as_mut() else {
+            return Err(self.lost("no backend"));
+        };
+        if let Err(e) = h.pooled.backend.send(bytes).await {
+            return Err(self.lost(e));
+        }
+        Ok(())
+    }
+
+    /// The next backend message; lets the client have what is buffered
+    /// when nothing more is ready, so replies stream with bounded memory.
+    pub(super) async fn read_backend(&mut self) -> Result<Message, SessionError> {
+        let Some(h) = self.held.as_mut() else {
+            return Err(self.lost("no backend"));
+        };
+        if h.pooled.backend.drained() && !h.pooled.backend.has_unsent() {
+            self.client.flush().await?;
+        } else {
+            self.client.flush_if_full().await?;
+        }
+        let Some(h) = self.held.as_mut() else {
+            return Err(self.lost("no backend"));
+        };
+        match h.pooled.backend.read().await {
+            Ok(m) => Ok(m),
+            Err(ReadError::Closed | ReadError::Truncated) => {
+                Err(self.lost("the server closed the connection"))
+            }
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    /// Forwards backend messages to the client until ReadyForQuery; handles
+    /// COPY FROM STDIN by relaying the client's CopyData meanwhile.
+    async fn pump_until_ready(&mut self) -> Result<u8, SessionError> {
+        loop {
+            let m = self.read_backend().await?;
+            self.client.out.extend_from_slice(m.raw());
+            match m.tag() {
+                b'E' => self.saw_error = true,
+                b'Z' => {
+                    let status = m.body().first().copied().unwrap_or(b'I');
+                    self.client.flush().await?;
+                    return Ok(status);
+                }
+                b'G' => {
+                    self.client.flush().await?;
+                    self.copy_in(false, false).await?;
+                }
+                b'S' => self.note_parameter(&m),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn note_parameter(&mut self, m: &Message) {
+        if let Some(message::Backend::ParameterStatus(k, v)) = message::Backend::parse(m) {
+            if k == "standard_conforming_strings" {
+                self.scs = v == "on";
+            }
+        }
+    }
+
+    /// Relays CopyData/CopyDone/CopyFail from the client to the backend.
+    /// After an extended-protocol COPY the server ignored the batch's Sync,
+    /// so the client sends another one after CopyDone: relay up to it too.
+    /// A client that leaves mid-COPY leaves the backend in COPY: the pool
+    /// closes it. The server ignores Sync during copy-in, so the Syncs it
+    /// skipped (the batch's own, when it had one, and any sent before
+    /// CopyDone) are taken off what the backend is owed.
+    pub(super) async fn copy_in(
+        &mut self,
+        extended: bool,
+        batch_synced: bool,
+    ) -> Result<(), SessionError> {
+        let outer = self.state;
+        self.state = ClientState::CopyIn;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut copy_done = false;
+        let mut ignored = u32::from(batch_synced);
+        loop {
+            let m = self.client.read(false).await?;
+            match m.tag() {
+                b'd' | b'c' | b'f' | b'H' => {}
+                b'S' => {
+                    if !copy_done {
+                        ignored += 1;
+                    }
+                }
+                // Anything else during COPY: PostgreSQL fails the COPY.
+                other => {
+                    let text =
+                        format!("unexpected message type 0x{other:02x} during COPY from stdin");
+                    let mut fail = Vec::new();
+                    crate::protocol::encode::frame(&mut fail, b'f', |b| {
+                        b.extend_from_slice(text.as_bytes());
+                        b.push(0);
+                    });
+                    pending.extend_from_slice(&fail);
+                    self.send_backend(&pending).await?;
+                    return Err(SessionError::Protocol(text));
+                }
+            }
+            pending.extend_from_slice(m.raw());
+            copy_done |= matches!(m.tag(), b'c' | b'f');
+            let done = copy_done && (!extended || m.tag() == b'S');
+            if done || pending.len() > 64 * 1024 || !self.client.has_buffered() {
+                self.send_backend(&pending).await?;
+                pending.clear();
+            }
+            if done {
+                if let Some(h) = self.held.as_mut() {
+                    let st = &mut h.pooled.backend.state;
+                    st.ready_owed = st.ready_owed.saturating_sub(ignored);
+                }
+                self.state = outer;
+                return Ok(());
+            }
+        }
+    }
+}
