@@ -25,6 +25,52 @@ use tokio_util::task::TaskTracker;
 /// Longest time pgvane spends telling a refused client why.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Longest wait for a role-port client's first 8 bytes (PostgreSQL's
+/// default `authentication_timeout`).
+const FIRST_BYTES_WAIT: Duration = Duration::from_secs(60);
+
+/// Reads a role-port client's first 8 bytes. A CancelRequest (the only
+/// packet of its connection) is sent to every node the port could have
+/// chosen, since the key names a backend on one of them and PostgreSQL
+/// ignores keys it does not know; anything else is handed to the relay.
+async fn first_bytes(client: &mut TcpStream, port: &PortShared) -> Option<[u8; 8]> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 8];
+    tokio::time::timeout(FIRST_BYTES_WAIT, client.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if len != 16 || code != crate::protocol::CANCEL_REQUEST_CODE {
+        return Some(head);
+    }
+    let mut key = [0u8; 8];
+    tokio::time::timeout(FIRST_BYTES_WAIT, client.read_exact(&mut key))
+        .await
+        .ok()?
+        .ok()?;
+    let pid = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    let secret = u32::from_be_bytes([key[4], key[5], key[6], key[7]]);
+    let map = port.map.load_full();
+    let cfg = port.config.load_full();
+    let mut addrs: Vec<NodeAddr> = map
+        .members
+        .iter()
+        .map(|m| router::policy::target_key(m, &cfg).addr)
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    tracing::debug!(port = %port.key, nodes = addrs.len(), "forwarding a cancel request to every node of the port");
+    futures_util::future::join_all(
+        addrs
+            .iter()
+            .map(|a| crate::backend::cancel(a, (pid, secret))),
+    )
+    .await;
+    None
+}
+
 /// Everything a role port's clients share. Lives as long as the port,
 /// across reloads that change its settings.
 #[derive(Debug)]
@@ -250,6 +296,9 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
         let text = format!("pgvane: port \"{}\" has reached max_clients", port.key);
         return refuse(&mut client, &port, sqlstate::TOO_MANY_CONNECTIONS, &text).await;
     }
+    let Some(head) = first_bytes(&mut client, &port).await else {
+        return;
+    };
     let map = port.map.load_full();
     let targets = match router::choose(&map, &cfg, &port.balancer, &port.health, Instant::now()) {
         Ok(t) => t,
@@ -273,7 +322,7 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
     for key in targets {
         let lease = port.balancer.lease(key.clone());
         match connect(&key.addr, timeout).await {
-            Ok(server) => {
+            Ok(mut server) => {
                 port.health.success(&key.addr);
                 // The map may have changed since `choose`; a lease taken before
                 // an eviction is cancelled by it, one taken after sees the new map.
@@ -291,6 +340,13 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
                     continue;
                 }
                 drop(current);
+                if tokio::io::AsyncWriteExt::write_all(&mut server, &head)
+                    .await
+                    .is_err()
+                {
+                    failures.push(format!("{} closed at once", key.name));
+                    continue;
+                }
                 run_relay(&client, &server, &port, &key, &lease).await;
                 return;
             }

@@ -442,6 +442,7 @@ impl Backend {
             None => true,
         };
         let sql = apply_sql(wanted, reset_first);
+        let was_dirty = self.state.dirty;
         let mut out = Vec::with_capacity(sql.len() + 6);
         encode::query(&mut out, &sql);
         self.send(&out).await?;
@@ -462,6 +463,7 @@ impl Backend {
             }
         }
         self.state.settings_changed = false;
+        self.state.dirty = was_dirty;
         match failed {
             Some(e) => {
                 self.applied = None;

@@ -70,6 +70,9 @@ pub enum Tag {
     Rollback,
     /// `BEGIN` / `START TRANSACTION`.
     Begin,
+    /// A command that always leaves session state: `LISTEN`, `PREPARE`,
+    /// `LOAD`, `DECLARE CURSOR`.
+    SessionState,
 }
 
 impl Tag {
@@ -86,6 +89,7 @@ impl Tag {
             b"COMMIT" => Self::Commit,
             b"ROLLBACK" => Self::Rollback,
             b"BEGIN" | b"START TRANSACTION" => Self::Begin,
+            b"LISTEN" | b"PREPARE" | b"LOAD" | b"DECLARE CURSOR" => Self::SessionState,
             _ => Self::Other,
         }
     }
@@ -164,7 +168,14 @@ impl ConnState {
                     self.copy = CopyState::None;
                 }
                 match tag {
-                    Tag::Set | Tag::Reset => self.settings_changed = true,
+                    // Whatever the client's text looked like, the server
+                    // says session state changed: reset before reuse (a
+                    // SET pgvane replays clears this again).
+                    Tag::Set | Tag::Reset => {
+                        self.settings_changed = true;
+                        self.dirty = true;
+                    }
+                    Tag::SessionState => self.dirty = true,
                     Tag::DiscardAll => {
                         // DISCARD ALL cannot run in a transaction: it ran.
                         self.dirty = false;
@@ -279,6 +290,15 @@ mod tests {
         );
         assert!(!s.dirty && s.settings_changed);
         assert_eq!(Tag::of(b"SET\0"), Tag::Set);
+        let mut s = ConnState::default();
+        s.on_recv(&msg(b'C', b"SET\0"));
+        assert!(
+            s.dirty && s.settings_changed,
+            "a SET the server ran marks it"
+        );
+        let mut s = ConnState::default();
+        s.on_recv(&msg(b'C', b"LISTEN\0"));
+        assert!(s.dirty);
         assert_eq!(Tag::of(b"SELECT 1\0"), Tag::Other);
     }
 }

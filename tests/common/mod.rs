@@ -9,6 +9,8 @@
     clippy::expect_used
 )]
 
+pub mod raw;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
