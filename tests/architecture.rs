@@ -52,6 +52,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "tls" => &["config"],
         "signals" => &["control"],
         "listener" => &[
+            "backend",
             "session",
             "classifier",
             "workers",

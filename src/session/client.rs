@@ -116,7 +116,9 @@ impl ClientConn {
                 }
                 return Ok(m);
             }
-            if idle && self.buf.is_empty() && self.drain.is_cancelled() {
+            // A draining port ends a session that holds no backend, even
+            // with half a message buffered: no request of it has started.
+            if idle && self.drain.is_cancelled() {
                 return Err(SessionError::Shutdown);
             }
             if self.buf.is_empty() && idle && self.out.capacity() > 0 {
@@ -126,7 +128,7 @@ impl ClientConn {
             tokio::select! {
                 biased;
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
-                () = self.drain.cancelled(), if idle && self.buf.is_empty() => {
+                () = self.drain.cancelled(), if idle => {
                     return Err(SessionError::Shutdown);
                 }
                 r = self.stream.readable() => r.map_err(|_| SessionError::ClientGone)?,
