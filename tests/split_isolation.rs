@@ -13,16 +13,7 @@ use common::*;
 /// pgvane with one split port whose every statement uses one leader
 /// backend: reads may go only to a sync standby, and the lab runs none.
 fn one_backend() -> (Pgvane, u16) {
-    healthy_lab();
-    let p = Ports::new();
-    let split = free_port();
-    let yaml = lab_config(&p).replace(
-        "    ports:\n",
-        &format!(
-            "    users:\n      - {{name: postgres, password: postgres}}\n    ports:\n      app: {{listen: 127.0.0.1:{split}, mode: split, roles: [sync], pool_size: 1, pool_acquire_timeout_ms: 15000}}\n"
-        ),
-    );
-    (Pgvane::start(&yaml, p.admin), split)
+    start_split("roles: [sync], pool_size: 1, pool_acquire_timeout_ms: 15000")
 }
 
 async fn one(c: &Client, sql: &str) -> String {

@@ -4,7 +4,10 @@
 
 use super::functions::{FnClass, class_of};
 use super::{Classification, Reason, Route};
-use sqlparser::ast::{Expr, Query, Select, SetExpr, Statement, TableFactor, Visit, Visitor};
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, Select, SetExpr, Statement,
+    TableFactor, Visit, Visitor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
@@ -27,12 +30,7 @@ impl Walk<'_> {
     }
 
     fn function(&mut self, name: &str, third_arg_true: bool) {
-        let short = name
-            .rsplit('.')
-            .next()
-            .unwrap_or(name)
-            .trim_matches('"')
-            .to_ascii_lowercase();
+        let short = short_name(name);
         match class_of(&short, third_arg_true, self.allow) {
             FnClass::Read => {}
             FnClass::Write => self.send_to_leader(if short == "pg_is_in_recovery" {
@@ -44,13 +42,69 @@ impl Walk<'_> {
                 self.send_to_leader(Reason::WriteFunction);
                 self.verdict.pin = self.verdict.pin.or(Some(pin));
             }
-            FnClass::Unknown => {
+            FnClass::NodeLocal => {
                 if self.verdict.route == Route::Replica {
+                    self.verdict.route = Route::Leader;
+                    self.verdict.reason = Reason::NodeLocal;
+                }
+            }
+            FnClass::Unknown => {
+                // Its session effects cannot be known: reset the backend.
+                self.verdict.reset = true;
+                if self.verdict.route == Route::Replica || self.verdict.reason == Reason::NodeLocal
+                {
                     self.verdict.route = Route::Leader;
                     self.verdict.reason = Reason::UnknownFunction;
                 }
             }
         }
+    }
+
+    fn relation(&mut self, name: &str) {
+        if is_node_local_view(&short_name(name)) && self.verdict.route == Route::Replica {
+            self.verdict.route = Route::Leader;
+            self.verdict.reason = Reason::NodeLocal;
+        }
+    }
+}
+
+/// The unqualified, unquoted, lower-case name of `a.b."c"`.
+fn short_name(name: &str) -> String {
+    name.rsplit('.')
+        .next()
+        .unwrap_or(name)
+        .trim_matches('"')
+        .to_ascii_lowercase()
+}
+
+/// System views whose rows describe the node that answers (statistics,
+/// locks, replication): the leader's are the ones a client means
+/// (CLASSIFIER.md §3.4), so they go there unless a hint says replica.
+fn is_node_local_view(name: &str) -> bool {
+    name.starts_with("pg_stat_")
+        || name.starts_with("pg_statio_")
+        || matches!(
+            name,
+            "pg_locks"
+                | "pg_replication_slots"
+                | "pg_replication_origin_status"
+                | "pg_prepared_xacts"
+                | "pg_backend_memory_contexts"
+                | "pg_shmem_allocations"
+        )
+}
+
+/// True only when the third argument is the literal `true`: anything else
+/// (`NOT true`, a parameter, an expression) may be false and pins.
+fn third_arg_is_literal_true(args: &FunctionArguments) -> bool {
+    let FunctionArguments::List(list) = args else {
+        return false;
+    };
+    match list.args.get(2) {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => {
+            list.args.len() == 3 && e.to_string().eq_ignore_ascii_case("true")
+        }
+        _ => false,
     }
 }
 
@@ -79,9 +133,7 @@ impl Visitor for Walk<'_> {
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         if let Expr::Function(f) = e {
-            let args = f.args.to_string().to_ascii_lowercase();
-            let third_true = args.trim_end_matches(')').trim_end().ends_with("true");
-            self.function(&f.name.to_string(), third_true);
+            self.function(&f.name.to_string(), third_arg_is_literal_true(&f.args));
         }
         ControlFlow::Continue(())
     }
@@ -96,6 +148,7 @@ impl Visitor for Walk<'_> {
             | TableFactor::Function { name, .. } => {
                 self.function(&name.to_string(), false);
             }
+            TableFactor::Table { name, .. } => self.relation(&name.to_string()),
             _ => {}
         }
         ControlFlow::Continue(())

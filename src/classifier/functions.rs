@@ -13,7 +13,11 @@ pub enum FnClass {
     Write,
     /// Must run on the leader and pins the session there.
     Session(Pin),
-    /// Not known: the leader unless a hint or `read_only_functions` relaxes it.
+    /// Reads state of the node that answers (`pg_stat_get_*`): the leader
+    /// unless a hint says replica; no session state.
+    NodeLocal,
+    /// Not known: the leader unless a hint or `read_only_functions` relaxes
+    /// it, and the backend it ran on is reset afterwards.
     Unknown,
 }
 
@@ -406,6 +410,7 @@ pub fn class_of(name: &str, third_arg_true: bool, allow: &[String]) -> FnClass {
             FnClass::Session(Pin::AdvisoryLock)
         }
         n if WRITE.contains(&n) => FnClass::Write,
+        n if n.starts_with("pg_stat_get_") => FnClass::NodeLocal,
         n if READ.contains(&n) || allow.iter().any(|a| a == n) => FnClass::Read,
         _ => FnClass::Unknown,
     }
@@ -445,6 +450,10 @@ mod tests {
             "driver probe"
         );
         assert_eq!(class_of("now", false, none), FnClass::Read);
+        assert_eq!(
+            class_of("pg_stat_get_numscans", false, none),
+            FnClass::NodeLocal
+        );
         assert_eq!(class_of("my_func", false, none), FnClass::Unknown);
         assert_eq!(
             class_of("my_func", false, &["my_func".to_owned()]),

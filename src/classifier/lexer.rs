@@ -45,9 +45,10 @@ fn push_nonempty<'a>(out: &mut Vec<&'a str>, sql: &'a str, start: usize, end: us
 /// Returns the index after the token (or single byte) starting at `i`.
 fn skip_token(b: &[u8], i: usize, scs: bool) -> usize {
     match b[i] {
+        // scan.l: a `--` comment ends at `\n` or `\r`.
         b'-' if b.get(i + 1) == Some(&b'-') => b[i..]
             .iter()
-            .position(|c| *c == b'\n')
+            .position(|c| matches!(*c, b'\n' | b'\r'))
             .map_or(b.len(), |p| i + p + 1),
         b'/' if b.get(i + 1) == Some(&b'*') => skip_block_comment(b, i),
         b'\'' => {
@@ -55,9 +56,29 @@ fn skip_token(b: &[u8], i: usize, scs: bool) -> usize {
             skip_quoted(b, i, b'\'', escapes)
         }
         b'"' => skip_quoted(b, i, b'"', false),
+        // `$` inside an identifier (`a$b`) starts nothing.
+        b'$' if i > 0 && is_ident_byte(b[i - 1]) => i + 1,
         b'$' => skip_dollar(b, i),
+        // An identifier is one token, so a `$` in it is never a quote.
+        c if is_ident_start(c) => {
+            let mut j = i + 1;
+            while j < b.len() && (is_ident_byte(b[j]) || b[j] == b'$') {
+                j += 1;
+            }
+            j
+        }
         _ => i + 1,
     }
+}
+
+/// scan.l's `ident_start`: a letter, `_` or any byte of a non-ASCII character.
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+/// scan.l's `dolq_cont` (`ident_cont` without `$`).
+fn is_ident_byte(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit()
 }
 
 fn is_e_prefix(b: &[u8], i: usize) -> bool {
@@ -105,9 +126,10 @@ fn skip_quoted(b: &[u8], i: usize, q: u8, backslash: bool) -> usize {
 }
 
 fn skip_dollar(b: &[u8], i: usize) -> usize {
-    // A tag is `$` [A-Za-z_][A-Za-z0-9_]* `$` or `$$`; `$1` is a parameter.
+    // scan.l: a tag is `$` dolq_start dolq_cont* `$` or `$$`, where
+    // dolq_start is [A-Za-z\200-\377_]; `$1` is a parameter.
     let mut j = i + 1;
-    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+    while j < b.len() && is_ident_byte(b[j]) {
         if j == i + 1 && b[j].is_ascii_digit() {
             return i + 1;
         }
@@ -209,8 +231,9 @@ pub fn normalize(sql: &str, scs: bool) -> String {
             i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
         let literal_end = match c {
             b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
-            b'$' if i + 1 < b.len()
-                && (b[i + 1] == b'$' || b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_') =>
+            b'$' if !prev_word
+                && i + 1 < b.len()
+                && (b[i + 1] == b'$' || is_ident_start(b[i + 1])) =>
             {
                 let end = skip_dollar(b, i);
                 (end > i + 1).then_some(end)
@@ -248,9 +271,10 @@ pub fn normalize(sql: &str, scs: bool) -> String {
     out
 }
 
-/// Every bare word of a statement outside quotes and comments, upper-cased.
+/// Every bare word of a statement outside quotes and comments, upper-cased;
+/// `scs` is the session's `standard_conforming_strings`.
 #[must_use]
-pub fn words(stmt: &str) -> Vec<String> {
+pub fn words(stmt: &str, scs: bool) -> Vec<String> {
     let b = stmt.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -262,7 +286,7 @@ pub fn words(stmt: &str) -> Vec<String> {
             }
             out.push(stmt.get(start..i).unwrap_or("").to_ascii_uppercase());
         } else {
-            i = skip_token(b, i, true);
+            i = skip_token(b, i, scs).max(i + 1);
         }
     }
     out
@@ -296,6 +320,14 @@ mod tests {
         assert_eq!(split("select E'a\\'; select 1'", true).len(), 1);
         assert_eq!(split("select $1, $2; select 3", true).len(), 2);
         assert!(split("  -- only a comment", true).is_empty());
+        // scan.l ends a `--` comment at `\r` too.
+        assert_eq!(split("select 1 --\r; set role x", true).len(), 2);
+        // A `$` inside an identifier starts no dollar quote.
+        assert_eq!(split("select a$b$; select $b$ ; $b$", true).len(), 2);
+        assert_eq!(split("select $é$ ; $é$; select 2", true).len(), 2);
+        assert_eq!(split("select $_1$ ; $_1$; select 2", true).len(), 2);
+        // Nested block comments end only at the outer `*/`.
+        assert_eq!(split("select /* /* */ ; */ 1; select 2", true).len(), 2);
     }
 
     #[test]
@@ -328,7 +360,7 @@ mod tests {
         );
         assert_eq!(keywords("", 2), Vec::<String>::new());
         assert_eq!(
-            words("select 'for update' from t for update"),
+            words("select 'for update' from t for update", true),
             vec!["SELECT", "FROM", "T", "FOR", "UPDATE"]
         );
     }
@@ -360,7 +392,8 @@ mod tests {
             let _ = split(s, false);
             let _ = leading_hint(s);
             let _ = keywords(s, 4);
-            let _ = words(s);
+            let _ = words(s, true);
+            let _ = words(s, false);
             let _ = normalize(s, true);
             let _ = normalize(s, false);
         }

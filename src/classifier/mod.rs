@@ -94,6 +94,9 @@ pub enum Reason {
     Session,
     /// Longer than the parse limit.
     TooLong,
+    /// Reads the answering node's own state (`pg_stat_*` views, locks,
+    /// replication): the leader's, unless a hint says replica.
+    NodeLocal,
 }
 
 impl Reason {
@@ -112,6 +115,7 @@ impl Reason {
             Self::Transaction => "transaction",
             Self::Session => "session",
             Self::TooLong => "too_long",
+            Self::NodeLocal => "node_local",
         }
     }
 }
@@ -153,6 +157,21 @@ impl Classification {
 
     fn leader(reason: Reason) -> Self {
         Self::new(Route::Leader, reason)
+    }
+
+    /// The leader, and the backend is reset before another client gets it.
+    fn leader_then_reset(reason: Reason) -> Self {
+        Self {
+            reset: true,
+            ..Self::leader(reason)
+        }
+    }
+
+    fn unparsed(reason: Reason) -> Self {
+        Self {
+            parsed: false,
+            ..Self::leader_then_reset(reason)
+        }
     }
 
     fn pinned(pin: Pin) -> Self {
@@ -273,7 +292,7 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
     let kw = lexer::keywords(stmt, 4);
     let k = |i: usize| kw.get(i).map_or("", String::as_str);
     match k(0) {
-        "BEGIN" | "START" => begin(stmt),
+        "BEGIN" | "START" => begin(stmt, scs),
         "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE" => {
             Classification::leader(Reason::Transaction)
         }
@@ -290,7 +309,7 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
             ..Classification::leader(Reason::Session)
         },
         "DECLARE"
-            if lexer::words(stmt)
+            if lexer::words(stmt, scs)
                 .windows(2)
                 .any(|w| w[0] == "WITH" && w[1] == "HOLD") =>
         {
@@ -304,15 +323,17 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
         }
         "CREATE"
             if k(1) == "TABLE"
-                && lexer::words(stmt)
+                && lexer::words(stmt, scs)
                     .iter()
                     .any(|w| w == "TEMP" || w == "TEMPORARY") =>
         {
             Classification::pinned(Pin::TempTable)
         }
         "SHOW" => Classification::leader(Reason::Probe),
+        // Their session effects cannot be known from the text.
+        "DO" | "CALL" | "EXECUTE" => Classification::leader_then_reset(Reason::Write),
         "TABLE" => {
-            let words = lexer::words(stmt);
+            let words = lexer::words(stmt, scs);
             if words.iter().any(|w| w == "FOR") {
                 Classification::leader(Reason::Lock)
             } else {
@@ -325,8 +346,8 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
     }
 }
 
-fn begin(stmt: &str) -> Classification {
-    let words = lexer::words(stmt);
+fn begin(stmt: &str, scs: bool) -> Classification {
+    let words = lexer::words(stmt, scs);
     let read_only = words.windows(2).any(|w| w[0] == "READ" && w[1] == "ONLY")
         && !words.iter().any(|w| w == "SERIALIZABLE");
     Classification {
@@ -346,7 +367,7 @@ fn explain(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> Class
     let kw = lexer::keywords(stmt, 3);
     let analyze = match kw.get(1).map(String::as_str) {
         Some("ANALYZE" | "ANALYSE") => true,
-        Some("(") => explain_options_analyze(stmt),
+        Some("(") => explain_options_analyze(stmt, scs),
         _ => false,
     };
     if !analyze {
@@ -357,16 +378,13 @@ fn explain(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> Class
     let inner = inner_of_explain(stmt);
     match inner {
         Some(rest) if !rest.trim().is_empty() => classify_one(rest, scs, allow, hint),
-        _ => Classification {
-            parsed: false,
-            ..Classification::leader(Reason::Unparsed)
-        },
+        _ => Classification::unparsed(Reason::Unparsed),
     }
 }
 
 /// True when a parenthesised EXPLAIN option list turns ANALYZE on.
-fn explain_options_analyze(stmt: &str) -> bool {
-    let words = lexer::words(stmt);
+fn explain_options_analyze(stmt: &str, scs: bool) -> bool {
+    let words = lexer::words(stmt, scs);
     words.iter().enumerate().any(|(i, w)| {
         (w == "ANALYZE" || w == "ANALYSE")
             && !matches!(words.get(i + 1).map(String::as_str), Some("FALSE" | "OFF"))
@@ -397,24 +415,22 @@ fn inner_of_explain(stmt: &str) -> Option<&str> {
 
 fn parse_and_walk(stmt: &str, allow: &[String], hint: Option<Hint>) -> Classification {
     if stmt.len() > MAX_PARSE_LEN {
-        return Classification {
-            parsed: false,
-            ..Classification::leader(Reason::TooLong)
-        };
+        return Classification::unparsed(Reason::TooLong);
     }
     match ast::analyze(stmt, allow) {
         Some(mut c) => {
-            if c.reason == Reason::UnknownFunction && hint == Some(Hint::Replica) && c.pin.is_none()
+            if matches!(c.reason, Reason::UnknownFunction | Reason::NodeLocal)
+                && hint == Some(Hint::Replica)
+                && c.pin.is_none()
             {
+                // A hint relaxes the route; an unknown function still
+                // resets the backend it ran on.
                 c.route = Route::Replica;
                 c.reason = Reason::Read;
             }
             c
         }
-        None => Classification {
-            parsed: false,
-            ..Classification::leader(Reason::Unparsed)
-        },
+        None => Classification::unparsed(Reason::Unparsed),
     }
 }
 

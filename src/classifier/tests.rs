@@ -275,3 +275,68 @@ fn regression_corpus() {
         bad.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
     );
 }
+
+/// `sql` goes to the leader and its verdict satisfies `must` (`what`).
+fn leader_and(sql: &str, must: impl Fn(&Classification) -> bool, what: &str) {
+    let v = c(sql);
+    assert_eq!(v.route, Leader, "{sql}");
+    assert!(must(&v), "{sql} must {what}: {v:?}");
+}
+
+/// Issue 7: every statement counts, whatever hides it from a naive lexer.
+#[test]
+fn pins_cannot_be_smuggled_past_the_lexer() {
+    for sql in [
+        "select 1 --\r; set role x",
+        "select 1; set search_path = a",
+        "select 1; create temp table t (x int)",
+        "select a$b$ from t; listen c",
+        "select /* /* */ ; */ 1; prepare p as select 1",
+        "select set_config('a.b', 'c', NOT true)",
+        "select set_config('a.b', 'c', $1)",
+        "select set_config('a.b', 'c', 't' = 'f')",
+        "select set_config('a.b', 'c', false)",
+    ] {
+        leader_and(sql, |v| v.pin.is_some(), "pin");
+    }
+    let local = c("select set_config('a.b', 'c', true)");
+    assert_eq!((local.route, local.pin), (Leader, None));
+}
+
+#[test]
+fn unknowable_session_effects_reset_the_backend() {
+    for sql in [
+        "do $$ begin perform set_config('a.b', 'c', false); end $$",
+        "call my_proc()",
+        "execute p(1)",
+        "select my_func(1)",
+        "select * from my_srf(1)",
+        "select 1 from (((",
+    ] {
+        leader_and(sql, |v| v.reset, "reset its backend");
+    }
+    // A hint may send an unknown function to a replica; the reset stays.
+    let v = c("/* pgvane: replica */ select my_func(1)");
+    assert_eq!((v.route, v.reset), (Replica, true));
+    for sql in ["select 1", "select now()", "insert into t values (1)"] {
+        assert!(!c(sql).reset, "{sql}");
+    }
+}
+
+#[test]
+fn node_local_views_go_to_the_leader() {
+    for sql in [
+        "select * from pg_stat_wal_receiver",
+        "select count(*) from pg_stat_activity",
+        "select * from pg_catalog.pg_locks",
+        "select * from pg_replication_slots",
+        "select pg_stat_get_numscans('t'::regclass)",
+        "select * from t join pg_statio_user_tables s on true",
+    ] {
+        let v = c(sql);
+        assert_eq!((v.route, v.reason), (Leader, Reason::NodeLocal), "{sql}");
+        assert!(!v.reset && v.pin.is_none(), "{sql}");
+    }
+    let v = c("/* pgvane: replica */ select * from pg_stat_wal_receiver");
+    assert_eq!(v.route, Replica);
+}

@@ -64,7 +64,11 @@ impl Session {
         statements: usize,
         status: Option<u8>,
     ) {
-        if class.route == Route::Leader && !matches!(class.reason, Reason::Probe | Reason::Session)
+        if class.route == Route::Leader
+            && !matches!(
+                class.reason,
+                Reason::Probe | Reason::Session | Reason::NodeLocal
+            )
         {
             let window = self.ctx.port.load().read_your_writes_ms.unwrap_or(1000);
             if window > 0 {
@@ -89,7 +93,7 @@ impl Session {
             && class.pin == Some(Pin::Set)
             && matches!(last_tag, Tag::Set | Tag::Reset)
         {
-            if let Some(replay) = settings::replay_of(sql) {
+            if let Some(replay) = settings::replay_of(sql, self.scs) {
                 let exact = self.settings.record(&replay, sql);
                 let backend = &mut h.pooled.backend;
                 backend.applied = exact.then(|| Arc::clone(&self.settings.wanted));

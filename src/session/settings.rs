@@ -38,9 +38,10 @@ pub(super) enum Replay {
     ResetAll,
 }
 
-/// Reads a single `SET`/`RESET` statement pgvane can replay.
-pub(super) fn replay_of(stmt: &str) -> Option<Replay> {
-    let words = lexer::words(stmt);
+/// Reads a single `SET`/`RESET` statement pgvane can replay; `scs` is the
+/// session's `standard_conforming_strings`.
+pub(super) fn replay_of(stmt: &str, scs: bool) -> Option<Replay> {
+    let words = lexer::words(stmt, scs);
     let w = |i: usize| words.get(i).map_or("", String::as_str);
     let (verb, mut at) = (w(0), 1);
     if verb == "SET" && w(1) == "SESSION" && w(2) != "AUTHORIZATION" && w(2) != "CHARACTERISTICS" {
@@ -197,7 +198,7 @@ mod tests {
 
     #[test]
     fn replays() {
-        let r = |s: &str| replay_of(s);
+        let r = |s: &str| replay_of(s, true);
         assert_eq!(
             r("SET extra_float_digits = 3"),
             Some(Replay::Set("extra_float_digits".into()))

@@ -103,6 +103,22 @@ impl Ports {
 
 /// A patroni_proxy-style config for the lab: rw (leader), ro (sync+async,
 /// 16 MiB lag limit), any. Only patroni_proxy's own fields are used.
+/// pgvane on the lab config plus one split port `app` for user `postgres`
+/// with `opts` (YAML flow-map entries such as `roles: [sync], pool_size: 1`);
+/// returns the process and the split port.
+pub fn start_split(opts: &str) -> (Pgvane, u16) {
+    healthy_lab();
+    let p = Ports::new();
+    let split = free_port();
+    let yaml = lab_config(&p).replace(
+        "    ports:\n",
+        &format!(
+            "    users:\n      - {{name: postgres, password: postgres}}\n    ports:\n      app: {{listen: 127.0.0.1:{split}, mode: split, {opts}}}\n"
+        ),
+    );
+    (Pgvane::start(&yaml, p.admin), split)
+}
+
 pub fn lab_config(p: &Ports) -> String {
     format!(
         "cluster_update_interval: 1
