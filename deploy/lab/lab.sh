@@ -33,13 +33,23 @@ as_pg() {
   fi
 }
 
+# Closes every inherited descriptor above 2 in this (sub)shell, so a lab
+# daemon never keeps a caller's lock file (`flock lock lab.sh up`) open.
+close_inherited() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null || true
+  done
+}
+
 # Starts "$@" as postgres in the background; $! is the program's own pid.
 spawn_pg() { # logfile pidfile command...
   local logf=$1 pidf=$2; shift 2
   if [ "$(id -u)" = 0 ]; then
-    ( exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@" >>"$logf" 2>&1 </dev/null ) &
+    ( close_inherited; exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@" >>"$logf" 2>&1 </dev/null ) &
   else
-    ( exec "$@" >>"$logf" 2>&1 </dev/null ) &
+    ( close_inherited; exec "$@" >>"$logf" 2>&1 </dev/null ) &
   fi
   echo $! >"$pidf"
 }

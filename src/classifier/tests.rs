@@ -340,3 +340,10 @@ fn node_local_views_go_to_the_leader() {
     let v = c("/* pgvane: replica */ select * from pg_stat_wal_receiver");
     assert_eq!(v.route, Replica);
 }
+
+#[test]
+fn settings_reads_go_to_replicas() {
+    // tests/split_settings.rs relies on this read landing on replicas.
+    let sql = "select concat_ws(' | ', current_setting('DateStyle'), '2024-03-04'::date::text, '1 day'::interval::text)";
+    assert_eq!(route(sql), Replica);
+}
