@@ -60,10 +60,11 @@ def wait_port(port, t=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def spawn_pgvane(tmp, cluster_yaml):
-    """Starts pgvane on a lab cluster block; returns (process, port)."""
+def spawn_pgvane(tmp, cluster_yaml, binary=None, name="pgvane"):
+    """Starts pgvane (`binary`, default this checkout's release build) on a
+    lab cluster block; returns (process, port)."""
     port, admin = free_port(), free_port()
-    cfg = os.path.join(tmp, "pgvane.yaml")
+    cfg = os.path.join(tmp, f"{name}.yaml")
     open(cfg, "w").write(f"""cluster_update_interval: 3
 listen_address: 127.0.0.1:{admin}
 clusters:
@@ -71,8 +72,8 @@ clusters:
     hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
 {cluster_yaml.format(port=port)}""")
     # The caller stops it by pid in its finally block.
-    p = subprocess.Popen([os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "pgvane.log"), "w"),
+    p = subprocess.Popen([binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{name}.log"), "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
     try:
         wait_port(port)
@@ -93,10 +94,19 @@ def start_pgvane(leader_ip, tmp):
     return spawn_pgvane(tmp, "    ports:\n      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}\n")
 
 
-def start_pgvane_split(leader_ip, tmp):
+def start_pgvane_split(leader_ip, tmp, binary=None, name="pgvane"):
     return spawn_pgvane(tmp, "    users: [{{name: postgres, password: postgres}}]\n    ports:\n"
                              "      app: {{listen: 127.0.0.1:{port}, mode: split, roles: [sync, async], pool_size: "
-                             + str(POOL_SIZE) + "}}\n")
+                             + str(POOL_SIZE) + "}}\n", binary, name)
+
+
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def pgbouncer_version(binary):
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def start_pgbouncer(leader_ip, tmp):
@@ -116,8 +126,8 @@ pool_mode = transaction
 default_pool_size = {POOL_SIZE}
 max_client_conn = 5000
 logfile = {d}/pgbouncer.log
-""")
-    args = ["/usr/sbin/pgbouncer", cfg] if os.getuid() else ["/usr/sbin/pgbouncer", "-u", "postgres", cfg]
+""" + ("max_prepared_statements = 200\n" if pgbouncer_version(PGBOUNCER) >= (1, 21) else ""))
+    args = [PGBOUNCER, cfg] if os.getuid() else [PGBOUNCER, "-u", "postgres", cfg]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -148,8 +158,18 @@ listen rw
     return p, port
 
 
+SCRIPTS = {
+    "select1": "SELECT 1;\n",
+    # Each client records its own application_name, so most checkouts
+    # apply settings to the backend they get: the cost of settings on
+    # checkout instead of a pool per value.
+    "set_app": "\\set aid random(1, 100000 * :scale)\n"
+               "SET application_name = app:client_id;\n"
+               "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n",
+}
+
 SPLIT_WORKLOADS = [
-    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], True),
+    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], "select1"),
     ("-S simple, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "simple"], False),
     ("-S extended, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "extended"], False),
     ("-S prepared, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "prepared"], False),
@@ -158,13 +178,14 @@ SPLIT_WORKLOADS = [
     ("-S prepared, 64 clients", ["-S", "-c", "64", "-j", "2", "-M", "prepared"], False),
     ("tpcb-like, 16 clients", ["-b", "tpcb-like", "-c", "16", "-j", "2", "-M", "simple"], False),
     ("-S -C new connection per txn, 8 clients", ["-S", "-C", "-c", "8", "-j", "2", "-M", "simple"], False),
+    ("SET application_name + -S read, 16 clients", ["-c", "16", "-j", "2", "-M", "simple"], "set_app"),
 ]
 
 WORKLOADS = [
     # name, pgbench args (clients, mode...), uses select1 script
-    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], True),
-    ("SELECT 1, 16 clients", ["-c", "16", "-j", "2", "-M", "simple"], True),
-    ("SELECT 1, 64 clients", ["-c", "64", "-j", "2", "-M", "simple"], True),
+    ("SELECT 1, 1 client", ["-c", "1", "-j", "1", "-M", "simple"], "select1"),
+    ("SELECT 1, 16 clients", ["-c", "16", "-j", "2", "-M", "simple"], "select1"),
+    ("SELECT 1, 64 clients", ["-c", "64", "-j", "2", "-M", "simple"], "select1"),
     ("-S simple, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "simple"], False),
     ("-S extended, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "extended"], False),
     ("-S prepared, 16 clients", ["-S", "-c", "16", "-j", "2", "-M", "prepared"], False),
@@ -172,10 +193,10 @@ WORKLOADS = [
 ]
 
 
-def pgbench(host, port, args, seconds, select1):
+def pgbench(host, port, args, seconds, script):
     cmd = [f"{PGBIN}/pgbench", "-h", host, "-p", str(port), "-U", "postgres", "-n", "-T", str(seconds)] + args
-    if select1:
-        cmd += ["-f", select1]
+    if script:
+        cmd += ["-f", script]
     cmd.append("postgres")
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=seconds * 4 + 60)
     m = re.search(r"tps = ([\d.]+)", out.stdout)
@@ -216,7 +237,10 @@ def main():
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
+    ap.add_argument("--pgbouncer", default=PGBOUNCER, help="pgbouncer binary (e.g. ../shared/anchors/pgbouncer-1.25/pgbouncer)")
+    ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before')")
     a = ap.parse_args()
+    globals()["PGBOUNCER"] = os.path.abspath(a.pgbouncer)
     if a.idle_only:
         a.repeats = 0
     tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
@@ -224,7 +248,9 @@ def main():
     subprocess.run([f"{PGBIN}/pgbench", "-h", leader_ip, "-U", "postgres", "-i", "-q", "-s", "10", "postgres"],
                    env=ENV, check=True, capture_output=True)
     time.sleep(2)  # let the replicas replay the new tables
-    select1 = os.path.join(tmp, "select1.sql"); open(select1, "w").write("SELECT 1;\n")
+    scripts = {}
+    for key, text in SCRIPTS.items():
+        scripts[key] = os.path.join(tmp, f"{key}.sql"); open(scripts[key], "w").write(text)
     ref = "pgbouncer" if a.split else "haproxy"
     workloads = SPLIT_WORKLOADS if a.split else WORKLOADS
     procs = {}
@@ -233,12 +259,16 @@ def main():
         pv, pv_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp); procs["pgvane"] = pv
         rp, rp_port = (start_pgbouncer if a.split else start_haproxy)(leader_ip, tmp); procs[ref] = rp
         targets = [("direct", leader_ip, 5432, None), ("pgvane", "127.0.0.1", pv_port, pv.pid), (ref, "127.0.0.1", rp_port, rp.pid)]
+        if a.baseline:
+            bp, bp_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp, os.path.abspath(a.baseline), "before")
+            procs["before"] = bp
+            targets.append(("before", "127.0.0.1", bp_port, bp.pid))
         for r in range(a.repeats):
             for wname, args, s1 in workloads:
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for tname, host, port, pid in order:
                     c0 = cpu_seconds(pid) if pid else 0
-                    got = pgbench(host, port, args, a.seconds, select1 if s1 else None)
+                    got = pgbench(host, port, args, a.seconds, scripts.get(s1))
                     if got is None:
                         results.setdefault((wname, tname), []).append(None)
                         print(f"repeat {r+1} {wname:42} {tname:9} FAILED", flush=True)
@@ -248,7 +278,7 @@ def main():
                     results.setdefault((wname, tname), []).append((tps, lat, cpu))
                     print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
         rss = {}
-        for tname, host, port, pid in targets[1:]:
+        for tname, host, port, pid in targets[1:3]:
             rss[tname] = idle_rss(pid, port, a.idle)
             print(f"idle RSS {tname}: {rss[tname]:.2f} KiB per client", flush=True)
     finally:
@@ -268,20 +298,35 @@ def main():
     if a.idle_only:
         print(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
         return
-    lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    B = bool(a.baseline)
+    lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn |"
+             + (" before TPS | pgvane / before | before CPU µs/txn |" if B else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if B else "")]
     fmt = lambda v, d: "fails" if v is None else f"{v:,.0f} ({v/d:.2f}×)"
     for wname, _, _ in workloads:
         d, p_, h = med(wname, "direct", 0), med(wname, "pgvane", 0), med(wname, ref, 0)
         pc, hc = med(wname, "pgvane", 2), med(wname, ref, 2)
         ratio = f"{p_/h:.2f}×" if p_ and h else "—"
-        lines.append(f"| {wname} | {d:,.0f} | {fmt(p_, d)} | {fmt(h, d)} | {ratio} | {pc if pc is None else round(pc, 1)} | {hc if hc is None else round(hc, 1)} |")
+        row = f"| {wname} | {d:,.0f} | {fmt(p_, d)} | {fmt(h, d)} | {ratio} | {pc if pc is None else round(pc, 1)} | {hc if hc is None else round(hc, 1)} |"
+        if B:
+            b, bc = med(wname, "before", 0), med(wname, "before", 2)
+            row += f" {fmt(b, d)} | {f'{p_/b:.2f}×' if p_ and b else '—'} | {bc if bc is None else round(bc, 1)} |"
+        lines.append(row)
     lat = {t: med("SELECT 1, 1 client", t, 1) for t, *_ in targets}
     lines.append("")
     lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
                  f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
     lines.append(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
-    lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores.")
+    lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores; "
+                 f"{R} {'.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else ''}.")
+    lines.append("")
+    lines.append("min / median / max TPS per target and workload:")
+    for wname, _, _ in workloads:
+        parts = []
+        for t, *_ in targets:
+            xs = sorted(x[0] for x in results.get((wname, t), []) if x)
+            parts.append(f"{t} {xs[0]:,.0f}/{statistics.median(xs):,.0f}/{xs[-1]:,.0f}" if xs else f"{t} fails")
+        lines.append(f"- {wname}: " + ", ".join(parts))
     text = "\n".join(lines)
     print("\n" + text)
     if a.out:
