@@ -294,7 +294,14 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
     let now_active = port.active.fetch_add(1, Ordering::Relaxed) + 1;
     if cfg.max_clients.is_some_and(|max| now_active > max) {
         let text = format!("pgvane: port \"{}\" has reached max_clients", port.key);
-        return refuse(&mut client, &port, sqlstate::TOO_MANY_CONNECTIONS, &text).await;
+        return refuse(
+            &mut client,
+            &[],
+            &port,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            &text,
+        )
+        .await;
     }
     let Some(head) = first_bytes(&mut client, &port).await else {
         return;
@@ -307,14 +314,28 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
                 "pgvane: no node of cluster \"{}\" qualifies for port \"{}\": {why}",
                 port.key.cluster, port.key.port
             );
-            return refuse(&mut client, &port, sqlstate::CANNOT_CONNECT_NOW, &text).await;
+            return refuse(
+                &mut client,
+                &head,
+                &port,
+                sqlstate::CANNOT_CONNECT_NOW,
+                &text,
+            )
+            .await;
         }
         Err(NoTarget::AllCoolingDown(nodes)) => {
             let text = format!(
                 "pgvane: every node for port \"{}\" refused connections moments ago: {nodes}",
                 port.key
             );
-            return refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
+            return refuse(
+                &mut client,
+                &head,
+                &port,
+                sqlstate::CONNECTION_FAILURE,
+                &text,
+            )
+            .await;
         }
     };
     let timeout = port.globals.load().connect_timeout;
@@ -366,7 +387,14 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
         port.key,
         failures.join("; ")
     );
-    refuse(&mut client, &port, sqlstate::CONNECTION_FAILURE, &text).await;
+    refuse(
+        &mut client,
+        &head,
+        &port,
+        sqlstate::CONNECTION_FAILURE,
+        &text,
+    )
+    .await;
 }
 
 async fn run_relay(
@@ -402,11 +430,19 @@ async fn connect(addr: &NodeAddr, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
-async fn refuse(client: &mut TcpStream, port: &PortShared, code: SqlState, text: &str) {
+/// Refuses a client with `code`; `already` holds the bytes of its first
+/// packet read so far.
+async fn refuse(
+    client: &mut TcpStream,
+    already: &[u8],
+    port: &PortShared,
+    code: SqlState,
+    text: &str,
+) {
     tracing::warn!(port = %port.key, sqlstate = code.code(), "{text}");
     port.metrics
         .client_errors
         .with_label_values(&[&port.key.cluster, &port.key.port, code.code()])
         .inc();
-    relay::refuse(client, code, text, REFUSAL_DEADLINE).await;
+    relay::refuse(client, already, code, text, REFUSAL_DEADLINE).await;
 }

@@ -136,11 +136,18 @@ fn move_once(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Res
 /// PostgreSQL itself would: read its first packet (answering `N` to an
 /// SSL or GSS encryption request, then reading the startup message), send
 /// the error, and close. A CancelRequest is closed silently. Bounded by `deadline`.
-pub async fn refuse(client: &mut TcpStream, code: SqlState, message: &str, deadline: Duration) {
+pub async fn refuse(
+    client: &mut TcpStream,
+    already: &[u8],
+    code: SqlState,
+    message: &str,
+    deadline: Duration,
+) {
+    let mut pending = already.to_vec();
     let work = async {
         let mut out = Vec::with_capacity(64 + message.len());
         loop {
-            match read_first(client).await {
+            match read_first(client, &mut pending).await {
                 Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => {
                     client.write_all(b"N").await?
                 }
@@ -169,15 +176,31 @@ pub async fn refuse(client: &mut TcpStream, code: SqlState, message: &str, deadl
     }
 }
 
-async fn read_first(client: &mut TcpStream) -> io::Result<FirstPacket> {
+/// Fills `buf` from `pending` (bytes already read off the socket) first,
+/// then from the socket.
+async fn read_exact_after(
+    client: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    let n = pending.len().min(buf.len());
+    buf[..n].copy_from_slice(&pending[..n]);
+    pending.drain(..n);
+    if n < buf.len() {
+        client.read_exact(&mut buf[n..]).await?;
+    }
+    Ok(())
+}
+
+async fn read_first(client: &mut TcpStream, pending: &mut Vec<u8>) -> io::Result<FirstPacket> {
     let mut head = [0u8; 4];
-    client.read_exact(&mut head).await?;
+    read_exact_after(client, pending, &mut head).await?;
     let len = startup::packet_len(&head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         .unwrap_or(8);
     let mut packet = vec![0u8; len];
     packet[..4].copy_from_slice(&head);
-    client.read_exact(&mut packet[4..]).await?;
+    read_exact_after(client, pending, &mut packet[4..]).await?;
     startup::parse(&packet).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

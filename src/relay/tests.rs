@@ -85,6 +85,7 @@ async fn refusal_answers_ssl_then_sends_fatal_error() {
     let task = tokio::spawn(async move {
         refuse(
             &mut client_side,
+            &[],
             crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
             "no node",
             Duration::from_secs(5),
@@ -119,6 +120,7 @@ async fn refusal_of_garbage_or_silence_is_bounded() {
         Duration::from_secs(2),
         refuse(
             &mut client_side,
+            &[],
             crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
             "x",
             Duration::from_secs(1),
@@ -138,6 +140,7 @@ async fn refusal_of_garbage_or_silence_is_bounded() {
         Duration::from_secs(2),
         refuse(
             &mut client_side,
+            &[],
             crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
             "x",
             Duration::from_millis(200),
@@ -145,4 +148,30 @@ async fn refusal_of_garbage_or_silence_is_bounded() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn refusal_reads_on_from_the_bytes_already_read() {
+    // The listener reads a client's first 8 bytes (to spot a CancelRequest)
+    // before it knows it must refuse: the refusal parses on from them.
+    let (mut app, mut client_side) = pair().await;
+    let startup = b"\0\0\0\x12\0\x03\0\0user\0app\0\0";
+    let task = tokio::spawn(async move {
+        let mut first = [0u8; 8];
+        client_side.read_exact(&mut first).await.unwrap();
+        refuse(
+            &mut client_side,
+            &first,
+            crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+            "no node",
+            Duration::from_secs(5),
+        )
+        .await;
+    });
+    app.write_all(startup).await.unwrap();
+    let mut reply = Vec::new();
+    app.read_to_end(&mut reply).await.unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with('E') && text.contains("C57P03"), "{text}");
+    task.await.unwrap();
 }
