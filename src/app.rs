@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -435,19 +435,29 @@ impl App {
 }
 
 /// Runs eviction on every port of a cluster whenever a new map generation
-/// is published.
+/// is published, and when a port's lag grace period ends.
 async fn evictor(
     mut generation: tokio::sync::watch::Receiver<u64>,
     ports: Arc<ArcSwap<Vec<Arc<PortShared>>>>,
     stop: CancellationToken,
 ) {
+    let mut wake: Option<Instant> = None;
     loop {
+        let grace_end = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = stop.cancelled() => return,
             changed = generation.changed() => if changed.is_err() { return },
+            () = grace_end => {}
         }
-        for p in ports.load().iter() {
-            p.evict_unqualified();
-        }
+        wake = ports
+            .load()
+            .iter()
+            .filter_map(|p| p.evict_unqualified())
+            .min();
     }
 }

@@ -7,7 +7,7 @@ use crate::config::Mode;
 use crate::config::{Config, PortConfig, PortKey};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::relay::{self, ByteCounters, RelayEnd};
-use crate::router::{self, Balancer, HealthBook, NoTarget, NodeKey};
+use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NoTarget, NodeKey};
 use crate::session::{self, CancelRegistry, SessionContext};
 use crate::telemetry::Metrics;
 use crate::topology::{ClusterMap, NodeAddr};
@@ -89,6 +89,10 @@ pub struct PortShared {
     pub balancer: Arc<Balancer>,
     /// The cluster's connect-failure book.
     pub health: Arc<HealthBook>,
+    /// Lag verdicts of the last observation (hysteresis), read by routing.
+    pub lag: Arc<ArcSwap<LagView>>,
+    /// The hysteresis state behind `lag`; only the evictor touches it.
+    gate: std::sync::Mutex<LagGate>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Tracks client tasks for drain.
@@ -136,6 +140,8 @@ impl PortShared {
             map,
             balancer: Arc::new(Balancer::default()),
             health,
+            lag: Arc::default(),
+            gate: std::sync::Mutex::default(),
             clients: TaskTracker::new(),
             close: CancellationToken::new(),
             drain: CancellationToken::new(),
@@ -161,6 +167,7 @@ impl PortShared {
                 port: Arc::clone(&self.config),
                 globals: Arc::clone(&self.globals),
                 map: Arc::clone(&self.map),
+                lag: Arc::clone(&self.lag),
                 health: Arc::clone(&self.health),
                 pools: Arc::default(),
                 classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
@@ -180,11 +187,29 @@ impl PortShared {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Evicts clients of nodes that no longer qualify under the current map
-    /// and port settings; records metrics and logs each eviction.
-    pub fn evict_unqualified(&self) {
+    /// Observes lag (hysteresis) and evicts clients of nodes that no longer
+    /// qualify under the current map and port settings; records metrics
+    /// and logs each eviction. Returns when to look again without a new
+    /// map (a lag grace period ending).
+    pub fn evict_unqualified(&self) -> Option<Instant> {
         let map = self.map.load();
         let cfg = self.config.load();
+        let wake = match LagRules::of(&cfg) {
+            Some(rules) => {
+                let mut gate = self
+                    .gate
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (view, wake) = gate.observe(&map, &rules, Instant::now());
+                self.lag.store(Arc::new(view));
+                wake
+            }
+            None => {
+                self.lag.store(Arc::default());
+                None
+            }
+        };
+        let lag = self.lag.load();
         if let Some(split) = self.split.load_full() {
             // Split ports disconnect nobody: pools of nodes that left the map
             // or changed role are closed, reads simply avoid lagging replicas.
@@ -194,11 +219,11 @@ impl PortShared {
                         && (m.role.is_leader() == (role == "leader"))
                 })
             });
-            return;
+            return wake;
         }
-        let out = self
-            .balancer
-            .evict_where(|k| router::policy::still_qualifies(k, map.member(&k.name), &cfg).err());
+        let out = self.balancer.evict_where(|k| {
+            router::policy::still_qualifies(k, map.member(&k.name), &cfg, &lag).err()
+        });
         for (node, reason, clients) in out {
             let m = map.member(&node.name);
             let why = m.map_or_else(
@@ -211,6 +236,7 @@ impl PortShared {
                 .with_label_values(&[&self.key.cluster, &self.key.port, reason.label()])
                 .inc_by(clients as u64);
         }
+        wake
     }
 }
 
@@ -307,7 +333,15 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
         return;
     };
     let map = port.map.load_full();
-    let targets = match router::choose(&map, &cfg, &port.balancer, &port.health, Instant::now()) {
+    let lag = port.lag.load_full();
+    let targets = match router::choose(
+        &map,
+        &cfg,
+        &port.balancer,
+        &port.health,
+        &lag,
+        Instant::now(),
+    ) {
         Ok(t) => t,
         Err(NoTarget::NoneQualifies(why)) => {
             let text = format!(
@@ -352,6 +386,7 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
                     &key,
                     current.member(&key.name),
                     &port.config.load(),
+                    &port.lag.load(),
                 ) {
                     failures.push(format!(
                         "{} stopped qualifying ({})",

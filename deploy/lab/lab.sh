@@ -6,9 +6,14 @@
 # and stopped by pid.
 #
 # Usage: lab.sh install|up|down|status|switchover|kill-leader|stop-node N|
-#               start-node N|lag N|unlag N|tag N noloadbalance|untag N noloadbalance|
-#               sync on|off|quorum|pause-api|resume-api|leader|wait-healthy|
-#               psql N SQL
+#               start-node N|lag N [--no-wait]|unlag N|receive-lag N|unreceive-lag N|
+#               timing LOOP_WAIT TTL RETRY_TIMEOUT|tag N noloadbalance|
+#               untag N noloadbalance|sync on|off|quorum|pause-api|resume-api|
+#               leader|wait-healthy|psql N SQL
+#
+# Patroni's timing: the lab bootstraps with LAB_LOOP_WAIT (2), LAB_TTL (20)
+# and LAB_RETRY_TIMEOUT (5); `timing` changes them on a running lab
+# (Patroni's defaults are `timing 10 30 10`), and `up` puts them back.
 set -euo pipefail
 
 LAB=${PGVANE_LAB_DIR:-/tmp/pgvane-lab}
@@ -18,6 +23,9 @@ PATRONI_VERSION=${PATRONI_VERSION:-4.1.5}
 NODES=(1 2 3)
 SCOPE=lab
 LAG_BYTES=$((16 * 1024 * 1024))
+LOOP_WAIT=${LAB_LOOP_WAIT:-2}
+TTL=${LAB_TTL:-20}
+RETRY_TIMEOUT=${LAB_RETRY_TIMEOUT:-5}
 export PGOPTIONS='-c client_min_messages=warning'
 
 log() { printf '%s lab: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -126,9 +134,9 @@ etcd3:
   hosts: 127.0.0.10:2379
 bootstrap:
   dcs:
-    ttl: 20
-    loop_wait: 2
-    retry_timeout: 5
+    ttl: $TTL
+    loop_wait: $LOOP_WAIT
+    retry_timeout: $RETRY_TIMEOUT
     maximum_lag_on_failover: 1073741824
     postgresql:
       use_pg_rewind: true
@@ -257,7 +265,9 @@ cmd_up() {
   mkdir -p "$LAB"; chmod 755 "$LAB"
   start_etcd
   for n in "${NODES[@]}"; do start_node "$n"; done
+  undo_faults
   wait_for 120 "a healthy 3-node cluster" healthy
+  set_timing "$LOOP_WAIT" "$TTL" "$RETRY_TIMEOUT"
   log "cluster ready in $((SECONDS - t0)) s: $(summary)"
 }
 
@@ -309,24 +319,110 @@ cmd_start_node() {
   log "node$n up after $((SECONDS - t0)) s"
 }
 
+# Real replay lag on replica N: a reader there holds a lock that the
+# leader's TRUNCATE (an ACCESS EXCLUSIVE lock in the WAL) conflicts with,
+# so N's replay waits (up to max_standby_streaming_delay, 30 s) while it
+# keeps receiving; the leader then moves 3 WAL segments on. (Pausing replay
+# does not work under Patroni: its HA loop resumes paused replay on
+# PostgreSQL 14+.) `--no-wait` returns once the WAL is written; otherwise
+# it waits until /cluster shows the lag.
 cmd_lag() {
-  local n=$1 l t0=$SECONDS
+  local n=$1 l pid i t0=$SECONDS
   l=$(leader); [ "node$n" != "$l" ] || die "node$n is the leader"
-  sql "$n" "select pg_wal_replay_pause()" >/dev/null
-  # Each WAL switch after a write moves the leader to the next 16 MiB segment.
-  local i
+  sql "${l#node}" "create table if not exists lab_lag(x int)" >/dev/null
+  wait_for 30 "lab_lag replicated to node$n" sql "$n" "select 1 from lab_lag limit 1"
+  (
+    close_inherited
+    exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/psql" -X -q \
+      "host=$LAB/node$n port=5432 user=postgres dbname=postgres application_name=lab-lag" \
+      -c "begin; select count(*) from lab_lag; select pg_sleep(120)" >/dev/null 2>&1
+  ) &
+  echo $! >"$LAB/node$n/lag.pid"
+  wait_for 10 "the lock holder on node$n" lock_held "$n"
+  sql "${l#node}" "truncate lab_lag" >/dev/null
   for i in 1 2 3; do
-    sql "${l#node}" "create table if not exists lab_lag(x int); insert into lab_lag values ($i); select pg_switch_wal();" >/dev/null
+    sql "${l#node}" "insert into lab_lag values ($i); select pg_switch_wal();" >/dev/null
   done
+  [ "${2:-}" = --no-wait ] && { log "node$n replay blocked, leader 3 segments on"; return 0; }
   wait_for 60 "node$n lag >= $LAG_BYTES" member_lag_at_least "$n" "$LAG_BYTES"
   log "node$n lags >= $LAG_BYTES bytes after $((SECONDS - t0)) s"
 }
 
+lock_held() {
+  [ "$(sql "$1" "select count(*) from pg_locks l join pg_stat_activity a using (pid) where a.application_name = 'lab-lag' and l.relation = 'lab_lag'::regclass")" -ge 1 ]
+}
+
+# Ends replica N's blocking reader (its replay goes on) and waits for health.
+release_lag() {
+  local n=$1
+  sql "$n" "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'lab-lag'" >/dev/null 2>&1 || true
+  [ -f "$LAB/node$n/lag.pid" ] && kill "$(cat "$LAB/node$n/lag.pid")" 2>/dev/null || true
+  rm -f "$LAB/node$n/lag.pid"
+}
+
 cmd_unlag() {
   local n=$1 t0=$SECONDS
-  sql "$n" "select pg_wal_replay_resume()" >/dev/null
+  release_lag "$n"
   wait_for 60 "node$n caught up" healthy
   log "node$n caught up after $((SECONDS - t0)) s"
+}
+
+# Undoes what a failed test may have left: a stopped WAL receiver, a
+# replay-blocking reader, paused replay.
+undo_faults() {
+  local n f
+  for n in "${NODES[@]}"; do
+    f="$LAB/node$n/walreceiver.stopped"
+    if [ -f "$f" ]; then kill -CONT "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    [ -f "$LAB/node$n/lag.pid" ] && release_lag "$n"
+    sql "$n" "select pg_wal_replay_resume() where pg_is_in_recovery()" >/dev/null 2>&1 || true
+  done
+}
+
+config_json() {
+  local n
+  for n in "${NODES[@]}"; do api "$n" /config 2>/dev/null && return 0; done
+  return 1
+}
+
+timing_is() { # loop_wait ttl retry_timeout
+  config_json | /usr/bin/python3 -c '
+import json,sys
+c=json.load(sys.stdin)
+sys.exit(0 if [c.get("loop_wait"),c.get("ttl"),c.get("retry_timeout")]==[int(a) for a in sys.argv[1:]] else 1)' "$@"
+}
+
+set_timing() { # loop_wait ttl retry_timeout
+  timing_is "$@" 2>/dev/null && return 0
+  patronictl edit-config "$SCOPE" --force -s "loop_wait=$1" -s "ttl=$2" -s "retry_timeout=$3" >/dev/null
+  wait_for 30 "loop_wait=$1 ttl=$2 retry_timeout=$3 in /config" timing_is "$@"
+  log "Patroni timing: loop_wait=$1 ttl=$2 retry_timeout=$3"
+}
+
+# Cuts replica N off from WAL (its WAL receiver stopped with SIGSTOP), then
+# writes WAL on the leader: N's receive (and so replay) lag grows.
+cmd_receive_lag() {
+  local n=$1 l pid i
+  l=$(leader); [ "node$n" != "$l" ] || die "node$n is the leader"
+  pid=$(sql "$n" "select pid from pg_stat_wal_receiver")
+  [ -n "$pid" ] || die "node$n has no WAL receiver"
+  kill -STOP "$pid"
+  echo "$pid" >"$LAB/node$n/walreceiver.stopped"
+  sql "${l#node}" "create table if not exists lab_lag(x int)" >/dev/null
+  for i in 1 2 3; do
+    sql "${l#node}" "insert into lab_lag values ($i); select pg_switch_wal();" >/dev/null
+  done
+  log "node$n cut off from WAL (walreceiver $pid stopped), leader 3 segments on"
+}
+
+cmd_unreceive_lag() {
+  local n=$1 f t0=$SECONDS
+  f="$LAB/node$n/walreceiver.stopped"
+  [ -f "$f" ] && kill -CONT "$(cat "$f")" 2>/dev/null
+  rm -f "$f"
+  wait_for 60 "node$n caught up" healthy
+  log "node$n receives WAL again, caught up after $((SECONDS - t0)) s"
 }
 
 cmd_tag() { # on|off N tag
@@ -370,8 +466,11 @@ case ${1:-} in
   kill-leader) cmd_kill_leader ;;
   stop-node) cmd_stop_node "${2:?node}" ;;
   start-node) cmd_start_node "${2:?node}" ;;
-  lag) cmd_lag "${2:?node}" ;;
+  lag) cmd_lag "${2:?node}" "${3:-}" ;;
   unlag) cmd_unlag "${2:?node}" ;;
+  receive-lag) cmd_receive_lag "${2:?node}" ;;
+  unreceive-lag) cmd_unreceive_lag "${2:?node}" ;;
+  timing) set_timing "${2:?loop_wait}" "${3:?ttl}" "${4:?retry_timeout}" ;;
   tag) cmd_tag on "${2:?node}" "${3:?tag}" ;;
   untag) cmd_tag off "${2:?node}" "${3:?tag}" ;;
   sync) cmd_sync "${2:?on|off|quorum}" ;;

@@ -94,7 +94,7 @@ fn cluster_json(view: &ClusterView) -> Value {
             let eligible: serde_json::Map<String, Value> = ports
                 .iter()
                 .map(|(p, cfg)| {
-                    let verdict = match policy::check(m, cfg) {
+                    let verdict = match policy::check(m, cfg, &p.lag.load()) {
                         Ok(()) => json!(true),
                         Err(reason) => json!(reason.label()),
                     };
@@ -103,7 +103,9 @@ fn cluster_json(view: &ClusterView) -> Value {
                 .collect();
             json!({
                 "name": m.name, "role": m.role, "state": m.state, "host": m.addr.host,
-                "port": m.addr.port, "lag": m.lag, "noloadbalance": m.noloadbalance,
+                "port": m.addr.port, "lag": m.lag, "receive_lag": m.receive_lag,
+                "replay_paused": m.replay_paused, "lag_source": m.lag_source,
+                "self_report": m.self_report, "noloadbalance": m.noloadbalance,
                 "nofailover": m.nofailover, "timeline": m.timeline, "eligible": eligible,
             })
         })
@@ -134,6 +136,7 @@ fn cluster_json(view: &ClusterView) -> Value {
         "generation": map.generation, "stale": map.stale, "paused": map.paused,
         "updated_at": map.updated_at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         "age_seconds": age(map.updated_at), "source": map.source, "last_error": map.last_error,
+        "disagreement": map.disagreement,
         "skipped_members": map.skipped, "members": members, "ports": port_json,
     })
 }

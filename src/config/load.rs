@@ -297,6 +297,33 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     }
                 }
             }
+            for (field, set) in [
+                ("lag_grace_ms", port.lag_grace_ms.is_some()),
+                ("lag_hard_factor", port.lag_hard_factor.is_some()),
+                (
+                    "lag_low_watermark_in_bytes",
+                    port.lag_low_watermark_in_bytes.is_some(),
+                ),
+            ] {
+                if set && port.max_lag_in_bytes.is_none() {
+                    push(
+                        format!("{ppath}.{field}"),
+                        "needs `max_lag_in_bytes` on the same port",
+                    );
+                }
+            }
+            if port.lag_hard_factor == Some(0) {
+                push(format!("{ppath}.lag_hard_factor"), "must be 1 or more");
+            }
+            if let (Some(low), Some(max)) = (port.lag_low_watermark_in_bytes, port.max_lag_in_bytes)
+            {
+                if low > max {
+                    push(
+                        format!("{ppath}.lag_low_watermark_in_bytes"),
+                        "must not exceed `max_lag_in_bytes`",
+                    );
+                }
+            }
             if port.host_port == Some(0) {
                 push(format!("{ppath}.host_port"), "must be between 1 and 65535");
             }

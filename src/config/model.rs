@@ -134,10 +134,23 @@ pub struct PortConfig {
     /// `port` from Patroni).
     #[serde(default)]
     pub host_port: Option<u16>,
-    /// Replicas whose lag exceeds this many bytes stop qualifying and their
-    /// clients are evicted (default: no limit). Never applies to leaders.
+    /// Replicas whose lag exceeds this many bytes take no new clients and,
+    /// after `lag_grace_ms`, lose their clients (default: no limit). Never
+    /// applies to leaders.
     #[serde(default)]
     pub max_lag_in_bytes: Option<u64>,
+    /// How long a replica may stay over `max_lag_in_bytes` before its
+    /// clients are evicted, ms (default 2000; 0 = at once).
+    #[serde(default)]
+    pub lag_grace_ms: Option<u64>,
+    /// Past this multiple of `max_lag_in_bytes` clients are evicted without
+    /// grace (default 4).
+    #[serde(default)]
+    pub lag_hard_factor: Option<u64>,
+    /// A replica that exceeded the limit takes new clients again only at or
+    /// below this lag (default half of `max_lag_in_bytes`).
+    #[serde(default)]
+    pub lag_low_watermark_in_bytes: Option<u64>,
     /// Most clients this port accepts at once (default: no limit); more get
     /// SQLSTATE 53300.
     #[serde(default)]
@@ -183,6 +196,9 @@ impl PortConfig {
             roles,
             host_port: None,
             max_lag_in_bytes: None,
+            lag_grace_ms: None,
+            lag_hard_factor: None,
+            lag_low_watermark_in_bytes: None,
             max_clients: None,
             pool_size: None,
             pool_acquire_timeout_ms: None,

@@ -1,14 +1,17 @@
 //! Routing decisions for role ports: which members qualify for a port
-//! (`policy`), how clients spread over them (`balance`) and which nodes
-//! recently refused pgvane (`health`). Pure: no IO, no awaiting.
+//! (`policy`), lag hysteresis (`lag`), how clients spread over them
+//! (`balance`) and which nodes recently refused pgvane (`health`). Pure:
+//! no IO, no awaiting.
 
 pub mod balance;
 pub mod health;
+pub mod lag;
 pub mod policy;
 pub mod split;
 
 pub use balance::{Balancer, Lease, NodeKey};
 pub use health::HealthBook;
+pub use lag::{LagGate, LagRules, LagVerdict, LagView};
 pub use policy::{Ineligible, check, target_key};
 
 use crate::config::PortConfig;
@@ -35,12 +38,13 @@ pub fn choose(
     port: &PortConfig,
     balancer: &Balancer,
     health: &HealthBook,
+    lag: &LagView,
     now: Instant,
 ) -> Result<Vec<NodeKey>, NoTarget> {
     let mut qualifying = Vec::new();
     let mut why = Vec::new();
     for m in &map.members {
-        match check(m, port) {
+        match check(m, port, lag) {
             Ok(()) => qualifying.push(target_key(m, port)),
             Err(reason) => why.push(format!("{} {}", m.name, reason.describe(m, port))),
         }

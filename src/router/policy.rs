@@ -1,10 +1,12 @@
 //! Port policy: whether a member qualifies for a role port (role class,
-//! state, `noloadbalance`, `max_lag_in_bytes`), and why not.
+//! state, a leader's own confirmation, `noloadbalance`, lag through the
+//! port's [`LagView`]), and why not.
 
 use crate::config::{PortConfig, RoleSel};
-use crate::topology::{Member, MemberRole, MemberState, NodeAddr};
+use crate::topology::{Member, MemberRole, MemberState, NodeAddr, SelfReport};
 
 use super::NodeKey;
+use super::lag::{LagRules, LagVerdict, LagView};
 
 /// Why a member does not qualify for a port. `label` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +17,12 @@ pub enum Ineligible {
     State,
     /// Tagged `noloadbalance` and the port serves it as a replica.
     NoLoadBalance,
-    /// Lag above `max_lag_in_bytes`, or unknown while a limit is set.
+    /// Lag above `max_lag_in_bytes` (or unknown while a limit is set), or
+    /// not yet back under the low watermark.
     Lag,
+    /// Listed leader, but its own `/patroni` does not (yet) answer primary
+    /// out of recovery.
+    Unconfirmed,
     /// Gone from the map, or its address changed.
     Removed,
 }
@@ -30,6 +36,7 @@ impl Ineligible {
             Self::State => "state",
             Self::NoLoadBalance => "noloadbalance",
             Self::Lag => "lag",
+            Self::Unconfirmed => "unconfirmed",
             Self::Removed => "removed",
         }
     }
@@ -41,10 +48,19 @@ impl Ineligible {
             Self::Role => format!("has role {:?}", m.role),
             Self::State => format!("is in state {:?}", m.state),
             Self::NoLoadBalance => "is tagged noloadbalance".to_owned(),
-            Self::Lag => match (m.lag, port.max_lag_in_bytes) {
-                (Some(lag), Some(max)) => format!("lags {lag} bytes > max_lag_in_bytes {max}"),
+            Self::Lag => match (m.lag, LagRules::of(port)) {
+                (Some(lag), Some(r)) if lag > r.max => {
+                    format!("lags {lag} bytes > max_lag_in_bytes {}", r.max)
+                }
+                (Some(lag), Some(r)) => format!(
+                    "lags {lag} bytes: under max_lag_in_bytes again, not yet under the low watermark {}",
+                    r.low
+                ),
                 _ => "has unknown lag".to_owned(),
             },
+            Self::Unconfirmed => {
+                "is listed leader but its own /patroni does not answer primary yet".to_owned()
+            }
             Self::Removed => "left the cluster".to_owned(),
         }
     }
@@ -62,11 +78,21 @@ pub fn role_class(role: &MemberRole) -> Option<RoleSel> {
     }
 }
 
-/// Whether `m` qualifies for `port`.
+/// Whether `m` qualifies for new clients of `port`, lag judged by `lag`.
 ///
 /// # Errors
 /// The first rule it breaks.
-pub fn check(m: &Member, port: &PortConfig) -> Result<(), Ineligible> {
+pub fn check(m: &Member, port: &PortConfig, lag: &LagView) -> Result<(), Ineligible> {
+    check_with(m, port, lag, LagVerdict::Admit)
+}
+
+/// The rules of [`check`], lag allowed up to `worst`.
+fn check_with(
+    m: &Member,
+    port: &PortConfig,
+    lag: &LagView,
+    worst: LagVerdict,
+) -> Result<(), Ineligible> {
     let class = role_class(&m.role).ok_or(Ineligible::Role)?;
     if !port.wants(class) {
         return Err(Ineligible::Role);
@@ -80,17 +106,26 @@ pub fn check(m: &Member, port: &PortConfig) -> Result<(), Ineligible> {
     if !state_ok {
         return Err(Ineligible::State);
     }
+    if !is_replica && !leader_confirmed(m) {
+        return Err(Ineligible::Unconfirmed);
+    }
     if is_replica {
         if m.noloadbalance {
             return Err(Ineligible::NoLoadBalance);
         }
-        if let Some(max) = port.max_lag_in_bytes {
-            if m.lag.is_none_or(|lag| lag > max) {
-                return Err(Ineligible::Lag);
-            }
+        if lag.verdict(m, port) > worst {
+            return Err(Ineligible::Lag);
         }
     }
     Ok(())
+}
+
+/// A listed leader may take writes once its own `/patroni` answered
+/// primary out of recovery; a member pgvane could not ask (no `api_url`)
+/// is taken on Patroni's word.
+#[must_use]
+pub fn leader_confirmed(m: &Member) -> bool {
+    matches!(m.self_report, SelfReport::Primary | SelfReport::Unasked)
 }
 
 /// The address pgvane connects to for `m` on `port` (`host_port` if set).
@@ -106,7 +141,10 @@ pub fn target_key(m: &Member, port: &PortConfig) -> NodeKey {
 }
 
 /// Whether a client connected to `key` may stay, given the member now
-/// listed under that name.
+/// listed under that name: lag evicts only on [`LagVerdict::Evict`], and a
+/// leader that lost its own confirmation keeps its clients (a failed
+/// status request is no reason to cut writers off; a demotion changes the
+/// role, which evicts).
 ///
 /// # Errors
 /// Why the client must be evicted.
@@ -114,10 +152,14 @@ pub fn still_qualifies(
     key: &NodeKey,
     m: Option<&Member>,
     port: &PortConfig,
+    lag: &LagView,
 ) -> Result<(), Ineligible> {
     let m = m.ok_or(Ineligible::Removed)?;
     if target_key(m, port) != *key {
         return Err(Ineligible::Removed);
     }
-    check(m, port)
+    match check_with(m, port, lag, LagVerdict::Hold) {
+        Err(Ineligible::Unconfirmed) => Ok(()),
+        other => other,
+    }
 }

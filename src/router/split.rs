@@ -1,7 +1,8 @@
-//! Split-port targets: the leader for writes, qualifying replicas for
-//! reads (least busy first), the leader as fallback when allowed.
+//! Split-port targets: the confirmed leader for writes, qualifying
+//! replicas for reads (least busy first; lag by the port's hysteresis),
+//! the leader as fallback when allowed.
 
-use super::{HealthBook, policy};
+use super::{HealthBook, LagView, policy};
 use crate::classifier::Route;
 use crate::config::PortConfig;
 use crate::topology::{ClusterMap, MemberState, NodeAddr};
@@ -29,6 +30,12 @@ fn leader(
         .iter()
         .find(|m| m.role.is_leader() && m.state == MemberState::Running)
         .ok_or_else(|| format!("cluster \"{}\" has no running leader", map.cluster))?;
+    if !policy::leader_confirmed(m) {
+        return Err(format!(
+            "the leader {} does not answer primary in its own /patroni yet",
+            m.name
+        ));
+    }
     let key = policy::target_key(m, port);
     if health.cooling(&key.addr, now) {
         return Err(format!(
@@ -43,7 +50,8 @@ fn leader(
     }])
 }
 
-/// Nodes for `route`, best first.
+/// Nodes for `route`, best first; `books` are the cluster's connect
+/// failures and the port's lag verdicts.
 ///
 /// # Errors
 /// Text naming why no node can serve it.
@@ -51,17 +59,18 @@ pub fn targets(
     map: &ClusterMap,
     port: &PortConfig,
     route: Route,
-    health: &HealthBook,
+    books: (&HealthBook, &LagView),
     now: Instant,
     busy: impl Fn(&NodeAddr) -> usize,
 ) -> Result<Vec<Target>, String> {
+    let (health, lag) = books;
     if route == Route::Leader {
         return leader(map, port, health, now);
     }
     let mut reps: Vec<(usize, Target)> = map
         .members
         .iter()
-        .filter(|m| !m.role.is_leader() && policy::check(m, port).is_ok())
+        .filter(|m| !m.role.is_leader() && policy::check(m, port, lag).is_ok())
         .map(|m| policy::target_key(m, port))
         .filter(|k| !health.cooling(&k.addr, now))
         .map(|k| {

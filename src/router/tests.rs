@@ -4,6 +4,14 @@ use crate::topology::patroni::tests::fixture;
 use std::sync::Arc;
 use std::time::Duration;
 
+fn ok(m: &crate::topology::Member, p: &PortConfig) -> bool {
+    chk(m, p).is_ok()
+}
+
+fn chk(m: &crate::topology::Member, p: &PortConfig) -> Result<(), Ineligible> {
+    check(m, p, &LagView::default())
+}
+
 fn port(roles: &[RoleSel], max_lag: Option<u64>) -> PortConfig {
     PortConfig {
         max_lag_in_bytes: max_lag,
@@ -25,7 +33,7 @@ fn eligible(name: &str, p: &PortConfig) -> Vec<String> {
     let mut v: Vec<String> = map
         .members
         .iter()
-        .filter(|m| check(m, p).is_ok())
+        .filter(|m| ok(m, p))
         .map(|m| m.name.clone())
         .collect();
     v.sort();
@@ -180,7 +188,7 @@ fn every_fixture_has_a_verdict_for_every_member() {
             let leaders = map
                 .members
                 .iter()
-                .filter(|m| check(m, &p).is_ok() && m.role.is_leader())
+                .filter(|m| ok(m, &p) && m.role.is_leader())
                 .count();
             assert!(leaders <= 1, "{f}");
         }
@@ -202,11 +210,11 @@ fn sync_and_async_split_by_role() {
 fn noloadbalance_never_removes_a_leader() {
     let mut map = map_of("01-healthy");
     map.members[0].noloadbalance = true;
-    assert!(check(&map.members[0], &port(&[Leader], None)).is_ok());
-    assert!(check(&map.members[0], &port(&[Any], None)).is_ok());
+    assert!(ok(&map.members[0], &port(&[Leader], None)));
+    assert!(ok(&map.members[0], &port(&[Any], None)));
     map.members[1].noloadbalance = true;
     assert_eq!(
-        check(&map.members[1], &port(&[Any], None)),
+        chk(&map.members[1], &port(&[Any], None)),
         Err(Ineligible::NoLoadBalance)
     );
 }
@@ -215,15 +223,15 @@ fn noloadbalance_never_removes_a_leader() {
 fn lag_limits_and_unknown_lag() {
     let map = map_of("07-lag-replay");
     let node1 = map.member("node1").unwrap();
-    assert_eq!(check(node1, &port(&[Async], MIB16)), Err(Ineligible::Lag));
-    assert!(check(node1, &port(&[Async], Some(17_000_000))).is_ok());
-    assert!(check(node1, &port(&[Async], None)).is_ok());
+    assert_eq!(chk(node1, &port(&[Async], MIB16)), Err(Ineligible::Lag));
+    assert!(ok(node1, &port(&[Async], Some(17_000_000))));
+    assert!(ok(node1, &port(&[Async], None)));
     let mut m = node1.clone();
     m.lag = None;
-    assert_eq!(check(&m, &port(&[Async], Some(1))), Err(Ineligible::Lag));
+    assert_eq!(chk(&m, &port(&[Async], Some(1))), Err(Ineligible::Lag));
     // A leader has no lag and is never held to the limit.
     let leader = map.leader().unwrap();
-    assert!(check(leader, &port(&[Leader, Async], Some(0))).is_ok());
+    assert!(ok(leader, &port(&[Leader, Async], Some(0))));
 }
 
 #[test]
@@ -231,14 +239,14 @@ fn leader_must_be_running_replicas_may_stream() {
     let mut map = map_of("01-healthy");
     map.members[0].state = crate::topology::MemberState::Streaming;
     assert_eq!(
-        check(&map.members[0], &port(&[Leader], None)),
+        chk(&map.members[0], &port(&[Leader], None)),
         Err(Ineligible::State)
     );
     map.members[1].state = crate::topology::MemberState::Running;
-    assert!(check(&map.members[1], &port(&[Async], None)).is_ok());
+    assert!(ok(&map.members[1], &port(&[Async], None)));
     map.members[1].state = crate::topology::MemberState::Other("starting".into());
     assert_eq!(
-        check(&map.members[1], &port(&[Async], None)),
+        chk(&map.members[1], &port(&[Async], None)),
         Err(Ineligible::State)
     );
 }
@@ -250,28 +258,44 @@ fn choose_orders_skips_cooling_and_explains() {
     let h = HealthBook::default();
     let now = std::time::Instant::now();
     let p = port(&[Async], None);
-    let first = choose(&map, &p, &b, &h, now).unwrap();
+    let first = choose(&map, &p, &b, &h, &LagView::default(), now).unwrap();
     assert_eq!(
         first.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
         vec!["node2", "node3"]
     );
     let _lease = b.lease(first[0].clone());
-    let second = choose(&map, &p, &b, &h, now).unwrap();
+    let second = choose(&map, &p, &b, &h, &LagView::default(), now).unwrap();
     assert_eq!(second[0].name, "node3", "least connections");
     h.failure(&second[0].addr, now);
-    assert_eq!(choose(&map, &p, &b, &h, now).unwrap().len(), 1);
+    assert_eq!(
+        choose(&map, &p, &b, &h, &LagView::default(), now)
+            .unwrap()
+            .len(),
+        1
+    );
     h.failure(&first[0].addr, now);
     assert!(matches!(
-        choose(&map, &p, &b, &h, now),
+        choose(&map, &p, &b, &h, &LagView::default(), now),
         Err(NoTarget::AllCoolingDown(_))
     ));
-    assert!(choose(&map, &p, &b, &h, now + Duration::from_secs(10)).is_ok());
+    assert!(
+        choose(
+            &map,
+            &p,
+            &b,
+            &h,
+            &LagView::default(),
+            now + Duration::from_secs(10)
+        )
+        .is_ok()
+    );
 
     let none = choose(
         &map_of("13-replica-stopped"),
         &port(&[Sync], None),
         &b,
         &h,
+        &LagView::default(),
         now,
     )
     .unwrap_err();
@@ -279,7 +303,15 @@ fn choose_orders_skips_cooling_and_explains() {
         panic!()
     };
     assert!(text.contains("node1 has role Replica"), "{text}");
-    let empty = choose(&ClusterMap::empty("lab"), &p, &b, &h, now).unwrap_err();
+    let empty = choose(
+        &ClusterMap::empty("lab"),
+        &p,
+        &b,
+        &h,
+        &LagView::default(),
+        now,
+    )
+    .unwrap_err();
     assert_eq!(
         empty,
         NoTarget::NoneQualifies("no answer from Patroni yet".into())
@@ -293,14 +325,14 @@ fn host_port_overrides_and_address_change_evicts() {
     p.host_port = Some(6432);
     let key = target_key(&map.members[0], &p);
     assert_eq!(key.addr.port, 6432);
-    assert!(policy::still_qualifies(&key, map.member("node1"), &p).is_ok());
+    assert!(policy::still_qualifies(&key, map.member("node1"), &p, &LagView::default()).is_ok());
     assert_eq!(
-        policy::still_qualifies(&key, None, &p),
+        policy::still_qualifies(&key, None, &p, &LagView::default()),
         Err(Ineligible::Removed)
     );
     let old_port = port(&[Leader], None);
     assert_eq!(
-        policy::still_qualifies(&key, map.member("node1"), &old_port),
+        policy::still_qualifies(&key, map.member("node1"), &old_port, &LagView::default()),
         Err(Ineligible::Removed)
     );
 }

@@ -50,13 +50,18 @@ impl Session {
         let map = self.ctx.map.load_full();
         let port = self.ctx.port.load_full();
         let pools = Arc::clone(&self.ctx.pools);
-        let targets =
-            router::split::targets(&map, &port, route, &self.ctx.health, Instant::now(), |a| {
-                pools.busy(a)
-            })
-            .map_err(|why| {
-                SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, format!("pgvane: {why}"))
-            })?;
+        let lag = self.ctx.lag.load();
+        let targets = router::split::targets(
+            &map,
+            &port,
+            route,
+            (&self.ctx.health, &lag),
+            Instant::now(),
+            |a| pools.busy(a),
+        )
+        .map_err(|why| {
+            SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, format!("pgvane: {why}"))
+        })?;
         let settings = self.ctx.pool_settings();
         let mut failures = Vec::new();
         let mut refused = None;

@@ -33,7 +33,7 @@ use crate::pool::{PoolSet, PoolSettings, Pooled};
 use crate::protocol::encode;
 use crate::protocol::message::Message;
 use crate::protocol::sqlstate;
-use crate::router::HealthBook;
+use crate::router::{HealthBook, LagView};
 use crate::telemetry::Metrics;
 use crate::topology::{ClusterMap, NodeAddr};
 use arc_swap::ArcSwap;
@@ -69,6 +69,8 @@ pub struct SessionContext {
     pub globals: Arc<ArcSwap<Config>>,
     /// The cluster's published map.
     pub map: Arc<ArcSwap<ClusterMap>>,
+    /// The port's lag verdicts (hysteresis), published by its evictor.
+    pub lag: Arc<ArcSwap<LagView>>,
     /// The cluster's connect-failure book.
     pub health: Arc<HealthBook>,
     /// Backend pools.

@@ -45,6 +45,11 @@ pub struct Metrics {
     /// `pgvane_map_age_seconds{cluster}`: time since the last good answer,
     /// refreshed at each scrape.
     pub map_age: prometheus::GaugeVec,
+    /// `pgvane_member_lag_bytes{cluster,member,kind}`: a replica's replay
+    /// and receive lag as the last map has it (`kind` replay or receive).
+    pub member_lag: IntGaugeVec,
+    /// `pgvane_member_replay_paused{cluster,member}`: 1 while replay is paused.
+    pub member_paused: IntGaugeVec,
     /// `pgvane_reloads_total{result}`.
     pub reloads: IntCounterVec,
     /// `pgvane_statements_routed_total{cluster,port,node,role,reason}`: split-port
@@ -197,6 +202,18 @@ impl Metrics {
                 "1 when every Patroni host failed and the last map is kept",
                 &["cluster"],
             ),
+            member_lag: gauge(
+                &r,
+                "pgvane_member_lag_bytes",
+                "Replica replay and receive lag in bytes, by member",
+                &["cluster", "member", "kind"],
+            ),
+            member_paused: gauge(
+                &r,
+                "pgvane_member_replay_paused",
+                "1 while a replica's replay is paused",
+                &["cluster", "member"],
+            ),
             reloads: counter(
                 &r,
                 "pgvane_reloads_total",
@@ -238,6 +255,35 @@ impl Metrics {
         self.map_stale
             .with_label_values(&[cluster])
             .set(i64::from(stale));
+    }
+
+    /// Records each replica's lag figures and paused flag from `map`,
+    /// dropping members of `old` that left.
+    pub fn set_members(
+        &self,
+        map: &crate::topology::ClusterMap,
+        old: &crate::topology::ClusterMap,
+    ) {
+        let cluster = map.cluster.as_str();
+        for gone in old.members.iter().filter(|m| map.member(&m.name).is_none()) {
+            for kind in ["replay", "receive"] {
+                let _ = self
+                    .member_lag
+                    .remove_label_values(&[cluster, &gone.name, kind]);
+            }
+            let _ = self
+                .member_paused
+                .remove_label_values(&[cluster, &gone.name]);
+        }
+        for m in map.members.iter().filter(|m| !m.role.is_leader()) {
+            for (kind, value) in [("replay", m.lag), ("receive", m.receive_lag)] {
+                let gauge = self.member_lag.with_label_values(&[cluster, &m.name, kind]);
+                gauge.set(value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+            }
+            self.member_paused
+                .with_label_values(&[cluster, &m.name])
+                .set(i64::from(m.replay_paused));
+        }
     }
 
     /// Prometheus text exposition of every metric.

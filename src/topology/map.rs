@@ -99,15 +99,60 @@ pub struct Member {
     pub state: MemberState,
     /// PostgreSQL address.
     pub addr: NodeAddr,
-    /// Replica lag in bytes (`replay_lag`, else `lag`); `None` when unknown
-    /// or for a leader.
+    /// Replica replay lag in bytes: the leader's live `xlog.location` minus
+    /// this member's `replayed_location`, both read from `GET /patroni` in
+    /// the same poll round; else `/cluster`'s `replay_lag` (or `lag`).
+    /// `None` when unknown or for a leader.
     pub lag: Option<u64>,
+    /// Replica receive lag in bytes (leader position minus
+    /// `received_location`), when known.
+    pub receive_lag: Option<u64>,
+    /// Replay is paused on this replica (`xlog.paused`).
+    pub replay_paused: bool,
+    /// Where `lag` came from.
+    pub lag_source: LagSource,
+    /// The member's own REST status URL (`api_url`), when Patroni lists one.
+    pub api_url: Option<String>,
+    /// What the member's own `GET /patroni` says about its role.
+    pub self_report: SelfReport,
     /// Tag `noloadbalance`.
     pub noloadbalance: bool,
     /// Tag `nofailover`.
     pub nofailover: bool,
     /// Timeline, when reported.
     pub timeline: Option<u64>,
+}
+
+/// Where a member's lag figure comes from (`lag_source` in `/clusters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LagSource {
+    /// Live positions from `GET /patroni` of the member and the leader,
+    /// sampled in the same poll round.
+    Patroni,
+    /// `/cluster`'s figures (the member's or the leader's `/patroni` did
+    /// not answer): each side up to `loop_wait` old.
+    Cluster,
+    /// No figure at all (leaders, or nothing reported).
+    Unknown,
+}
+
+/// A member's own answer about its role, from its `GET /patroni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelfReport {
+    /// Not asked: Patroni lists no `api_url` for it (or the map was built
+    /// from a `/cluster` answer alone).
+    Unasked,
+    /// Role `primary` with a live `xlog.location`: out of recovery, or
+    /// `standby_leader` for the leader of a standby cluster.
+    Primary,
+    /// It answered, but not as a primary out of recovery (a replica, or
+    /// a new leader whose promotion has not finished).
+    NotPrimary,
+    /// It did not answer this round and was never confirmed primary on
+    /// its current timeline.
+    NoAnswer,
 }
 
 /// One published snapshot of a cluster.
@@ -132,6 +177,8 @@ pub struct ClusterMap {
     pub source: Option<String>,
     /// The last poll error, while stale.
     pub last_error: Option<String>,
+    /// How the Patroni hosts' answers disagreed in the last poll, if they did.
+    pub disagreement: Option<String>,
 }
 
 impl ClusterMap {
@@ -148,6 +195,7 @@ impl ClusterMap {
             updated_at: SystemTime::UNIX_EPOCH,
             source: None,
             last_error: None,
+            disagreement: None,
         }
     }
 
@@ -167,6 +215,25 @@ impl ClusterMap {
     #[must_use]
     pub fn same_facts(&self, other: &Self) -> bool {
         self.members == other.members && self.paused == other.paused && self.stale == other.stale
+    }
+
+    /// Whether only lag figures differ from `other` (the common change
+    /// while WAL is written: logged at debug, not info).
+    #[must_use]
+    pub fn only_lag_differs(&self, other: &Self) -> bool {
+        let strip = |m: &Member| Member {
+            lag: None,
+            receive_lag: None,
+            ..m.clone()
+        };
+        self.paused == other.paused
+            && self.stale == other.stale
+            && self.members.len() == other.members.len()
+            && self
+                .members
+                .iter()
+                .zip(&other.members)
+                .all(|(a, b)| strip(a) == strip(b))
     }
 }
 

@@ -1,8 +1,9 @@
-//! Lenient parsing of Patroni's `GET /cluster` answer into members.
-//! One bad member is skipped, never the whole answer; unknown keys are
-//! ignored. Fed raw bodies by the watcher; tested on `shared/patroni/`.
+//! Lenient parsing of Patroni's `GET /cluster` answer into members, and of
+//! a member's own `GET /patroni` status (role, WAL positions). One bad
+//! member is skipped, never the whole answer; unknown keys are ignored.
+//! Fed raw bodies by the watcher; tested on `shared/patroni/`.
 
-use super::map::{Member, MemberRole, MemberState, NodeAddr};
+use super::map::{LagSource, Member, MemberRole, MemberState, NodeAddr, SelfReport};
 use serde_json::Value;
 
 /// The parts of a `/cluster` answer pgvane uses.
@@ -67,18 +68,89 @@ fn member(m: &Value) -> Option<Member> {
     }
     let port = u16::try_from(number(m.get("port")?)?).ok()?;
     let tags = m.get("tags");
+    let lag = m
+        .get("replay_lag")
+        .and_then(number)
+        .or_else(|| m.get("lag").and_then(number));
     Some(Member {
         name,
         role: MemberRole::from_patroni(m.get("role").and_then(Value::as_str).unwrap_or("")),
         state: MemberState::from_patroni(m.get("state").and_then(Value::as_str).unwrap_or("")),
         addr: NodeAddr { host, port },
-        lag: m
-            .get("replay_lag")
-            .and_then(number)
-            .or_else(|| m.get("lag").and_then(number)),
+        lag,
+        receive_lag: m.get("receive_lag").and_then(number),
+        replay_paused: false,
+        lag_source: if lag.is_some() {
+            LagSource::Cluster
+        } else {
+            LagSource::Unknown
+        },
+        api_url: m
+            .get("api_url")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned),
+        self_report: SelfReport::Unasked,
         noloadbalance: truthy(tags.and_then(|t| t.get("noloadbalance"))),
         nofailover: truthy(tags.and_then(|t| t.get("nofailover"))),
         timeline: m.get("timeline").and_then(number),
+    })
+}
+
+/// The parts of a member's own `GET /patroni` answer pgvane uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// `role`: `primary`, `replica`, `standby_leader`, ...
+    pub role: String,
+    /// `state`: `running`, `starting`, ...
+    pub state: String,
+    /// `timeline`, when reported.
+    pub timeline: Option<u64>,
+    /// `xlog.location`: present only when PostgreSQL is out of recovery.
+    pub location: Option<u64>,
+    /// `xlog.received_location` of a replica.
+    pub received: Option<u64>,
+    /// `xlog.replayed_location` of a replica.
+    pub replayed: Option<u64>,
+    /// `xlog.paused`: replay paused on a replica.
+    pub paused: bool,
+}
+
+impl NodeStatus {
+    /// A primary out of recovery (a live `xlog.location`), or the leader of
+    /// a standby cluster.
+    #[must_use]
+    pub fn is_primary(&self) -> bool {
+        self.state == "running"
+            && ((matches!(self.role.as_str(), "primary" | "master") && self.location.is_some())
+                || self.role == "standby_leader")
+    }
+}
+
+/// Parses a `/patroni` body.
+///
+/// # Errors
+/// [`ParseError::Json`] when the body is not a JSON object with a `role`.
+pub fn parse_status(body: &[u8]) -> Result<NodeStatus, ParseError> {
+    let root: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let role = root
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ParseError::Json("no `role` in the answer".to_owned()))?;
+    let xlog = root.get("xlog");
+    let at = |key: &str| xlog.and_then(|x| x.get(key)).and_then(number);
+    Ok(NodeStatus {
+        role: role.to_owned(),
+        state: root
+            .get("state")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        timeline: root.get("timeline").and_then(number),
+        location: at("location"),
+        received: at("received_location"),
+        replayed: at("replayed_location"),
+        paused: truthy(xlog.and_then(|x| x.get("paused"))),
     })
 }
 

@@ -1,10 +1,13 @@
-//! The watcher: one task per cluster that polls every Patroni host in
-//! parallel, takes the first good answer and publishes a new [`ClusterMap`]
-//! with one `ArcSwap::store`, then bumps a `watch` of the generation.
-//! It is the only writer of a map. Spawned and stopped by `app`.
+//! The watcher: one task per cluster that, each round, asks every Patroni
+//! host for `/cluster` in parallel (the first good answer plus whatever
+//! else arrives within [`SETTLE`]), then every listed member for its own
+//! `/patroni`, reconciles them (`reconcile`) and publishes a new
+//! [`ClusterMap`] with one `ArcSwap::store`, then bumps a `watch` of the
+//! generation. It is the only writer of a map. Spawned and stopped by `app`.
 
 use super::map::ClusterMap;
-use super::patroni::{self, ClusterInfo};
+use super::patroni::{self, ClusterInfo, NodeStatus};
+use super::reconcile::{self, Statuses};
 use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -13,6 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+
+/// How long after the first good `/cluster` answer the other hosts' answers
+/// are still awaited, so that views can be compared.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// Longest wait for one member's `/patroni` (bounded by the API timeout
+/// too), so a partitioned member delays a round by at most this.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a watcher polls; replaced as a whole on reload.
 #[derive(Debug, Clone)]
@@ -126,9 +137,10 @@ impl Watcher {
         }
     }
 
-    async fn poll_and_publish(&self, settings: &WatchSettings) -> PollReply {
+    async fn poll_and_publish(&mut self, settings: &WatchSettings) -> PollReply {
         let started = Instant::now();
-        let result = poll(settings).await;
+        let previous = self.map.load_full();
+        let result = poll(settings, &previous).await;
         self.metrics
             .poll_duration
             .with_label_values(&[&self.cluster])
@@ -144,10 +156,14 @@ impl Watcher {
     }
 
     /// Builds and stores the next map; returns its generation.
-    fn publish(&self, result: Result<(ClusterInfo, String), String>) -> u64 {
+    fn publish(&mut self, result: Result<Round, String>) -> u64 {
         let old = self.map.load_full();
         let mut new = match result {
-            Ok((info, source)) => ClusterMap {
+            Ok(Round {
+                info,
+                source,
+                disagreement,
+            }) => ClusterMap {
                 cluster: self.cluster.clone(),
                 generation: old.generation,
                 members: info.members,
@@ -157,6 +173,7 @@ impl Watcher {
                 updated_at: SystemTime::now(),
                 source: Some(source),
                 last_error: None,
+                disagreement,
             },
             Err(error) => {
                 let mut m = (*old).clone();
@@ -168,20 +185,32 @@ impl Watcher {
                 m
             }
         };
+        if new.disagreement != old.disagreement && !new.stale {
+            if let Some(why) = &new.disagreement {
+                tracing::warn!(cluster = %self.cluster, "Patroni hosts disagree: {why}");
+            } else if old.disagreement.is_some() {
+                tracing::info!(cluster = %self.cluster, "Patroni hosts agree again");
+            }
+        }
         if !new.same_facts(&old) || (old.generation == 0 && !new.stale) {
             new.generation = old.generation + 1;
             if old.stale && !new.stale {
                 tracing::info!(cluster = %self.cluster, "Patroni answers again; map is fresh");
             }
-            tracing::info!(
-                cluster = %self.cluster,
-                generation = new.generation,
-                members = %describe(&new),
-                "new cluster map"
-            );
+            if old.generation > 0 && new.only_lag_differs(&old) {
+                tracing::debug!(cluster = %self.cluster, generation = new.generation, members = %describe(&new), "lag changed");
+            } else {
+                tracing::info!(
+                    cluster = %self.cluster,
+                    generation = new.generation,
+                    members = %describe(&new),
+                    "new cluster map"
+                );
+            }
         }
         let generation = new.generation;
         self.metrics.set_map(&self.cluster, generation, new.stale);
+        self.metrics.set_members(&new, &old);
         self.map.store(Arc::new(new));
         self.generation.send_if_modified(|g| {
             let changed = *g != generation;
@@ -199,28 +228,110 @@ pub fn describe(map: &ClusterMap) -> String {
         .iter()
         .map(|m| {
             let lag = m.lag.map(|l| format!(" lag={l}")).unwrap_or_default();
-            format!("{}={:?}/{:?}{lag}", m.name, m.role, m.state)
+            let paused = if m.replay_paused { " paused" } else { "" };
+            format!("{}={:?}/{:?}{lag}{paused}", m.name, m.role, m.state)
         })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// Asks every host at once; the first good answer wins.
-async fn poll(settings: &WatchSettings) -> Result<(ClusterInfo, String), String> {
+/// What one poll round found.
+#[derive(Debug)]
+struct Round {
+    info: ClusterInfo,
+    source: String,
+    disagreement: Option<String>,
+}
+
+/// One round: every host's `/cluster` (the first good answer, then others
+/// for up to [`SETTLE`]), every member's `/patroni`, reconciled.
+async fn poll(settings: &WatchSettings, previous: &ClusterMap) -> Result<Round, String> {
+    let mut answers = cluster_answers(settings).await?;
+    let mut urls: Vec<(String, String)> = Vec::new();
+    for (_, info) in &answers {
+        for m in &info.members {
+            if let Some(url) = &m.api_url {
+                if !urls.iter().any(|(name, _)| *name == m.name) {
+                    urls.push((m.name.clone(), url.clone()));
+                }
+            }
+        }
+    }
+    let timeout = settings.timeout.min(STATUS_TIMEOUT);
+    let statuses: Statuses = futures_util::future::join_all(urls.into_iter().map(|(name, url)| {
+        let client = &settings.client;
+        async move { (name, fetch_status(client, &url, timeout).await) }
+    }))
+    .await
+    .into_iter()
+    .collect();
+    let (best, disagreement) = reconcile::pick(&answers, &statuses);
+    let (source, mut info) = answers.swap_remove(best);
+    reconcile::apply_live(&mut info, &statuses, previous);
+    Ok(Round {
+        info,
+        source,
+        disagreement,
+    })
+}
+
+/// Good `/cluster` answers in arrival order: every host is asked at once;
+/// after the first good answer the rest get [`SETTLE`] more.
+async fn cluster_answers(settings: &WatchSettings) -> Result<Vec<(String, ClusterInfo)>, String> {
     let mut pending: FuturesUnordered<_> = settings
         .hosts
         .iter()
         .map(|host| fetch(&settings.client, host, settings.timeout))
         .collect();
+    let mut answers = Vec::new();
     let mut errors = Vec::new();
-    while let Some(result) = pending.next().await {
-        match result {
-            Ok(info) => return Ok(info),
-            Err(e) => errors.push(e),
+    let mut settle = None;
+    loop {
+        let next = match settle {
+            None => pending.next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        match next {
+            None => break,
+            Some(Ok((info, host))) => {
+                answers.push((host, info));
+                settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+            }
+            Some(Err(e)) => errors.push(e),
         }
     }
-    errors.sort();
-    Err(errors.join("; "))
+    if answers.is_empty() {
+        errors.sort();
+        return Err(errors.join("; "));
+    }
+    Ok(answers)
+}
+
+/// One member's own `GET /patroni` (its `api_url`), bounded by `timeout`.
+async fn fetch_status(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<NodeStatus, String> {
+    let work = async {
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        // `/patroni` answers 503 with a full body when PostgreSQL is down.
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        patroni::parse_status(&body).map_err(|e| format!("{url}: {e}"))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| format!("{url}: timed out after {timeout:?}"))?
 }
 
 async fn fetch(

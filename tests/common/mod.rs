@@ -422,3 +422,207 @@ pub async fn connect_err(port: u16) -> (String, String) {
         }
     }
 }
+
+/// GET `path` from `host:port` (a lab node's Patroni REST API).
+pub fn http_at(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let addr: std::net::SocketAddr = format!("{host}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// Records, every 250 ms until dropped, pgvane's map as `/clusters` shows
+/// it (generation, each member's role, lag, source, paused, eligibility)
+/// and each lab node's own `/patroni` positions: printed when a lag test
+/// fails, so a failure shows what pgvane saw and what Patroni said.
+pub struct History {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl History {
+    pub fn start(admin: u16) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), lines.clone());
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut n = 0u32;
+            // Bounded: at most 20 minutes of samples.
+            while !s.load(std::sync::atomic::Ordering::Relaxed) && n < 4800 {
+                n += 1;
+                let line = format!("{:>7.2}s {}", t0.elapsed().as_secs_f64(), sample(admin));
+                l.lock().unwrap().push(line);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Self {
+            stop,
+            lines,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every sample so far, one per line (the last 240 when there are more).
+    pub fn dump(&self) -> String {
+        let lines = self.lines.lock().unwrap();
+        let from = lines.len().saturating_sub(240);
+        format!(
+            "map history (pgvane /clusters || lab /patroni):\n{}",
+            lines[from..].join("\n")
+        )
+    }
+
+    /// The samples' text, for searching.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn sample(admin: u16) -> String {
+    let mut out = String::new();
+    match http(admin, "GET", "/clusters")
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+    {
+        Some(v) => {
+            for (name, c) in v.as_object().into_iter().flatten() {
+                out.push_str(&format!("{name} gen={} ", c["generation"]));
+                for m in c["members"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{}={}/{} lag={} recv={} src={} self={}{} elig={} ",
+                        m["name"].as_str().unwrap_or("?"),
+                        m["role"].as_str().unwrap_or("?"),
+                        m["state"].as_str().unwrap_or("?"),
+                        m["lag"],
+                        m["receive_lag"],
+                        m["lag_source"].as_str().unwrap_or("?"),
+                        m["self_report"].as_str().unwrap_or("?"),
+                        if m["replay_paused"] == true {
+                            " paused"
+                        } else {
+                            ""
+                        },
+                        m["eligible"]
+                    ));
+                }
+                if !c["disagreement"].is_null() {
+                    out.push_str(&format!("disagreement={} ", c["disagreement"]));
+                }
+            }
+        }
+        None => out.push_str("(no /clusters answer) "),
+    }
+    out.push_str("|| ");
+    for n in NODES {
+        let xlog = http_at(&node_ip(n), 8008, "/patroni")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .map(|v| format!("{} {}", v["role"].as_str().unwrap_or("?"), v["xlog"]))
+            .unwrap_or_else(|| "no answer".to_owned());
+        out.push_str(&format!("{n}: {xlog}; "));
+    }
+    out
+}
+
+/// A direct connection to a lab node's PostgreSQL (not through pgvane).
+pub async fn connect_node(node: &str) -> tokio_postgres::Client {
+    let conn_str = format!(
+        "host={} port=5432 user=postgres password=postgres dbname=postgres connect_timeout=10",
+        node_ip(node)
+    );
+    let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Moves the leader's WAL on by `segments` 16 MiB segments at once (a
+/// small write, then a WAL switch, per segment).
+pub async fn switch_wal(leader: &tokio_postgres::Client, segments: usize) {
+    leader
+        .batch_execute("create table if not exists lab_lag(x int)")
+        .await
+        .unwrap();
+    for i in 0..segments {
+        leader
+            .batch_execute(&format!(
+                "insert into lab_lag values ({i}); select pg_switch_wal()"
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+/// `n` clients of `port` on `node`, connecting at most `4 n + 8` times.
+pub async fn clients_on(port: u16, node: &str, n: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for _ in 0..(4 * n + 8) {
+        if out.len() == n {
+            break;
+        }
+        let c = connect(port).await.unwrap();
+        if c.whereami().await.unwrap().0 == node {
+            out.push(c);
+        }
+    }
+    assert_eq!(
+        out.len(),
+        n,
+        "could not place {n} clients of port {port} on {node}"
+    );
+    out
+}
+
+/// Waits up to `within` until every client in `clients` is disconnected.
+pub async fn all_gone(clients: &[Client], within: Duration) -> bool {
+    wait_until_async(within, || async {
+        for c in clients {
+            if c.alive().await {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+}
+
+/// Waits up to `within` until a new client of `port` lands on `node`
+/// (4 connects per try, held together so the balancer spreads them).
+pub async fn lands_again(port: u16, node: &str, within: Duration) -> bool {
+    wait_until_async(within, || async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let Ok(c) = connect(port).await else {
+                return false;
+            };
+            if c.whereami().await.is_ok_and(|w| w.0 == node) {
+                return true;
+            }
+            held.push(c);
+        }
+        false
+    })
+    .await
+}

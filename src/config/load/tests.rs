@@ -145,3 +145,25 @@ fn example_config_passes() {
     let c = load_str(text).unwrap();
     assert!(!c.clusters.is_empty());
 }
+
+#[test]
+fn lag_hysteresis_fields_need_a_limit_and_sane_values() {
+    let errs = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async], lag_grace_ms: 100}, q: {listen: '127.0.0.1:7001', roles: [async], max_lag_in_bytes: 100, lag_low_watermark_in_bytes: 200, lag_hard_factor: 0}}}}",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "clusters.c.ports.p.lag_grace_ms",
+        "clusters.c.ports.q.lag_low_watermark_in_bytes",
+        "clusters.c.ports.q.lag_hard_factor",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {errs:?}");
+    }
+    let ok = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async], max_lag_in_bytes: 100, lag_grace_ms: 0, lag_low_watermark_in_bytes: 10, lag_hard_factor: 2}}}}",
+    )
+    .unwrap();
+    assert_eq!(ok.clusters["c"].ports["p"].lag_grace_ms, Some(0));
+}
