@@ -99,6 +99,16 @@ async fn switchover_under_load_loses_no_acknowledged_commit() {
         acked.len()
     );
     assert!(acked.len() > 50, "too few writes: {}", acked.len());
+    // The write outage is the switchover itself (about 3 s here: 61 failed
+    // tries 50 ms apart); 400 failed tries would be 20 s of it.
+    assert!(
+        errors <= 400,
+        "{errors} writes failed: the outage lasted too long"
+    );
+    // Reads go to replicas and never need the leader: a switchover costs
+    // them at most a moment (0 measured).
+    assert!(reads_ok >= 100, "only {reads_ok} reads succeeded");
+    assert!(reads_failed <= 50, "{reads_failed} reads failed");
     // Every acknowledged id is on the new leader.
     let check = connect(p.rw).await.unwrap();
     let rows = check

@@ -1,6 +1,9 @@
 //! Switchover (patroni_proxy's acceptance scenario restated): new
 //! connections reach the new leader, the old leader's leader-port clients
-//! are evicted, replica-port clients on untouched replicas stay.
+//! are evicted, replica-port clients on untouched replicas stay, and no
+//! leader-port client of the 20 per second connecting throughout ever
+//! lands on a node in recovery (the new leader is used only once its own
+//! `/patroni` answers primary).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
@@ -22,7 +25,10 @@ async fn switchover_moves_the_leader_port_and_keeps_other_clients() {
         ro.push((node, c));
     }
     let t0 = Instant::now();
-    lab(&["switchover"]);
+    let prober = Prober::start(p.rw);
+    tokio::task::spawn_blocking(|| lab(&["switchover"]))
+        .await
+        .unwrap();
     let new = leader();
     assert_ne!(new, old);
     // New connections reach the new leader as soon as pgvane's map has it.
@@ -35,6 +41,22 @@ async fn switchover_moves_the_leader_port_and_keeps_other_clients() {
     .await;
     let reached = t0.elapsed();
     assert!(ok, "leader port never reached {new}");
+    // Two more seconds of connects on the new leader, then the verdict.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = prober.stop().await;
+    eprintln!(
+        "switchover: {} leader-port sessions during the change ({:?} refused)",
+        report.sessions.len(),
+        report.errors
+    );
+    assert!(
+        report.in_recovery().is_empty(),
+        "leader-port sessions on a node in recovery: {:?}\n{}",
+        report.in_recovery(),
+        pg.log_text()
+    );
+    assert!(!report.errors.contains_key("hang"), "{report:?}");
+    assert!(report.sessions.len() >= 20, "{report:?}");
     eprintln!(
         "switchover: leader port reached the new leader {:?} after the switchover began",
         reached

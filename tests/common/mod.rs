@@ -626,3 +626,63 @@ pub async fn lands_again(port: u16, node: &str, within: Duration) -> bool {
     })
     .await
 }
+
+/// What a [`Prober`] saw: each session's (node, in recovery), and the
+/// SQLSTATE (or "io") of each failed connect.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    pub sessions: Vec<(String, bool)>,
+    pub errors: std::collections::BTreeMap<String, usize>,
+}
+
+impl ProbeReport {
+    /// Sessions that landed on a node in recovery (never allowed on a
+    /// leader port).
+    pub fn in_recovery(&self) -> Vec<&(String, bool)> {
+        self.sessions.iter().filter(|s| s.1).collect()
+    }
+}
+
+/// Connects to `port` every 50 ms (20 per second, each session asked
+/// where it is and closed) until stopped; at most 10 minutes.
+pub struct Prober {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<ProbeReport>,
+}
+
+impl Prober {
+    pub fn start(port: u16) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut report = ProbeReport::default();
+            let t0 = Instant::now();
+            while !*stopped.borrow() && t0.elapsed() < Duration::from_secs(600) {
+                let next = Instant::now() + Duration::from_millis(50);
+                match tokio::time::timeout(Duration::from_secs(10), connect(port)).await {
+                    Ok(Ok(c)) => match c.whereami().await {
+                        Ok(w) => report.sessions.push(w),
+                        Err(_) => *report.errors.entry("query".into()).or_default() += 1,
+                    },
+                    Ok(Err(e)) => {
+                        let code = e
+                            .as_db_error()
+                            .map_or_else(|| "io".to_owned(), |d| d.code().code().to_owned());
+                        *report.errors.entry(code).or_default() += 1;
+                    }
+                    Err(_) => *report.errors.entry("hang".into()).or_default() += 1,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            report
+        });
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) -> ProbeReport {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
