@@ -127,6 +127,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         clusters: Arc::clone(&app.admin_view),
         metrics,
         commands: commands.clone(),
+        globals: Arc::clone(&app.globals),
     };
     let admin_task = tokio::spawn({
         let stop = stop_admin.clone();

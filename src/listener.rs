@@ -25,18 +25,16 @@ use tokio_util::task::TaskTracker;
 /// Longest time pgvane spends telling a refused client why.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Longest wait for a role-port client's first 8 bytes (PostgreSQL's
-/// default `authentication_timeout`).
-const FIRST_BYTES_WAIT: Duration = Duration::from_secs(60);
-
 /// Reads a role-port client's first 8 bytes. A CancelRequest (the only
 /// packet of its connection) is sent to every node the port could have
 /// chosen, since the key names a backend on one of them and PostgreSQL
 /// ignores keys it does not know; anything else is handed to the relay.
 async fn first_bytes(client: &mut TcpStream, port: &PortShared) -> Option<[u8; 8]> {
     use tokio::io::AsyncReadExt;
+    // Bounded by `client_login_timeout_ms` (PostgreSQL's `authentication_timeout`).
+    let wait = port.globals.load().client_login_timeout;
     let mut head = [0u8; 8];
-    tokio::time::timeout(FIRST_BYTES_WAIT, client.read_exact(&mut head))
+    tokio::time::timeout(wait, client.read_exact(&mut head))
         .await
         .ok()?
         .ok()?;
@@ -46,7 +44,7 @@ async fn first_bytes(client: &mut TcpStream, port: &PortShared) -> Option<[u8; 8
         return Some(head);
     }
     let mut key = [0u8; 8];
-    tokio::time::timeout(FIRST_BYTES_WAIT, client.read_exact(&mut key))
+    tokio::time::timeout(wait, client.read_exact(&mut key))
         .await
         .ok()?
         .ok()?;
@@ -284,11 +282,22 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                 port.clients.clone().spawn_on(
                     async move {
                         let _placement = placement;
+                        // Counted for `max_clients` from accept to close.
+                        let _admission = Admission(&port.active);
+                        let now_active = port.active.fetch_add(1, Ordering::Relaxed) + 1;
+                        let admitted = port
+                            .config
+                            .load()
+                            .max_clients
+                            .is_none_or(|max| now_active <= max);
                         match TcpStream::from_std(std_client) {
-                            Ok(client) => match port.split.load_full() {
-                                Some(ctx) => session::run(client, ctx).await,
-                                None => serve_client(client, port).await,
-                            },
+                            Ok(client) => {
+                                crate::backend::keepalive(&client);
+                                match port.split.load_full() {
+                                    Some(ctx) => session::run(client, ctx, admitted).await,
+                                    None => serve_client(client, &port, admitted).await,
+                                }
+                            }
                             Err(e) => tracing::warn!(port = %port.key, error = %e, "worker could not take the client"),
                         }
                     },
@@ -313,12 +322,11 @@ impl Drop for Admission<'_> {
     }
 }
 
-async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
+async fn serve_client(mut client: TcpStream, port: &Arc<PortShared>, admitted: bool) {
+    let port = Arc::clone(port);
     let _ = client.set_nodelay(true);
     let cfg = port.config.load_full();
-    let _admission = Admission(&port.active);
-    let now_active = port.active.fetch_add(1, Ordering::Relaxed) + 1;
-    if cfg.max_clients.is_some_and(|max| now_active > max) {
+    if !admitted {
         let text = format!("pgvane: port \"{}\" has reached max_clients", port.key);
         return refuse(
             &mut client,
@@ -345,9 +353,10 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
         Ok(t) => t,
         Err(NoTarget::NoneQualifies(why)) => {
             let text = format!(
-                "pgvane: no node of cluster \"{}\" qualifies for port \"{}\": {why}",
+                "pgvane: no node of cluster \"{}\" qualifies for port \"{}\"",
                 port.key.cluster, port.key.port
             );
+            tracing::info!(port = %port.key, "no node qualifies: {why}");
             return refuse(
                 &mut client,
                 &head,
@@ -359,9 +368,10 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
         }
         Err(NoTarget::AllCoolingDown(nodes)) => {
             let text = format!(
-                "pgvane: every node for port \"{}\" refused connections moments ago: {nodes}",
+                "pgvane: every node for port \"{}\" refused connections moments ago",
                 port.key
             );
+            tracing::info!(port = %port.key, "every node cooling down: {nodes}");
             return refuse(
                 &mut client,
                 &head,
@@ -417,10 +427,12 @@ async fn serve_client(mut client: TcpStream, port: Arc<PortShared>) {
             }
         }
     }
+    // The client learns no member names or addresses before it has
+    // logged in; the log has them.
+    tracing::info!(port = %port.key, "every connect failed: {}", failures.join("; "));
     let text = format!(
-        "pgvane: could not connect to any node for port \"{}\": {}",
-        port.key,
-        failures.join("; ")
+        "pgvane: could not connect to any node for port \"{}\"",
+        port.key
     );
     refuse(
         &mut client,
@@ -440,6 +452,7 @@ async fn run_relay(
     lease: &router::Lease,
 ) {
     let _ = server.set_nodelay(true);
+    crate::backend::keepalive(server);
     let gauge =
         port.metrics
             .clients

@@ -48,7 +48,13 @@ fn services_mirror_the_lab() {
         "use_pg_rewind: true",
     ] {
         assert!(entry.contains(setting), "{setting}");
-        let lab_setting = setting.replace("0.0.0.0", "$ip");
+        // The lab takes its timing as options, with these defaults.
+        let lab_setting = match setting.split_once(": ") {
+            Some(("ttl", v)) => format!("TTL=${{LAB_TTL:-{v}}}"),
+            Some(("loop_wait", v)) => format!("LOOP_WAIT=${{LAB_LOOP_WAIT:-{v}}}"),
+            Some(("retry_timeout", v)) => format!("RETRY_TIMEOUT=${{LAB_RETRY_TIMEOUT:-{v}}}"),
+            _ => setting.replace("0.0.0.0", "$ip"),
+        };
         assert!(lab.contains(&lab_setting), "lab lacks {lab_setting}");
     }
 }

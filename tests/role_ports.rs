@@ -66,16 +66,22 @@ async fn no_qualifying_node_gets_a_clear_error() {
         "roles: [sync, async], max_lag_in_bytes: 16777216",
         "roles: [sync]",
     );
-    let _pg = Pgvane::start(&yaml, p.admin);
+    let pg = Pgvane::start(&yaml, p.admin);
     let (code, msg) = connect_err(p.ro).await;
     assert_eq!(code, "57P03");
     assert!(
         msg.contains("no node of cluster \"lab\" qualifies for port \"ro\""),
         "{msg}"
     );
+    // The topology goes to the log, never to a client that has not logged in.
+    assert!(!msg.contains("role"), "{msg}");
+    for n in NODES {
+        assert!(!msg.contains(n), "{msg} names {n}");
+    }
+    let log = pg.log_text();
     assert!(
-        msg.contains("has role Replica") && msg.contains("has role Leader"),
-        "{msg}"
+        log.contains("has role Replica") && log.contains("has role Leader"),
+        "{log}"
     );
 }
 
@@ -92,8 +98,11 @@ async fn refused_connects_give_08006_after_trying_every_node() {
     let (code, msg) = connect_err(p.any).await;
     assert_eq!(code, "08006");
     assert!(msg.contains("could not connect to any node"), "{msg}");
+    // Every node was tried (the log names them; the client is not told).
+    let log = pg.log_text();
     for n in NODES {
-        assert!(msg.contains(n), "{n} not tried: {msg}");
+        assert!(!msg.contains(n), "{msg} names {n}");
+        assert!(log.contains(&format!("{n} (")), "{n} not tried:\n{log}");
     }
     // pgvane's own failures count: the next client is told at once that
     // every node refused moments ago.

@@ -1,6 +1,8 @@
 //! The admin HTTP API (axum): `/`, `/update_clusters`, `/clusters`,
 //! `/metrics`, `/health`, `/ready`, `/reload`. Reads snapshots and stats;
-//! reload is a [`Command`] to `app`, never done here.
+//! reload is a [`Command`] to `app`, never done here. State-changing
+//! requests need the configured bearer token and are refused when a
+//! browser marks them cross-site.
 
 use crate::control::{Command, ReloadReply};
 use crate::listener::PortShared;
@@ -37,6 +39,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Where reload requests go.
     pub commands: mpsc::Sender<Command>,
+    /// The running config (for `admin_token`), swapped on reload.
+    pub globals: Arc<ArcSwap<crate::config::Config>>,
 }
 
 /// The admin API as an axum router (tests drive it with `oneshot`).
@@ -45,14 +49,62 @@ pub fn router(state: AdminState) -> Router {
         .route("/", get(|| async { "OK" }))
         .route(
             "/update_clusters",
-            get(update_clusters).post(update_clusters),
+            get(update_clusters)
+                .post(update_clusters)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard)),
         )
         .route("/clusters", get(clusters))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "OK" }))
         .route("/ready", get(ready))
-        .route("/reload", axum::routing::post(reload))
+        .route(
+            "/reload",
+            axum::routing::post(reload)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard)),
+        )
         .with_state(state)
+}
+
+/// Lets a state-changing request through only with the bearer token (when
+/// `admin_token` is set) and never when a browser sent it cross-site.
+async fn guard(
+    State(s): State<AdminState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let cross_site = headers.contains_key(axum::http::header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"same-origin" && v.as_bytes() != b"none");
+    if cross_site {
+        return (
+            StatusCode::FORBIDDEN,
+            "pgvane: state-changing admin requests from a browser page are refused\n",
+        )
+            .into_response();
+    }
+    if let Some(token) = s.globals.load().admin_token.as_deref() {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                "pgvane: this admin request needs `Authorization: Bearer <admin_token>`\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn update_clusters(State(s): State<AdminState>) -> Response {

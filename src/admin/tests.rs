@@ -37,7 +37,7 @@ fn state_with(
             max_lag_in_bytes: Some(100),
             ..PortConfig::new("127.0.0.1:1".parse().unwrap(), vec![RoleSel::Async])
         },
-        globals,
+        Arc::clone(&globals),
         Arc::clone(&handle.map),
         Arc::new(HealthBook::default()),
         Arc::clone(&metrics),
@@ -56,6 +56,7 @@ fn state_with(
         clusters: Arc::new(ArcSwap::from_pointee(views)),
         metrics,
         commands: tx,
+        globals,
     };
     (state, rx, cancel)
 }
@@ -170,4 +171,63 @@ async fn reload_goes_to_app_and_reports_errors() {
         call(&s, "GET", "/reload").await.0,
         StatusCode::METHOD_NOT_ALLOWED
     );
+}
+
+async fn call_with(
+    state: &AdminState,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    router(state.clone())
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn state_changing_requests_need_the_token_and_no_browser() {
+    let (s, mut rx, _c) = state_with(vec!["http://127.0.0.1:1".into()]);
+    tokio::spawn(async move {
+        while let Some(Command::Reload(Some(reply))) = rx.recv().await {
+            let _ = reply.send(Ok("nothing".into()));
+        }
+    });
+    // No token configured: allowed from curl, refused from a web page.
+    assert_eq!(call_with(&s, "POST", "/reload", &[]).await, StatusCode::OK);
+    let evil = [("origin", "https://evil.example")];
+    assert_eq!(
+        call_with(&s, "POST", "/reload", &evil).await,
+        StatusCode::FORBIDDEN
+    );
+    let fetch = [("sec-fetch-site", "cross-site")];
+    assert_eq!(
+        call_with(&s, "GET", "/update_clusters", &fetch).await,
+        StatusCode::FORBIDDEN
+    );
+    // With a token: only the right bearer passes; reads stay open.
+    let mut cfg = (*s.globals.load_full()).clone();
+    cfg.admin_token = Some("a-long-enough-token".into());
+    s.globals.store(Arc::new(cfg));
+    assert_eq!(
+        call_with(&s, "POST", "/reload", &[]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = [("authorization", "Bearer a-long-enough-tokeX")];
+    assert_eq!(
+        call_with(&s, "POST", "/reload", &wrong).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let right = [("authorization", "Bearer a-long-enough-token")];
+    assert_eq!(
+        call_with(&s, "POST", "/reload", &right).await,
+        StatusCode::OK
+    );
+    assert_eq!(call_with(&s, "GET", "/clusters", &[]).await, StatusCode::OK);
+    assert_eq!(call_with(&s, "GET", "/metrics", &[]).await, StatusCode::OK);
 }

@@ -168,6 +168,15 @@ pub struct Backend {
     pub idle_since: Instant,
 }
 
+/// TCP keepalive on a client or server socket, so a peer that vanished
+/// without a FIN is noticed (idle 60 s, then every 10 s).
+pub fn keepalive(s: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
 impl Backend {
     /// Connects and authenticates; returns after the first ReadyForQuery.
     ///
@@ -187,6 +196,7 @@ impl Backend {
                     source,
                 })?;
             let _ = stream.set_nodelay(true);
+            keepalive(&stream);
             let mut b = Self {
                 stream,
                 buf: BytesMut::with_capacity(8192),

@@ -59,6 +59,11 @@ impl ConfigDiff {
                 old.connect_timeout != new.connect_timeout,
             ),
             ("drain_timeout_ms", old.drain_timeout != new.drain_timeout),
+            (
+                "client_login_timeout_ms",
+                old.client_login_timeout != new.client_login_timeout,
+            ),
+            ("admin_token", old.admin_token != new.admin_token),
         ] {
             if changed {
                 d.globals_changed.push(field);

@@ -58,6 +58,10 @@ struct RawTop {
     connect_timeout_ms: Option<u64>,
     #[serde(default)]
     drain_timeout_ms: Option<u64>,
+    #[serde(default)]
+    client_login_timeout_ms: Option<u64>,
+    #[serde(default)]
+    admin_token: Option<String>,
     clusters: BTreeMap<String, Value>,
 }
 
@@ -127,6 +131,10 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             .map_or(api_default, Duration::from_millis),
         connect_timeout: Duration::from_millis(top.connect_timeout_ms.unwrap_or(3000)),
         drain_timeout: Duration::from_millis(top.drain_timeout_ms.unwrap_or(10_000)),
+        client_login_timeout: Duration::from_millis(
+            top.client_login_timeout_ms.unwrap_or(60_000).max(1),
+        ),
+        admin_token: top.admin_token,
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);
@@ -180,6 +188,14 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
             "cluster_update_interval".into(),
             "must be at least 1 second",
         );
+    }
+    match &config.admin_token {
+        Some(t) if t.len() < 16 => push("admin_token".into(), "must be at least 16 characters"),
+        None if !config.listen_address.ip().is_loopback() => push(
+            "listen_address".into(),
+            "a non-loopback admin address needs `admin_token` (state-changing requests must be authenticated)",
+        ),
+        _ => {}
     }
     if config.api_timeout.is_zero() {
         push("api_timeout_ms".into(), "must be above 0");

@@ -24,6 +24,14 @@ pub struct Config {
     /// How long removed ports and shutdown wait for clients to leave
     /// (`drain_timeout_ms`, default 10000; reload: applies at once).
     pub drain_timeout: Duration,
+    /// Longest a client may take from connecting to being logged in
+    /// (`client_login_timeout_ms`, default 60000 like PostgreSQL's
+    /// `authentication_timeout`; reload: new clients).
+    pub client_login_timeout: Duration,
+    /// Bearer token the admin API requires for state-changing requests
+    /// (`POST /reload`, `/update_clusters`) (`admin_token`, default none;
+    /// required when `listen_address` is not loopback; reload: at once).
+    pub admin_token: Option<String>,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
 }

@@ -12,6 +12,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// `PQ_LARGE_MESSAGE_LIMIT` is 1 GB; a router needs less).
 pub const MAX_MESSAGE_LEN: usize = 256 * 1024 * 1024;
 
+/// Largest message accepted before login (password, SASL), as PostgreSQL's
+/// `PG_MAX_AUTH_TOKEN_LENGTH`.
+pub const MAX_AUTH_MESSAGE_LEN: usize = 65_535;
+
+/// Most buffer reserved ahead for one announced message: a larger one grows
+/// as its bytes arrive, so an announced length alone costs no memory.
+const RESERVE_AHEAD: usize = 1024 * 1024;
+
 /// One whole tagged message: tag byte, 4-byte length, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -66,16 +74,25 @@ pub enum ReadError {
 /// # Errors
 /// [`ReadError::BadLength`] for an impossible length.
 pub fn try_cut(buf: &mut BytesMut) -> Result<Option<Message>, ReadError> {
+    try_cut_max(buf, MAX_MESSAGE_LEN)
+}
+
+/// [`try_cut`] with messages longer than `max` (length field included)
+/// refused.
+///
+/// # Errors
+/// [`ReadError::BadLength`] for an impossible or too large length.
+pub fn try_cut_max(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, ReadError> {
     if buf.len() < 5 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as usize > MAX_MESSAGE_LEN {
+    if len < 4 || len as usize > max {
         return Err(ReadError::BadLength(len));
     }
     let total = len as usize + 1;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     Ok(Some(Message {
@@ -92,8 +109,20 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
 ) -> Result<Message, ReadError> {
+    read_message_max(r, buf, MAX_MESSAGE_LEN).await
+}
+
+/// [`read_message`] with messages longer than `max` refused.
+///
+/// # Errors
+/// [`ReadError`] on EOF, a bad or too large length, or an IO error.
+pub async fn read_message_max<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Message, ReadError> {
     loop {
-        if let Some(m) = try_cut(buf)? {
+        if let Some(m) = try_cut_max(buf, max)? {
             return Ok(m);
         }
         if buf.capacity() - buf.len() < 4096 {
@@ -298,6 +327,19 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
 mod tests {
     use super::*;
     use crate::protocol::encode;
+
+    #[test]
+    fn an_announced_length_reserves_at_most_a_mebibyte() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"Q");
+        buf.extend_from_slice(&200_000_000u32.to_be_bytes());
+        assert!(try_cut(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= RESERVE_AHEAD + 64, "{}", buf.capacity());
+        assert!(matches!(
+            try_cut_max(&mut buf, MAX_AUTH_MESSAGE_LEN),
+            Err(ReadError::BadLength(200_000_000))
+        ));
+    }
 
     #[test]
     fn cuts_messages_and_waits_for_more() {

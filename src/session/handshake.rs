@@ -51,6 +51,8 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
 ) -> Result<Handshake, HandshakeError> {
+    // One SSLRequest and one GSSENCRequest per connection, as PostgreSQL.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let mut head = [0u8; 4];
         s.read_exact(&mut head).await?;
@@ -69,7 +71,23 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         packet[..4].copy_from_slice(&head);
         s.read_exact(&mut packet[4..]).await?;
         match startup::parse(&packet) {
-            Ok(FirstPacket::SslRequest | FirstPacket::GssEncRequest) => s.write_all(b"N").await?,
+            Ok(request @ (FirstPacket::SslRequest | FirstPacket::GssEncRequest)) => {
+                let done = if request == FirstPacket::SslRequest {
+                    &mut ssl_done
+                } else {
+                    &mut gss_done
+                };
+                if std::mem::replace(done, true) {
+                    let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+                    let text = format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    );
+                    return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, text).await);
+                }
+                s.write_all(b"N").await?;
+            }
             Ok(FirstPacket::Cancel { pid, key }) => return Ok(Handshake::Cancel(pid, key)),
             Ok(FirstPacket::Startup { version, params }) => {
                 if version >> 16 != 3 {
@@ -192,9 +210,17 @@ async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Vec<u8>, HandshakeError> {
-    let m = match message::read_message(s, buf).await {
+    let m = match message::read_message_max(s, buf, message::MAX_AUTH_MESSAGE_LEN).await {
         Ok(m) => m,
         Err(message::ReadError::Io(e)) => return Err(e.into()),
+        Err(message::ReadError::BadLength(len)) => {
+            return Err(refuse(
+                s,
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid message length {len} during authentication"),
+            )
+            .await);
+        }
         Err(e) => {
             return Err(HandshakeError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -255,6 +281,44 @@ mod tests {
         let mut reply = Vec::new();
         c.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply[0], b'E');
+    }
+
+    #[tokio::test]
+    async fn a_second_ssl_request_is_refused_like_postgresql() {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s).await });
+        let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
+        c.write_all(&ssl).await.unwrap();
+        let mut n = [0u8; 1];
+        c.read_exact(&mut n).await.unwrap();
+        c.write_all(&ssl).await.unwrap();
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(HandshakeError::Refused(code, ref text)) if code == sqlstate::PROTOCOL_VIOLATION && text.contains("1234.5679")
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_password_message_is_refused_without_reserving_it() {
+        let (mut c, mut s) = tokio::io::duplex(1 << 16);
+        let secret = Secret::Md5(format!("md5{}", "0".repeat(32)));
+        let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&secret)).await });
+        let mut req = [0u8; 13];
+        c.read_exact(&mut req).await.unwrap();
+        assert_eq!(req[0], b'R');
+        // 'p' announcing 200 MB, then a few bytes of it.
+        let mut msg = vec![b'p'];
+        msg.extend_from_slice(&200_000_000u32.to_be_bytes());
+        msg.extend_from_slice(b"abc");
+        c.write_all(&msg).await.unwrap();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("refused at once, not after 200 MB")
+            .unwrap();
+        assert!(matches!(
+            result,
+            Err(HandshakeError::Refused(code, _)) if code == sqlstate::PROTOCOL_VIOLATION
+        ));
     }
 
     #[tokio::test]

@@ -175,60 +175,47 @@ fn startup_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>
     Ok(out)
 }
 
-/// Serves one split-port client until it leaves.
-pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
+/// Serves one split-port client until it leaves; `admitted` is false when
+/// the port is at `max_clients` (the client is told so after its startup
+/// packet, as PostgreSQL does). Everything before the session starts is
+/// bounded by `client_login_timeout_ms`.
+pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>, admitted: bool) {
     let _ = client.set_nodelay(true);
-    let params = match handshake::handshake(&mut client).await {
-        Ok(Handshake::Cancel(pid, key)) => return ctx.cancels.cancel((pid, key)).await,
-        Ok(Handshake::Session(p)) => p,
-        Err(e) => return count_refusal(&ctx, &e),
-    };
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let Some(user) = get("user") else {
-        let e = handshake::refuse(
-            &mut client,
-            sqlstate::INVALID_PASSWORD,
-            "no PostgreSQL user name specified in startup packet".into(),
-        )
-        .await;
-        return count_refusal(&ctx, &e);
-    };
-    let database = get("database").unwrap_or_else(|| user.clone());
-    let globals = ctx.globals.load_full();
-    let entry = globals
-        .clusters
-        .get(&ctx.key.cluster)
-        .and_then(|c| c.users.iter().find(|u| u.name == user).cloned());
-    let secret = entry.as_ref().and_then(|u| ctx.secret(&u.password));
-    if let Err(e) = handshake::authenticate(
-        &mut client,
-        &user,
-        secret.as_ref().filter(|_| entry.is_some()),
-    )
+    let timeout = ctx.globals.load().client_login_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let Some(s) = Box::pin(tokio::time::timeout_at(
+        deadline,
+        login(&mut client, &ctx, admitted),
+    ))
     .await
-    {
-        return count_refusal(&ctx, &e);
-    }
-    let Some(entry) = entry else { return };
-    let startup = match startup_settings(&params) {
-        Ok(s) => s,
-        Err(text) => {
-            let e = handshake::refuse(&mut client, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
-            return count_refusal(&ctx, &e);
-        }
+    .unwrap_or_else(|_| {
+        let text = "canceling authentication due to timeout".to_owned();
+        tracing::info!(port = %ctx.key, ?timeout, "{text}");
+        ctx.metrics
+            .client_errors
+            .with_label_values(&[
+                &ctx.key.cluster,
+                &ctx.key.port,
+                sqlstate::PROTOCOL_VIOLATION.code(),
+            ])
+            .inc();
+        let mut out = Vec::new();
+        encode::error_response(
+            &mut out,
+            encode::Severity::Fatal,
+            sqlstate::PROTOCOL_VIOLATION,
+            &text,
+        );
+        // Best effort: a client that never reads must not hold us here.
+        let _ = client.try_write(&out);
+        None
+    }) else {
+        return;
     };
-    let backend_password = entry.backend_password.clone().or_else(|| {
-        let plain = !(entry.password.starts_with("SCRAM-SHA-256$")
-            || (entry.password.len() == 35 && entry.password.starts_with("md5")));
-        plain.then(|| entry.password.clone())
-    });
+    let (creds, startup) = s;
     let (cancel_key, cancel_slot) = ctx.cancels.register();
     let mut s = Session {
-        creds: Credentials {
-            user,
-            password: backend_password,
-            database,
-        },
+        creds,
         settings: SessionSettings::new(startup),
         client: ClientConn::new(client, ctx.drain.clone(), ctx.close.clone()),
         state: ClientState::Idle,
@@ -257,6 +244,82 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>) {
     }
     s.release_held();
     ctx.cancels.remove(cancel_key);
+}
+
+/// The startup packet and authentication: the backend credentials and the
+/// startup settings of a logged-in client, or `None` (refused or gone).
+async fn login(
+    client: &mut TcpStream,
+    ctx: &Arc<SessionContext>,
+    admitted: bool,
+) -> Option<(Credentials, Vec<(String, String)>)> {
+    let params = match handshake::handshake(client).await {
+        Ok(Handshake::Cancel(pid, key)) => {
+            ctx.cancels.cancel((pid, key)).await;
+            return None;
+        }
+        Ok(Handshake::Session(p)) => p,
+        Err(e) => {
+            count_refusal(ctx, &e);
+            return None;
+        }
+    };
+    if !admitted {
+        let e = handshake::refuse(
+            client,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already".into(),
+        )
+        .await;
+        count_refusal(ctx, &e);
+        return None;
+    }
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user") else {
+        let e = handshake::refuse(
+            client,
+            sqlstate::INVALID_PASSWORD,
+            "no PostgreSQL user name specified in startup packet".into(),
+        )
+        .await;
+        count_refusal(ctx, &e);
+        return None;
+    };
+    let database = get("database").unwrap_or_else(|| user.clone());
+    let globals = ctx.globals.load_full();
+    let entry = globals
+        .clusters
+        .get(&ctx.key.cluster)
+        .and_then(|c| c.users.iter().find(|u| u.name == user).cloned());
+    let secret = entry.as_ref().and_then(|u| ctx.secret(&u.password));
+    if let Err(e) =
+        handshake::authenticate(client, &user, secret.as_ref().filter(|_| entry.is_some())).await
+    {
+        count_refusal(ctx, &e);
+        return None;
+    }
+    let entry = entry?;
+    let startup = match startup_settings(&params) {
+        Ok(s) => s,
+        Err(text) => {
+            let e = handshake::refuse(client, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
+            count_refusal(ctx, &e);
+            return None;
+        }
+    };
+    let backend_password = entry.backend_password.clone().or_else(|| {
+        let plain = !(entry.password.starts_with("SCRAM-SHA-256$")
+            || (entry.password.len() == 35 && entry.password.starts_with("md5")));
+        plain.then(|| entry.password.clone())
+    });
+    Some((
+        Credentials {
+            user,
+            password: backend_password,
+            database,
+        },
+        startup,
+    ))
 }
 
 fn count_refusal(ctx: &SessionContext, e: &HandshakeError) {

@@ -257,33 +257,33 @@ impl Metrics {
             .set(i64::from(stale));
     }
 
-    /// Records each replica's lag figures and paused flag from `map`,
-    /// dropping members of `old` that left.
-    pub fn set_members(
+    /// Records one replica's replay and receive lag (-1: unknown) and
+    /// whether its replay is paused.
+    pub fn set_member(
         &self,
-        map: &crate::topology::ClusterMap,
-        old: &crate::topology::ClusterMap,
+        cluster: &str,
+        member: &str,
+        lag: (Option<u64>, Option<u64>),
+        paused: bool,
     ) {
-        let cluster = map.cluster.as_str();
-        for gone in old.members.iter().filter(|m| map.member(&m.name).is_none()) {
-            for kind in ["replay", "receive"] {
-                let _ = self
-                    .member_lag
-                    .remove_label_values(&[cluster, &gone.name, kind]);
-            }
+        for (kind, value) in [("replay", lag.0), ("receive", lag.1)] {
+            self.member_lag
+                .with_label_values(&[cluster, member, kind])
+                .set(value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+        }
+        self.member_paused
+            .with_label_values(&[cluster, member])
+            .set(i64::from(paused));
+    }
+
+    /// Drops a member's lag series (it left the cluster or became leader).
+    pub fn remove_member(&self, cluster: &str, member: &str) {
+        for kind in ["replay", "receive"] {
             let _ = self
-                .member_paused
-                .remove_label_values(&[cluster, &gone.name]);
+                .member_lag
+                .remove_label_values(&[cluster, member, kind]);
         }
-        for m in map.members.iter().filter(|m| !m.role.is_leader()) {
-            for (kind, value) in [("replay", m.lag), ("receive", m.receive_lag)] {
-                let gauge = self.member_lag.with_label_values(&[cluster, &m.name, kind]);
-                gauge.set(value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
-            }
-            self.member_paused
-                .with_label_values(&[cluster, &m.name])
-                .set(i64::from(m.replay_paused));
-        }
+        let _ = self.member_paused.remove_label_values(&[cluster, member]);
     }
 
     /// Prometheus text exposition of every metric.

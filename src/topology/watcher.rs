@@ -210,7 +210,19 @@ impl Watcher {
         }
         let generation = new.generation;
         self.metrics.set_map(&self.cluster, generation, new.stale);
-        self.metrics.set_members(&new, &old);
+        for m in &old.members {
+            if new.member(&m.name).is_none_or(|n| n.role.is_leader()) {
+                self.metrics.remove_member(&self.cluster, &m.name);
+            }
+        }
+        for m in new.members.iter().filter(|m| !m.role.is_leader()) {
+            self.metrics.set_member(
+                &self.cluster,
+                &m.name,
+                (m.lag, m.receive_lag),
+                m.replay_paused,
+            );
+        }
         self.map.store(Arc::new(new));
         self.generation.send_if_modified(|g| {
             let changed = *g != generation;
@@ -316,22 +328,23 @@ async fn fetch_status(
     url: &str,
     timeout: Duration,
 ) -> Result<NodeStatus, String> {
+    let shown = redact(url);
     let work = async {
         let resp = client
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{shown}: {}", error_chain(e)))?;
         // `/patroni` answers 503 with a full body when PostgreSQL is down.
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
-        patroni::parse_status(&body).map_err(|e| format!("{url}: {e}"))
+            .map_err(|e| format!("{shown}: {}", error_chain(e)))?;
+        patroni::parse_status(&body).map_err(|e| format!("{shown}: {e}"))
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| format!("{url}: timed out after {timeout:?}"))?
+        .map_err(|_| format!("{shown}: timed out after {timeout:?}"))?
 }
 
 async fn fetch(
@@ -340,12 +353,14 @@ async fn fetch(
     timeout: Duration,
 ) -> Result<(ClusterInfo, String), String> {
     let url = format!("{}/cluster", host.trim_end_matches('/'));
+    let host = redact(host);
+    let host = host.as_str();
     let work = async {
         let resp = client
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{host}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{host}: {}", error_chain(e)))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("{host}: HTTP {status}"));
@@ -353,7 +368,7 @@ async fn fetch(
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("{host}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{host}: {}", error_chain(e)))?;
         let info = patroni::parse(&body).map_err(|e| format!("{host}: {e}"))?;
         if info.members.is_empty() {
             return Err(format!("{host}: answer lists no routable member"));
@@ -365,7 +380,26 @@ async fn fetch(
         .map_err(|_| format!("{host}: timed out after {timeout:?}"))?
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `url` with any `user:password@` replaced by `***@`, for logs, errors
+/// and `/clusters`.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A reqwest error's chain, without its URL (which may hold credentials).
+fn error_chain(e: reqwest::Error) -> String {
+    chain(&e.without_url())
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

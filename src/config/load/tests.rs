@@ -167,3 +167,21 @@ fn lag_hysteresis_fields_need_a_limit_and_sane_values() {
     .unwrap();
     assert_eq!(ok.clusters["c"].ports["p"].lag_grace_ms, Some(0));
 }
+
+#[test]
+fn a_public_admin_address_needs_a_token() {
+    let base = "clusters: {c: {hosts: ['http://a:8008'], ports: {p: {listen: '127.0.0.1:7000', roles: [async]}}}}";
+    let errs = load_str(&format!("listen_address: 0.0.0.0:8009\n{base}"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "listen_address", "{errs:?}");
+    let errs = load_str(&format!("admin_token: short\n{base}"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "admin_token", "{errs:?}");
+    let ok = load_str(&format!(
+        "listen_address: 0.0.0.0:8009\nadmin_token: 0123456789abcdef\n{base}"
+    ))
+    .unwrap();
+    assert_eq!(ok.admin_token.as_deref(), Some("0123456789abcdef"));
+}

@@ -205,3 +205,13 @@ async fn an_old_view_answering_first_loses_to_the_majority() {
     h.update_now().await.unwrap();
     assert_eq!(h.map.load().disagreement, None);
 }
+
+#[test]
+fn credentials_in_urls_are_redacted() {
+    assert_eq!(
+        redact("https://user:secret@patroni-1:8008/cluster"),
+        "https://***@patroni-1:8008/cluster"
+    );
+    assert_eq!(redact("http://10.0.0.1:8008"), "http://10.0.0.1:8008");
+    assert_eq!(redact("http://h:1/a@b"), "http://h:1/a@b");
+}
