@@ -115,6 +115,30 @@ async fn default_and_reset_return_to_the_startup_options() {
     .await;
 }
 
+/// Found by PostgreSQL's regression suite through the split port
+/// (guc.sql): a RESET on a backend the session holds (pinned by a
+/// transaction's SET, or inside one) went to the server's default instead
+/// of the client's startup value.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_on_a_held_backend_returns_to_the_startup_options() {
+    let (_pg, split) = start_split("roles: [sync, async], pool_size: 2");
+    let options = "-c DateStyle=SQL,DMY -c search_path=x,public";
+    same_as_postgresql(
+        split,
+        options,
+        &[
+            "begin; set DateStyle = 'ISO, YMD'; commit",
+            "set DateStyle = 'German'",
+            "reset DateStyle",
+            "begin; set search_path = y; reset search_path; commit",
+            "begin; set DateStyle = 'ISO'; reset all; commit",
+            "set DateStyle TO DEFAULT",
+            "reset all",
+        ],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_path_call_runs_on_the_leader() {
     let (_pg, split) = start_split("roles: [sync, async], pool_size: 2");

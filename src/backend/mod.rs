@@ -452,9 +452,21 @@ impl Backend {
             None => true,
         };
         let sql = apply_sql(wanted, reset_first);
+        let result = self.quiet(&sql).await;
+        self.applied = result.is_ok().then(|| Arc::clone(wanted));
+        result
+    }
+
+    /// Runs `sql` (pgvane's own statements) with its replies swallowed,
+    /// up to ReadyForQuery; whether the backend holds client session state
+    /// (`dirty`) stays as it was.
+    ///
+    /// # Errors
+    /// [`BackendError::Apply`] with the server's error, or an IO error.
+    pub async fn quiet(&mut self, sql: &str) -> Result<(), BackendError> {
         let was_dirty = self.state.dirty;
         let mut out = Vec::with_capacity(sql.len() + 6);
-        encode::query(&mut out, &sql);
+        encode::query(&mut out, sql);
         self.send(&out).await?;
         let mut failed = None;
         loop {
@@ -472,18 +484,10 @@ impl Backend {
                 _ => {}
             }
         }
+        // Its own settings changes are pgvane's, not the client's.
         self.state.settings_changed = false;
         self.state.dirty = was_dirty;
-        match failed {
-            Some(e) => {
-                self.applied = None;
-                Err(e)
-            }
-            None => {
-                self.applied = Some(Arc::clone(wanted));
-                Ok(())
-            }
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Resets session state with `DISCARD ALL` within `timeout`; true when

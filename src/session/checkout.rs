@@ -32,7 +32,14 @@ impl Session {
     /// Makes sure a backend is held for `class` (keeps the current one in a
     /// transaction, mid-batch or while pinned).
     pub(super) async fn backend_for(&mut self, class: &Classification) -> Result<(), SessionError> {
-        if self.held.is_some() {
+        if let Some(h) = self.held.as_mut() {
+            if let Some(sql) = h.fixup.take() {
+                if let Err(e) = h.pooled.backend.quiet(&sql).await {
+                    // The client's transaction failed since its RESET: the
+                    // RESET goes with it when it rolls back.
+                    tracing::debug!(port = %self.ctx.key, error = %e, "startup values not restored after RESET");
+                }
+            }
             return Ok(());
         }
         let reads_own_writes = self.leader_until.is_some_and(|t| Instant::now() < t);
@@ -106,6 +113,7 @@ impl Session {
                     self.held = Some(Held {
                         pooled: p,
                         node: t.name,
+                        fixup: None,
                     });
                     return Ok(());
                 }

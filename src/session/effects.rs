@@ -79,6 +79,17 @@ impl Session {
             return;
         };
         let last_tag = h.pooled.backend.state.last_tag;
+        // A RESET of a startup parameter on the backend went to the server's
+        // default: on a backend that stays held (pinned, in a transaction)
+        // the startup value is set again before the next request; one that
+        // goes back to the pool is re-applied on checkout.
+        if status.is_some_and(|s| s != b'E') && !self.saw_error && class.pin == Some(Pin::Set) {
+            let back = self.settings.reset_by(sql, self.scs);
+            if !back.is_empty() {
+                h.fixup = Some(crate::backend::apply_sql(&back, false));
+                h.pooled.backend.applied = None;
+            }
+        }
         let clean_autocommit =
             before.status == b'I' && status == Some(b'I') && !self.saw_error && statements == 1;
         if clean_autocommit && class.discard_all && last_tag == Tag::DiscardAll {

@@ -121,6 +121,9 @@ impl SessionContext {
 struct Held {
     pooled: Pooled,
     node: String,
+    /// pgvane's own SQL to run on it before the client's next request
+    /// (startup values back after a `RESET` on a held backend).
+    fixup: Option<String>,
 }
 
 /// A client's prepared statement: its identity and verdict.

@@ -130,6 +130,25 @@ impl SessionSettings {
         exact
     }
 
+    /// The startup values that the statements of `sql`, run successfully
+    /// on a backend, left at the server's defaults: each `RESET` of a
+    /// startup parameter (or `RESET ALL`) not followed by a `SET` of it.
+    pub(super) fn reset_by(&self, sql: &str, scs: bool) -> Vec<Setting> {
+        let mut reset: Vec<&Setting> = Vec::new();
+        for stmt in lexer::split(sql, scs) {
+            match replay_of(stmt, scs) {
+                Some(Replay::ResetAll) => reset = self.startup.iter().collect(),
+                Some(Replay::Reset(name)) => {
+                    reset.retain(|s| s.name() != name);
+                    reset.extend(self.startup.iter().filter(|s| s.name() == name));
+                }
+                Some(Replay::Set(name)) => reset.retain(|s| s.name() != name),
+                None => {}
+            }
+        }
+        reset.into_iter().cloned().collect()
+    }
+
     /// `DISCARD ALL` succeeded: back to the startup parameters.
     pub(super) fn discard_all(&mut self) {
         self.wanted = Arc::new(self.startup.clone());
@@ -245,6 +264,32 @@ mod tests {
             "not in the list"
         );
         assert_eq!(r("reset role"), None);
+    }
+
+    #[test]
+    fn resets_left_at_the_server_default_are_found_in_order() {
+        let s = SessionSettings::new(vec![
+            ("datestyle".into(), "SQL, DMY".into()),
+            ("search_path".into(), "x".into()),
+        ]);
+        let names = |sql: &str| -> Vec<String> {
+            s.reset_by(sql, true)
+                .iter()
+                .map(|x| x.name().to_owned())
+                .collect()
+        };
+        assert_eq!(names("reset datestyle"), ["datestyle"]);
+        assert_eq!(
+            names("begin; reset all; commit"),
+            ["datestyle", "search_path"]
+        );
+        assert_eq!(names("reset all; set search_path = y"), ["datestyle"]);
+        assert_eq!(
+            names("reset datestyle; set datestyle = iso"),
+            Vec::<String>::new()
+        );
+        assert_eq!(names("set search_path to default"), ["search_path"]);
+        assert_eq!(names("reset work_mem"), Vec::<String>::new());
     }
 
     #[test]

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PGBIN = "/usr/lib/postgresql/15/bin"
 CORPUS = os.path.join(ROOT, "tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz")
 ENV = dict(os.environ, PGPASSWORD="postgres", PGOPTIONS="", PGTZ="PST8PDT", PGDATESTYLE="Postgres, MDY")
-FILE_TIMEOUT = 300
+FILE_TIMEOUT = 120
 
 
 def _bench():
@@ -119,6 +119,7 @@ def main():
     ap.add_argument("--pgvane", default=os.path.join(ROOT, "target/debug/pgvane"))
     ap.add_argument("--only", nargs="*", help="run only these files (e.g. date.sql)")
     ap.add_argument("--out", help="write the full report here")
+    ap.add_argument("--dump", help="write every output to this directory (NAME.leader, .leader2, .split)")
     args = ap.parse_args()
     chosen = files()
     if args.only:
@@ -160,6 +161,12 @@ clusters:
             proc.kill()
         fresh_cluster_state(leader())
         admin(leader(), "drop database if exists regression")
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
+        for name, _ in chosen:
+            for suffix, out in (("leader", a), ("leader2", a2), ("split", b)):
+                with open(os.path.join(args.dump, f"{name}.{suffix}"), "w") as f:
+                    f.write(out[name])
     report, failed = [], []
     for name, _ in chosen:
         diffs = compare(a[name], a2[name], b[name])
