@@ -207,6 +207,11 @@ pub const MAX_PARSE_LEN: usize = 64 * 1024;
 /// Entries kept in the cache before it starts evicting.
 pub const CACHE_CAPACITY: usize = 16_384;
 
+/// Longest key the cache keeps: longer statements are classified each
+/// time, so the cache holds at most `CACHE_CAPACITY` × 4 KiB (64 MiB) per
+/// `standard_conforming_strings` value, whatever clients send.
+pub const MAX_CACHED_KEY: usize = 4096;
+
 /// Classifies SQL with a bounded cache keyed by the text with its literals
 /// blanked ([`lexer::normalize`]) and `standard_conforming_strings`.
 #[derive(Debug, Default)]
@@ -244,6 +249,9 @@ impl Classifier {
             }
         }
         let c = classify_uncached(sql, scs, &self.read_only_functions);
+        if key.len() > MAX_CACHED_KEY {
+            return (c, false);
+        }
         let mut cache = slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -347,3 +347,35 @@ fn settings_reads_go_to_replicas() {
     let sql = "select concat_ws(' | ', current_setting('DateStyle'), '2024-03-04'::date::text, '1 day'::interval::text)";
     assert_eq!(route(sql), Replica);
 }
+
+/// A left-deep chain of 9,300 ORs (at the 64 KiB parse limit) is
+/// classified on a thread with the default 2 MiB stack, as a worker has:
+/// parsing, walking and dropping its tree must not overflow.
+#[test]
+fn a_deep_expression_does_not_overflow_a_worker_stack() {
+    let sql = format!("select 1 from t where {}a=1", "a=1 or ".repeat(9_300));
+    assert!(sql.len() < MAX_PARSE_LEN);
+    let verdict = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || c(&sql).reason)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        matches!(verdict, Reason::Read | Reason::Unparsed),
+        "{verdict:?}"
+    );
+}
+
+#[test]
+fn long_statements_are_never_cached() {
+    let cl = Classifier::new(Vec::new());
+    let long = format!("select {} from t", "c, ".repeat(MAX_CACHED_KEY / 3) + "c");
+    assert!(!cl.classify(&long, true).1);
+    assert!(
+        !cl.classify(&long, true).1,
+        "a statement over 4 KiB was cached"
+    );
+    assert!(!cl.classify("select c from t", true).1);
+    assert!(cl.classify("select c from t", true).1);
+}

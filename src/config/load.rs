@@ -304,6 +304,14 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                         "max_prepared_statements",
                         port.max_prepared_statements.is_some(),
                     ),
+                    (
+                        "idle_in_transaction_timeout_ms",
+                        port.idle_in_transaction_timeout_ms.is_some(),
+                    ),
+                    (
+                        "pinned_idle_timeout_ms",
+                        port.pinned_idle_timeout_ms.is_some(),
+                    ),
                 ] {
                     if set {
                         push(

@@ -192,6 +192,14 @@ pub struct PortConfig {
     /// the least recently used is closed past it (default 200).
     #[serde(default)]
     pub max_prepared_statements: Option<usize>,
+    /// Split ports: a client idle this long inside a transaction is
+    /// disconnected (25P03) and its backend rolled back, ms (default off).
+    #[serde(default)]
+    pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// Split ports: a client idle this long while its session is pinned to
+    /// a backend is disconnected (57P05), ms (default off).
+    #[serde(default)]
+    pub pinned_idle_timeout_ms: Option<u64>,
 }
 
 impl PortConfig {
@@ -216,6 +224,8 @@ impl PortConfig {
             read_only_functions: Vec::new(),
             read_your_writes_ms: None,
             max_prepared_statements: None,
+            idle_in_transaction_timeout_ms: None,
+            pinned_idle_timeout_ms: None,
         }
     }
 

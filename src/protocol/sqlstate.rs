@@ -22,6 +22,10 @@ pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
 pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
 /// `57P01 admin_shutdown`: pgvane is shutting down or the port was removed.
 pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+/// `idle_in_transaction_session_timeout`.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+/// `idle_session_timeout`.
+pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
 /// `53300 too_many_connections`: the port's client limit is reached.
 pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
 /// `28P01 invalid_password`: wrong password or unknown user.

@@ -106,7 +106,22 @@ impl ClientConn {
     /// Reads one client message. `idle` says the session holds no backend:
     /// then a draining port ends it here. A partial message waits for the
     /// socket to become readable again.
-    pub(super) async fn read(&mut self, idle: bool) -> Result<Message, SessionError> {
+    pub(super) async fn read(
+        &mut self,
+        idle: bool,
+        limit: Option<(std::time::Duration, SessionError)>,
+    ) -> Result<Message, SessionError> {
+        let (deadline, mut on_timeout) = match limit {
+            Some((after, e)) => (Some(tokio::time::Instant::now() + after), Some(e)),
+            None => (None, None),
+        };
+        let timeout = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(timeout);
         loop {
             if let Some(m) = message::try_cut(&mut self.buf)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?
@@ -130,6 +145,9 @@ impl ClientConn {
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
                 () = self.drain.cancelled(), if idle => {
                     return Err(SessionError::Shutdown);
+                }
+                () = &mut timeout => {
+                    return Err(on_timeout.take().unwrap_or(SessionError::Shutdown));
                 }
                 r = self.stream.readable() => r.map_err(|_| SessionError::ClientGone)?,
             }

@@ -35,6 +35,10 @@ pub(super) enum SessionError {
     /// A per-session limit was reached (SQLSTATE, message).
     #[error("{1}")]
     Limit(SqlState, String),
+    /// The client sat idle past a timeout while holding a backend; the
+    /// session ends (SQLSTATE, message).
+    #[error("{1}")]
+    Idle(SqlState, String),
 }
 
 impl SessionError {
@@ -45,7 +49,7 @@ impl SessionError {
                 sqlstate::CONNECTION_FAILURE
             }
             Self::Shutdown => sqlstate::ADMIN_SHUTDOWN,
-            Self::NoBackend(code, _) | Self::Limit(code, _) => *code,
+            Self::NoBackend(code, _) | Self::Limit(code, _) | Self::Idle(code, _) => *code,
             Self::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
         }
     }
@@ -54,7 +58,7 @@ impl SessionError {
     /// backend that held session state the client relied on.
     pub(super) fn fatal(&self, pinned: bool) -> bool {
         match self {
-            Self::ClientGone | Self::Shutdown | Self::Protocol(_) => true,
+            Self::ClientGone | Self::Shutdown | Self::Protocol(_) | Self::Idle(..) => true,
             Self::BackendLost { .. } => pinned,
             Self::NoBackend(..) | Self::Server(_) | Self::Limit(..) => false,
         }
@@ -71,6 +75,7 @@ impl SessionError {
             Self::Server(_) => "server",
             Self::Protocol(_) => "protocol",
             Self::Limit(..) => "limit",
+            Self::Idle(..) => "idle_timeout",
         }
     }
 

@@ -9,8 +9,7 @@
 
 use super::error::SessionError;
 use super::{MAX_SESSION_STATEMENT_BYTES, MAX_SESSION_STATEMENTS, Session, Stmt};
-use crate::backend::Backend;
-use crate::backend::prepared::{StmtText, server_name};
+use crate::backend::prepared::{PreparedCache, StmtText, server_name};
 use crate::classifier::{Classification, Reason, Route};
 use crate::protocol::encode;
 use crate::protocol::message::{Frontend, Message};
@@ -336,7 +335,7 @@ impl Session {
                 cause: "no backend".into(),
             });
         };
-        let backend = &mut held.pooled.backend;
+        let cache = &mut held.pooled.backend.prepared;
         for m in msgs {
             let Some(f) = Frontend::parse(m) else {
                 return Err(SessionError::Protocol(format!(
@@ -394,13 +393,13 @@ impl Session {
                             class,
                         },
                     );
-                    match backend.prepared.lookup(&text) {
+                    match cache.lookup(&text) {
                         Some(id) => {
                             used.push(id);
                             queue.push_back(Expect::Synth(Synth::ParseComplete));
                         }
                         None => {
-                            let id = prepare(backend, &mut out, &mut queue, &mut used, text);
+                            let id = prepare(cache, &mut out, &mut queue, &mut used, text);
                             queue.push_back(Expect::Prepare { id, forward: true });
                         }
                     }
@@ -420,7 +419,7 @@ impl Session {
                         }
                         out.extend_from_slice(m.raw());
                     } else if let Some(st) = self.prepared.get(statement) {
-                        let id = ensure(backend, &mut out, &mut queue, &mut used, &st.text);
+                        let id = ensure(cache, &mut out, &mut queue, &mut used, &st.text);
                         encode::bind_raw(&mut out, portal, &server_name(id), rest);
                     } else {
                         out.extend_from_slice(m.raw());
@@ -429,7 +428,7 @@ impl Session {
                 }
                 Frontend::Describe { kind: b'S', name } if !name.is_empty() => {
                     if let Some(st) = self.prepared.get(name) {
-                        let id = ensure(backend, &mut out, &mut queue, &mut used, &st.text);
+                        let id = ensure(cache, &mut out, &mut queue, &mut used, &st.text);
                         encode::describe_or_close(&mut out, b'D', b'S', &server_name(id));
                     } else {
                         out.extend_from_slice(m.raw());
@@ -470,14 +469,14 @@ impl Session {
 /// Prepares `text` on the backend under a new name, closing the statement
 /// the LRU evicts first; returns the new id (its ParseComplete is owed).
 fn prepare(
-    backend: &mut Backend,
+    cache: &mut PreparedCache,
     out: &mut Vec<u8>,
     queue: &mut VecDeque<Expect>,
     used: &mut Vec<u64>,
     text: Arc<StmtText>,
 ) -> u64 {
     let (sql, types) = (Arc::clone(&text.sql), text.types.clone());
-    let (id, evicted) = backend.prepared.insert(text, used);
+    let (id, evicted) = cache.insert(text, used);
     if let Some(old) = evicted {
         encode::describe_or_close(out, b'C', b'S', &server_name(old));
         queue.push_back(Expect::SwallowClose);
@@ -489,17 +488,125 @@ fn prepare(
 
 /// The backend's id for `text`, preparing it first when it is not there.
 fn ensure(
-    backend: &mut Backend,
+    cache: &mut PreparedCache,
     out: &mut Vec<u8>,
     queue: &mut VecDeque<Expect>,
     used: &mut Vec<u64>,
     text: &Arc<StmtText>,
 ) -> u64 {
-    if let Some(id) = backend.prepared.lookup(text) {
+    if let Some(id) = cache.lookup(text) {
         used.push(id);
         return id;
     }
-    let id = prepare(backend, out, queue, used, Arc::clone(text));
+    let id = prepare(cache, out, queue, used, Arc::clone(text));
     queue.push_back(Expect::Prepare { id, forward: false });
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::read_message;
+
+    fn text(sql: &str) -> Arc<StmtText> {
+        Arc::new(StmtText {
+            sql: Arc::from(sql),
+            types: Bytes::new(),
+        })
+    }
+
+    /// The messages `out` holds, as (tag, statement name) pairs.
+    async fn sent(out: &[u8]) -> Vec<(u8, String)> {
+        let (mut w, mut r) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut w, out)
+            .await
+            .unwrap();
+        drop(w);
+        let mut buf = bytes::BytesMut::new();
+        let mut got = Vec::new();
+        while let Ok(m) = read_message(&mut r, &mut buf).await {
+            let name = match Frontend::parse(&m) {
+                Some(Frontend::Parse { name, .. } | Frontend::Close { name, .. }) => {
+                    name.to_owned()
+                }
+                _ => String::new(),
+            };
+            got.push((m.tag(), name));
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_new_statement_is_parsed_once_and_then_reused() {
+        let mut cache = PreparedCache::new(2);
+        let (mut out, mut queue, mut used) = (Vec::new(), VecDeque::new(), Vec::new());
+        let a = text("select 1");
+        let id = ensure(&mut cache, &mut out, &mut queue, &mut used, &a);
+        assert_eq!(sent(&out).await, vec![(b'P', server_name(id))]);
+        // Injected by pgvane: its ParseComplete is swallowed.
+        assert_eq!(queue, [Expect::Prepare { id, forward: false }]);
+        // The server confirms it: the next use sends nothing.
+        cache.confirm(id);
+        let (mut out2, mut queue2) = (Vec::new(), VecDeque::new());
+        assert_eq!(
+            ensure(&mut cache, &mut out2, &mut queue2, &mut used, &a),
+            id
+        );
+        assert!(out2.is_empty() && queue2.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_evicted_statement_is_closed_first_and_its_reply_swallowed() {
+        let mut cache = PreparedCache::new(1);
+        let (mut out, mut queue) = (Vec::new(), VecDeque::new());
+        let first = ensure(
+            &mut cache,
+            &mut out,
+            &mut queue,
+            &mut Vec::new(),
+            &text("select 1"),
+        );
+        cache.confirm(first);
+        let (mut out, mut queue) = (Vec::new(), VecDeque::new());
+        let second = prepare(
+            &mut cache,
+            &mut out,
+            &mut queue,
+            &mut Vec::new(),
+            text("select 2"),
+        );
+        assert_ne!(first, second);
+        assert_eq!(
+            sent(&out).await,
+            vec![(b'C', server_name(first)), (b'P', server_name(second))]
+        );
+        assert_eq!(queue, [Expect::SwallowClose]);
+    }
+
+    #[tokio::test]
+    async fn statements_the_batch_still_uses_are_never_evicted() {
+        let mut cache = PreparedCache::new(1);
+        let mut used = Vec::new();
+        let (mut out, mut queue) = (Vec::new(), VecDeque::new());
+        let a = ensure(
+            &mut cache,
+            &mut out,
+            &mut queue,
+            &mut used,
+            &text("select 1"),
+        );
+        cache.confirm(a);
+        // Same batch: `a` is in `used`, so the cache grows past its
+        // capacity rather than closing a statement a Bind still needs.
+        let b = ensure(
+            &mut cache,
+            &mut out,
+            &mut queue,
+            &mut used,
+            &text("select 2"),
+        );
+        let names: Vec<(u8, String)> = sent(&out).await;
+        assert!(!names.contains(&(b'C', server_name(a))), "{names:?}");
+        assert_ne!(a, b);
+    }
 }

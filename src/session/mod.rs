@@ -383,7 +383,8 @@ impl Session {
         let mut batch = Batch::default();
         loop {
             let idle = self.held.is_none() && batch.msgs.is_empty();
-            let m = match self.client.read(idle).await {
+            let limit = self.idle_limit(&batch);
+            let m = match self.client.read(idle, limit).await {
                 Ok(m) => m,
                 Err(e) => {
                     self.end_with(e).await;
@@ -462,6 +463,42 @@ impl Session {
     }
 
     /// Sends a fatal error (when it is one the client should see) and ends.
+    /// How long the client may sit idle while this session holds a backend
+    /// (`idle_in_transaction_timeout_ms` in a transaction,
+    /// `pinned_idle_timeout_ms` when pinned outside one), and the error
+    /// that then ends the session. None: no limit applies.
+    fn idle_limit(&self, batch: &Batch) -> Option<(Duration, SessionError)> {
+        if self.held.is_none() || !batch.msgs.is_empty() {
+            return None;
+        }
+        let port = self.ctx.port.load();
+        match self.state {
+            ClientState::InTransaction | ClientState::FailedTransaction => {
+                port.idle_in_transaction_timeout_ms.filter(|ms| *ms > 0).map(|ms| {
+                    (
+                        Duration::from_millis(ms),
+                        SessionError::Idle(
+                            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                            "terminating connection due to idle-in-transaction timeout".into(),
+                        ),
+                    )
+                })
+            }
+            ClientState::Idle if self.pin.is_some() => {
+                port.pinned_idle_timeout_ms.filter(|ms| *ms > 0).map(|ms| {
+                    (
+                        Duration::from_millis(ms),
+                        SessionError::Idle(
+                            sqlstate::IDLE_SESSION_TIMEOUT,
+                            "terminating connection due to idle-session timeout: pgvane: the session held a backend pinned (pinned_idle_timeout_ms)".into(),
+                        ),
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+
     async fn end_with(&mut self, e: SessionError) {
         if matches!(e, SessionError::ClientGone) {
             return;

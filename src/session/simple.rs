@@ -139,7 +139,7 @@ impl Session {
         let mut copy_done = false;
         let mut ignored = u32::from(batch_synced);
         loop {
-            let m = self.client.read(false).await?;
+            let m = self.client.read(false, None).await?;
             match m.tag() {
                 b'd' | b'c' | b'f' | b'H' => {}
                 b'S' => {
