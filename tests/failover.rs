@@ -59,18 +59,7 @@ async fn kill_leader_never_hangs_and_reaches_the_new_leader() {
     // Three more seconds of connects on the new leader, then the verdict.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = prober.stop().await;
-    eprintln!(
-        "failover: {} leader-port sessions by the prober ({:?} refused)",
-        report.sessions.len(),
-        report.errors
-    );
-    assert!(
-        report.in_recovery().is_empty(),
-        "leader-port sessions on a node in recovery: {:?}\n{}",
-        report.in_recovery(),
-        pg.log_text()
-    );
-    assert!(!report.errors.contains_key("hang"), "{report:?}");
+    report.assert_leader_port_clean("failover", &pg.log_text());
     eprintln!(
         "failover: leader port reached the new leader {reached:?} after kill -9 ({errors} ErrorResponses meanwhile, first: {first_error:?})"
     );

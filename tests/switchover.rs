@@ -44,18 +44,7 @@ async fn switchover_moves_the_leader_port_and_keeps_other_clients() {
     // Two more seconds of connects on the new leader, then the verdict.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = prober.stop().await;
-    eprintln!(
-        "switchover: {} leader-port sessions during the change ({:?} refused)",
-        report.sessions.len(),
-        report.errors
-    );
-    assert!(
-        report.in_recovery().is_empty(),
-        "leader-port sessions on a node in recovery: {:?}\n{}",
-        report.in_recovery(),
-        pg.log_text()
-    );
-    assert!(!report.errors.contains_key("hang"), "{report:?}");
+    report.assert_leader_port_clean("switchover", &pg.log_text());
     assert!(report.sessions.len() >= 20, "{report:?}");
     eprintln!(
         "switchover: leader port reached the new leader {:?} after the switchover began",

@@ -641,6 +641,22 @@ impl ProbeReport {
     pub fn in_recovery(&self) -> Vec<&(String, bool)> {
         self.sessions.iter().filter(|s| s.1).collect()
     }
+
+    /// Prints the report under `label` and fails if a session landed on a
+    /// node in recovery or a connect hung (`log`: pgvane's log, shown then).
+    pub fn assert_leader_port_clean(&self, label: &str, log: &str) {
+        eprintln!(
+            "{label}: {} leader-port sessions by the prober ({:?} refused)",
+            self.sessions.len(),
+            self.errors
+        );
+        assert!(
+            self.in_recovery().is_empty(),
+            "leader-port sessions on a node in recovery: {:?}\n{log}",
+            self.in_recovery()
+        );
+        assert!(!self.errors.contains_key("hang"), "{self:?}");
+    }
 }
 
 /// Connects to `port` every 50 ms (20 per second, each session asked
