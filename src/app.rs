@@ -45,6 +45,17 @@ pub enum StartError {
         #[source]
         source: tls::TlsError,
     },
+    /// A split port's TLS files are unusable.
+    #[error("clusters.{cluster}.ports.{port}.tls: {source}")]
+    PortTls {
+        /// Cluster name.
+        cluster: String,
+        /// Port name.
+        port: String,
+        /// The TLS error.
+        #[source]
+        source: tls::TlsError,
+    },
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
     Signals(std::io::Error),
@@ -116,8 +127,13 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         })?;
         app.start_cluster(name, settings);
         for (pname, p) in &c.ports {
+            let tls = port_tls(p).map_err(|source| StartError::PortTls {
+                cluster: name.clone(),
+                port: pname.clone(),
+                source,
+            })?;
             if let Some(l) = listeners.remove(&key(name, pname)) {
-                app.start_port(name, pname, p, l);
+                app.start_port(name, pname, p, l, tls);
             }
         }
     }
@@ -144,7 +160,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
     while let Some(cmd) = inbox.recv().await {
         match cmd {
             Command::Reload(reply) => {
-                let result = app.reload();
+                let result = app.reload().await;
                 app.metrics
                     .reloads
                     .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
@@ -192,6 +208,54 @@ fn watch_settings(
     })
 }
 
+/// A split port's client TLS from its `tls` block (files read now).
+fn port_tls(p: &PortConfig) -> Result<Option<Arc<tls::ServerTls>>, tls::TlsError> {
+    match &p.tls {
+        Some(t) if p.mode == config::Mode::Split => {
+            Ok(Some(Arc::new(tls::ServerTls::from_config(t)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What a reload reads and computes before it changes anything: the new
+/// config (passwords hashed), watcher clients and port TLS (files read).
+struct Prepared {
+    new: Config,
+    settings: BTreeMap<String, WatchSettings>,
+    tls: HashMap<PortKey, Option<Arc<tls::ServerTls>>>,
+}
+
+/// The part of a reload that touches files and burns CPU; runs on a blocking
+/// thread so the runtime that accepts clients never waits on them.
+fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
+    let new = config::load_file(path).map_err(|e| e.to_string())?;
+    let mut settings = BTreeMap::new();
+    let mut tls = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, c) in &new.clusters {
+        match watch_settings(&new, name, c) {
+            Ok(s) => {
+                settings.insert(name.clone(), s);
+            }
+            Err(e) => errors.push(format!("clusters.{name}.tls: {e}")),
+        }
+        for (pname, p) in &c.ports {
+            match port_tls(p) {
+                Ok(t) => {
+                    tls.insert(key(name, pname), t);
+                }
+                Err(e) => errors.push(format!("clusters.{name}.ports.{pname}.tls: {e}")),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Prepared { new, settings, tls })
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
 impl App {
     fn start_cluster(&mut self, name: &str, settings: WatchSettings) {
         let (watcher, handle) = Watcher::new(name, settings, Arc::clone(&self.metrics));
@@ -216,7 +280,14 @@ impl App {
         );
     }
 
-    fn start_port(&mut self, cluster: &str, port: &str, cfg: &PortConfig, l: TcpListener) {
+    fn start_port(
+        &mut self,
+        cluster: &str,
+        port: &str,
+        cfg: &PortConfig,
+        l: TcpListener,
+        tls: Option<Arc<tls::ServerTls>>,
+    ) {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return;
         };
@@ -229,6 +300,7 @@ impl App {
             Arc::clone(&self.metrics),
             Arc::clone(&self.workers),
         ));
+        shared.tls.store(tls);
         let stop_accept = CancellationToken::new();
         self.tasks
             .spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
@@ -261,26 +333,27 @@ impl App {
 
     /// Applies the config file by diff, in numbered steps; any failure
     /// before step 4 keeps the old config untouched.
-    fn reload(&mut self) -> ReloadReply {
-        // 1. Load and validate the whole file.
-        let new = config::load_file(&self.path).map_err(|e| {
-            tracing::error!("reload rejected, old configuration kept:\n{e}");
-            e.to_string()
+    async fn reload(&mut self) -> ReloadReply {
+        // 1. Load and validate the whole file, build watcher clients and
+        //    port TLS, off this runtime.
+        let path = self.path.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&path))
+            .await
+            .map_err(|e| format!("reload failed: {e}"))
+            .and_then(|r| r);
+        let Prepared {
+            new,
+            settings,
+            tls: mut port_tls,
+        } = prepared.map_err(|text| {
+            tracing::error!("reload rejected, old configuration kept:\n{text}");
+            text
         })?;
         // 2. Diff against the running config.
         let old = self.globals.load_full();
         let diff = ConfigDiff::between(&old, &new);
-        // 3. Prepare what can fail: watcher clients and new listeners.
-        let mut settings = BTreeMap::new();
+        // 3. Prepare what else can fail: new listeners.
         let mut errors = Vec::new();
-        for (name, c) in &new.clusters {
-            match watch_settings(&new, name, c) {
-                Ok(s) => {
-                    settings.insert(name.clone(), s);
-                }
-                Err(e) => errors.push(format!("clusters.{name}.tls: {e}")),
-            }
-        }
         let mut bound = HashMap::new();
         for k in diff.ports_added.iter().chain(&diff.ports_changed) {
             let cfg = &new.clusters[&k.cluster].ports[&k.port];
@@ -366,11 +439,20 @@ impl App {
             }
             p.shared.evict_unqualified();
         }
-        // 8. Start added ports.
+        // 8. Every kept port takes its TLS as read now (renewed files),
+        //    then added ports start.
+        for (cname, c) in &self.clusters {
+            for (pname, p) in &c.ports {
+                p.shared
+                    .tls
+                    .store(port_tls.remove(&key(cname, pname)).flatten());
+            }
+        }
         for k in &diff.ports_added {
             if let Some(l) = bound.remove(k) {
                 let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
-                self.start_port(&k.cluster, &k.port, &cfg, l);
+                let tls = port_tls.remove(k).flatten();
+                self.start_port(&k.cluster, &k.port, &cfg, l, tls);
             }
         }
         // 9. Publish the views admin and the evictors read.

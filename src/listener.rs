@@ -104,6 +104,8 @@ pub struct PortShared {
     pub cancels: Arc<CancelRegistry>,
     /// Runtimes client tasks run on.
     pub workers: Arc<Workers>,
+    /// Split ports' client TLS, rebuilt from the files on every reload.
+    pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::ServerTls>>,
     active: AtomicUsize,
     bytes: ByteCounters,
 }
@@ -145,6 +147,7 @@ impl PortShared {
             drain: CancellationToken::new(),
             cancels: Arc::default(),
             workers,
+            tls: Arc::default(),
             active: AtomicUsize::new(0),
             bytes,
             metrics,
@@ -174,6 +177,7 @@ impl PortShared {
                 secrets: std::sync::Mutex::default(),
                 drain: self.drain.clone(),
                 close: self.close.clone(),
+                tls: Arc::clone(&self.tls),
             })
         });
         self.split.store(ctx);
@@ -263,7 +267,7 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((client, _peer)) => {
+            Ok((client, peer)) => {
                 port.metrics
                     .accepted
                     .with_label_values(&[&port.key.cluster, &port.key.port])
@@ -294,8 +298,14 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                             Ok(client) => {
                                 crate::backend::keepalive(&client);
                                 match port.split.load_full() {
-                                    Some(ctx) => session::run(client, ctx, admitted).await,
-                                    None => serve_client(client, &port, admitted).await,
+                                    Some(ctx) => session::run(client, ctx, admitted, peer).await,
+                                    None => {
+                                        use tracing::Instrument;
+                                        // Every log line of the client names its address.
+                                        serve_client(client, &port, admitted)
+                                            .instrument(tracing::info_span!("client", %peer))
+                                            .await;
+                                    }
                                 }
                             }
                             Err(e) => tracing::warn!(port = %port.key, error = %e, "worker could not take the client"),

@@ -44,6 +44,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "protocol",
             "router",
             "telemetry",
+            "tls",
             "topology",
         ],
         "topology" => &["config", "telemetry"],
@@ -61,6 +62,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "relay",
             "router",
             "telemetry",
+            "tls",
             "topology",
         ],
         "admin" => &[

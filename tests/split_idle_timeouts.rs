@@ -54,12 +54,14 @@ async fn idle_holders_are_disconnected_and_their_backend_comes_back_clean() {
         .batch_execute("begin; insert into idle_to values (1)")
         .await
         .unwrap();
+    // Each client's idle time counts from its last answer.
+    let t0 = Instant::now();
     let (pinned, pinned_end) = watched(split).await;
     pinned
         .batch_execute("create temp table idle_pin(x int)")
         .await
         .unwrap();
-    let t0 = Instant::now();
+    let t1 = Instant::now();
     let code = tokio::time::timeout(Duration::from_secs(5), in_tx_end)
         .await
         .expect("idle-in-transaction client kept past 5 s")
@@ -72,7 +74,11 @@ async fn idle_holders_are_disconnected_and_their_backend_comes_back_clean() {
         .expect("pinned idle client kept past 5 s")
         .unwrap();
     assert_eq!(code.as_deref(), Some("57P05"));
-    assert!(t0.elapsed() >= Duration::from_millis(1400));
+    assert!(
+        t1.elapsed() >= Duration::from_millis(1400),
+        "ended after {:?}",
+        t1.elapsed()
+    );
 
     // Nothing of theirs is left: the row was rolled back, the temp table is
     // gone, and the pool's backends (2) serve new clients outside any

@@ -9,7 +9,13 @@
 #               start-node N|lag N [--no-wait]|unlag N|receive-lag N|unreceive-lag N|
 #               timing LOOP_WAIT TTL RETRY_TIMEOUT|tag N noloadbalance|
 #               untag N noloadbalance|sync on|off|quorum|pause-api|resume-api|
-#               leader|wait-healthy|psql N SQL
+#               ssl on|off|ca|leader|wait-healthy|psql N SQL
+#
+# TLS: every node gets a certificate from the lab's own CA ($LAB/tls/ca.pem,
+# made with openssl at first start; SANs: the node's IP, 127.0.0.1 and
+# localhost, so a TLS pass-through proxy on 127.0.0.1 verifies too).
+# PostgreSQL runs with ssl off; `ssl on` turns it on cluster-wide through
+# Patroni's dynamic config, `ssl off` and `up` turn it off.
 #
 # Patroni's timing: the lab bootstraps with LAB_LOOP_WAIT (2), LAB_TTL (20)
 # and LAB_RETRY_TIMEOUT (5); `timing` changes them on a running lab
@@ -69,6 +75,7 @@ install() {
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v curl >/dev/null || need+=(curl)
   command -v setpriv >/dev/null || need+=(util-linux)
+  command -v openssl >/dev/null || need+=(openssl)
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]} from Debian"
@@ -119,11 +126,47 @@ start_etcd() {
   die "etcd did not start; see $LAB/etcd/etcd.log"
 }
 
+# ---------- TLS ----------
+# The lab CA and node N's certificate (idempotent).
+make_certs() { # node
+  local n=$1 t="$LAB/tls" ip
+  ip=$(ip_of "$n")
+  mkdir -p "$t"
+  if [ ! -f "$t/ca.pem" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=pgvane lab CA" -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+  fi
+  [ -f "$LAB/node$n/server.crt" ] && return 0
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=node$n" \
+    -keyout "$LAB/node$n/server.key" -out "$t/node$n.csr" 2>/dev/null
+  printf 'subjectAltName=IP:%s,IP:127.0.0.1,DNS:localhost\n' "$ip" >"$t/node$n.ext"
+  openssl x509 -req -in "$t/node$n.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$t/node$n.ext" -out "$LAB/node$n/server.crt" 2>/dev/null
+  chmod 600 "$LAB/node$n/server.key"
+  chmod 755 "$t"; chmod 644 "$t/ca.pem"
+}
+
+ssl_is() { # on|off: every running node's PostgreSQL reports it
+  local n
+  for n in "${NODES[@]}"; do
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    [ "$(sql "$n" "show ssl" 2>/dev/null)" = "$1" ] || return 1
+  done
+}
+
+set_ssl() { # on|off
+  ssl_is "$1" 2>/dev/null && return 0
+  patronictl edit-config "$SCOPE" --force -s "postgresql.parameters.ssl=$1" >/dev/null
+  wait_for 60 "ssl=$1 on every node" ssl_is "$1"
+  log "PostgreSQL ssl=$1"
+}
+
 # ---------- patroni ----------
 write_config() {
   local n=$1 ip dir
   ip=$(ip_of "$n"); dir="$LAB/node$n"
   mkdir -p "$dir"
+  make_certs "$n"
   cat >"$dir/patroni.yml" <<YAML
 scope: $SCOPE
 name: node$n
@@ -171,6 +214,8 @@ postgresql:
     shared_buffers: 64MB
     fsync: "off"
     synchronous_commit: "on"
+    ssl_cert_file: $dir/server.crt
+    ssl_key_file: $dir/server.key
 tags:
   noloadbalance: ${NOLB[$n]:-false}
 YAML
@@ -268,6 +313,7 @@ cmd_up() {
   undo_faults
   wait_for 120 "a healthy 3-node cluster" healthy
   set_timing "$LOOP_WAIT" "$TTL" "$RETRY_TIMEOUT"
+  set_ssl off
   log "cluster ready in $((SECONDS - t0)) s: $(summary)"
 }
 
@@ -461,6 +507,7 @@ case ${1:-} in
   status) summary ;;
   summary) summary ;;
   leader) leader ;;
+  ssl) case "${2:?on|off|ca}" in on|off) set_ssl "$2" ;; ca) echo "$LAB/tls/ca.pem" ;; *) die "ssl on|off|ca" ;; esac ;;
   wait-healthy) wait_for "${2:-120}" "a healthy cluster" healthy ;;
   switchover) cmd_switchover ;;
   kill-leader) cmd_kill_leader ;;

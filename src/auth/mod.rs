@@ -62,6 +62,40 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The per-process secret behind mock salts (PostgreSQL's `mock_auth_nonce`).
+fn mock_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(random_bytes::<32>)
+}
+
+/// What an unknown user is asked for, so that the exchange looks like a
+/// known user's: a SCRAM verifier with a salt that is the same for the same
+/// name within this process (as PostgreSQL's `scram_mock_salt`) and 4096
+/// iterations, or an md5 hash. Costs no PBKDF2, like a configured user's
+/// precomputed verifier; no password matches it.
+#[must_use]
+pub fn mock_secret(user: &str, md5: bool) -> Secret {
+    use sha2::Digest;
+    let digest = |label: &[u8]| -> [u8; 32] {
+        let mut h = sha2::Sha256::new();
+        h.update(mock_key());
+        h.update(label);
+        h.update(user.as_bytes());
+        h.finalize().into()
+    };
+    if md5 {
+        let d = digest(b"md5");
+        let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+        return Secret::Md5(format!("md5{hex}"));
+    }
+    Secret::Scram(scram::Verifier {
+        iterations: 4096,
+        salt: digest(b"salt")[..16].to_vec(),
+        stored_key: digest(b"stored"),
+        server_key: digest(b"server"),
+    })
+}
+
 /// A random printable nonce for SCRAM.
 #[must_use]
 pub fn nonce() -> String {
@@ -98,6 +132,24 @@ mod tests {
             answer,
             postgres_protocol::authentication::md5_hash(b"postgres", b"postgres", [1, 2, 3, 4])
         );
+    }
+
+    #[test]
+    fn mock_secrets_are_stable_per_name_and_look_real() {
+        let (a, b) = (mock_secret("ghost", false), mock_secret("ghost", false));
+        assert_eq!(a, b, "the same name gets the same salt, like PostgreSQL");
+        let Secret::Scram(v) = a else {
+            panic!("SCRAM expected")
+        };
+        let Secret::Scram(w) = mock_secret("other", false) else {
+            panic!("SCRAM expected")
+        };
+        assert_ne!(v.salt, w.salt);
+        assert_eq!((v.salt.len(), v.iterations), (16, 4096));
+        let Secret::Md5(h) = mock_secret("ghost", true) else {
+            panic!("md5 expected")
+        };
+        assert!(matches!(Secret::from_config(&h), Ok(Secret::Md5(_))), "{h}");
     }
 
     #[test]

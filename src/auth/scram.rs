@@ -103,23 +103,47 @@ pub enum ScramError {
     WrongPassword,
 }
 
+/// Channel binding on the connection an exchange runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding<'a> {
+    /// No TLS: only SCRAM-SHA-256 was offered.
+    Unavailable,
+    /// TLS, SCRAM-SHA-256-PLUS offered, the client chose SCRAM-SHA-256.
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS; the certificate's
+    /// `tls-server-end-point` data.
+    Selected(&'a [u8]),
+}
+
 /// The server side of one exchange.
 #[derive(Debug)]
 pub struct Server<'a> {
     verifier: &'a Verifier,
     server_nonce: String,
+    binding: Binding<'a>,
     client_first_bare: String,
     server_first: String,
     gs2: String,
 }
 
 impl<'a> Server<'a> {
-    /// Starts an exchange with a fresh `server_nonce`.
+    /// Starts an exchange without channel binding, with a fresh `server_nonce`.
     #[must_use]
     pub fn new(verifier: &'a Verifier, server_nonce: String) -> Self {
+        Self::with_binding(verifier, server_nonce, Binding::Unavailable)
+    }
+
+    /// Starts an exchange over a connection with `binding`.
+    #[must_use]
+    pub fn with_binding(
+        verifier: &'a Verifier,
+        server_nonce: String,
+        binding: Binding<'a>,
+    ) -> Self {
         Self {
             verifier,
             server_nonce,
+            binding,
             client_first_bare: String::new(),
             server_first: String::new(),
             gs2: String::new(),
@@ -132,16 +156,40 @@ impl<'a> Server<'a> {
     /// [`ScramError::Malformed`].
     pub fn client_first(&mut self, data: &[u8]) -> Result<String, ScramError> {
         let text = std::str::from_utf8(data).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        // gs2-header: "n,," or "y,," (no channel binding offered); authzid empty.
+        // gs2-header: "n,,", "y,," or "p=tls-server-end-point,,", with
+        // PostgreSQL's checks (auth-scram.c read_client_first_message).
         let (cb, rest) = text
             .split_once(',')
             .ok_or(ScramError::Malformed("gs2 header"))?;
-        if cb != "n" && cb != "y" {
-            return Err(ScramError::Malformed("channel binding is not offered"));
+        match (cb, self.binding) {
+            ("p=tls-server-end-point", Binding::Selected(_))
+            | ("n", Binding::Unavailable | Binding::Declined)
+            | ("y", Binding::Unavailable) => {}
+            ("y", Binding::Declined) => {
+                return Err(ScramError::Malformed(
+                    "channel binding negotiation error: the client supports channel binding and thinks the server does not, but this server does",
+                ));
+            }
+            (_, Binding::Selected(_)) => {
+                return Err(ScramError::Malformed(
+                    "SCRAM-SHA-256-PLUS needs channel binding type tls-server-end-point",
+                ));
+            }
+            (cb, _) if cb.starts_with("p=") => {
+                return Err(ScramError::Malformed(
+                    "channel binding was requested, but SCRAM-SHA-256-PLUS was not selected",
+                ));
+            }
+            _ => return Err(ScramError::Malformed("gs2 header")),
         }
-        let (_authzid, bare) = rest
+        let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("gs2 header"))?;
+        if !authzid.is_empty() {
+            return Err(ScramError::Malformed(
+                "an authorization identity is not supported",
+            ));
+        }
         let client_nonce = bare
             .split(',')
             .find_map(|p| p.strip_prefix("r="))
@@ -171,7 +219,11 @@ impl<'a> Server<'a> {
             .next()
             .and_then(|p| p.strip_prefix("c="))
             .ok_or(ScramError::Malformed("channel binding"))?;
-        if B64.decode(cbind).ok().as_deref() != Some(self.gs2.as_bytes()) {
+        let mut expected = self.gs2.as_bytes().to_vec();
+        if let Binding::Selected(data) = self.binding {
+            expected.extend_from_slice(data);
+        }
+        if B64.decode(cbind).ok() != Some(expected) {
             return Err(ScramError::Malformed("channel binding mismatch"));
         }
         let nonce = parts
@@ -271,11 +323,64 @@ mod tests {
     }
 
     #[test]
+    fn channel_binding_as_postgresql() {
+        let v = Verifier::from_password("secret", b"0123456789abcdef", 4096);
+        let end_point = [7u8; 32];
+        let run = |client_binding: ChannelBinding, server: Binding<'_>| -> Result<(), ScramError> {
+            let mut client = ScramSha256::new(b"secret", client_binding);
+            let mut s = Server::with_binding(&v, "N0NCE".into(), server);
+            let first = s.client_first(client.message())?;
+            client
+                .update(first.as_bytes())
+                .map_err(|_| ScramError::Malformed("client"))?;
+            let fin = s.client_final(client.message())?;
+            client
+                .finish(fin.as_bytes())
+                .map_err(|_| ScramError::Malformed("client"))
+        };
+        // PLUS with the right certificate hash.
+        let ok = run(
+            ChannelBinding::tls_server_end_point(end_point.to_vec()),
+            Binding::Selected(&end_point),
+        );
+        assert_eq!(ok, Ok(()));
+        // A client bound to another certificate (a man in the middle).
+        let other = run(
+            ChannelBinding::tls_server_end_point(vec![8u8; 32]),
+            Binding::Selected(&end_point),
+        );
+        assert!(matches!(other, Err(ScramError::Malformed(m)) if m.contains("mismatch")));
+        // 'y' while the server offered PLUS: a downgrade, refused.
+        let downgrade = run(ChannelBinding::unrequested(), Binding::Declined);
+        assert!(matches!(downgrade, Err(ScramError::Malformed(m)) if m.contains("negotiation")));
+        // 'n' (the client cannot bind) is fine over TLS and plaintext; 'y' over plaintext too.
+        assert_eq!(
+            run(ChannelBinding::unsupported(), Binding::Declined),
+            Ok(())
+        );
+        assert_eq!(
+            run(ChannelBinding::unrequested(), Binding::Unavailable),
+            Ok(())
+        );
+        // PLUS selected but the client sends no binding.
+        assert!(run(ChannelBinding::unsupported(), Binding::Selected(&end_point)).is_err());
+        // A binding without TLS.
+        assert!(
+            run(
+                ChannelBinding::tls_server_end_point(end_point.to_vec()),
+                Binding::Unavailable
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn malformed_messages_are_errors() {
         let v = Verifier::from_password("p", b"s", 16);
         let mut s = Server::new(&v, "N".into());
         assert!(s.client_first(b"p=tls-server-end-point,,n=,r=abc").is_err());
         assert!(s.client_first(b"\xff").is_err());
+        assert!(s.client_first(b"n,a=admin,n=,r=abc").is_err());
         assert!(s.client_first(b"n,,n=,r=abc").is_ok());
         assert!(s.client_final(b"c=biws,r=wrong,p=AAAA").is_err());
         assert!(s.client_final(b"garbage").is_err());

@@ -279,6 +279,20 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                 if port.pool_size == Some(0) {
                     push(format!("{ppath}.pool_size"), "must be above 0");
                 }
+                if let Some(tls) = &port.tls {
+                    if tls.mode != super::model::ClientTlsMode::Disable {
+                        for (field, set) in
+                            [("cert", tls.cert.is_some()), ("key", tls.key.is_some())]
+                        {
+                            if !set {
+                                push(
+                                    format!("{ppath}.tls.{field}"),
+                                    "required unless `mode: disable`",
+                                );
+                            }
+                        }
+                    }
+                }
                 if port.roles == [super::model::RoleSel::Leader] {
                     push(
                         format!("{ppath}.roles"),
@@ -319,6 +333,12 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                             "only applies to `mode: split` ports",
                         );
                     }
+                }
+                if port.tls.is_some() {
+                    push(
+                        format!("{ppath}.tls"),
+                        "role ports pass TLS through to PostgreSQL unchanged: turn on `ssl` on the nodes instead",
+                    );
                 }
             }
             for (field, set) in [

@@ -8,4 +8,6 @@ mod model;
 
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
-pub use model::{ClusterConfig, Config, Mode, PortConfig, RoleSel, TlsConfig, UserConfig};
+pub use model::{
+    ClientTlsMode, ClusterConfig, Config, Mode, PortConfig, PortTls, RoleSel, TlsConfig, UserConfig,
+};

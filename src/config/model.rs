@@ -88,6 +88,38 @@ pub struct TlsConfig {
     pub skip_verify: Option<bool>,
 }
 
+/// Whether a split port speaks TLS with its clients
+/// (`clusters.<c>.ports.<p>.tls.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest answered `N`; plaintext only.
+    Disable,
+    /// TLS for clients that ask (SSLRequest or direct TLS), plaintext for
+    /// the others (the default when a `tls` block is given).
+    #[default]
+    Allow,
+    /// Plaintext clients are refused with SQLSTATE 28000 after their
+    /// startup packet, as a `hostssl`-only pg_hba.conf does.
+    Require,
+}
+
+/// Client-side TLS of a split port (`clusters.<c>.ports.<p>.tls`; reload:
+/// new clients, and the files are read again on every reload).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortTls {
+    /// `disable`, `allow` (default) or `require`.
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    /// PEM certificate chain, leaf first (required unless `disable`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert` (required unless `disable`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
 /// How a port treats its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,6 +232,10 @@ pub struct PortConfig {
     /// a backend is disconnected (57P05), ms (default off).
     #[serde(default)]
     pub pinned_idle_timeout_ms: Option<u64>,
+    /// Split ports: TLS with clients (default: none, SSLRequest answered
+    /// `N`). Role ports pass TLS through to PostgreSQL and take no `tls`.
+    #[serde(default)]
+    pub tls: Option<PortTls>,
 }
 
 impl PortConfig {
@@ -226,6 +262,7 @@ impl PortConfig {
             max_prepared_statements: None,
             idle_in_transaction_timeout_ms: None,
             pinned_idle_timeout_ms: None,
+            tls: None,
         }
     }
 

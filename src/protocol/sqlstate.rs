@@ -28,6 +28,9 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
 pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
 /// `53300 too_many_connections`: the port's client limit is reached.
 pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+/// `28000 invalid_authorization_specification`: no access rule admits the
+/// client (e.g. plaintext on a port that requires TLS).
+pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
 /// `28P01 invalid_password`: wrong password or unknown user.
 pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
 /// `3D000 invalid_catalog_name`: unknown database.

@@ -4,10 +4,10 @@
 //! close signals. Holds no buffer while the client idles.
 
 use super::error::SessionError;
+use super::stream::ClientStream;
 use crate::protocol::message::{self, Message};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Output is written to the client once this much is buffered.
@@ -43,7 +43,7 @@ impl ClientState {
 
 /// A client socket with its buffers and the port's signals.
 pub(super) struct ClientConn {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: BytesMut,
     /// Bytes waiting to be written to the client.
     pub(super) out: Vec<u8>,
@@ -56,7 +56,7 @@ pub(super) struct ClientConn {
 impl ClientConn {
     /// Wraps an accepted socket.
     pub(super) fn new(
-        stream: TcpStream,
+        stream: ClientStream,
         drain: CancellationToken,
         close: CancellationToken,
     ) -> Self {
@@ -74,7 +74,12 @@ impl ClientConn {
     pub(super) async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.out.is_empty() {
             self.forwarded = true;
-            let write = self.stream.write_all(&self.out);
+            let stream = &mut self.stream;
+            let out = &self.out;
+            let write = async move {
+                stream.write_all(out).await?;
+                stream.flush().await
+            };
             tokio::select! {
                 r = write => r.map_err(|_| SessionError::ClientGone)?,
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
@@ -149,20 +154,16 @@ impl ClientConn {
                 () = &mut timeout => {
                     return Err(on_timeout.take().unwrap_or(SessionError::Shutdown));
                 }
-                r = self.stream.readable() => r.map_err(|_| SessionError::ClientGone)?,
-            }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(8192);
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(SessionError::ClientGone),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.buf.is_empty() {
-                        self.buf = BytesMut::new();
+                r = self.stream.read_some(&mut self.buf) => match r {
+                    Ok(0) => return Err(SessionError::ClientGone),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if self.buf.is_empty() {
+                            self.buf = BytesMut::new();
+                        }
                     }
-                }
-                Err(_) => return Err(SessionError::ClientGone),
+                    Err(_) => return Err(SessionError::ClientGone),
+                },
             }
         }
     }

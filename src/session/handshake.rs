@@ -1,7 +1,9 @@
-//! The start of a split-port connection: SSL/GSS negotiation (answered
-//! `N`), CancelRequest, protocol version, then client authentication from
-//! the cluster's `users` (SCRAM-SHA-256 or md5). Generic over the stream so
-//! tests drive it through `tokio::io::duplex`.
+//! The start of a split-port connection: SSL/GSS negotiation (SSLRequest
+//! handed back to the caller to start TLS when the port has a certificate,
+//! `N` otherwise), CancelRequest, protocol version, then client
+//! authentication from the cluster's `users` (SCRAM-SHA-256, -PLUS over TLS,
+//! or md5). Generic over the stream so tests drive it through
+//! `tokio::io::duplex`.
 
 use crate::auth::{self, Secret, scram};
 use crate::protocol::PROTOCOL_3_0;
@@ -19,6 +21,20 @@ pub enum Handshake {
     Session(Vec<(String, String)>),
     /// A CancelRequest for pgvane's (pid, key).
     Cancel(u32, u32),
+    /// An SSLRequest on a port that offers TLS: the caller answers `S`,
+    /// runs the TLS handshake and calls [`handshake`] again.
+    StartTls,
+}
+
+/// What [`handshake`] does with an SSLRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsOffer {
+    /// Answer `N`: the port has no certificate.
+    Refuse,
+    /// Return [`Handshake::StartTls`].
+    Offer,
+    /// TLS is already on: another SSLRequest is refused, as PostgreSQL does.
+    Active,
 }
 
 /// Why the handshake ended without a session.
@@ -50,9 +66,10 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(
 /// [`HandshakeError`].
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
+    tls: TlsOffer,
 ) -> Result<Handshake, HandshakeError> {
     // One SSLRequest and one GSSENCRequest per connection, as PostgreSQL.
-    let (mut ssl_done, mut gss_done) = (false, false);
+    let (mut ssl_done, mut gss_done) = (tls == TlsOffer::Active, false);
     loop {
         let mut head = [0u8; 4];
         s.read_exact(&mut head).await?;
@@ -85,6 +102,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                         code & 0xffff
                     );
                     return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, text).await);
+                }
+                if request == FirstPacket::SslRequest && tls == TlsOffer::Offer {
+                    return Ok(Handshake::StartTls);
                 }
                 s.write_all(b"N").await?;
             }
@@ -126,59 +146,75 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Authenticates `user` against `secret` (None = unknown user: the exchange
-/// still runs against a dummy verifier so timing does not reveal it).
-/// Sends AuthenticationOk on success.
+/// Who is logging in: a configured user's secret, or the mock secret of
+/// an unknown name (see [`auth::mock_secret`]) that no answer matches.
+#[derive(Debug, Clone, Copy)]
+pub enum Login<'a> {
+    /// A configured user.
+    Known(&'a Secret),
+    /// An unknown user, asked for this mock secret.
+    Unknown(&'a Secret),
+}
+
+/// Authenticates `user`. An unknown user goes through the same exchange
+/// with a mock secret (same method, same work, a stable salt), then gets
+/// the same error as a wrong password. `binding` is the certificate's
+/// `tls-server-end-point` data on a TLS connection: SCRAM-SHA-256-PLUS is
+/// then offered first, as PostgreSQL does. Sends AuthenticationOk on success.
 ///
 /// # Errors
 /// [`HandshakeError::Refused`] with 28P01 for a wrong password or unknown user.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     user: &str,
-    secret: Option<&Secret>,
+    login: Login<'_>,
+    binding: Option<&[u8]>,
 ) -> Result<(), HandshakeError> {
     let fail = format!("password authentication failed for user \"{user}\"");
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    let (secret, known) = match login {
+        Login::Known(s) => (s, true),
+        Login::Unknown(s) => (s, false),
+    };
     match secret {
-        Some(Secret::Md5(stored)) => {
+        Secret::Md5(stored) => {
             let salt = auth::random_bytes::<4>();
             encode::auth(&mut out, 5, &salt);
             s.write_all(&out).await?;
             let answer = read_password(s, &mut buf).await?;
             let got = answer.strip_suffix(&[0][..]).unwrap_or(&answer);
-            if got != auth::md5_expected(stored, salt).as_bytes() {
+            if got != auth::md5_expected(stored, salt).as_bytes() || !known {
                 return Err(refuse(s, sqlstate::INVALID_PASSWORD, fail).await);
             }
         }
-        other => {
-            let dummy;
-            let verifier = match other {
-                Some(Secret::Scram(v)) => v,
-                _ => {
-                    dummy = scram::Verifier::from_password(
-                        &auth::nonce(),
-                        b"pgvane-unknown-user",
-                        4096,
-                    );
-                    &dummy
-                }
+        Secret::Scram(verifier) => {
+            let offer: &[u8] = if binding.is_some() {
+                b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+            } else {
+                b"SCRAM-SHA-256\0\0"
             };
-            encode::auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+            encode::auth(&mut out, 10, offer);
             s.write_all(&out).await?;
             let initial = read_password(s, &mut buf).await?;
             let mut pos = 0;
             let mech = message::cstr(&initial, &mut pos).unwrap_or("");
-            if mech != "SCRAM-SHA-256" || initial.len() < pos + 4 {
+            let chosen = match (mech, binding) {
+                ("SCRAM-SHA-256", None) => Some(scram::Binding::Unavailable),
+                ("SCRAM-SHA-256", Some(_)) => Some(scram::Binding::Declined),
+                ("SCRAM-SHA-256-PLUS", Some(data)) => Some(scram::Binding::Selected(data)),
+                _ => None,
+            };
+            let Some(chosen) = chosen.filter(|_| initial.len() >= pos + 4) else {
                 return Err(refuse(
                     s,
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("unsupported SASL mechanism \"{mech}\""),
                 )
                 .await);
-            }
+            };
             let data = &initial[pos + 4..];
-            let mut server = scram::Server::new(verifier, auth::nonce());
+            let mut server = scram::Server::with_binding(verifier, auth::nonce(), chosen);
             let first = match server.client_first(data) {
                 Ok(f) => f,
                 Err(e) => return Err(refuse(s, sqlstate::PROTOCOL_VIOLATION, e.to_string()).await),
@@ -188,7 +224,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             s.write_all(&out).await?;
             let fin = read_password(s, &mut buf).await?;
             match server.client_final(&fin) {
-                Ok(sig) if other.is_some() => {
+                Ok(sig) if known => {
                     out.clear();
                     encode::auth(&mut out, 12, sig.as_bytes());
                     s.write_all(&out).await?;
@@ -246,7 +282,7 @@ mod tests {
     #[tokio::test]
     async fn ssl_then_startup() {
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Refuse).await.unwrap() });
         c.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
         let mut n = [0u8; 1];
         c.read_exact(&mut n).await.unwrap();
@@ -266,14 +302,14 @@ mod tests {
     #[tokio::test]
     async fn cancel_and_bad_packets() {
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Refuse).await.unwrap() });
         let mut out = Vec::new();
         encode::cancel_request(&mut out, 7, 9);
         c.write_all(&out).await.unwrap();
         assert_eq!(task.await.unwrap(), Handshake::Cancel(7, 9));
 
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { handshake(&mut s).await });
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Refuse).await });
         c.write_all(&[0, 0, 0, 2]).await.unwrap();
         assert!(
             matches!(task.await.unwrap(), Err(HandshakeError::Refused(code, _)) if code == sqlstate::PROTOCOL_VIOLATION)
@@ -286,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_ssl_request_is_refused_like_postgresql() {
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { handshake(&mut s).await });
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Refuse).await });
         let ssl = [0, 0, 0, 8, 4, 210, 22, 47];
         c.write_all(&ssl).await.unwrap();
         let mut n = [0u8; 1];
@@ -302,7 +338,10 @@ mod tests {
     async fn an_oversized_password_message_is_refused_without_reserving_it() {
         let (mut c, mut s) = tokio::io::duplex(1 << 16);
         let secret = Secret::Md5(format!("md5{}", "0".repeat(32)));
-        let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&secret)).await });
+        let task =
+            tokio::spawn(
+                async move { authenticate(&mut s, "app", Login::Known(&secret), None).await },
+            );
         let mut req = [0u8; 13];
         c.read_exact(&mut req).await.unwrap();
         assert_eq!(req[0], b'R');
@@ -324,7 +363,7 @@ mod tests {
     #[tokio::test]
     async fn protocol_3_2_gets_negotiate() {
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { handshake(&mut s).await.unwrap() });
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Refuse).await.unwrap() });
         let mut out = Vec::new();
         encode::startup(&mut out, &[("user", "app"), ("_pq_.x", "1")]);
         out[4..8].copy_from_slice(&((3u32 << 16) | 2).to_be_bytes());
@@ -345,7 +384,10 @@ mod tests {
         for (password, ok) in [("pw", true), ("nope", false)] {
             let (mut c, mut s) = tokio::io::duplex(4096);
             let sec = secret.clone();
-            let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&sec)).await });
+            let task =
+                tokio::spawn(
+                    async move { authenticate(&mut s, "app", Login::Known(&sec), None).await },
+                );
             let mut buf = BytesMut::new();
             let m = message::read_message(&mut c, &mut buf).await.unwrap();
             assert_eq!(m.tag(), b'R');
@@ -372,10 +414,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ssl_request_is_handed_back_when_tls_is_offered() {
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let task = tokio::spawn(async move { handshake(&mut s, TlsOffer::Offer).await.unwrap() });
+        c.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+        assert_eq!(task.await.unwrap(), Handshake::StartTls);
+        // Nothing was answered: the caller sends 'S' and starts TLS.
+        drop(c);
+    }
+
+    /// One SCRAM attempt with a wrong password: (mechanisms, salt, error text).
+    async fn scram_attempt(user: &str, login: Login<'static>) -> (Vec<u8>, String, String) {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let (mut c, mut s) = tokio::io::duplex(4096);
+        let name = user.to_owned();
+        let task = tokio::spawn(async move { authenticate(&mut s, &name, login, None).await });
+        let mut buf = BytesMut::new();
+        let m = message::read_message(&mut c, &mut buf).await.unwrap();
+        let mechanisms = m.body()[4..].to_vec();
+        let mut scram = ScramSha256::new(b"wrong", ChannelBinding::unsupported());
+        let mut out = Vec::new();
+        encode::sasl_initial(&mut out, "SCRAM-SHA-256", scram.message());
+        c.write_all(&out).await.unwrap();
+        let m = message::read_message(&mut c, &mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&m.body()[4..]).into_owned();
+        let salt = first
+            .split(',')
+            .find_map(|p| p.strip_prefix("s="))
+            .unwrap()
+            .to_owned();
+        scram.update(&m.body()[4..]).unwrap();
+        out.clear();
+        encode::password(&mut out, scram.message());
+        c.write_all(&out).await.unwrap();
+        let m = message::read_message(&mut c, &mut buf).await.unwrap();
+        assert_eq!(m.tag(), b'E');
+        let text = String::from_utf8_lossy(m.body()).replace(user, "USER");
+        assert!(task.await.unwrap().is_err());
+        (mechanisms, salt, text)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_cannot_be_told_from_a_known_one() {
+        static KNOWN: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
+        static GHOST: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
+        let known = KNOWN.get_or_init(|| Secret::from_config("pw").unwrap());
+        let ghost = GHOST.get_or_init(|| auth::mock_secret("ghost", false));
+        let (km, ksalt, kerr) = scram_attempt("app", Login::Known(known)).await;
+        let (gm, gsalt, gerr) = scram_attempt("ghost", Login::Unknown(ghost)).await;
+        let (_, gsalt2, _) = scram_attempt("ghost", Login::Unknown(ghost)).await;
+        assert_eq!(km, gm, "same mechanisms");
+        assert_eq!(kerr, gerr, "same error");
+        assert_eq!(
+            gsalt, gsalt2,
+            "an unknown name keeps its salt, like a real user"
+        );
+        assert_eq!(ksalt.len(), gsalt.len());
+    }
+
+    #[tokio::test]
     async fn md5_login() {
         let secret = Secret::Md5(auth::md5_stored("app", "pw"));
         let (mut c, mut s) = tokio::io::duplex(4096);
-        let task = tokio::spawn(async move { authenticate(&mut s, "app", Some(&secret)).await });
+        let task =
+            tokio::spawn(
+                async move { authenticate(&mut s, "app", Login::Known(&secret), None).await },
+            );
         let mut buf = BytesMut::new();
         let m = message::read_message(&mut c, &mut buf).await.unwrap();
         let salt: [u8; 4] = m.body()[4..8].try_into().unwrap();

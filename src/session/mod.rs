@@ -10,7 +10,7 @@
 //! `checkout` (targets, pools, retries, settings), `effects` (pins,
 //! replayed settings, read-your-writes), `simple` (Query, fast path, COPY),
 //! `extended` (batches, transparent prepared statements), `cancel`,
-//! `settings`, `error`, `handshake`.
+//! `settings`, `error`, `handshake`, `stream` (plain or TLS socket).
 
 mod cancel;
 mod checkout;
@@ -21,6 +21,7 @@ mod extended;
 pub mod handshake;
 mod settings;
 mod simple;
+mod stream;
 
 pub use cancel::CancelRegistry;
 
@@ -28,23 +29,27 @@ use crate::auth::Secret;
 use crate::backend::Credentials;
 use crate::backend::prepared::StmtText;
 use crate::classifier::{Classification, Classifier, Pin};
-use crate::config::{Config, PortConfig, PortKey};
+use crate::config::{ClientTlsMode, Config, PortConfig, PortKey};
 use crate::pool::{PoolSet, PoolSettings, Pooled};
 use crate::protocol::encode;
 use crate::protocol::message::Message;
 use crate::protocol::sqlstate;
 use crate::router::{HealthBook, LagView};
 use crate::telemetry::Metrics;
+use crate::tls::ServerTls;
 use crate::topology::{ClusterMap, NodeAddr};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use cancel::CancelTarget;
 use client::{ClientConn, ClientState};
 use error::SessionError;
-use handshake::{Handshake, HandshakeError};
+use handshake::{Handshake, HandshakeError, Login, TlsOffer};
 use settings::SessionSettings;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stream::ClientStream;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +93,8 @@ pub struct SessionContext {
     pub drain: CancellationToken,
     /// Fires when the port closes: every session ends now.
     pub close: CancellationToken,
+    /// The port's client TLS, swapped by reload (`None`: answer `N`).
+    pub tls: Arc<ArcSwapOption<ServerTls>>,
 }
 
 impl SessionContext {
@@ -182,36 +189,58 @@ fn startup_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>
 /// the port is at `max_clients` (the client is told so after its startup
 /// packet, as PostgreSQL does). Everything before the session starts is
 /// bounded by `client_login_timeout_ms`.
-pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>, admitted: bool) {
+pub async fn run(client: TcpStream, ctx: Arc<SessionContext>, admitted: bool, peer: SocketAddr) {
+    use tracing::Instrument;
+    // Every log line of the session names the client's address.
+    let span = tracing::info_span!("client", %peer);
+    serve_client(client, ctx, admitted, peer)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_client(
+    client: TcpStream,
+    ctx: Arc<SessionContext>,
+    admitted: bool,
+    peer: SocketAddr,
+) {
     let _ = client.set_nodelay(true);
+    let mut client = ClientStream::Plain(client);
     let timeout = ctx.globals.load().client_login_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let Some(s) = Box::pin(tokio::time::timeout_at(
+    let logged_in = Box::pin(tokio::time::timeout_at(
         deadline,
-        login(&mut client, &ctx, admitted),
+        login(&mut client, &ctx, admitted, peer),
     ))
-    .await
-    .unwrap_or_else(|_| {
-        let text = "canceling authentication due to timeout".to_owned();
-        tracing::info!(port = %ctx.key, ?timeout, "{text}");
-        ctx.metrics
-            .client_errors
-            .with_label_values(&[
-                &ctx.key.cluster,
-                &ctx.key.port,
-                sqlstate::PROTOCOL_VIOLATION.code(),
-            ])
-            .inc();
-        let mut out = Vec::new();
-        encode::error_response(
-            &mut out,
-            encode::Severity::Fatal,
-            sqlstate::PROTOCOL_VIOLATION,
-            &text,
-        );
-        // Best effort: a client that never reads must not hold us here.
-        let _ = client.try_write(&out);
-        None
+    .await;
+    let Some(s) = (match logged_in {
+        Ok(s) => s,
+        Err(_) => {
+            let text = "canceling authentication due to timeout".to_owned();
+            tracing::info!(port = %ctx.key, ?timeout, "{text}");
+            ctx.metrics
+                .client_errors
+                .with_label_values(&[
+                    &ctx.key.cluster,
+                    &ctx.key.port,
+                    sqlstate::PROTOCOL_VIOLATION.code(),
+                ])
+                .inc();
+            let mut out = Vec::new();
+            encode::error_response(
+                &mut out,
+                encode::Severity::Fatal,
+                sqlstate::PROTOCOL_VIOLATION,
+                &text,
+            );
+            // Best effort: a client that never reads must not hold us here.
+            let _ = tokio::time::timeout(Duration::from_millis(100), async {
+                client.write_all(&out).await?;
+                client.flush().await
+            })
+            .await;
+            None
+        }
     }) else {
         return;
     };
@@ -252,19 +281,59 @@ pub async fn run(mut client: TcpStream, ctx: Arc<SessionContext>, admitted: bool
 /// The startup packet and authentication: the backend credentials and the
 /// startup settings of a logged-in client, or `None` (refused or gone).
 async fn login(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     ctx: &Arc<SessionContext>,
     admitted: bool,
+    peer: SocketAddr,
 ) -> Option<(Credentials, Vec<(String, String)>)> {
-    let params = match handshake::handshake(client).await {
-        Ok(Handshake::Cancel(pid, key)) => {
-            ctx.cancels.cancel((pid, key)).await;
-            return None;
+    let tls = ctx.tls.load_full();
+    let acceptor = tls.as_ref().and_then(|t| t.acceptor.as_ref());
+    // PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a ClientHello
+    // first, and ALPN `postgresql` required.
+    if let (Some(acceptor), ClientStream::Plain(tcp)) = (acceptor, &*client) {
+        let mut first = [0u8; 1];
+        if matches!(tcp.peek(&mut first).await, Ok(1)) && first[0] == 0x16 {
+            if let Err(e) = client.start_tls(acceptor).await {
+                tracing::info!(port = %ctx.key, error = %e, "TLS handshake failed");
+                return None;
+            }
+            if client.alpn() != Some(crate::tls::server::ALPN_POSTGRESQL) {
+                let e = handshake::refuse(
+                    client,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "received direct SSL connection request without ALPN protocol negotiation extension".into(),
+                )
+                .await;
+                count_refusal(ctx, &e);
+                return None;
+            }
         }
-        Ok(Handshake::Session(p)) => p,
-        Err(e) => {
-            count_refusal(ctx, &e);
-            return None;
+    }
+    let mut offer = match (client.is_tls(), acceptor.is_some()) {
+        (true, _) => TlsOffer::Active,
+        (false, true) => TlsOffer::Offer,
+        (false, false) => TlsOffer::Refuse,
+    };
+    let params = loop {
+        match handshake::handshake(client, offer).await {
+            Ok(Handshake::Cancel(pid, key)) => {
+                ctx.cancels.cancel((pid, key)).await;
+                return None;
+            }
+            Ok(Handshake::Session(p)) => break p,
+            Ok(Handshake::StartTls) => {
+                let acceptor = acceptor?;
+                client.write_all(b"S").await.ok()?;
+                if let Err(e) = client.start_tls(acceptor).await {
+                    tracing::info!(port = %ctx.key, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                offer = TlsOffer::Active;
+            }
+            Err(e) => {
+                count_refusal(ctx, &e);
+                return None;
+            }
         }
     };
     if !admitted {
@@ -289,15 +358,50 @@ async fn login(
         return None;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
+    if tls
+        .as_ref()
+        .is_some_and(|t| t.mode == ClientTlsMode::Require)
+        && !client.is_tls()
+    {
+        // As a pg_hba.conf with only `hostssl` lines answers.
+        let e = handshake::refuse(
+            client,
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+                peer.ip()
+            ),
+        )
+        .await;
+        count_refusal(ctx, &e);
+        return None;
+    }
     let globals = ctx.globals.load_full();
-    let entry = globals
+    let users = globals
         .clusters
         .get(&ctx.key.cluster)
-        .and_then(|c| c.users.iter().find(|u| u.name == user).cloned());
+        .map_or(&[][..], |c| c.users.as_slice());
+    let entry = users.iter().find(|u| u.name == user).cloned();
     let secret = entry.as_ref().and_then(|u| ctx.secret(&u.password));
-    if let Err(e) =
-        handshake::authenticate(client, &user, secret.as_ref().filter(|_| entry.is_some())).await
-    {
+    // An unknown user is asked what most users would be: md5 only when
+    // every configured user is md5, SCRAM otherwise.
+    let mock;
+    let login = match &secret {
+        Some(s) => Login::Known(s),
+        None => {
+            let all_md5 = !users.is_empty()
+                && users
+                    .iter()
+                    .all(|u| matches!(ctx.secret(&u.password), Some(crate::auth::Secret::Md5(_))));
+            mock = crate::auth::mock_secret(&user, all_md5);
+            Login::Unknown(&mock)
+        }
+    };
+    let binding = client
+        .is_tls()
+        .then(|| tls.as_ref().map(|t| t.end_point.as_slice()))
+        .flatten();
+    if let Err(e) = handshake::authenticate(client, &user, login, binding).await {
         count_refusal(ctx, &e);
         return None;
     }

@@ -712,3 +712,22 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
 }
+
+/// psql (libpq) to 127.0.0.1:`port` as postgres/postgres with `extra`
+/// conninfo keywords (sslmode, …); (success, stdout + stderr).
+pub fn psql_at(port: u16, extra: &str, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=10 {extra}"
+        ))
+        .args(["-X", "-At", "-c", sql])
+        .env("PGPASSWORD", "postgres")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

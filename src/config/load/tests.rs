@@ -185,3 +185,26 @@ fn a_public_admin_address_needs_a_token() {
     .unwrap();
     assert_eq!(ok.admin_token.as_deref(), Some("0123456789abcdef"));
 }
+
+#[test]
+fn client_tls_is_for_split_ports_and_needs_its_files() {
+    let errs = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: x}], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split, tls: {mode: require, cert: /c.pem}}, t: {listen: '127.0.0.1:7001', roles: [leader], tls: {mode: allow}}, u: {listen: '127.0.0.1:7002', roles: [any], mode: split, tls: {mode: sometimes}}}}}",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"clusters.c.ports.p.tls.key"), "{errs:?}");
+    assert!(!paths.contains(&"clusters.c.ports.p.tls.cert"), "{errs:?}");
+    assert!(paths.contains(&"clusters.c.ports.t.tls"), "{errs:?}");
+    assert!(
+        paths.iter().any(|p| p.starts_with("clusters.c.ports.u")),
+        "{errs:?}"
+    );
+    let ok = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: x}], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split, tls: {mode: disable}}, q: {listen: '127.0.0.1:7001', roles: [async], mode: split, tls: {cert: /c.pem, key: /k.pem}}}}}",
+    )
+    .unwrap();
+    let q = ok.clusters["c"].ports["q"].tls.as_ref().unwrap();
+    assert_eq!(q.mode, crate::config::ClientTlsMode::Allow);
+}

@@ -1,5 +1,11 @@
-//! TLS settings → clients. Today: the Patroni REST client (`reqwest` on
-//! rustls) with the cluster's `tls` block. Reads PEM files; nothing else.
+//! TLS settings → ready-to-use TLS objects: the Patroni REST client
+//! (`reqwest` on rustls) from a cluster's `tls` block, and the acceptor of a
+//! split port's clients from the port's `tls` block (`server`). Reads PEM
+//! files; no sockets here.
+
+pub mod server;
+
+pub use server::ServerTls;
 
 use crate::config::TlsConfig;
 use std::time::Duration;
