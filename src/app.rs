@@ -148,11 +148,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
     let admin_task = tokio::spawn({
         let stop = stop_admin.clone();
         async move {
-            let server = axum::serve(admin_listener, admin::router(admin_state))
-                .with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "admin API stopped");
-            }
+            admin::serve(admin_listener, admin::router(admin_state), stop).await;
         }
     });
     let signals = signals_task(commands, stop_admin.clone())?;

@@ -63,3 +63,41 @@ async fn admin_endpoints_answer_from_the_live_map() {
         assert!(line.starts_with("pgvane_"), "{line}");
     }
 }
+
+/// A client that sends half a request's headers and stops is closed after
+/// the header-read timeout (5 s); others are answered meanwhile.
+#[test]
+fn slow_header_clients_are_closed_and_others_served() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    healthy_lab();
+    let p = Ports::new();
+    let pg = Pgvane::start(&lab_config(&p), p.admin);
+    let mut loris: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", p.admin)).unwrap();
+            s.write_all(b"GET /clusters HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            s
+        })
+        .collect();
+    let t0 = Instant::now();
+    assert_eq!(
+        pg.http("GET", "/health").unwrap().0,
+        200,
+        "blocked by slow clients"
+    );
+    for s in &mut loris {
+        let mut buf = Vec::new();
+        // Closed by pgvane (EOF, possibly after a 408), not by our timeout.
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "not closed: {r:?}");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+    assert_eq!(pg.http("GET", "/health").unwrap().0, 200);
+}

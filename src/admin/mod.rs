@@ -65,6 +65,64 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Longest a client may take to send a request's headers (slow-loris).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest one request may take, body included (`/update_clusters` waits
+/// for a poll round, which the API timeout bounds far below this).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `stop`: HTTP/1.1 with
+/// [`HEADER_READ_TIMEOUT`] and [`REQUEST_TIMEOUT`] (`axum::serve` has
+/// neither), then lets open requests finish for up to 5 s.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = app.layer(axum::middleware::from_fn(request_timeout));
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let sock = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(sock), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conns.wait()).await;
+}
+
+/// Answers 503 to a request that takes longer than [`REQUEST_TIMEOUT`].
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+    }
+}
+
 /// Lets a state-changing request through only with the bearer token (when
 /// `admin_token` is set) and never when a browser sent it cross-site.
 async fn guard(

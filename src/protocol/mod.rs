@@ -7,6 +7,9 @@ pub mod message;
 pub mod sqlstate;
 pub mod startup;
 
+#[cfg(test)]
+mod proptests;
+
 /// Largest startup packet accepted, as PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`
 /// (src/include/libpq/pqcomm.h).
 pub const MAX_STARTUP_PACKET_LENGTH: usize = 10_000;

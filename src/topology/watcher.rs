@@ -322,6 +322,30 @@ async fn cluster_answers(settings: &WatchSettings) -> Result<Vec<(String, Cluste
     Ok(answers)
 }
 
+/// Largest Patroni answer read: a 100-member `/cluster` is about 50 KB.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Reads a response body up to [`MAX_BODY`], refusing a larger
+/// `Content-Length` before reading and a longer body as soon as it passes.
+async fn body(mut resp: reqwest::Response, shown: &str) -> Result<Vec<u8>, String> {
+    let too_big = || format!("{shown}: answer larger than {MAX_BODY} bytes");
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_big());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("{shown}: {}", error_chain(e)))?
+    {
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// One member's own `GET /patroni` (its `api_url`), bounded by `timeout`.
 async fn fetch_status(
     client: &reqwest::Client,
@@ -336,10 +360,7 @@ async fn fetch_status(
             .await
             .map_err(|e| format!("{shown}: {}", error_chain(e)))?;
         // `/patroni` answers 503 with a full body when PostgreSQL is down.
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("{shown}: {}", error_chain(e)))?;
+        let body = body(resp, &shown).await?;
         patroni::parse_status(&body).map_err(|e| format!("{shown}: {e}"))
     };
     tokio::time::timeout(timeout, work)
@@ -365,10 +386,7 @@ async fn fetch(
         if !status.is_success() {
             return Err(format!("{host}: HTTP {status}"));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("{host}: {}", error_chain(e)))?;
+        let body = body(resp, host).await?;
         let info = patroni::parse(&body).map_err(|e| format!("{host}: {e}"))?;
         if info.members.is_empty() {
             return Err(format!("{host}: answer lists no routable member"));

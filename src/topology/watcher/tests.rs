@@ -10,6 +10,10 @@ enum Answer {
     Status(u16),
     Hang,
     Close,
+    /// A chunked body of this many bytes (no Content-Length).
+    Huge(usize),
+    /// A Content-Length of this many bytes, then nothing.
+    Announce(u64),
 }
 
 struct Fake {
@@ -55,6 +59,23 @@ async fn fake(answer: Answer) -> Fake {
                         return;
                     }
                     Answer::Close => return,
+                    Answer::Huge(n) => {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = format!("{:x}\r\n{}\r\n", 65536, " ".repeat(65536));
+                        for _ in 0..n / 65536 {
+                            if sock.write_all(chunk.as_bytes()).await.is_err() {
+                                return; // pgvane stopped reading: what we want
+                            }
+                        }
+                        let _ = sock.write_all(b"0\r\n\r\n").await;
+                        return;
+                    }
+                    Answer::Announce(n) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
+                    ),
                 };
                 let _ = sock.write_all(reply.as_bytes()).await;
             });
@@ -214,4 +235,19 @@ fn credentials_in_urls_are_redacted() {
     );
     assert_eq!(redact("http://10.0.0.1:8008"), "http://10.0.0.1:8008");
     assert_eq!(redact("http://h:1/a@b"), "http://h:1/a@b");
+}
+
+#[tokio::test]
+async fn oversized_answers_are_refused_without_reading_them_whole() {
+    let huge = fake(Answer::Huge(64 * 1024 * 1024)).await;
+    let announce = fake(Answer::Announce(1 << 40)).await;
+    for f in [&huge, &announce] {
+        let mut s = settings(&[f]);
+        s.timeout = Duration::from_secs(20);
+        let (h, _c) = start(s);
+        let t = Instant::now();
+        let e = h.update_now().await.unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
 }
