@@ -29,7 +29,7 @@ for t in "${targets[@]}"; do
   seed "$t"
   start=$SECONDS
   log=artifacts/$t.log; mkdir -p artifacts
-  if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 >"$log" 2>&1; then
+  if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     result=ok
   else
     result="FOUND A CRASH (see $log and artifacts/$t/)"

@@ -32,10 +32,7 @@ impl Secret {
         if password.starts_with("SCRAM-SHA-256$") {
             return scram::Verifier::parse(password).map(Self::Scram);
         }
-        if password.len() == 35
-            && password.starts_with("md5")
-            && password[3..].bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if is_md5_hash(password) {
             return Ok(Self::Md5(password.to_owned()));
         }
         Ok(Self::Scram(scram::Verifier::from_password(
@@ -44,6 +41,15 @@ impl Secret {
             4096,
         )))
     }
+}
+
+/// Whether a configured password is an md5 hash (`md5` + 32 hex digits)
+/// rather than plaintext or a SCRAM verifier.
+#[must_use]
+pub fn is_md5_hash(password: &str) -> bool {
+    password.len() == 35
+        && password.starts_with("md5")
+        && password[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `n` random bytes from the OS.

@@ -298,14 +298,8 @@ async fn login(
                 return None;
             }
             if client.alpn() != Some(crate::tls::server::ALPN_POSTGRESQL) {
-                let e = handshake::refuse(
-                    client,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "received direct SSL connection request without ALPN protocol negotiation extension".into(),
-                )
-                .await;
-                count_refusal(ctx, &e);
-                return None;
+                let text = "received direct SSL connection request without ALPN protocol negotiation extension";
+                return refused(client, ctx, sqlstate::PROTOCOL_VIOLATION, text.into()).await;
             }
         }
     }
@@ -337,25 +331,23 @@ async fn login(
         }
     };
     if !admitted {
-        let e = handshake::refuse(
+        return refused(
             client,
+            ctx,
             sqlstate::TOO_MANY_CONNECTIONS,
             "sorry, too many clients already".into(),
         )
         .await;
-        count_refusal(ctx, &e);
-        return None;
     }
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user") else {
-        let e = handshake::refuse(
+        return refused(
             client,
+            ctx,
             sqlstate::INVALID_PASSWORD,
             "no PostgreSQL user name specified in startup packet".into(),
         )
         .await;
-        count_refusal(ctx, &e);
-        return None;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
     if tls
@@ -364,17 +356,12 @@ async fn login(
         && !client.is_tls()
     {
         // As a pg_hba.conf with only `hostssl` lines answers.
-        let e = handshake::refuse(
-            client,
-            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-            format!(
-                "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
-                peer.ip()
-            ),
-        )
-        .await;
-        count_refusal(ctx, &e);
-        return None;
+        let text = format!(
+            "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+            peer.ip()
+        );
+        let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
+        return refused(client, ctx, code, text).await;
     }
     let globals = ctx.globals.load_full();
     let users = globals
@@ -389,10 +376,8 @@ async fn login(
     let login = match &secret {
         Some(s) => Login::Known(s),
         None => {
-            let all_md5 = !users.is_empty()
-                && users
-                    .iter()
-                    .all(|u| matches!(ctx.secret(&u.password), Some(crate::auth::Secret::Md5(_))));
+            let all_md5 =
+                !users.is_empty() && users.iter().all(|u| crate::auth::is_md5_hash(&u.password));
             mock = crate::auth::mock_secret(&user, all_md5);
             Login::Unknown(&mock)
         }
@@ -409,14 +394,12 @@ async fn login(
     let startup = match startup_settings(&params) {
         Ok(s) => s,
         Err(text) => {
-            let e = handshake::refuse(client, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
-            count_refusal(ctx, &e);
-            return None;
+            return refused(client, ctx, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
         }
     };
     let backend_password = entry.backend_password.clone().or_else(|| {
         let plain = !(entry.password.starts_with("SCRAM-SHA-256$")
-            || (entry.password.len() == 35 && entry.password.starts_with("md5")));
+            || crate::auth::is_md5_hash(&entry.password));
         plain.then(|| entry.password.clone())
     });
     Some((
@@ -427,6 +410,19 @@ async fn login(
         },
         startup,
     ))
+}
+
+/// Refuses a client that is logging in, counts and logs it; `None` for
+/// `login` to return.
+async fn refused<T>(
+    client: &mut ClientStream,
+    ctx: &SessionContext,
+    code: sqlstate::SqlState,
+    text: String,
+) -> Option<T> {
+    let e = handshake::refuse(client, code, text).await;
+    count_refusal(ctx, &e);
+    None
 }
 
 fn count_refusal(ctx: &SessionContext, e: &HandshakeError) {

@@ -60,18 +60,12 @@ pub fn patroni_client(
         .user_agent(concat!("pgvane/", env!("CARGO_PKG_VERSION")));
     if let Some(tls) = tls {
         if let Some(ca) = &tls.ca_cert {
-            let pem = read(ca)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| TlsError::Pem {
-                path: ca.clone(),
-                message: e.to_string(),
-            })?;
-            if certs.is_empty() {
-                return Err(TlsError::Pem {
+            // The same PEM reading as a split port's certificate chain.
+            for der in server::certs(ca)? {
+                let cert = reqwest::Certificate::from_der(&der).map_err(|e| TlsError::Pem {
                     path: ca.clone(),
-                    message: "no certificate found".into(),
-                });
-            }
-            for cert in certs {
+                    message: e.to_string(),
+                })?;
                 builder = builder.add_root_certificate(cert);
             }
         }

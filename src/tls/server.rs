@@ -77,7 +77,9 @@ impl ServerTls {
     }
 }
 
-fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file, in order; an error naming the file when
+/// it holds none or is malformed.
+pub(super) fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()
