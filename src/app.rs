@@ -83,6 +83,7 @@ struct App {
     admin_view: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
     tasks: TaskTracker,
     workers: Arc<Workers>,
+    admissions: Arc<crate::admission::Admissions>,
 }
 
 /// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]); client
@@ -108,6 +109,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         admin_view: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
         tasks: TaskTracker::new(),
         workers,
+        admissions: Arc::default(),
     };
     let mut listeners = HashMap::new();
     for (cname, c) in &config.clusters {
@@ -293,8 +295,11 @@ impl App {
             Arc::clone(&self.globals),
             Arc::clone(&c.watcher.map),
             Arc::clone(&c.health),
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.workers),
+            listener::ProcessShared {
+                metrics: Arc::clone(&self.metrics),
+                workers: Arc::clone(&self.workers),
+                admissions: Arc::clone(&self.admissions),
+            },
         ));
         shared.tls.store(tls);
         let stop_accept = CancellationToken::new();

@@ -20,12 +20,13 @@
 //!
 //! Module map: [`config`] (model, load, diff), [`topology`] (Patroni model,
 //! map, watcher), [`router`] (policy, balance, health), [`relay`] (byte
-//! relay, refusals), [`listener`] (ports), [`admin`] (HTTP API),
+//! relay, refusals), [`listener`] (ports), [`admission`] (client limits), [`admin`] (HTTP API),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
 //! [`signals`], [`control`], [`workers`] (per-core client runtimes),
 //! [`app`] (composition root).
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod backend;

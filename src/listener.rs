@@ -2,9 +2,10 @@
 //! (`router`), connecting with retry on the next node, and relaying
 //! (`relay`). A port's shared state is [`PortShared`], built by `app`.
 
+use crate::admission::{Admissions, Limits};
 use crate::classifier::Classifier;
 use crate::config::Mode;
-use crate::config::{Config, PortConfig, PortKey};
+use crate::config::{AccessClient, Config, PortConfig, PortKey};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::relay::{self, ByteCounters, RelayEnd};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NoTarget, NodeKey};
@@ -69,6 +70,17 @@ async fn first_bytes(client: &mut TcpStream, port: &PortShared) -> Option<[u8; 8
     None
 }
 
+/// What every port of the process shares.
+#[derive(Debug, Clone)]
+pub struct ProcessShared {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Runtimes client tasks run on.
+    pub workers: Arc<Workers>,
+    /// Client counts for the global and per-address limits.
+    pub admissions: Arc<Admissions>,
+}
+
 /// Everything a role port's clients share. Lives as long as the port,
 /// across reloads that change its settings.
 #[derive(Debug)]
@@ -106,6 +118,8 @@ pub struct PortShared {
     pub workers: Arc<Workers>,
     /// Split ports' client TLS, rebuilt from the files on every reload.
     pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::ServerTls>>,
+    /// Client counts of every port, for the global and per-address limits.
+    pub admissions: Arc<Admissions>,
     active: AtomicUsize,
     bytes: ByteCounters,
 }
@@ -119,9 +133,13 @@ impl PortShared {
         globals: Arc<ArcSwap<Config>>,
         map: Arc<ArcSwap<ClusterMap>>,
         health: Arc<HealthBook>,
-        metrics: Arc<Metrics>,
-        workers: Arc<Workers>,
+        process: ProcessShared,
     ) -> Self {
+        let ProcessShared {
+            metrics,
+            workers,
+            admissions,
+        } = process;
         let labels = |dir: &str| {
             metrics
                 .bytes
@@ -148,6 +166,7 @@ impl PortShared {
             cancels: Arc::default(),
             workers,
             tls: Arc::default(),
+            admissions,
             active: AtomicUsize::new(0),
             bytes,
             metrics,
@@ -286,23 +305,32 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                 port.clients.clone().spawn_on(
                     async move {
                         let _placement = placement;
-                        // Counted for `max_clients` from accept to close.
-                        let _admission = Admission(&port.active);
-                        let now_active = port.active.fetch_add(1, Ordering::Relaxed) + 1;
-                        let admitted = port
-                            .config
-                            .load()
-                            .max_clients
-                            .is_none_or(|max| now_active <= max);
+                        // Counted for the limits from accept to close.
+                        let limits = {
+                            let globals = port.globals.load();
+                            Limits {
+                                port: port.config.load().max_clients,
+                                total: globals.max_clients,
+                                per_address: globals.max_clients_per_address,
+                            }
+                        };
+                        let ticket = port.admissions.admit(&port.active, peer.ip(), limits);
+                        let split = port.split.load_full();
+                        let admitted = match ticket.full {
+                            None => Ok(()),
+                            Some(full) => {
+                                Err(full.text(&port.key.to_string(), split.is_some(), peer.ip()))
+                            }
+                        };
                         match TcpStream::from_std(std_client) {
                             Ok(client) => {
                                 crate::backend::keepalive(&client);
-                                match port.split.load_full() {
+                                match split {
                                     Some(ctx) => session::run(client, ctx, admitted, peer).await,
                                     None => {
                                         use tracing::Instrument;
                                         // Every log line of the client names its address.
-                                        serve_client(client, &port, admitted)
+                                        serve_client(client, &port, admitted, peer)
                                             .instrument(tracing::info_span!("client", %peer))
                                             .await;
                                     }
@@ -323,33 +351,35 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
     }
 }
 
-/// Counts a client for `max_clients`; released on drop.
-struct Admission<'a>(&'a AtomicUsize);
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn serve_client(mut client: TcpStream, port: &Arc<PortShared>, admitted: bool) {
+async fn serve_client(
+    mut client: TcpStream,
+    port: &Arc<PortShared>,
+    admitted: Result<(), String>,
+    peer: SocketAddr,
+) {
     let port = Arc::clone(port);
     let _ = client.set_nodelay(true);
     let cfg = port.config.load_full();
-    if !admitted {
-        let text = format!("pgvane: port \"{}\" has reached max_clients", port.key);
-        return refuse(
-            &mut client,
-            &[],
-            &port,
-            sqlstate::TOO_MANY_CONNECTIONS,
-            &text,
-        )
-        .await;
+    if let Err(text) = admitted {
+        let code = sqlstate::TOO_MANY_CONNECTIONS;
+        return refuse(&mut client, &[], &port, code, &text).await;
     }
     let Some(head) = first_bytes(&mut client, &port).await else {
         return;
     };
+    let who = AccessClient {
+        ip: peer.ip(),
+        user: None,
+        database: None,
+        tls: false,
+    };
+    if !cfg.admits(&who) {
+        // What pg_hba.conf answers; the bytes are relayed unread, so the
+        // user and database are not known here.
+        let text = format!("no pg_hba.conf entry for host \"{}\"", peer.ip());
+        let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
+        return refuse(&mut client, &head, &port, code, &text).await;
+    }
     let map = port.map.load_full();
     let lag = port.lag.load_full();
     let targets = match router::choose(

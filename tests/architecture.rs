@@ -31,7 +31,9 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// Modules each module may use (besides itself).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" => &[],
+        "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" | "admission" => {
+            &[]
+        }
         "config" => &["auth"],
         "backend" => &["protocol", "topology"],
         "pool" => &["backend", "topology"],
@@ -53,6 +55,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "tls" => &["config"],
         "signals" => &["control"],
         "listener" => &[
+            "admission",
             "backend",
             "session",
             "classifier",

@@ -40,8 +40,11 @@ fn state_with(
         Arc::clone(&globals),
         Arc::clone(&handle.map),
         Arc::new(HealthBook::default()),
-        Arc::clone(&metrics),
-        Arc::new(crate::workers::Workers::current()),
+        crate::listener::ProcessShared {
+            metrics: Arc::clone(&metrics),
+            workers: Arc::new(crate::workers::Workers::current()),
+            admissions: Arc::default(),
+        },
     ));
     let mut views = BTreeMap::new();
     views.insert(

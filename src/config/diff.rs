@@ -64,6 +64,11 @@ impl ConfigDiff {
                 old.client_login_timeout != new.client_login_timeout,
             ),
             ("admin_token", old.admin_token != new.admin_token),
+            ("max_clients", old.max_clients != new.max_clients),
+            (
+                "max_clients_per_address",
+                old.max_clients_per_address != new.max_clients_per_address,
+            ),
         ] {
             if changed {
                 d.globals_changed.push(field);

@@ -62,6 +62,10 @@ struct RawTop {
     client_login_timeout_ms: Option<u64>,
     #[serde(default)]
     admin_token: Option<String>,
+    #[serde(default)]
+    max_clients: Option<usize>,
+    #[serde(default)]
+    max_clients_per_address: Option<usize>,
     clusters: BTreeMap<String, Value>,
 }
 
@@ -135,6 +139,8 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             top.client_login_timeout_ms.unwrap_or(60_000).max(1),
         ),
         admin_token: top.admin_token,
+        max_clients: top.max_clients,
+        max_clients_per_address: top.max_clients_per_address,
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);
@@ -183,6 +189,14 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
             message: message.to_owned(),
         });
     };
+    for (field, value) in [
+        ("max_clients", config.max_clients),
+        ("max_clients_per_address", config.max_clients_per_address),
+    ] {
+        if value == Some(0) {
+            push(field.into(), "must be above 0");
+        }
+    }
     if interval == Some(0) {
         push(
             "cluster_update_interval".into(),
@@ -332,6 +346,20 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                             format!("{ppath}.{field}"),
                             "only applies to `mode: split` ports",
                         );
+                    }
+                }
+                for (i, rule) in port.access.iter().enumerate() {
+                    for (field, set) in [
+                        ("users", !rule.users.is_empty()),
+                        ("databases", !rule.databases.is_empty()),
+                        ("tls", rule.tls),
+                    ] {
+                        if set {
+                            push(
+                                format!("{ppath}.access[{i}].{field}"),
+                                "role ports relay bytes unread and see only the client address",
+                            );
+                        }
                     }
                 }
                 if port.tls.is_some() {

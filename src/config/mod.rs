@@ -9,5 +9,6 @@ mod model;
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub use model::{
-    ClientTlsMode, ClusterConfig, Config, Mode, PortConfig, PortTls, RoleSel, TlsConfig, UserConfig,
+    AccessClient, AccessRule, ClientTlsMode, ClusterConfig, Config, Mode, PortConfig, PortTls,
+    RoleSel, TlsConfig, UserConfig,
 };

@@ -32,6 +32,13 @@ pub struct Config {
     /// (`POST /reload`, `/update_clusters`) (`admin_token`, default none;
     /// required when `listen_address` is not loopback; reload: at once).
     pub admin_token: Option<String>,
+    /// Most clients all ports together accept at once (`max_clients`,
+    /// default: no limit; reload: new clients); more get SQLSTATE 53300.
+    pub max_clients: Option<usize>,
+    /// Most clients one address may have open across all ports
+    /// (`max_clients_per_address`, default: no limit; reload: new clients);
+    /// more get SQLSTATE 53300.
+    pub max_clients_per_address: Option<usize>,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
@@ -236,6 +243,68 @@ pub struct PortConfig {
     /// `N`). Role ports pass TLS through to PostgreSQL and take no `tls`.
     #[serde(default)]
     pub tls: Option<PortTls>,
+    /// Who may connect, like pg_hba.conf `host` lines that allow (default:
+    /// everyone). A client matching no rule is refused with 28000. Role
+    /// ports see no user or database, so their rules take `address` only.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
+}
+
+/// One allow rule of a port (`clusters.<c>.ports.<p>.access[i]`); every
+/// field given must match, an absent one matches everything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Client network in CIDR form, e.g. `10.0.0.0/8` or `::1/128`.
+    #[serde(default)]
+    pub address: Option<ipnet::IpNet>,
+    /// User names the rule admits (default: all).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Database names the rule admits (default: all).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Admit only TLS clients, as `hostssl` (split ports; default false).
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// What a port knows about a client when it checks its access rules.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessClient<'a> {
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// The user it logs in as (`None` on role ports).
+    pub user: Option<&'a str>,
+    /// The database it asks for (`None` on role ports).
+    pub database: Option<&'a str>,
+    /// Whether it speaks TLS to pgvane.
+    pub tls: bool,
+}
+
+impl AccessRule {
+    /// Whether this rule admits `c`. A user or database list never
+    /// matches a client whose name is unknown.
+    #[must_use]
+    pub fn admits(&self, c: &AccessClient<'_>) -> bool {
+        let listed = |list: &[String], name: Option<&str>| {
+            list.is_empty() || name.is_some_and(|n| list.iter().any(|l| l == n))
+        };
+        self.address
+            .is_none_or(|net| net.contains(&canonical(c.ip)))
+            && listed(&self.users, c.user)
+            && listed(&self.databases, c.database)
+            && (!self.tls || c.tls)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it carries, so
+/// `10.0.0.0/8` matches a client on a dual-stack listener.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 impl PortConfig {
@@ -263,7 +332,14 @@ impl PortConfig {
             idle_in_transaction_timeout_ms: None,
             pinned_idle_timeout_ms: None,
             tls: None,
+            access: Vec::new(),
         }
+    }
+
+    /// Whether the access rules admit `c` (no rules: everyone).
+    #[must_use]
+    pub fn admits(&self, c: &AccessClient<'_>) -> bool {
+        self.access.is_empty() || self.access.iter().any(|r| r.admits(c))
     }
 
     /// Whether a member of class `role` may serve this port by role alone.

@@ -29,7 +29,7 @@ use crate::auth::Secret;
 use crate::backend::Credentials;
 use crate::backend::prepared::StmtText;
 use crate::classifier::{Classification, Classifier, Pin};
-use crate::config::{ClientTlsMode, Config, PortConfig, PortKey};
+use crate::config::{AccessClient, ClientTlsMode, Config, PortConfig, PortKey};
 use crate::pool::{PoolSet, PoolSettings, Pooled};
 use crate::protocol::encode;
 use crate::protocol::message::Message;
@@ -185,11 +185,16 @@ fn startup_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>
     Ok(out)
 }
 
-/// Serves one split-port client until it leaves; `admitted` is false when
-/// the port is at `max_clients` (the client is told so after its startup
-/// packet, as PostgreSQL does). Everything before the session starts is
+/// Serves one split-port client until it leaves; `admitted` holds the
+/// refusal text when a client limit is reached (the client is told so after
+/// its startup packet, as PostgreSQL does). Everything before the session starts is
 /// bounded by `client_login_timeout_ms`.
-pub async fn run(client: TcpStream, ctx: Arc<SessionContext>, admitted: bool, peer: SocketAddr) {
+pub async fn run(
+    client: TcpStream,
+    ctx: Arc<SessionContext>,
+    admitted: Result<(), String>,
+    peer: SocketAddr,
+) {
     use tracing::Instrument;
     // Every log line of the session names the client's address.
     let span = tracing::info_span!("client", %peer);
@@ -201,7 +206,7 @@ pub async fn run(client: TcpStream, ctx: Arc<SessionContext>, admitted: bool, pe
 async fn serve_client(
     client: TcpStream,
     ctx: Arc<SessionContext>,
-    admitted: bool,
+    admitted: Result<(), String>,
     peer: SocketAddr,
 ) {
     let _ = client.set_nodelay(true);
@@ -283,7 +288,7 @@ async fn serve_client(
 async fn login(
     client: &mut ClientStream,
     ctx: &Arc<SessionContext>,
-    admitted: bool,
+    admitted: Result<(), String>,
     peer: SocketAddr,
 ) -> Option<(Credentials, Vec<(String, String)>)> {
     let tls = ctx.tls.load_full();
@@ -330,14 +335,8 @@ async fn login(
             }
         }
     };
-    if !admitted {
-        return refused(
-            client,
-            ctx,
-            sqlstate::TOO_MANY_CONNECTIONS,
-            "sorry, too many clients already".into(),
-        )
-        .await;
+    if let Err(text) = admitted {
+        return refused(client, ctx, sqlstate::TOO_MANY_CONNECTIONS, text).await;
     }
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user") else {
@@ -350,14 +349,24 @@ async fn login(
         .await;
     };
     let database = get("database").unwrap_or_else(|| user.clone());
-    if tls
+    let require_tls = tls
         .as_ref()
-        .is_some_and(|t| t.mode == ClientTlsMode::Require)
-        && !client.is_tls()
-    {
-        // As a pg_hba.conf with only `hostssl` lines answers.
+        .is_some_and(|t| t.mode == ClientTlsMode::Require);
+    let who = AccessClient {
+        ip: peer.ip(),
+        user: Some(&user),
+        database: Some(&database),
+        tls: client.is_tls(),
+    };
+    if (require_tls && !client.is_tls()) || !ctx.port.load().admits(&who) {
+        // What pg_hba.conf answers when no line matches.
+        let encryption = if client.is_tls() {
+            "SSL encryption"
+        } else {
+            "no encryption"
+        };
         let text = format!(
-            "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", no encryption",
+            "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", {encryption}",
             peer.ip()
         );
         let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;

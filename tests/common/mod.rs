@@ -731,3 +731,33 @@ pub fn psql_at(port: u16, extra: &str, sql: &str) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// Connects to 127.0.0.1:`port` from source address `ip` (any 127.0.0.0/8
+/// address is local) as postgres/postgres to `db`; an error as
+/// (SQLSTATE, message), or the client error's text with SQLSTATE "".
+pub async fn connect_from(ip: &str, port: u16, db: &str) -> Result<Client, (String, String)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let work = async {
+        let tcp = socket
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .map_err(|e| (String::new(), e.to_string()))?;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.user("postgres").password("postgres").dbname(db);
+        let (client, conn) =
+            cfg.connect_raw(tcp, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| match e.as_db_error() {
+                    Some(d) => (d.code().code().to_owned(), d.message().to_owned()),
+                    None => (String::new(), e.to_string()),
+                })?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client { client, task })
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .unwrap_or_else(|_| panic!("connect from {ip} to {port} hung"))
+}

@@ -208,3 +208,72 @@ fn client_tls_is_for_split_ports_and_needs_its_files() {
     let q = ok.clusters["c"].ports["q"].tls.as_ref().unwrap();
     assert_eq!(q.mode, crate::config::ClientTlsMode::Allow);
 }
+
+#[test]
+fn access_rules_parse_and_role_ports_take_only_addresses() {
+    use crate::config::AccessClient;
+    let errs = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], ports: {r: {listen: '127.0.0.1:7000', roles: [leader], access: [{address: 10.0.0.0/8}, {users: [app], tls: true}]}, s: {listen: '127.0.0.1:7001', roles: [leader], access: [{address: 10.0.0.300/8}]}}}}",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(
+        paths.contains(&"clusters.c.ports.r.access[1].users"),
+        "{errs:?}"
+    );
+    assert!(
+        paths.contains(&"clusters.c.ports.r.access[1].tls"),
+        "{errs:?}"
+    );
+    assert!(
+        !paths.contains(&"clusters.c.ports.r.access[0].address"),
+        "{errs:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.starts_with("clusters.c.ports.s")),
+        "a bad CIDR names its port: {errs:?}"
+    );
+
+    let ok = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: x}], ports: {s: {listen: '127.0.0.1:7001', roles: [any], mode: split, access: [{address: 10.1.0.0/16, users: [app], databases: [appdb]}, {address: '::1/128', tls: true}]}, open: {listen: '127.0.0.1:7002', roles: [any], mode: split}}}}",
+    )
+    .unwrap();
+    let s = &ok.clusters["c"].ports["s"];
+    let c = |ip: &str, user, database, tls| AccessClient {
+        ip: ip.parse().unwrap(),
+        user: Some(user),
+        database: Some(database),
+        tls,
+    };
+    assert!(s.admits(&c("10.1.2.3", "app", "appdb", false)));
+    assert!(
+        s.admits(&c("::ffff:10.1.2.3", "app", "appdb", false)),
+        "v4-mapped"
+    );
+    assert!(
+        !s.admits(&c("10.2.0.1", "app", "appdb", false)),
+        "outside the net"
+    );
+    assert!(!s.admits(&c("10.1.2.3", "other", "appdb", false)), "user");
+    assert!(
+        !s.admits(&c("10.1.2.3", "app", "postgres", false)),
+        "database"
+    );
+    assert!(s.admits(&c("::1", "anyone", "any", true)));
+    assert!(!s.admits(&c("::1", "anyone", "any", false)), "tls required");
+    let unknown = AccessClient {
+        ip: "10.1.2.3".parse().unwrap(),
+        user: None,
+        database: None,
+        tls: false,
+    };
+    assert!(
+        !s.admits(&unknown),
+        "a user list never matches an unknown user"
+    );
+    assert!(
+        ok.clusters["c"].ports["open"].admits(&unknown),
+        "no rules: everyone"
+    );
+}
