@@ -1,11 +1,13 @@
 //! Role ports against the real lab: the leader port reaches the leader, the
 //! replica port reaches replicas and spreads clients, `any` covers all,
-//! refusals are PostgreSQL errors, a refused connect retries the next node.
+//! refusals are PostgreSQL errors, a refused connect retries the next node,
+//! a relay ends when its backend exits even if the client never reads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 use common::*;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_port_reaches_the_leader() {
@@ -179,4 +181,32 @@ async fn refused_connect_is_retried_on_the_next_node() {
         pg.metric("pgvane_connect_failures_total", &["node=\"a-dead\""]),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_ends_when_the_backend_is_gone_and_the_client_idles() {
+    healthy_lab();
+    let p = Ports::new();
+    let pg = Pgvane::start(&lab_config(&p), p.admin);
+    // A client that logs in through the leader port, then never reads or
+    // writes again.
+    let mut idle = raw::Raw::login(p.rw, &[]).await;
+    let pid = raw::texts(&idle.simple("select pg_backend_pid()").await)[0].clone();
+    let relayed = || pg.metric("pgvane_clients{", &["port=\"rw\""]);
+    assert_eq!(relayed(), 1.0);
+    let leader = connect_node(&leader()).await;
+    leader
+        .execute(&format!("select pg_terminate_backend({pid})"), &[])
+        .await
+        .unwrap();
+    let ended = wait_until(Duration::from_secs(10), || relayed() == 0.0);
+    assert!(
+        ended,
+        "relay kept after its backend exited:\n{}",
+        pg.log_text()
+    );
+    // The client was told why before the close, as PostgreSQL tells it.
+    let msgs = idle.until(b'E').await;
+    assert_eq!(raw::error_code(&msgs).as_deref(), Some("57P01"));
+    assert!(idle.read().await.is_none(), "socket still open");
 }

@@ -37,7 +37,12 @@ pub struct ByteCounters {
     pub to_client: prometheus::IntCounter,
 }
 
-/// Relays until both directions end or `evict` fires.
+/// Relays until the server side ends, the client side fails, or `evict`
+/// fires. A client's EOF is passed on as a half-close and the server may
+/// still answer; the server's EOF (its backend exited: terminated, idle
+/// timeout, shutdown) ends the relay once its last bytes reached the
+/// client, so an idle client that never reads or writes again does not hold
+/// the connection, just as with a direct connection to PostgreSQL.
 /// Cancel safe: dropping it drops both sockets.
 pub async fn relay(
     client: &TcpStream,
@@ -46,10 +51,17 @@ pub async fn relay(
     bytes: &ByteCounters,
 ) -> RelayEnd {
     let both = async {
-        tokio::try_join!(
-            pump(client, server, &bytes.to_server),
-            pump(server, client, &bytes.to_client)
-        )
+        let up = pump(client, server, &bytes.to_server);
+        let down = pump(server, client, &bytes.to_client);
+        tokio::pin!(up, down);
+        tokio::select! {
+            _ = &mut down => {}
+            r = &mut up => {
+                if r.is_ok() {
+                    let _ = down.await;
+                }
+            }
+        }
     };
     tokio::select! {
         _ = both => RelayEnd::Closed,

@@ -62,6 +62,27 @@ async fn relays_both_ways_large_payloads_and_half_close() {
 }
 
 #[tokio::test]
+async fn server_gone_ends_the_relay_while_the_client_is_idle() {
+    let (mut app, client_side) = pair().await;
+    let (server_side, mut db) = pair().await;
+    let evict = CancellationToken::new();
+    let c = counters();
+    let task = tokio::spawn(async move { relay(&client_side, &server_side, &evict, &c).await });
+    // The server says goodbye and closes; the client neither reads nor writes.
+    db.write_all(b"FATAL").await.unwrap();
+    drop(db);
+    let end = tokio::time::timeout(Duration::from_secs(5), task).await;
+    assert_eq!(
+        end.expect("relay outlived its server").unwrap(),
+        RelayEnd::Closed
+    );
+    // The client still gets the last bytes, then EOF.
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"FATAL");
+}
+
+#[tokio::test]
 async fn eviction_ends_the_relay() {
     let (mut app, client_side) = pair().await;
     let (server_side, _db) = pair().await;
