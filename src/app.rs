@@ -46,12 +46,14 @@ pub enum StartError {
         source: tls::TlsError,
     },
     /// A split port's TLS files are unusable.
-    #[error("clusters.{cluster}.ports.{port}.tls: {source}")]
+    #[error("clusters.{cluster}.ports.{port}.{field}: {source}")]
     PortTls {
         /// Cluster name.
         cluster: String,
         /// Port name.
         port: String,
+        /// `tls` or `server_tls`.
+        field: &'static str,
         /// The TLS error.
         #[source]
         source: tls::TlsError,
@@ -129,9 +131,10 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         })?;
         app.start_cluster(name, settings);
         for (pname, p) in &c.ports {
-            let tls = port_tls(p).map_err(|source| StartError::PortTls {
+            let tls = port_tls(p).map_err(|(field, source)| StartError::PortTls {
                 cluster: name.clone(),
                 port: pname.clone(),
+                field,
                 source,
             })?;
             if let Some(l) = listeners.remove(&key(name, pname)) {
@@ -206,14 +209,38 @@ fn watch_settings(
     })
 }
 
-/// A split port's client TLS from its `tls` block (files read now).
-fn port_tls(p: &PortConfig) -> Result<Option<Arc<tls::ServerTls>>, tls::TlsError> {
-    match &p.tls {
-        Some(t) if p.mode == config::Mode::Split => {
-            Ok(Some(Arc::new(tls::ServerTls::from_config(t)?)))
-        }
-        _ => Ok(None),
-    }
+/// A port's TLS, both ways, as read from its files.
+struct PortSecurity {
+    /// To clients (split ports with a `tls` block).
+    client: Option<Arc<tls::ServerTls>>,
+    /// To backends (split ports).
+    backend: Arc<tls::BackendSecurity>,
+}
+
+/// A split port's client TLS from its `tls` block and its backend TLS from
+/// `server_tls` (files read now); the error names the block.
+fn port_tls(p: &PortConfig) -> Result<PortSecurity, (&'static str, tls::TlsError)> {
+    let split = p.mode == config::Mode::Split;
+    let client = match &p.tls {
+        Some(t) if split => Some(Arc::new(
+            tls::ServerTls::from_config(t).map_err(|e| ("tls", e))?,
+        )),
+        _ => None,
+    };
+    let backend = if split {
+        tls::BackendSecurity::from_config(
+            &p.server_tls.clone().unwrap_or_default(),
+            &p.server_require_auth,
+            p.server_channel_binding.unwrap_or_default(),
+        )
+        .map_err(|e| ("server_tls", e))?
+    } else {
+        tls::BackendSecurity::default()
+    };
+    Ok(PortSecurity {
+        client,
+        backend: Arc::new(backend),
+    })
 }
 
 /// What a reload reads and computes before it changes anything: the new
@@ -221,7 +248,7 @@ fn port_tls(p: &PortConfig) -> Result<Option<Arc<tls::ServerTls>>, tls::TlsError
 struct Prepared {
     new: Config,
     settings: BTreeMap<String, WatchSettings>,
-    tls: HashMap<PortKey, Option<Arc<tls::ServerTls>>>,
+    tls: HashMap<PortKey, PortSecurity>,
 }
 
 /// The part of a reload that touches files and burns CPU; runs on a blocking
@@ -243,7 +270,9 @@ fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
                 Ok(t) => {
                     tls.insert(key(name, pname), t);
                 }
-                Err(e) => errors.push(format!("clusters.{name}.ports.{pname}.tls: {e}")),
+                Err((field, e)) => {
+                    errors.push(format!("clusters.{name}.ports.{pname}.{field}: {e}"));
+                }
             }
         }
     }
@@ -284,7 +313,7 @@ impl App {
         port: &str,
         cfg: &PortConfig,
         l: TcpListener,
-        tls: Option<Arc<tls::ServerTls>>,
+        tls: PortSecurity,
     ) {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return;
@@ -301,7 +330,8 @@ impl App {
                 admissions: Arc::clone(&self.admissions),
             },
         ));
-        shared.tls.store(tls);
+        shared.tls.store(tls.client);
+        shared.backend_security.store(tls.backend);
         let stop_accept = CancellationToken::new();
         self.tasks
             .spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
@@ -423,8 +453,13 @@ impl App {
                 continue;
             };
             let old_cfg = p.shared.config.load_full();
-            let rebuild =
-                old_cfg.mode != cfg.mode || old_cfg.read_only_functions != cfg.read_only_functions;
+            // New backend TLS or login rules: new pools, so no backend
+            // opened under the old ones is handed out again.
+            let rebuild = old_cfg.mode != cfg.mode
+                || old_cfg.read_only_functions != cfg.read_only_functions
+                || old_cfg.server_tls != cfg.server_tls
+                || old_cfg.server_require_auth != cfg.server_require_auth
+                || old_cfg.server_channel_binding != cfg.server_channel_binding;
             p.shared.config.store(Arc::new(cfg));
             if rebuild {
                 p.shared.rebuild_split();
@@ -444,16 +479,18 @@ impl App {
         //    then added ports start.
         for (cname, c) in &self.clusters {
             for (pname, p) in &c.ports {
-                p.shared
-                    .tls
-                    .store(port_tls.remove(&key(cname, pname)).flatten());
+                if let Some(t) = port_tls.remove(&key(cname, pname)) {
+                    p.shared.tls.store(t.client);
+                    p.shared.backend_security.store(t.backend);
+                }
             }
         }
         for k in &diff.ports_added {
             if let Some(l) = bound.remove(k) {
                 let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
-                let tls = port_tls.remove(k).flatten();
-                self.start_port(&k.cluster, &k.port, &cfg, l, tls);
+                if let Some(tls) = port_tls.remove(k) {
+                    self.start_port(&k.cluster, &k.port, &cfg, l, tls);
+                }
             }
         }
         // 9. Publish the views admin and the evictors read.

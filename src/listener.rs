@@ -6,6 +6,7 @@ use crate::admission::{Admissions, Limits};
 use crate::classifier::Classifier;
 use crate::config::Mode;
 use crate::config::{AccessClient, Config, PortConfig, PortKey};
+use crate::pool::PoolSet;
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::relay::{self, ByteCounters, RelayEnd};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NoTarget, NodeKey};
@@ -118,6 +119,8 @@ pub struct PortShared {
     pub workers: Arc<Workers>,
     /// Split ports' client TLS, rebuilt from the files on every reload.
     pub tls: Arc<arc_swap::ArcSwapOption<crate::tls::ServerTls>>,
+    /// Split ports' backend TLS and login rules, rebuilt on every reload.
+    pub backend_security: Arc<ArcSwap<crate::tls::BackendSecurity>>,
     /// Client counts of every port, for the global and per-address limits.
     pub admissions: Arc<Admissions>,
     active: AtomicUsize,
@@ -166,6 +169,7 @@ impl PortShared {
             cancels: Arc::default(),
             workers,
             tls: Arc::default(),
+            backend_security: Arc::default(),
             admissions,
             active: AtomicUsize::new(0),
             bytes,
@@ -189,7 +193,7 @@ impl PortShared {
                 map: Arc::clone(&self.map),
                 lag: Arc::clone(&self.lag),
                 health: Arc::clone(&self.health),
-                pools: Arc::default(),
+                pools: Arc::new(PoolSet::new(Arc::clone(&self.backend_security))),
                 classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
                 cancels: Arc::clone(&self.cancels),
                 metrics: Arc::clone(&self.metrics),

@@ -35,8 +35,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             &[]
         }
         "config" => &["auth"],
-        "backend" => &["protocol", "topology"],
-        "pool" => &["backend", "topology"],
+        "backend" => &["protocol", "topology", "config", "tls"],
+        "pool" => &["backend", "topology", "tls"],
         "session" => &[
             "auth",
             "backend",
@@ -57,6 +57,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "listener" => &[
             "admission",
             "backend",
+            "pool",
             "session",
             "classifier",
             "workers",

@@ -10,19 +10,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-/// Turns the lab's PostgreSQL `ssl` back off when the test ends, even on
-/// failure, so later tests see the lab as `up` leaves it.
-struct SslOff;
-
-impl Drop for SslOff {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("deploy/lab/lab.sh"))
-            .args(["ssl", "off"])
-            .status();
-    }
-}
 
 const BACKEND_SSL: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
 

@@ -22,10 +22,6 @@ bootstrap:
       use_slots: true
       parameters: {wal_level: replica, hot_standby: "on", max_connections: 1200, wal_log_hints: "on"}
   initdb: [{encoding: UTF8}, data-checksums]
-  pg_hba:
-    - local all all trust
-    - host replication replicator 0.0.0.0/0 scram-sha-256
-    - host all all 0.0.0.0/0 scram-sha-256
 postgresql:
   listen: 0.0.0.0:5432
   connect_address: ${host}:5432
@@ -36,6 +32,12 @@ postgresql:
     superuser: {username: postgres, password: postgres}
     replication: {username: replicator, password: replicator}
     rewind: {username: rewinder, password: rewinder}
+  # pg_hba.conf as a whole (initdb's own trust lines for 127.0.0.1 would
+  # otherwise come first and let every TCP login in without a password).
+  pg_hba:
+    - local all all trust
+    - host replication replicator 0.0.0.0/0 scram-sha-256
+    - host all all 0.0.0.0/0 scram-sha-256
   parameters: {unix_socket_directories: /data}
 YAML
 exec /opt/patroni/bin/patroni /data/patroni.yml

@@ -195,10 +195,6 @@ bootstrap:
   initdb:
     - encoding: UTF8
     - data-checksums
-  pg_hba:
-    - local all all trust
-    - host replication replicator 127.0.0.0/8 scram-sha-256
-    - host all all 127.0.0.0/8 scram-sha-256
 postgresql:
   listen: $ip:5432
   connect_address: $ip:5432
@@ -209,6 +205,12 @@ postgresql:
     superuser: {username: postgres, password: postgres}
     replication: {username: replicator, password: replicator}
     rewind: {username: rewinder, password: rewinder}
+  # pg_hba.conf as a whole (initdb's own trust lines for 127.0.0.1 would
+  # otherwise come first and let every TCP login in without a password).
+  pg_hba:
+    - local all all trust
+    - host replication replicator 127.0.0.0/8 scram-sha-256
+    - host all all 127.0.0.0/8 scram-sha-256
   parameters:
     unix_socket_directories: $dir
     shared_buffers: 64MB

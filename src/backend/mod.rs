@@ -1,5 +1,7 @@
-//! One pgvane → PostgreSQL connection: connect, start up, authenticate
-//! (SCRAM-SHA-256, md5, cleartext or trust), remember the server's
+//! One pgvane → PostgreSQL connection: connect, negotiate TLS (libpq's
+//! `sslmode`), start up, authenticate (SCRAM-SHA-256 with channel binding
+//! over TLS, md5, cleartext or trust, each only when the port's
+//! `server_require_auth` allows it), remember the server's
 //! parameters and key, and exchange messages. The connection owns its
 //! protocol state ([`state::ConnState`]), its transparently prepared
 //! statements ([`prepared::PreparedCache`]) and the session settings
@@ -8,17 +10,23 @@
 
 pub mod prepared;
 pub mod state;
+pub mod stream;
 
+use crate::config::{ChannelBinding as Binding, ServerAuth, ServerTlsMode};
 use crate::protocol::encode;
 use crate::protocol::message::{self, Backend as B, Message, ReadError};
+use crate::tls::BackendSecurity;
 use crate::topology::NodeAddr;
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use prepared::PreparedCache;
 use state::{ConnState, PreparedEffect};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use stream::ServerStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Who pgvane logs in as. Startup parameters are not part of it: they are
@@ -118,10 +126,13 @@ pub enum BackendError {
         /// The raw ErrorResponse.
         raw: Message,
     },
-    /// The server asked for an authentication method pgvane lacks, or a
-    /// password that is not configured.
+    /// The server asked for an authentication method pgvane lacks or the
+    /// port does not allow, or a password that is not configured.
     #[error("authentication: {0}")]
     Auth(String),
+    /// TLS could not be set up as `server_tls` demands.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Reading failed.
     #[error("reading from the server: {0}")]
     Read(#[from] ReadError),
@@ -146,7 +157,7 @@ pub enum BackendError {
 /// An open, authenticated backend.
 #[derive(Debug)]
 pub struct Backend {
-    stream: TcpStream,
+    stream: ServerStream,
     buf: BytesMut,
     wbuf: BytesMut,
     /// The node it is connected to.
@@ -185,18 +196,20 @@ impl Backend {
     pub async fn connect(
         addr: &NodeAddr,
         creds: &Credentials,
+        security: &BackendSecurity,
         timeout: Duration,
         max_prepared: usize,
     ) -> Result<Self, BackendError> {
         let work = async {
-            let stream = TcpStream::connect((addr.host.as_str(), addr.port))
+            let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
                 .await
                 .map_err(|source| BackendError::Connect {
                     addr: addr.clone(),
                     source,
                 })?;
-            let _ = stream.set_nodelay(true);
-            keepalive(&stream);
+            let _ = tcp.set_nodelay(true);
+            keepalive(&tcp);
+            let stream = negotiate_tls(tcp, addr, security).await?;
             let mut b = Self {
                 stream,
                 buf: BytesMut::with_capacity(8192),
@@ -210,7 +223,7 @@ impl Backend {
                 created: Instant::now(),
                 idle_since: Instant::now(),
             };
-            b.startup(creds).await?;
+            b.startup(creds, security).await?;
             Ok(b)
         };
         match tokio::time::timeout(timeout, work).await {
@@ -225,23 +238,52 @@ impl Backend {
         }
     }
 
-    async fn startup(&mut self, creds: &Credentials) -> Result<(), BackendError> {
+    async fn startup(
+        &mut self,
+        creds: &Credentials,
+        security: &BackendSecurity,
+    ) -> Result<(), BackendError> {
         let mut out = Vec::new();
         let params: Vec<(&str, &str)> = vec![("user", &creds.user), ("database", &creds.database)];
         encode::startup(&mut out, &params);
-        self.stream.write_all(&out).await?;
+        self.write_now(&out).await?;
+        let end_point = self
+            .stream
+            .peer_certificate()
+            .map(crate::tls::server::end_point_hash);
         let mut scram: Option<ScramSha256> = None;
+        // The method the server asked for, and whether SCRAM was bound to TLS.
+        let mut asked: Option<ServerAuth> = None;
+        let mut bound = false;
         loop {
             let m = self.read().await?;
             match B::parse(&m).ok_or(BackendError::Protocol("malformed message during startup"))? {
-                B::Auth(0, _) => {}
+                B::Auth(0, _) => {
+                    if scram.is_some() {
+                        return Err(BackendError::Auth(format!(
+                            "{} ended SCRAM before proving it knows the password",
+                            self.addr
+                        )));
+                    }
+                    if asked.is_none() {
+                        self.require(security, ServerAuth::None)?;
+                    }
+                    if security.channel_binding == Binding::Require && !bound {
+                        return Err(BackendError::Auth(format!(
+                            "server_channel_binding is require, but {} logged pgvane in without SCRAM-SHA-256-PLUS",
+                            self.addr
+                        )));
+                    }
+                }
                 B::Auth(3, _) => {
+                    asked = Some(self.require(security, ServerAuth::Password)?);
                     let pw = self.password(creds)?;
                     let mut data = pw.as_bytes().to_vec();
                     data.push(0);
                     self.send_password(&data).await?;
                 }
                 B::Auth(5, salt) => {
+                    asked = Some(self.require(security, ServerAuth::Md5)?);
                     let pw = self.password(creds)?;
                     let salt: [u8; 4] = salt
                         .get(..4)
@@ -257,14 +299,45 @@ impl Backend {
                     self.send_password(&data).await?;
                 }
                 B::Auth(10, mechs) => {
-                    if !mechs.split(|b| *b == 0).any(|m| m == b"SCRAM-SHA-256") {
-                        return Err(BackendError::Auth("server offers no SCRAM-SHA-256".into()));
-                    }
+                    asked = Some(self.require(security, ServerAuth::ScramSha256)?);
+                    let offers = |name: &[u8]| mechs.split(|b| *b == 0).any(|m| m == name);
+                    let plus = end_point
+                        .as_ref()
+                        .filter(|_| security.channel_binding != Binding::Disable)
+                        .filter(|_| offers(b"SCRAM-SHA-256-PLUS"));
+                    let (mechanism, binding) = match plus {
+                        Some(hash) => (
+                            "SCRAM-SHA-256-PLUS",
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                        ),
+                        None if security.channel_binding == Binding::Require => {
+                            return Err(BackendError::Auth(format!(
+                                "server_channel_binding is require, but {} offers no SCRAM-SHA-256-PLUS{}",
+                                self.addr,
+                                if end_point.is_some() { "" } else { " (no TLS)" }
+                            )));
+                        }
+                        None if !offers(b"SCRAM-SHA-256") => {
+                            return Err(BackendError::Auth(format!(
+                                "{} offers no SCRAM-SHA-256",
+                                self.addr
+                            )));
+                        }
+                        // Over TLS without -PLUS on offer: "y", so a server
+                        // that does support binding sees the downgrade.
+                        None if end_point.is_some()
+                            && security.channel_binding != Binding::Disable =>
+                        {
+                            ("SCRAM-SHA-256", ChannelBinding::unrequested())
+                        }
+                        None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    };
+                    bound = plus.is_some();
                     let pw = self.password(creds)?;
-                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    let s = ScramSha256::new(pw.as_bytes(), binding);
                     let mut out = Vec::new();
-                    encode::sasl_initial(&mut out, "SCRAM-SHA-256", s.message());
-                    self.send(&out).await?;
+                    encode::sasl_initial(&mut out, mechanism, s.message());
+                    self.write_now(&out).await?;
                     scram = Some(s);
                 }
                 B::Auth(11, data) => {
@@ -289,6 +362,11 @@ impl Backend {
                 B::ParameterStatus(..) => {}
                 B::KeyData(pid, key) => self.key = (pid, key),
                 B::Ready(status) => {
+                    if scram.is_some() || (asked.is_none() && !security.allows(ServerAuth::None)) {
+                        return Err(BackendError::Protocol(
+                            "ReadyForQuery before authentication ended",
+                        ));
+                    }
                     self.state = ConnState {
                         status,
                         ..ConnState::default()
@@ -308,6 +386,30 @@ impl Backend {
         }
     }
 
+    /// `method` when the port allows the server to ask for it, else the
+    /// refusal (before any password is used).
+    fn require(
+        &self,
+        security: &BackendSecurity,
+        method: ServerAuth,
+    ) -> Result<ServerAuth, BackendError> {
+        if security.allows(method) {
+            return Ok(method);
+        }
+        let what = match method {
+            ServerAuth::Password => "a cleartext password",
+            ServerAuth::Md5 => "an md5 password",
+            ServerAuth::ScramSha256 => "SCRAM-SHA-256",
+            ServerAuth::None => "no authentication",
+        };
+        let allowed: Vec<&str> = security.require_auth.iter().map(|m| m.name()).collect();
+        Err(BackendError::Auth(format!(
+            "{} asked for {what}, which server_require_auth [{}] does not allow",
+            self.addr,
+            allowed.join(", ")
+        )))
+    }
+
     fn password<'c>(&self, creds: &'c Credentials) -> Result<&'c str, BackendError> {
         creds.password.as_deref().ok_or_else(|| {
             BackendError::Auth(format!(
@@ -320,8 +422,20 @@ impl Backend {
     async fn send_password(&mut self, data: &[u8]) -> Result<(), BackendError> {
         let mut out = Vec::new();
         encode::password(&mut out, data);
-        self.stream.write_all(&out).await?;
+        self.write_now(&out).await
+    }
+
+    /// Writes login messages at once (they bypass the protocol state).
+    async fn write_now(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
         Ok(())
+    }
+
+    /// Whether the connection to the server is encrypted.
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Queues whole frontend messages; they are written by [`Self::flush`]
@@ -348,6 +462,7 @@ impl Backend {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            self.stream.flush().await?;
         }
         if self.wbuf.capacity() > 256 * 1024 {
             self.wbuf = BytesMut::new();
@@ -361,15 +476,29 @@ impl Backend {
         !self.wbuf.is_empty()
     }
 
-    fn write_some(&mut self) -> std::io::Result<()> {
-        match self.stream.try_write(&self.wbuf) {
-            Ok(n) => {
-                self.wbuf.advance(n);
-                Ok(())
+    /// Writes queued bytes as far as the socket takes them, then reads what
+    /// arrived into `buf`: the byte count, 0 at EOF.
+    fn poll_exchange(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
         }
+        if self.wbuf.is_empty() && self.stream.is_tls() {
+            // Records rustls still holds go out too.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut self.stream).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(8192);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     /// Reads the next message, writing queued bytes meanwhile so a long
@@ -385,32 +514,13 @@ impl Backend {
                 self.note(&m);
                 return Ok(m);
             }
-            if self.wbuf.is_empty() {
-                self.stream.readable().await?;
-            } else {
-                tokio::select! {
-                    r = self.stream.readable() => r?,
-                    w = self.stream.writable() => {
-                        w?;
-                        self.write_some()?;
-                        continue;
-                    }
-                }
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(8192);
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => {
-                    return Err(if self.buf.is_empty() {
-                        ReadError::Closed
-                    } else {
-                        ReadError::Truncated
-                    });
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            let n = std::future::poll_fn(|cx| self.poll_exchange(cx)).await?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    ReadError::Closed
+                } else {
+                    ReadError::Truncated
+                });
             }
         }
     }
@@ -536,11 +646,7 @@ impl Backend {
     /// the server sent when it shut down).
     #[must_use]
     pub fn idle_and_open(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.buf.is_empty() && self.stream.silent()
     }
 
     /// True when no unread bytes are buffered.
@@ -549,11 +655,52 @@ impl Backend {
         self.buf.is_empty()
     }
 
-    /// Sends Terminate and drops the connection.
+    /// Sends Terminate (and TLS close_notify) and drops the connection.
     pub async fn close(mut self) {
         let mut out = Vec::new();
         encode::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+        let bye = async {
+            self.stream.write_all(&out).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), bye).await;
+    }
+}
+
+/// Asks the node for TLS with an SSLRequest when `security` says so and
+/// runs the handshake on `S`; `N` is plaintext for `prefer`, an error for
+/// stricter modes. Exactly one byte is read before the handshake, so bytes
+/// a server sends early cannot be taken for part of the TLS session.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    addr: &NodeAddr,
+    security: &BackendSecurity,
+) -> Result<ServerStream, BackendError> {
+    let Some(connector) = &security.connector else {
+        return Ok(ServerStream::Plain(tcp));
+    };
+    let mut out = Vec::new();
+    encode::ssl_request(&mut out);
+    tcp.write_all(&out).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|e| BackendError::Read(e.into()))?;
+    match answer[0] {
+        b'S' => {
+            let name = crate::tls::client::server_name(&addr.host).map_err(BackendError::Tls)?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| BackendError::Tls(format!("handshake with {addr}: {e}")))?;
+            Ok(ServerStream::Tls(Box::new(tls)))
+        }
+        b'N' if security.mode == ServerTlsMode::Prefer => Ok(ServerStream::Plain(tcp)),
+        b'N' => Err(BackendError::Tls(format!(
+            "{addr} does not support SSL, but server_tls.mode is {}",
+            security.mode.name()
+        ))),
+        _ => Err(BackendError::Protocol("unexpected answer to SSLRequest")),
     }
 }
 

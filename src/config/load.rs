@@ -307,6 +307,38 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                         }
                     }
                 }
+                if let Some(st) = &port.server_tls {
+                    use super::model::ServerTlsMode as M;
+                    if matches!(st.mode, M::VerifyCa | M::VerifyFull) && st.ca_file.is_none() {
+                        push(
+                            format!("{ppath}.server_tls.ca_file"),
+                            "required for verify-ca and verify-full",
+                        );
+                    }
+                }
+                let binding = port.server_channel_binding.unwrap_or_default();
+                if binding == super::model::ChannelBinding::Require {
+                    let no_tls = port
+                        .server_tls
+                        .as_ref()
+                        .is_some_and(|t| t.mode == super::model::ServerTlsMode::Disable);
+                    if no_tls {
+                        push(
+                            format!("{ppath}.server_channel_binding"),
+                            "`require` needs TLS to the nodes: server_tls.mode is disable",
+                        );
+                    }
+                    let scram = port.server_require_auth.is_empty()
+                        || port
+                            .server_require_auth
+                            .contains(&super::model::ServerAuth::ScramSha256);
+                    if !scram {
+                        push(
+                            format!("{ppath}.server_channel_binding"),
+                            "`require` binds SCRAM, which server_require_auth does not allow",
+                        );
+                    }
+                }
                 if port.roles == [super::model::RoleSel::Leader] {
                     push(
                         format!("{ppath}.roles"),
@@ -339,6 +371,12 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     (
                         "pinned_idle_timeout_ms",
                         port.pinned_idle_timeout_ms.is_some(),
+                    ),
+                    ("server_tls", port.server_tls.is_some()),
+                    ("server_require_auth", !port.server_require_auth.is_empty()),
+                    (
+                        "server_channel_binding",
+                        port.server_channel_binding.is_some(),
                     ),
                 ] {
                     if set {

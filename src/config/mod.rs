@@ -9,6 +9,7 @@ mod model;
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub use model::{
-    AccessClient, AccessRule, ClientTlsMode, ClusterConfig, Config, Mode, PortConfig, PortTls,
-    RoleSel, TlsConfig, UserConfig,
+    AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, Mode,
+    PortConfig, PortTls, RoleSel, ServerAuth, ServerTlsConfig, ServerTlsMode, TlsConfig,
+    UserConfig,
 };

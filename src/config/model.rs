@@ -127,6 +127,96 @@ pub struct PortTls {
     pub key: Option<String>,
 }
 
+/// How a split port's backends use TLS, as libpq's `sslmode`
+/// (`clusters.<c>.ports.<p>.server_tls.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server supports it, else plaintext (the default).
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is checked only with a CA file.
+    Require,
+    /// TLS with a certificate chain that leads to the CA file.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate names the node's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The name used in the config and in errors.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Backend TLS of a split port (`clusters.<c>.ports.<p>.server_tls`;
+/// reload: new backends, and the CA file is read again on every reload).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
+    #[serde(default)]
+    pub mode: ServerTlsMode,
+    /// PEM file of the CA certificates that sign the nodes' certificates
+    /// (required for `verify-ca` and `verify-full`; with `prefer` or
+    /// `require` it makes them check the chain too, as libpq).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+/// An authentication request a backend may make, named as libpq's
+/// `require_auth` (`clusters.<c>.ports.<p>.server_require_auth[i]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerAuth {
+    /// The server asks for the password in clear.
+    Password,
+    /// The server asks for an md5 hash.
+    Md5,
+    /// The server asks for SCRAM-SHA-256 (with or without channel binding).
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// The server asks for nothing (trust).
+    None,
+}
+
+impl ServerAuth {
+    /// The name used in the config and in errors.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::Md5 => "md5",
+            Self::ScramSha256 => "scram-sha-256",
+            Self::None => "none",
+        }
+    }
+}
+
+/// SCRAM channel binding to backends, as libpq's `channel_binding`
+/// (`clusters.<c>.ports.<p>.server_channel_binding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelBinding {
+    /// Never bind (SCRAM-SHA-256 only).
+    Disable,
+    /// SCRAM-SHA-256-PLUS over TLS when the server offers it (the default).
+    #[default]
+    Prefer,
+    /// Only SCRAM-SHA-256-PLUS over TLS; anything else is refused.
+    Require,
+}
+
 /// How a port treats its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -243,6 +333,18 @@ pub struct PortConfig {
     /// `N`). Role ports pass TLS through to PostgreSQL and take no `tls`.
     #[serde(default)]
     pub tls: Option<PortTls>,
+    /// Split ports: TLS to the nodes (default: `mode: prefer`, no CA file).
+    #[serde(default)]
+    pub server_tls: Option<ServerTlsConfig>,
+    /// Split ports: the authentication requests a node may make when
+    /// pgvane logs in (default: any); anything else is refused before the
+    /// password is used, as libpq's `require_auth`.
+    #[serde(default)]
+    pub server_require_auth: Vec<ServerAuth>,
+    /// Split ports: `disable`, `prefer` (default) or `require` SCRAM
+    /// channel binding to the nodes.
+    #[serde(default)]
+    pub server_channel_binding: Option<ChannelBinding>,
     /// Who may connect, like pg_hba.conf `host` lines that allow (default:
     /// everyone). A client matching no rule is refused with 28000. Role
     /// ports see no user or database, so their rules take `address` only.
@@ -332,6 +434,9 @@ impl PortConfig {
             idle_in_transaction_timeout_ms: None,
             pinned_idle_timeout_ms: None,
             tls: None,
+            server_tls: None,
+            server_require_auth: Vec::new(),
+            server_channel_binding: None,
             access: Vec::new(),
         }
     }

@@ -6,7 +6,9 @@
 //! (bounded in time) first; anything else is closed.
 
 use crate::backend::{Backend, BackendError, Credentials};
+use crate::tls::BackendSecurity;
 use crate::topology::NodeAddr;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +76,7 @@ pub struct Pool {
     /// Role class tag when created (`leader`/`replica`), for `retain`.
     pub role: &'static str,
     settings: PoolSettings,
+    security: Arc<ArcSwap<BackendSecurity>>,
     idle: Mutex<Vec<Backend>>,
     permits: Arc<Semaphore>,
     open: AtomicUsize,
@@ -91,12 +94,18 @@ pub struct Pooled {
 }
 
 impl Pool {
-    fn new(key: PoolKey, role: &'static str, settings: PoolSettings) -> Self {
+    fn new(
+        key: PoolKey,
+        role: &'static str,
+        settings: PoolSettings,
+        security: Arc<ArcSwap<BackendSecurity>>,
+    ) -> Self {
         Self {
             key,
             role,
             permits: Arc::new(Semaphore::new(settings.size.max(1))),
             settings,
+            security,
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -159,9 +168,11 @@ impl Pool {
                 None => break,
             }
         }
+        let security = self.security.load_full();
         let backend = Backend::connect(
             &self.key.node,
             &self.key.creds,
+            &security,
             self.settings.connect_timeout,
             self.settings.max_prepared,
         )
@@ -251,9 +262,20 @@ impl Pooled {
 #[derive(Debug, Default)]
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    security: Arc<ArcSwap<BackendSecurity>>,
 }
 
 impl PoolSet {
+    /// An empty set whose backends log in under `security` as it is when
+    /// each one opens (a reload with renewed CA files reaches new ones).
+    #[must_use]
+    pub fn new(security: Arc<ArcSwap<BackendSecurity>>) -> Self {
+        Self {
+            pools: Mutex::default(),
+            security,
+        }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
         self.pools
             .lock()
@@ -277,7 +299,12 @@ impl PoolSet {
                 open + idle + waiting > 0 || Arc::strong_count(p) > 1
             });
         }
-        let p = Arc::new(Pool::new(key.clone(), role, settings));
+        let p = Arc::new(Pool::new(
+            key.clone(),
+            role,
+            settings,
+            Arc::clone(&self.security),
+        ));
         m.insert(key.clone(), Arc::clone(&p));
         p
     }

@@ -168,6 +168,12 @@ pub fn startup(buf: &mut Vec<u8>, params: &[(&str, &str)]) {
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Untagged SSLRequest.
+pub fn ssl_request(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&8u32.to_be_bytes());
+    buf.extend_from_slice(&super::SSL_REQUEST_CODE.to_be_bytes());
+}
+
 /// Untagged CancelRequest.
 pub fn cancel_request(buf: &mut Vec<u8>, pid: u32, key: u32) {
     buf.extend_from_slice(&16u32.to_be_bytes());

@@ -134,6 +134,12 @@ impl Session {
                         format!("pgvane: {e}"),
                     ));
                 }
+                // This port's TLS or login rules refused the node: the node
+                // is up and other ports may use it, so its health stands.
+                Err(e @ PoolError::Backend(BackendError::Tls(_) | BackendError::Auth(_))) => {
+                    tracing::warn!(port = %self.ctx.key, node = %t.name, error = %e, "backend login refused by this port's server_tls or server_require_auth");
+                    failures.push(format!("{} ({}): {e}", t.name, t.addr));
+                }
                 Err(e) => {
                     self.ctx.health.failure(&t.addr, Instant::now());
                     self.ctx

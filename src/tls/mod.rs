@@ -1,10 +1,13 @@
 //! TLS settings → ready-to-use TLS objects: the Patroni REST client
 //! (`reqwest` on rustls) from a cluster's `tls` block, and the acceptor of a
-//! split port's clients from the port's `tls` block (`server`). Reads PEM
-//! files; no sockets here.
+//! split port's clients from the port's `tls` block (`server`), and the
+//! connector of a split port's backends from its `server_tls` block
+//! (`client`). Reads PEM files; no sockets here.
 
+pub mod client;
 pub mod server;
 
+pub use client::BackendSecurity;
 pub use server::ServerTls;
 
 use crate::config::TlsConfig;

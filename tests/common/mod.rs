@@ -761,3 +761,15 @@ pub async fn connect_from(ip: &str, port: u16, db: &str) -> Result<Client, (Stri
         .await
         .unwrap_or_else(|_| panic!("connect from {ip} to {port} hung"))
 }
+
+/// Turns the lab's PostgreSQL `ssl` back off when a test ends, even on
+/// failure, so later tests see the lab as `up` leaves it.
+pub struct SslOff;
+
+impl Drop for SslOff {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("deploy/lab/lab.sh"))
+            .args(["ssl", "off"])
+            .status();
+    }
+}

@@ -277,3 +277,43 @@ fn access_rules_parse_and_role_ports_take_only_addresses() {
         "no rules: everyone"
     );
 }
+
+#[test]
+fn server_tls_and_login_rules_are_checked_by_field() {
+    let errs = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: x}], ports: {\
+         a: {listen: '127.0.0.1:7000', roles: [async], mode: split, server_tls: {mode: verify-full}},\
+         b: {listen: '127.0.0.1:7001', roles: [async], mode: split, server_tls: {mode: disable}, server_channel_binding: require},\
+         d: {listen: '127.0.0.1:7002', roles: [async], mode: split, server_require_auth: [md5], server_channel_binding: require},\
+         e: {listen: '127.0.0.1:7003', roles: [leader], server_tls: {mode: require}, server_require_auth: [md5]},\
+         f: {listen: '127.0.0.1:7004', roles: [async], mode: split, server_require_auth: [kerberos]}}}}",
+    )
+    .unwrap_err()
+    .0;
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "clusters.c.ports.a.server_tls.ca_file",
+        "clusters.c.ports.b.server_channel_binding",
+        "clusters.c.ports.d.server_channel_binding",
+        "clusters.c.ports.e.server_tls",
+        "clusters.c.ports.e.server_require_auth",
+    ] {
+        assert!(paths.contains(&want), "{want}: {errs:?}");
+    }
+    assert!(
+        paths.iter().any(|p| p.starts_with("clusters.c.ports.f")),
+        "{errs:?}"
+    );
+    let ok = load_str(
+        "clusters: {c: {hosts: ['http://a:8008'], users: [{name: app, password: x}], ports: {p: {listen: '127.0.0.1:7000', roles: [async], mode: split, server_tls: {mode: verify-ca, ca_file: /ca.pem}, server_require_auth: [scram-sha-256, none], server_channel_binding: disable}}}}",
+    )
+    .unwrap();
+    let p = &ok.clusters["c"].ports["p"];
+    use crate::config::{ChannelBinding, ServerAuth, ServerTlsMode};
+    assert_eq!(p.server_tls.as_ref().unwrap().mode, ServerTlsMode::VerifyCa);
+    assert_eq!(
+        p.server_require_auth,
+        [ServerAuth::ScramSha256, ServerAuth::None]
+    );
+    assert_eq!(p.server_channel_binding, Some(ChannelBinding::Disable));
+}
