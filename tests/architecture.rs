@@ -35,7 +35,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             &[]
         }
         "config" => &["auth"],
-        "backend" => &["protocol", "topology", "config", "tls"],
+        "backend" => &["auth", "protocol", "topology", "config", "tls"],
         "pool" => &["backend", "topology", "tls"],
         "session" => &[
             "auth",

@@ -11,7 +11,8 @@
 //! the leader at it): a server asking for the password in clear, trust, or
 //! ending SCRAM early never gets the password when `server_require_auth`
 //! says SCRAM, while without the rule the clear request does get it (the
-//! check the test relies on can fail).
+//! check the test relies on can fail); a server answering the SSLRequest
+//! with an ErrorResponse has its error passed to the client.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
@@ -165,6 +166,9 @@ enum Rogue {
     /// SCRAM-SHA-256 offered, then AuthenticationOk right after the
     /// client's first message, without proving it knows the password.
     ScramSkipped,
+    /// An ErrorResponse instead of `S`/`N` to the SSLRequest, as a server
+    /// out of connection slots can answer.
+    FullAtSsl,
 }
 
 fn auth(code: i32, data: &[u8]) -> Vec<u8> {
@@ -187,24 +191,23 @@ async fn rogue_server(how: Rogue) -> (u16, Arc<Mutex<Vec<u8>>>) {
         while let Ok((mut s, _)) = l.accept().await {
             let record = Arc::clone(&record);
             tokio::spawn(async move {
-                let mut head = [0u8; 8];
-                if s.read_exact(&mut head).await.is_err() {
+                if matches!(how, Rogue::FullAtSsl) {
+                    let mut ssl = [0u8; 8];
+                    let _ = s.read_exact(&mut ssl).await;
+                    let text = b"SFATAL\0C53300\0Msorry, too many clients already\0\0";
+                    let mut out = vec![b'E'];
+                    out.extend_from_slice(&(4 + text.len() as u32).to_be_bytes());
+                    out.extend_from_slice(text);
+                    let _ = s.write_all(&out).await;
                     return;
                 }
-                let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-                if len == 8 && head[4..] == [0x04, 0xd2, 0x16, 0x2f] {
-                    let _ = s.write_all(b"N").await;
-                    if s.read_exact(&mut head).await.is_err() {
-                        return;
-                    }
+                if read_startup(&mut s).await.is_none() {
+                    return;
                 }
-                let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
-                let mut rest = vec![0u8; len.saturating_sub(8)];
-                let _ = s.read_exact(&mut rest).await;
                 let mut out = match how {
                     Rogue::Cleartext => auth(3, b""),
                     Rogue::Trust => auth(0, b""),
-                    Rogue::ScramSkipped => auth(10, b"SCRAM-SHA-256\0\0"),
+                    Rogue::ScramSkipped | Rogue::FullAtSsl => auth(10, b"SCRAM-SHA-256\0\0"),
                 };
                 let _ = s.write_all(&out).await;
                 if matches!(how, Rogue::ScramSkipped) {
@@ -318,4 +321,11 @@ async fn a_rogue_server_never_gets_the_password() {
             _ => assert!(!seen.contains(&b'p'), "{how:?}: {seen:?}"),
         }
     }
+    // A server's error in place of the SSLRequest answer reaches the
+    // client as the server said it.
+    let (result, _) = against_rogue(Rogue::FullAtSsl, "").await;
+    assert_eq!(
+        result,
+        Err(("53300".into(), "sorry, too many clients already".into()))
+    );
 }

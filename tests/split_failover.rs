@@ -141,12 +141,9 @@ async fn vanishing_server() -> u16 {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut len = [0u8; 4];
-                if s.read_exact(&mut len).await.is_err() {
+                if read_startup(&mut s).await.is_none() {
                     return;
                 }
-                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-                let _ = s.read_exact(&mut rest).await;
                 let mut out = Vec::new();
                 out.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
                 for (k, v) in [

@@ -13,7 +13,7 @@ use pgvane::protocol::{encode, sqlstate};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn split_yaml(p: &Ports, split: u16, extra: &str) -> String {
     format!(
@@ -291,12 +291,9 @@ async fn refusing_server() -> (u16, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = l.accept().await {
             seen.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut len = [0u8; 4];
-                if s.read_exact(&mut len).await.is_err() {
+                if read_startup(&mut s).await.is_none() {
                     return;
                 }
-                let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-                let _ = s.read_exact(&mut rest).await;
                 let mut out = Vec::new();
                 encode::error_response(
                     &mut out,

@@ -9,13 +9,18 @@
 #               start-node N|lag N [--no-wait]|unlag N|receive-lag N|unreceive-lag N|
 #               timing LOOP_WAIT TTL RETRY_TIMEOUT|tag N noloadbalance|
 #               untag N noloadbalance|sync on|off|quorum|pause-api|resume-api|
-#               ssl on|off|ca|leader|wait-healthy|psql N SQL
+#               ssl on|off|ca|restapi-tls on|off|paths|leader|wait-healthy|psql N SQL
 #
 # TLS: every node gets a certificate from the lab's own CA ($LAB/tls/ca.pem,
 # made with openssl at first start; SANs: the node's IP, 127.0.0.1 and
 # localhost, so a TLS pass-through proxy on 127.0.0.1 verifies too).
 # PostgreSQL runs with ssl off; `ssl on` turns it on cluster-wide through
-# Patroni's dynamic config, `ssl off` and `up` turn it off.
+# Patroni's dynamic config, `ssl off` and `up` turn it off. `restapi-tls on`
+# serves every node's REST API over https with the node's certificate and
+# requires a client certificate from the lab CA (`verify_client: required`;
+# Patroni presents its own to other members); `restapi-tls paths` prints the
+# CA, the client certificate and its key; `restapi-tls off` and `up` go back
+# to plain http.
 #
 # Patroni's timing: the lab bootstraps with LAB_LOOP_WAIT (2), LAB_TTL (20)
 # and LAB_RETRY_TIMEOUT (5); `timing` changes them on a running lab
@@ -37,7 +42,14 @@ export PGOPTIONS='-c client_min_messages=warning'
 log() { printf '%s lab: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 ip_of() { echo "127.0.0.$((10 + $1))"; }
-api() { curl -fsS --max-time 2 "http://$(ip_of "$1"):8008$2"; }
+api() {
+  if [ -f "$LAB/restapi-tls" ]; then
+    curl -fsS --max-time 2 --cacert "$LAB/tls/ca.pem" --cert "$LAB/tls/client.crt" \
+      --key "$LAB/tls/client.key" "https://$(ip_of "$1"):8008$2"
+  else
+    curl -fsS --max-time 2 "http://$(ip_of "$1"):8008$2"
+  fi
+}
 
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
@@ -146,6 +158,52 @@ make_certs() { # node
   chmod 755 "$t"; chmod 644 "$t/ca.pem"
 }
 
+# The client certificate curl and the tests present to a TLS REST API.
+make_client_cert() {
+  local t="$LAB/tls"
+  [ -f "$t/client.crt" ] && return 0
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=pgvane lab client" \
+    -keyout "$t/client.key" -out "$t/client.csr" 2>/dev/null
+  # An X.509 v3 certificate (an extension makes it one; webpki refuses v1).
+  printf 'extendedKeyUsage=clientAuth\n' >"$t/client.ext"
+  openssl x509 -req -in "$t/client.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$t/client.ext" -out "$t/client.crt" 2>/dev/null
+  chmod 644 "$t/client.key" "$t/client.crt" # read by test processes (a lab, not a secret)
+}
+
+restapi_is() { # on|off: every running node's REST API answers that way, and only that way
+  local n ip
+  for n in "${NODES[@]}"; do
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    ip=$(ip_of "$n")
+    api "$n" /patroni >/dev/null || return 1
+    if [ "$1" = on ]; then
+      curl -fsS --max-time 1 "http://$ip:8008/patroni" >/dev/null 2>&1 && return 1
+      # No client certificate, no answer.
+      curl -fsS --max-time 1 --cacert "$LAB/tls/ca.pem" "https://$ip:8008/patroni" >/dev/null 2>&1 && return 1
+    fi
+  done
+  return 0
+}
+
+set_restapi_tls() { # on|off: rewrite every node's restapi section, SIGHUP Patroni
+  local n
+  if [ "$1" = on ]; then
+    [ -f "$LAB/restapi-tls" ] && restapi_is on && return 0
+    make_client_cert; touch "$LAB/restapi-tls"
+  else
+    [ -f "$LAB/restapi-tls" ] || return 0
+    rm -f "$LAB/restapi-tls"
+  fi
+  for n in "${NODES[@]}"; do
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    load_tags; write_config "$n"
+    kill -HUP "$(cat "$LAB/node$n/patroni.pid")"
+  done
+  wait_for 60 "REST API tls=$1 on every node" restapi_is "$1"
+  log "Patroni REST API tls=$1"
+}
+
 ssl_is() { # on|off: every running node's PostgreSQL reports it
   local n
   for n in "${NODES[@]}"; do
@@ -173,6 +231,10 @@ name: node$n
 restapi:
   listen: $ip:8008
   connect_address: $ip:8008
+$(if [ -f "$LAB/restapi-tls" ]; then
+    printf '  certfile: %s\n  keyfile: %s\n  cafile: %s\n  verify_client: required\n' \
+      "$dir/server.crt" "$dir/server.key" "$LAB/tls/ca.pem"
+  fi)
 etcd3:
   hosts: 127.0.0.10:2379
 bootstrap:
@@ -312,6 +374,7 @@ cmd_up() {
   mkdir -p "$LAB"; chmod 755 "$LAB"
   start_etcd
   for n in "${NODES[@]}"; do start_node "$n"; done
+  set_restapi_tls off
   undo_faults
   wait_for 120 "a healthy 3-node cluster" healthy
   set_timing "$LOOP_WAIT" "$TTL" "$RETRY_TIMEOUT"
@@ -510,6 +573,11 @@ case ${1:-} in
   summary) summary ;;
   leader) leader ;;
   ssl) case "${2:?on|off|ca}" in on|off) set_ssl "$2" ;; ca) echo "$LAB/tls/ca.pem" ;; *) die "ssl on|off|ca" ;; esac ;;
+  restapi-tls) case "${2:?on|off|paths}" in
+      on|off) set_restapi_tls "$2" ;;
+      paths) make_client_cert; printf '%s\n' "$LAB/tls/ca.pem" "$LAB/tls/client.crt" "$LAB/tls/client.key" ;;
+      *) die "restapi-tls on|off|paths" ;;
+    esac ;;
   wait-healthy) wait_for "${2:-120}" "a healthy cluster" healthy ;;
   switchover) cmd_switchover ;;
   kill-leader) cmd_kill_leader ;;

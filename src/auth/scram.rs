@@ -3,6 +3,11 @@
 //! client-first (`n,,n=,r=<c>`) → server-first (`r=<c><s>,s=<salt>,i=<n>`)
 //! → client-final (`c=biws,r=<c><s>,p=<proof>`) → server-final (`v=<sig>`).
 //! The nonce is passed in, so a recorded exchange replays in a test.
+//!
+//! A verified client leaves its `ClientKey` behind ([`Server::keys`]); with
+//! the verifier's `ServerKey` that is enough to log in as the client to a
+//! PostgreSQL that stores the same verifier ([`KeyClient`], SCRAM
+//! pass-through as pgbouncer does it), so no plaintext password is needed.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -92,6 +97,22 @@ impl Verifier {
     }
 }
 
+/// What a client proved it holds: enough to log in as it, by SCRAM, to a
+/// server that stores the same verifier. Never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ScramKeys {
+    /// `HMAC(SaltedPassword, "Client Key")`, recovered from the client's proof.
+    pub client_key: [u8; 32],
+    /// `HMAC(SaltedPassword, "Server Key")`, from the verifier.
+    pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScramKeys(..)")
+    }
+}
+
 /// Why an exchange failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScramError {
@@ -124,6 +145,7 @@ pub struct Server<'a> {
     client_first_bare: String,
     server_first: String,
     gs2: String,
+    client_key: Option<[u8; 32]>,
 }
 
 impl<'a> Server<'a> {
@@ -147,7 +169,18 @@ impl<'a> Server<'a> {
             client_first_bare: String::new(),
             server_first: String::new(),
             gs2: String::new(),
+            client_key: None,
         }
+    }
+
+    /// After a successful [`Self::client_final`]: the keys the client
+    /// proved it holds.
+    #[must_use]
+    pub fn keys(&self) -> Option<ScramKeys> {
+        self.client_key.map(|client_key| ScramKeys {
+            client_key,
+            server_key: self.verifier.server_key,
+        })
     }
 
     /// Takes client-first, returns server-first.
@@ -265,8 +298,126 @@ impl<'a> Server<'a> {
         {
             return Err(ScramError::WrongPassword);
         }
+        self.client_key = client_key.try_into().ok();
         let server_sig = hmac(&self.verifier.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_sig)))
+    }
+}
+
+/// Channel binding as the client side sees it (the gs2 header it sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// `n`: no TLS, or binding turned off.
+    Unsupported,
+    /// `y`: TLS, but the server offered no SCRAM-SHA-256-PLUS.
+    Unrequested,
+    /// `p=tls-server-end-point` with the server certificate's hash.
+    EndPoint(Vec<u8>),
+}
+
+/// Highest PBKDF2 iteration count a password login accepts from a server.
+/// (A key login does no PBKDF2.) PostgreSQL's default is 4096.
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
+/// The client side of one exchange that logs in with [`ScramKeys`] instead
+/// of a password: the proof is `ClientKey XOR HMAC(H(ClientKey),
+/// AuthMessage)`, the server's signature is checked with `ServerKey`.
+#[derive(Debug)]
+pub struct KeyClient {
+    keys: ScramKeys,
+    binding: ClientBinding,
+    client_first_bare: String,
+    server_signature: Option<[u8; 32]>,
+}
+
+impl KeyClient {
+    /// Starts an exchange with `nonce` (printable, no commas).
+    #[must_use]
+    pub fn new(keys: ScramKeys, nonce: &str, binding: ClientBinding) -> Self {
+        Self {
+            keys,
+            binding,
+            client_first_bare: format!("n=,r={nonce}"),
+            server_signature: None,
+        }
+    }
+
+    fn gs2(&self) -> &'static str {
+        match self.binding {
+            ClientBinding::Unsupported => "n,,",
+            ClientBinding::Unrequested => "y,,",
+            ClientBinding::EndPoint(_) => "p=tls-server-end-point,,",
+        }
+    }
+
+    /// The client-first message.
+    #[must_use]
+    pub fn first(&self) -> String {
+        format!("{}{}", self.gs2(), self.client_first_bare)
+    }
+
+    /// Takes server-first, returns client-final.
+    ///
+    /// # Errors
+    /// [`ScramError::Malformed`] when server-first is malformed or its
+    /// nonce does not extend the client's.
+    pub fn respond(&mut self, server_first: &[u8]) -> Result<String, ScramError> {
+        let text =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut parts = text.split(',');
+        let nonce = parts
+            .next()
+            .and_then(|p| p.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("server nonce"))?;
+        let ours = self
+            .client_first_bare
+            .strip_prefix("n=,r=")
+            .unwrap_or_default();
+        if nonce.len() <= ours.len() || !nonce.starts_with(ours) {
+            return Err(ScramError::Malformed("server nonce does not extend ours"));
+        }
+        let salt = parts.next().and_then(|p| p.strip_prefix("s="));
+        let iterations = parts.next().and_then(|p| p.strip_prefix("i="));
+        if salt.is_none_or(str::is_empty)
+            || iterations.and_then(|i| i.parse::<u32>().ok()).is_none()
+        {
+            return Err(ScramError::Malformed("salt or iteration count"));
+        }
+        let mut cbind = self.gs2().as_bytes().to_vec();
+        if let ClientBinding::EndPoint(data) = &self.binding {
+            cbind.extend_from_slice(data);
+        }
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let stored_key: [u8; 32] = Sha256::digest(self.keys.client_key).into();
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = self
+            .keys
+            .client_key
+            .iter()
+            .zip(signature.iter())
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.server_signature = Some(hmac(&self.keys.server_key, auth_message.as_bytes()));
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks server-final: the server proved it holds the verifier.
+    ///
+    /// # Errors
+    /// [`ScramError::Malformed`] for an error or a wrong signature.
+    pub fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+        let text =
+            std::str::from_utf8(server_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let got = text
+            .split(',')
+            .find_map(|p| p.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("server signature"))?;
+        match self.server_signature {
+            Some(want) if got == want => Ok(()),
+            _ => Err(ScramError::Malformed("server signature does not match")),
+        }
     }
 }
 
@@ -289,6 +440,50 @@ mod tests {
             .finish(fin.as_bytes())
             .map_err(|_| ScramError::Malformed("client rejected server signature"))?;
         Ok(())
+    }
+
+    #[test]
+    fn keys_a_client_proved_log_in_to_a_server_with_the_same_verifier() {
+        let v = Verifier::from_password("secret", b"0123456789abcdef", 4096);
+        // A client logs in to pgvane with the password...
+        let mut client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
+        let mut front = Server::new(&v, "FRONT".into());
+        let first = front.client_first(client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        assert!(front.keys().is_none(), "no keys before the proof");
+        front.client_final(client.message()).unwrap();
+        let keys = front.keys().expect("keys after a good proof");
+        assert_eq!(format!("{keys:?}"), "ScramKeys(..)");
+        // ...and pgvane logs in with its keys to a server holding the same
+        // verifier, plain and bound to a certificate hash.
+        for (binding, server_binding) in [
+            (ClientBinding::Unsupported, Binding::Unavailable),
+            (
+                ClientBinding::EndPoint(b"hash".to_vec()),
+                Binding::Selected(b"hash"),
+            ),
+        ] {
+            let mut back = Server::with_binding(&v, "BACK".into(), server_binding);
+            let mut kc = KeyClient::new(keys.clone(), "pgvane", binding);
+            let first = back.client_first(kc.first().as_bytes()).unwrap();
+            let fin = kc.respond(first.as_bytes()).unwrap();
+            let sig = back.client_final(fin.as_bytes()).unwrap();
+            kc.verify(sig.as_bytes()).unwrap();
+            assert!(kc.verify(b"v=AAAA").is_err());
+        }
+        // Another verifier of the same password (other salt) refuses them.
+        let other = Verifier::from_password("secret", b"fedcba9876543210", 4096);
+        let mut back = Server::new(&other, "BACK".into());
+        let mut kc = KeyClient::new(keys, "pgvane", ClientBinding::Unsupported);
+        let first = back.client_first(kc.first().as_bytes()).unwrap();
+        let fin = kc.respond(first.as_bytes()).unwrap();
+        assert_eq!(
+            back.client_final(fin.as_bytes()),
+            Err(ScramError::WrongPassword)
+        );
+        // A server nonce that does not extend ours is refused.
+        assert!(kc.respond(b"r=other,s=c2FsdA==,i=4096").is_err());
+        assert!(kc.respond(b"r=pgvaneX,s=,i=4096").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod prepared;
 pub mod state;
 pub mod stream;
 
+use crate::auth::scram::{ClientBinding, KeyClient, ScramKeys};
 use crate::config::{ChannelBinding as Binding, ServerAuth, ServerTlsMode};
 use crate::protocol::encode;
 use crate::protocol::message::{self, Backend as B, Message, ReadError};
@@ -36,10 +37,41 @@ use tokio::net::TcpStream;
 pub struct Credentials {
     /// Role name.
     pub user: String,
-    /// Password for SCRAM/md5/cleartext; `None` for trust.
-    pub password: Option<String>,
+    /// What pgvane proves itself with.
+    pub secret: BackendSecret,
     /// Database.
     pub database: String,
+}
+
+/// What pgvane logs in to PostgreSQL with. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum BackendSecret {
+    /// Nothing: the server must trust pgvane.
+    None,
+    /// A plaintext password: SCRAM-SHA-256, md5 or cleartext, as asked.
+    Password(String),
+    /// An `md5…` hash (md5 of password and user name): answers md5 requests.
+    Md5Hash(String),
+    /// The keys a client proved at its SCRAM login to pgvane (pass-through):
+    /// answers SCRAM requests of a server that stores the same verifier.
+    Scram(ScramKeys),
+}
+
+impl std::fmt::Debug for BackendSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Password(_) => "Password(..)",
+            Self::Md5Hash(_) => "Md5Hash(..)",
+            Self::Scram(_) => "Scram(..)",
+        })
+    }
+}
+
+/// The SCRAM client of one login: from a password or from pass-through keys.
+enum ScramLogin {
+    Password(ScramSha256),
+    Keys(KeyClient),
 }
 
 /// One session setting pgvane applies to the backends a session uses.
@@ -251,7 +283,7 @@ impl Backend {
             .stream
             .peer_certificate()
             .map(crate::tls::server::end_point_hash);
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<ScramLogin> = None;
         // The method the server asked for, and whether SCRAM was bound to TLS.
         let mut asked: Option<ServerAuth> = None;
         let mut bound = false;
@@ -277,24 +309,29 @@ impl Backend {
                 }
                 B::Auth(3, _) => {
                     asked = Some(self.require(security, ServerAuth::Password)?);
-                    let pw = self.password(creds)?;
+                    let BackendSecret::Password(pw) = &creds.secret else {
+                        return Err(self.lacks(creds, "a cleartext password"));
+                    };
                     let mut data = pw.as_bytes().to_vec();
                     data.push(0);
                     self.send_password(&data).await?;
                 }
                 B::Auth(5, salt) => {
                     asked = Some(self.require(security, ServerAuth::Md5)?);
-                    let pw = self.password(creds)?;
                     let salt: [u8; 4] = salt
                         .get(..4)
                         .and_then(|s| s.try_into().ok())
                         .ok_or(BackendError::Protocol("md5 salt"))?;
-                    let mut data = postgres_protocol::authentication::md5_hash(
-                        creds.user.as_bytes(),
-                        pw.as_bytes(),
-                        salt,
-                    )
-                    .into_bytes();
+                    let answer = match &creds.secret {
+                        BackendSecret::Password(pw) => postgres_protocol::authentication::md5_hash(
+                            creds.user.as_bytes(),
+                            pw.as_bytes(),
+                            salt,
+                        ),
+                        BackendSecret::Md5Hash(hash) => crate::auth::md5_expected(hash, salt),
+                        _ => return Err(self.lacks(creds, "an md5 password")),
+                    };
+                    let mut data = answer.into_bytes();
                     data.push(0);
                     self.send_password(&data).await?;
                 }
@@ -333,27 +370,55 @@ impl Backend {
                         None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
                     };
                     bound = plus.is_some();
-                    let pw = self.password(creds)?;
-                    let s = ScramSha256::new(pw.as_bytes(), binding);
+                    let (login, first) = match &creds.secret {
+                        BackendSecret::Password(pw) => {
+                            let s = ScramSha256::new(pw.as_bytes(), binding);
+                            let first = s.message().to_vec();
+                            (ScramLogin::Password(s), first)
+                        }
+                        BackendSecret::Scram(keys) => {
+                            let cb = match (plus, end_point.is_some()) {
+                                (Some(hash), _) => ClientBinding::EndPoint(hash.clone()),
+                                (None, true) if security.channel_binding != Binding::Disable => {
+                                    ClientBinding::Unrequested
+                                }
+                                _ => ClientBinding::Unsupported,
+                            };
+                            let k = KeyClient::new(keys.clone(), &crate::auth::nonce(), cb);
+                            let first = k.first().into_bytes();
+                            (ScramLogin::Keys(k), first)
+                        }
+                        _ => return Err(self.lacks(creds, "SCRAM-SHA-256")),
+                    };
                     let mut out = Vec::new();
-                    encode::sasl_initial(&mut out, mechanism, s.message());
+                    encode::sasl_initial(&mut out, mechanism, &first);
                     self.write_now(&out).await?;
-                    scram = Some(s);
+                    scram = Some(login);
                 }
                 B::Auth(11, data) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or(BackendError::Protocol("SASL continue without start"))?;
-                    s.update(data)
-                        .map_err(|e| BackendError::Auth(format!("SCRAM: {e}")))?;
-                    let msg = s.message().to_vec();
+                    let msg = match scram.as_mut() {
+                        Some(ScramLogin::Password(s)) => {
+                            s.update(data)
+                                .map_err(|e| BackendError::Auth(format!("SCRAM: {e}")))?;
+                            s.message().to_vec()
+                        }
+                        Some(ScramLogin::Keys(k)) => k
+                            .respond(data)
+                            .map_err(|e| BackendError::Auth(format!("SCRAM: {e}")))?
+                            .into_bytes(),
+                        None => return Err(BackendError::Protocol("SASL continue without start")),
+                    };
                     self.send_password(&msg).await?;
                 }
                 B::Auth(12, data) => {
-                    let mut s = scram
-                        .take()
-                        .ok_or(BackendError::Protocol("SASL final without start"))?;
-                    s.finish(data)
+                    let signed = match scram.take() {
+                        Some(ScramLogin::Password(mut s)) => {
+                            s.finish(data).map_err(|e| e.to_string())
+                        }
+                        Some(ScramLogin::Keys(k)) => k.verify(data).map_err(|e| e.to_string()),
+                        None => return Err(BackendError::Protocol("SASL final without start")),
+                    };
+                    signed
                         .map_err(|e| BackendError::Auth(format!("SCRAM server signature: {e}")))?;
                 }
                 B::Auth(code, _) => {
@@ -410,13 +475,19 @@ impl Backend {
         )))
     }
 
-    fn password<'c>(&self, creds: &'c Credentials) -> Result<&'c str, BackendError> {
-        creds.password.as_deref().ok_or_else(|| {
-            BackendError::Auth(format!(
-                "{} asks for a password and none is configured for user {}",
-                self.addr, creds.user
-            ))
-        })
+    /// The refusal when the server asks for `what` and pgvane's secret for
+    /// the user cannot answer it.
+    fn lacks(&self, creds: &Credentials, what: &str) -> BackendError {
+        let held = match creds.secret {
+            BackendSecret::None => "no password",
+            BackendSecret::Password(_) => "a password",
+            BackendSecret::Md5Hash(_) => "only an md5 hash",
+            BackendSecret::Scram(_) => "only SCRAM keys",
+        };
+        BackendError::Auth(format!(
+            "{} asks for {what}, and pgvane holds {held} for user {} (set backend_password)",
+            self.addr, creds.user
+        ))
     }
 
     async fn send_password(&mut self, data: &[u8]) -> Result<(), BackendError> {
@@ -700,6 +771,35 @@ async fn negotiate_tls(
             "{addr} does not support SSL, but server_tls.mode is {}",
             security.mode.name()
         ))),
+        // A server that failed before it could answer (out of processes,
+        // shutting down) sends its ErrorResponse instead, as libpq expects.
+        b'E' => {
+            let mut len = [0u8; 4];
+            tcp.read_exact(&mut len)
+                .await
+                .map_err(|e| BackendError::Read(e.into()))?;
+            let n = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+            if !(4..=message::MAX_AUTH_MESSAGE_LEN).contains(&n) {
+                return Err(BackendError::Protocol(
+                    "error answer to SSLRequest too long",
+                ));
+            }
+            let mut raw = BytesMut::with_capacity(n + 1);
+            raw.extend_from_slice(b"E");
+            raw.extend_from_slice(&len);
+            raw.resize(n + 1, 0);
+            tcp.read_exact(&mut raw[5..])
+                .await
+                .map_err(|e| BackendError::Read(e.into()))?;
+            let m = message::try_cut(&mut raw)?
+                .ok_or(BackendError::Protocol("error answer to SSLRequest"))?;
+            let (code, message) = message::error_fields(m.body());
+            Err(BackendError::Refused {
+                code,
+                message,
+                raw: m,
+            })
+        }
         _ => Err(BackendError::Protocol("unexpected answer to SSLRequest")),
     }
 }

@@ -160,7 +160,8 @@ pub enum Login<'a> {
 /// with a mock secret (same method, same work, a stable salt), then gets
 /// the same error as a wrong password. `binding` is the certificate's
 /// `tls-server-end-point` data on a TLS connection: SCRAM-SHA-256-PLUS is
-/// then offered first, as PostgreSQL does. Sends AuthenticationOk on success.
+/// then offered first, as PostgreSQL does. Sends AuthenticationOk on success
+/// and returns the keys a SCRAM client proved (for SCRAM pass-through).
 ///
 /// # Errors
 /// [`HandshakeError::Refused`] with 28P01 for a wrong password or unknown user.
@@ -169,7 +170,8 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: &str,
     login: Login<'_>,
     binding: Option<&[u8]>,
-) -> Result<(), HandshakeError> {
+) -> Result<Option<scram::ScramKeys>, HandshakeError> {
+    let mut keys = None;
     let fail = format!("password authentication failed for user \"{user}\"");
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -228,6 +230,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                     out.clear();
                     encode::auth(&mut out, 12, sig.as_bytes());
                     s.write_all(&out).await?;
+                    keys = server.keys();
                 }
                 Ok(_) | Err(scram::ScramError::WrongPassword) => {
                     return Err(refuse(s, sqlstate::INVALID_PASSWORD, fail).await);
@@ -239,7 +242,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     out.clear();
     encode::auth(&mut out, 0, &[]);
     s.write_all(&out).await?;
-    Ok(())
+    Ok(keys)
 }
 
 async fn read_password<S: AsyncRead + AsyncWrite + Unpin>(

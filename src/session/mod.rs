@@ -26,10 +26,11 @@ mod stream;
 pub use cancel::CancelRegistry;
 
 use crate::auth::Secret;
-use crate::backend::Credentials;
+use crate::auth::scram::ScramKeys;
 use crate::backend::prepared::StmtText;
+use crate::backend::{BackendSecret, Credentials};
 use crate::classifier::{Classification, Classifier, Pin};
-use crate::config::{AccessClient, ClientTlsMode, Config, PortConfig, PortKey};
+use crate::config::{AccessClient, ClientTlsMode, Config, PortConfig, PortKey, UserConfig};
 use crate::pool::{PoolSet, PoolSettings, Pooled};
 use crate::protocol::encode;
 use crate::protocol::message::Message;
@@ -395,10 +396,13 @@ async fn login(
         .is_tls()
         .then(|| tls.as_ref().map(|t| t.end_point.as_slice()))
         .flatten();
-    if let Err(e) = handshake::authenticate(client, &user, login, binding).await {
-        count_refusal(ctx, &e);
-        return None;
-    }
+    let proved = match handshake::authenticate(client, &user, login, binding).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            count_refusal(ctx, &e);
+            return None;
+        }
+    };
     let entry = entry?;
     let startup = match startup_settings(&params) {
         Ok(s) => s,
@@ -406,19 +410,31 @@ async fn login(
             return refused(client, ctx, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
         }
     };
-    let backend_password = entry.backend_password.clone().or_else(|| {
-        let plain = !(entry.password.starts_with("SCRAM-SHA-256$")
-            || crate::auth::is_md5_hash(&entry.password));
-        plain.then(|| entry.password.clone())
-    });
     Some((
         Credentials {
             user,
-            password: backend_password,
+            secret: backend_secret(&entry, proved),
             database,
         },
         startup,
     ))
+}
+
+/// What pgvane logs in to PostgreSQL with for `entry`: its
+/// `backend_password`, else its password when plaintext, else what the
+/// stored form allows without one: the keys the client proved against a
+/// SCRAM verifier (pass-through), or the md5 hash itself.
+fn backend_secret(entry: &UserConfig, proved: Option<ScramKeys>) -> BackendSecret {
+    if let Some(pw) = &entry.backend_password {
+        return BackendSecret::Password(pw.clone());
+    }
+    if crate::auth::is_md5_hash(&entry.password) {
+        return BackendSecret::Md5Hash(entry.password.clone());
+    }
+    if entry.password.starts_with("SCRAM-SHA-256$") {
+        return proved.map_or(BackendSecret::None, BackendSecret::Scram);
+    }
+    BackendSecret::Password(entry.password.clone())
 }
 
 /// Refuses a client that is logging in, counts and logs it; `None` for

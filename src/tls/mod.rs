@@ -33,9 +33,9 @@ pub enum TlsError {
         /// What is wrong.
         message: String,
     },
-    /// reqwest refused the settings.
+    /// reqwest refused the settings (the message carries its causes).
     #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(String),
 }
 
 fn read(path: &str) -> Result<Vec<u8>, TlsError> {
@@ -86,7 +86,17 @@ pub fn patroni_client(
             builder = builder.danger_accept_invalid_certs(true);
         }
     }
-    Ok(builder.build()?)
+    builder.build().map_err(|e| {
+        // reqwest's own text is "builder error"; the cause says what.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        TlsError::Client(text)
+    })
 }
 
 #[cfg(test)]

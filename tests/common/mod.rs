@@ -172,6 +172,19 @@ pub fn bin() -> &'static str {
 impl Pgvane {
     /// Starts pgvane on `yaml` and waits until /ready answers 200.
     pub fn start(yaml: &str, admin: u16) -> Self {
+        let me = Self::start_unready(yaml, admin);
+        let ok = wait_until(Duration::from_secs(15), || {
+            me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
+        });
+        if !ok {
+            panic!("pgvane not ready:\n{}", me.log_text());
+        }
+        me
+    }
+
+    /// Starts pgvane on `yaml` and waits only for its admin API (for a
+    /// pgvane that cannot have a map, so is never ready).
+    pub fn start_unready(yaml: &str, admin: u16) -> Self {
         let config = temp_path("pgvane.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = temp_path("pgvane.log");
@@ -190,10 +203,10 @@ impl Pgvane {
             log,
         };
         let ok = wait_until(Duration::from_secs(15), || {
-            me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
+            me.http("GET", "/health").is_some()
         });
         if !ok {
-            panic!("pgvane not ready:\n{}", me.log_text());
+            panic!("pgvane's admin API did not answer:\n{}", me.log_text());
         }
         let _ = me.child.try_wait();
         me
@@ -771,5 +784,24 @@ impl Drop for SslOff {
         let _ = Command::new(root().join("deploy/lab/lab.sh"))
             .args(["ssl", "off"])
             .status();
+    }
+}
+
+/// What a fake PostgreSQL reads first: the startup packet (its body after
+/// the length), answering an SSLRequest before it with `N` as a server
+/// with `ssl` off does. `None` when the client left.
+pub async fn read_startup(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let len = (u32::from_be_bytes(len) as usize).clamp(4, 10_000);
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.ok()?;
+        if body == [0x04, 0xd2, 0x16, 0x2f] {
+            s.write_all(b"N").await.ok()?;
+            continue;
+        }
+        return Some(body);
     }
 }
