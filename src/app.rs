@@ -457,6 +457,7 @@ impl App {
             // opened under the old ones is handed out again.
             let rebuild = old_cfg.mode != cfg.mode
                 || old_cfg.read_only_functions != cfg.read_only_functions
+                || old_cfg.max_classified_query_bytes != cfg.max_classified_query_bytes
                 || old_cfg.server_tls != cfg.server_tls
                 || old_cfg.server_require_auth != cfg.server_require_auth
                 || old_cfg.server_channel_binding != cfg.server_channel_binding;

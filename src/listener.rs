@@ -181,7 +181,8 @@ impl PortShared {
     }
 
     /// (Re)builds what split sessions share from the current settings: on
-    /// creation, and on reload when `mode` or `read_only_functions` change.
+    /// creation, and on reload when `mode`, the classifier's settings or the
+    /// backends' TLS and login rules change.
     /// Sessions already running keep the context they started with.
     pub fn rebuild_split(&self) {
         let cfg = self.config.load();
@@ -194,7 +195,12 @@ impl PortShared {
                 lag: Arc::clone(&self.lag),
                 health: Arc::clone(&self.health),
                 pools: Arc::new(PoolSet::new(Arc::clone(&self.backend_security))),
-                classifier: Arc::new(Classifier::new(cfg.read_only_functions.clone())),
+                classifier: Arc::new(
+                    Classifier::new(cfg.read_only_functions.clone()).with_max_query_len(
+                        cfg.max_classified_query_bytes
+                            .unwrap_or(crate::classifier::DEFAULT_MAX_QUERY_LEN),
+                    ),
+                ),
                 cancels: Arc::clone(&self.cancels),
                 metrics: Arc::clone(&self.metrics),
                 secrets: std::sync::Mutex::default(),

@@ -337,3 +337,24 @@ async fn lagging_replica_leaves_the_read_set_without_disconnecting() {
     assert!(avoided, "reads still reach the lagging replica");
     assert!(c.alive().await, "nobody is disconnected on a split port");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_texts_over_the_limit_go_to_the_leader_unparsed() {
+    // read_your_writes_ms 0: an unparsed statement may have written, and
+    // would otherwise send this session's next reads to the leader too.
+    let (_pg, split) = start_split(
+        "roles: [sync, async], max_classified_query_bytes: 200, read_your_writes_ms: 0",
+    );
+    let c = connect(split).await.unwrap();
+    let lead = leader();
+    let short = "select host(inet_server_addr())";
+    assert_ne!(
+        node_of(&c, short).await,
+        lead,
+        "a short read runs on a replica"
+    );
+    let long = format!("{short} /* {} */", "x".repeat(300));
+    assert_eq!(node_of(&c, &long).await, lead, "a long one on the leader");
+    // The session goes on normally after it.
+    assert_ne!(node_of(&c, short).await, lead);
+}

@@ -204,6 +204,9 @@ impl Classification {
 
 /// Longest text handed to sqlparser; longer goes to the leader.
 pub const MAX_PARSE_LEN: usize = 64 * 1024;
+/// Default for the longest query text classified at all (a split port's
+/// `max_classified_query_bytes`); longer goes to the leader unlexed.
+pub const DEFAULT_MAX_QUERY_LEN: usize = 1024 * 1024;
 /// Entries kept in the cache before it starts evicting.
 pub const CACHE_CAPACITY: usize = 16_384;
 
@@ -217,6 +220,8 @@ pub const MAX_CACHED_KEY: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Classifier {
     read_only_functions: Vec<String>,
+    /// Longer query texts are not even lexed: leader, unparsed.
+    max_query_len: usize,
     /// One map per `standard_conforming_strings` value, looked up by `&str`
     /// without allocating.
     cache: [Mutex<HashMap<Box<str>, Classification>>; 2],
@@ -231,13 +236,26 @@ impl Classifier {
                 .into_iter()
                 .map(|f| f.to_ascii_lowercase())
                 .collect(),
+            max_query_len: DEFAULT_MAX_QUERY_LEN,
             cache: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
         }
+    }
+
+    /// The same, sending query texts longer than `bytes` to the leader
+    /// without lexing or parsing them (each statement is parsed only up to
+    /// [`MAX_PARSE_LEN`] whatever this says).
+    #[must_use]
+    pub fn with_max_query_len(mut self, bytes: usize) -> Self {
+        self.max_query_len = bytes;
+        self
     }
 
     /// Classifies `sql`; `scs` is the session's `standard_conforming_strings`.
     /// Returns the verdict and whether it came from the cache.
     pub fn classify(&self, sql: &str, scs: bool) -> (Classification, bool) {
+        if sql.len() > self.max_query_len {
+            return (Classification::unparsed(Reason::TooLong), false);
+        }
         let slot = &self.cache[usize::from(scs)];
         let key = lexer::normalize(sql, scs);
         {

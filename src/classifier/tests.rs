@@ -379,3 +379,21 @@ fn long_statements_are_never_cached() {
     assert!(!cl.classify("select c from t", true).1);
     assert!(cl.classify("select c from t", true).1);
 }
+
+#[test]
+fn query_texts_over_the_port_limit_go_to_the_leader_unlexed() {
+    let cl = Classifier::new(vec![]).with_max_query_len(64);
+    let short = "select 1";
+    let long = format!("select {}", "1 + ".repeat(20) + "1");
+    assert!(long.len() > 64);
+    let (c, _) = cl.classify(short, true);
+    assert_eq!(c.route, Route::Replica);
+    let (c, cached) = cl.classify(&long, true);
+    assert_eq!(
+        (c.route, c.reason, cached),
+        (Route::Leader, Reason::TooLong, false)
+    );
+    // The default keeps it a read.
+    let (c, _) = Classifier::new(vec![]).classify(&long, true);
+    assert_eq!(c.route, Route::Replica);
+}

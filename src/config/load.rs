@@ -290,6 +290,12 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                         "must be above 0",
                     );
                 }
+                if port.max_classified_query_bytes == Some(0) {
+                    push(
+                        format!("{ppath}.max_classified_query_bytes"),
+                        "must be above 0",
+                    );
+                }
                 if port.pool_size == Some(0) {
                     push(format!("{ppath}.pool_size"), "must be above 0");
                 }
@@ -371,6 +377,10 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     (
                         "pinned_idle_timeout_ms",
                         port.pinned_idle_timeout_ms.is_some(),
+                    ),
+                    (
+                        "max_classified_query_bytes",
+                        port.max_classified_query_bytes.is_some(),
                     ),
                     ("server_tls", port.server_tls.is_some()),
                     ("server_require_auth", !port.server_require_auth.is_empty()),

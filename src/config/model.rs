@@ -333,6 +333,10 @@ pub struct PortConfig {
     /// `N`). Role ports pass TLS through to PostgreSQL and take no `tls`.
     #[serde(default)]
     pub tls: Option<PortTls>,
+    /// Split ports: query texts longer than this many bytes go to the
+    /// leader without being lexed or parsed (default 1048576).
+    #[serde(default)]
+    pub max_classified_query_bytes: Option<usize>,
     /// Split ports: TLS to the nodes (default: `mode: prefer`, no CA file).
     #[serde(default)]
     pub server_tls: Option<ServerTlsConfig>,
@@ -434,6 +438,7 @@ impl PortConfig {
             idle_in_transaction_timeout_ms: None,
             pinned_idle_timeout_ms: None,
             tls: None,
+            max_classified_query_bytes: None,
             server_tls: None,
             server_require_auth: Vec::new(),
             server_channel_binding: None,

@@ -286,7 +286,9 @@ fn server_tls_and_login_rules_are_checked_by_field() {
          b: {listen: '127.0.0.1:7001', roles: [async], mode: split, server_tls: {mode: disable}, server_channel_binding: require},\
          d: {listen: '127.0.0.1:7002', roles: [async], mode: split, server_require_auth: [md5], server_channel_binding: require},\
          e: {listen: '127.0.0.1:7003', roles: [leader], server_tls: {mode: require}, server_require_auth: [md5]},\
-         f: {listen: '127.0.0.1:7004', roles: [async], mode: split, server_require_auth: [kerberos]}}}}",
+         f: {listen: '127.0.0.1:7004', roles: [async], mode: split, server_require_auth: [kerberos]},\
+         g: {listen: '127.0.0.1:7005', roles: [async], mode: split, max_classified_query_bytes: 0},\
+         h: {listen: '127.0.0.1:7006', roles: [leader], max_classified_query_bytes: 4096}}}}",
     )
     .unwrap_err()
     .0;
@@ -297,6 +299,8 @@ fn server_tls_and_login_rules_are_checked_by_field() {
         "clusters.c.ports.d.server_channel_binding",
         "clusters.c.ports.e.server_tls",
         "clusters.c.ports.e.server_require_auth",
+        "clusters.c.ports.g.max_classified_query_bytes",
+        "clusters.c.ports.h.max_classified_query_bytes",
     ] {
         assert!(paths.contains(&want), "{want}: {errs:?}");
     }
