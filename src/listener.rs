@@ -3,6 +3,7 @@
 //! (`relay`). A port's shared state is [`PortShared`], built by `app`.
 
 use crate::admission::{Admissions, Limits};
+use crate::backend::SocketOptions;
 use crate::classifier::Classifier;
 use crate::config::Mode;
 use crate::config::{AccessClient, Config, PortConfig, PortKey};
@@ -334,7 +335,8 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                         };
                         match TcpStream::from_std(std_client) {
                             Ok(client) => {
-                                crate::backend::keepalive(&client);
+                                let socket: SocketOptions = (&port.globals.load().tcp).into();
+                                socket.apply(&client);
                                 match split {
                                     Some(ctx) => session::run(client, ctx, admitted, peer).await,
                                     None => {
@@ -502,7 +504,8 @@ async fn run_relay(
     lease: &router::Lease,
 ) {
     let _ = server.set_nodelay(true);
-    crate::backend::keepalive(server);
+    let socket: SocketOptions = (&port.globals.load().tcp).into();
+    socket.apply(server);
     let gauge =
         port.metrics
             .clients

@@ -30,12 +30,6 @@ fn fields(reply: &[u8]) -> String {
     String::from_utf8_lossy(reply).replace('\0', "|")
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_messages_after_login_get_08p01_and_touch_nobody_else() {
     healthy_lab();

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_adds_changes_removes_ports_and_keeps_unaffected_clients() {
@@ -136,7 +136,24 @@ async fn hosts_change_applies_at_once() {
     )
     .unwrap()
     .0 == 200));
-    let c = connect(p.rw).await.unwrap();
+    // Ready means a Patroni answer came; the leader also takes clients only
+    // once its own /patroni said primary, which a node whose REST API is
+    // restarting (a test before this one toggles its TLS) may miss for a
+    // round. Within a few rounds it must route.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        match connect(p.rw).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reload: rw not routing yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!(
+                "rw never routed after the hosts changed: {e}; {}",
+                http(p.admin, "GET", "/clusters").map_or_else(String::new, |(_, b)| b)
+            ),
+        }
+    };
     assert!(!c.whereami().await.unwrap().1);
     let _ = std::process::Command::new("kill")
         .arg(child.id().to_string())

@@ -211,13 +211,46 @@ pub struct Backend {
     pub idle_since: Instant,
 }
 
-/// TCP keepalive on a client or server socket, so a peer that vanished
-/// without a FIN is noticed (idle 60 s, then every 10 s).
-pub fn keepalive(s: &TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+/// Socket options pgvane sets on every client and server socket (the
+/// config's `tcp_*`), so a peer that vanished without a FIN, or stopped
+/// taking bytes, is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SocketOptions {
+    tcp: crate::config::TcpConfig,
+}
+
+impl From<&crate::config::TcpConfig> for SocketOptions {
+    fn from(tcp: &crate::config::TcpConfig) -> Self {
+        Self { tcp: *tcp }
+    }
+}
+
+impl SocketOptions {
+    /// Sets keepalive (off when its idle time is 0) and `TCP_USER_TIMEOUT`
+    /// on `s`; a failure only loses the option, so it is logged, not
+    /// returned.
+    pub fn apply(&self, s: &TcpStream) {
+        let sock = socket2::SockRef::from(s);
+        let tcp = &self.tcp;
+        let r = if tcp.keepalives_idle.is_zero() {
+            sock.set_keepalive(false)
+        } else {
+            let mut ka = socket2::TcpKeepalive::new()
+                .with_time(tcp.keepalives_idle)
+                .with_interval(tcp.keepalives_interval);
+            if let Some(n) = tcp.keepalives_count {
+                ka = ka.with_retries(n);
+            }
+            sock.set_tcp_keepalive(&ka)
+        };
+        let r = r.and_then(|()| match tcp.user_timeout {
+            Some(t) => sock.set_tcp_user_timeout(Some(t)),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "cannot set TCP keepalive or user timeout");
+        }
+    }
 }
 
 impl Backend {
@@ -231,6 +264,7 @@ impl Backend {
         security: &BackendSecurity,
         timeout: Duration,
         max_prepared: usize,
+        socket: SocketOptions,
     ) -> Result<Self, BackendError> {
         let work = async {
             let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
@@ -240,7 +274,7 @@ impl Backend {
                     source,
                 })?;
             let _ = tcp.set_nodelay(true);
-            keepalive(&tcp);
+            socket.apply(&tcp);
             let stream = negotiate_tls(tcp, addr, security).await?;
             let mut b = Self {
                 stream,

@@ -69,6 +69,7 @@ impl ConfigDiff {
                 "max_clients_per_address",
                 old.max_clients_per_address != new.max_clients_per_address,
             ),
+            ("tcp_*", old.tcp != new.tcp),
         ] {
             if changed {
                 d.globals_changed.push(field);

@@ -1,7 +1,7 @@
 //! Loading: YAML text → [`Config`], collecting every problem with its field
 //! path. `serde_yaml` stays behind this file so it can be swapped for a fork.
 
-use super::model::{ClusterConfig, Config, Mode, PortConfig};
+use super::model::{ClusterConfig, Config, Mode, PortConfig, TcpConfig};
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +66,14 @@ struct RawTop {
     max_clients: Option<usize>,
     #[serde(default)]
     max_clients_per_address: Option<usize>,
+    #[serde(default)]
+    tcp_keepalives_idle_s: Option<u64>,
+    #[serde(default)]
+    tcp_keepalives_interval_s: Option<u64>,
+    #[serde(default)]
+    tcp_keepalives_count: Option<u32>,
+    #[serde(default)]
+    tcp_user_timeout_ms: Option<u64>,
     clusters: BTreeMap<String, Value>,
 }
 
@@ -102,6 +110,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let root: Value = serde_yaml::from_str(text).map_err(|e| one("", e.to_string()))?;
     let top: RawTop = typed(root, "", &mut errors).ok_or_else(|| ConfigErrors(errors.clone()))?;
+    let tcp = tcp_config(&top, &mut errors);
     let mut clusters = BTreeMap::new();
     for (name, value) in top.clusters {
         let path = format!("clusters.{name}");
@@ -141,6 +150,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         admin_token: top.admin_token,
         max_clients: top.max_clients,
         max_clients_per_address: top.max_clients_per_address,
+        tcp,
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);
@@ -149,6 +159,43 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// The TCP settings, each checked against what Linux accepts.
+fn tcp_config(top: &RawTop, errors: &mut Vec<ConfigError>) -> TcpConfig {
+    let mut tcp = TcpConfig::default();
+    let mut bad = |path: &str, message: &str| {
+        errors.push(ConfigError {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        });
+    };
+    // TCP_KEEPIDLE and TCP_KEEPINTVL take 1..=32767 s, TCP_KEEPCNT 1..=127.
+    match top.tcp_keepalives_idle_s {
+        Some(s) if s > 32_767 => bad("tcp_keepalives_idle_s", "must be at most 32767"),
+        Some(s) => tcp.keepalives_idle = Duration::from_secs(s),
+        None => {}
+    }
+    match top.tcp_keepalives_interval_s {
+        Some(s) if !(1..=32_767).contains(&s) => {
+            bad("tcp_keepalives_interval_s", "must be 1 to 32767");
+        }
+        Some(s) => tcp.keepalives_interval = Duration::from_secs(s),
+        None => {}
+    }
+    match top.tcp_keepalives_count {
+        Some(n) if !(1..=127).contains(&n) => bad("tcp_keepalives_count", "must be 1 to 127"),
+        n => tcp.keepalives_count = n,
+    }
+    match top.tcp_user_timeout_ms {
+        Some(ms) if ms > u64::from(u32::MAX) => {
+            bad("tcp_user_timeout_ms", "must be at most 4294967295");
+        }
+        // 0 is the system's default, as in PostgreSQL.
+        Some(0) | None => {}
+        Some(ms) => tcp.user_timeout = Some(Duration::from_millis(ms)),
+    }
+    tcp
 }
 
 fn one(path: &str, message: String) -> ConfigErrors {

@@ -39,8 +39,42 @@ pub struct Config {
     /// (`max_clients_per_address`, default: no limit; reload: new clients);
     /// more get SQLSTATE 53300.
     pub max_clients_per_address: Option<usize>,
+    /// TCP keepalive and user timeout on every client and server socket
+    /// (reload: new connections).
+    pub tcp: TcpConfig,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// How pgvane notices a peer that vanished without a FIN, or stopped
+/// taking bytes: PostgreSQL's `tcp_keepalives_*` and `tcp_user_timeout`,
+/// applied to client and server sockets alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Idle time before the first keepalive probe (`tcp_keepalives_idle_s`,
+    /// default 60; 0 turns keepalive off).
+    pub keepalives_idle: Duration,
+    /// Time between probes (`tcp_keepalives_interval_s`, default 10).
+    pub keepalives_interval: Duration,
+    /// Unanswered probes before the connection is dropped
+    /// (`tcp_keepalives_count`, default: the system's, 9 on Linux).
+    pub keepalives_count: Option<u32>,
+    /// Longest time sent bytes may stay unacknowledged, or a peer's receive
+    /// window stay closed, before the connection is dropped
+    /// (`tcp_user_timeout_ms`, default: the system's, about 15 minutes of
+    /// retransmissions and no limit for a closed window).
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            keepalives_idle: Duration::from_secs(60),
+            keepalives_interval: Duration::from_secs(10),
+            keepalives_count: None,
+            user_timeout: None,
+        }
+    }
 }
 
 /// One Patroni cluster (`clusters.<name>`).

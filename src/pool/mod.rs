@@ -5,7 +5,7 @@
 //! one at rest but holding session state is reset with `DISCARD ALL`
 //! (bounded in time) first; anything else is closed.
 
-use crate::backend::{Backend, BackendError, Credentials};
+use crate::backend::{Backend, BackendError, Credentials, SocketOptions};
 use crate::tls::BackendSecurity;
 use crate::topology::NodeAddr;
 use arc_swap::ArcSwap;
@@ -42,6 +42,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Most statements pgvane keeps prepared on one backend.
     pub max_prepared: usize,
+    /// Keepalive and user timeout for backend sockets.
+    pub socket: SocketOptions,
 }
 
 /// Longest time a `DISCARD ALL` reset may take before the backend is closed.
@@ -175,6 +177,7 @@ impl Pool {
             &security,
             self.settings.connect_timeout,
             self.settings.max_prepared,
+            self.settings.socket,
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);

@@ -107,10 +107,16 @@ impl Ports {
 /// with `opts` (YAML flow-map entries such as `roles: [sync], pool_size: 1`);
 /// returns the process and the split port.
 pub fn start_split(opts: &str) -> (Pgvane, u16) {
+    start_split_with("", opts)
+}
+
+/// `start_split` with `globals` (top-level YAML lines, each ending in a
+/// newline) put before the lab config.
+pub fn start_split_with(globals: &str, opts: &str) -> (Pgvane, u16) {
     healthy_lab();
     let p = Ports::new();
     let split = free_port();
-    let yaml = lab_config(&p).replace(
+    let yaml = format!("{globals}{}", lab_config(&p)).replace(
         "    ports:\n",
         &format!(
             "    users:\n      - {{name: postgres, password: postgres}}\n    ports:\n      app: {{listen: 127.0.0.1:{split}, mode: split, {opts}}}\n"
@@ -717,6 +723,13 @@ impl Prober {
 }
 
 /// Resident memory of process `pid`, KiB.
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
