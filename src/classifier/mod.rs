@@ -207,13 +207,49 @@ pub const MAX_PARSE_LEN: usize = 64 * 1024;
 /// Default for the longest query text classified at all (a split port's
 /// `max_classified_query_bytes`); longer goes to the leader unlexed.
 pub const DEFAULT_MAX_QUERY_LEN: usize = 1024 * 1024;
-/// Entries kept in the cache before it starts evicting.
+/// Entries kept in one cache map before it starts evicting.
 pub const CACHE_CAPACITY: usize = 16_384;
 
 /// Longest key the cache keeps: longer statements are classified each
-/// time, so the cache holds at most `CACHE_CAPACITY` × 4 KiB (64 MiB) per
-/// `standard_conforming_strings` value, whatever clients send.
+/// time.
 pub const MAX_CACHED_KEY: usize = 4096;
+
+/// Bytes one cache map may hold (keys plus [`ENTRY_OVERHEAD`] each), so the
+/// cache never passes 2 × 8 MiB whatever clients send: 16,384 typical keys
+/// of a few hundred bytes fit, 2,000 keys of 4 KiB do.
+pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+/// What an entry costs beside its key: the boxed key's pointer and length,
+/// the verdict and the hash table's slot and control byte.
+const ENTRY_OVERHEAD: usize = 48;
+
+/// One cache map with the bytes it holds.
+#[derive(Debug, Default)]
+struct CacheSlot {
+    map: HashMap<Box<str>, Classification>,
+    bytes: usize,
+}
+
+impl CacheSlot {
+    /// Inserts `key`, first evicting arbitrary entries until it fits both
+    /// [`CACHE_CAPACITY`] and [`CACHE_BYTES`].
+    fn insert(&mut self, key: Box<str>, c: Classification) {
+        let cost = key.len() + ENTRY_OVERHEAD;
+        while !self.map.is_empty()
+            && (self.map.len() >= CACHE_CAPACITY || self.bytes + cost > CACHE_BYTES)
+        {
+            let Some(old) = self.map.keys().next().cloned() else {
+                break;
+            };
+            self.map.remove(&old);
+            self.bytes -= old.len() + ENTRY_OVERHEAD;
+        }
+        // Another session may have cached the same key meanwhile.
+        if self.map.insert(key, c).is_none() {
+            self.bytes += cost;
+        }
+    }
+}
 
 /// Classifies SQL with a bounded cache keyed by the text with its literals
 /// blanked ([`lexer::normalize`]) and `standard_conforming_strings`.
@@ -224,7 +260,7 @@ pub struct Classifier {
     max_query_len: usize,
     /// One map per `standard_conforming_strings` value, looked up by `&str`
     /// without allocating.
-    cache: [Mutex<HashMap<Box<str>, Classification>>; 2],
+    cache: [Mutex<CacheSlot>; 2],
 }
 
 impl Classifier {
@@ -237,7 +273,7 @@ impl Classifier {
                 .map(|f| f.to_ascii_lowercase())
                 .collect(),
             max_query_len: DEFAULT_MAX_QUERY_LEN,
-            cache: [Mutex::new(HashMap::new()), Mutex::new(HashMap::new())],
+            cache: [Mutex::default(), Mutex::default()],
         }
     }
 
@@ -262,7 +298,7 @@ impl Classifier {
             let cache = slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = cache.get(key.as_str()) {
+            if let Some(c) = cache.map.get(key.as_str()) {
                 return (*c, true);
             }
         }
@@ -270,15 +306,9 @@ impl Classifier {
         if key.len() > MAX_CACHED_KEY {
             return (c, false);
         }
-        let mut cache = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= CACHE_CAPACITY {
-            if let Some(k) = cache.keys().next().cloned() {
-                cache.remove(&k);
-            }
-        }
-        cache.insert(key.into_boxed_str(), c);
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.into_boxed_str(), c);
         (c, false)
     }
 }

@@ -222,7 +222,31 @@ fn cache_hits_and_stays_bounded() {
     for i in 0..(CACHE_CAPACITY + 10) {
         let _ = cl.classify(&format!("select c{i}"), true);
     }
-    assert!(cl.cache[1].lock().unwrap().len() <= CACHE_CAPACITY);
+    assert!(cl.cache[1].lock().unwrap().map.len() <= CACHE_CAPACITY);
+}
+
+#[test]
+fn cache_stays_within_its_byte_budget() {
+    let cl = Classifier::new(vec![]);
+    // 4,000 distinct keys of almost 4 KiB: 16 MiB if all were kept.
+    let filler = "c".repeat(MAX_CACHED_KEY - 64);
+    for i in 0..4000 {
+        let sql = format!("select {filler}{i} from t");
+        assert!(!cl.classify(&sql, true).1);
+    }
+    let slot = cl.cache[1].lock().unwrap();
+    let counted: usize = slot.map.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum();
+    assert_eq!(slot.bytes, counted, "the byte count drifted");
+    assert!(slot.bytes <= CACHE_BYTES, "{} bytes cached", slot.bytes);
+    assert!(
+        slot.map.len() > 1000,
+        "evicted too much: {}",
+        slot.map.len()
+    );
+    drop(slot);
+    // The newest entry is kept.
+    let last = format!("select {filler}3999 from t");
+    assert!(cl.classify(&last, true).1);
 }
 
 #[test]
