@@ -25,14 +25,20 @@ seed() { # target: the corpus starts from real inputs
     scram) printf 'n,,n=,r=abcdef\xffc=biws,r=abcdefN,p=AAAA' >"$d/exchange" ;;
   esac
 }
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "cargo-fuzz is not installed for nightly: installing it (cargo install cargo-fuzz)"
+  cargo +nightly install --locked cargo-fuzz
+fi
 for t in "${targets[@]}"; do
   seed "$t"
   start=$SECONDS
   log=artifacts/$t.log; mkdir -p artifacts
   if cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     result=ok
-  else
+  elif grep -q 'SUMMARY: libFuzzer\|panicked at\|deadly signal' "$log"; then
     result="FOUND A CRASH (see $log and artifacts/$t/)"
+  else
+    result="FAILED TO RUN (see $log)"
   fi
   runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   printf '%-10s %4ss %10s execs  corpus %5s files  %s\n' "$t" "$((SECONDS - start))" "$runs" "$(ls "corpus/$t" | wc -l)" "$result"

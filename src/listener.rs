@@ -335,8 +335,8 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                         };
                         match TcpStream::from_std(std_client) {
                             Ok(client) => {
-                                let socket: SocketOptions = (&port.globals.load().tcp).into();
-                                socket.apply(&client);
+                                SocketOptions::for_clients(&port.globals.load().tcp)
+                                    .apply(&client);
                                 match split {
                                     Some(ctx) => session::run(client, ctx, admitted, peer).await,
                                     None => {
@@ -434,11 +434,14 @@ async fn serve_client(
             .await;
         }
     };
-    let timeout = port.globals.load().connect_timeout;
+    let (timeout, socket) = {
+        let g = port.globals.load();
+        (g.connect_timeout, SocketOptions::for_servers(&g.tcp))
+    };
     let mut failures = Vec::new();
     for key in targets {
         let lease = port.balancer.lease(key.clone());
-        match connect(&key.addr, timeout).await {
+        match connect(&key.addr, timeout, socket).await {
             Ok(mut server) => {
                 port.health.success(&key.addr);
                 // The map may have changed since `choose`; a lease taken before
@@ -504,8 +507,6 @@ async fn run_relay(
     lease: &router::Lease,
 ) {
     let _ = server.set_nodelay(true);
-    let socket: SocketOptions = (&port.globals.load().tcp).into();
-    socket.apply(server);
     let gauge =
         port.metrics
             .clients
@@ -521,9 +522,18 @@ async fn run_relay(
     }
 }
 
-async fn connect(addr: &NodeAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// Connects to a node within `timeout` and sets `socket` on the socket.
+async fn connect(
+    addr: &NodeAddr,
+    timeout: Duration,
+    socket: SocketOptions,
+) -> io::Result<TcpStream> {
     match tokio::time::timeout(timeout, TcpStream::connect((addr.host.as_str(), addr.port))).await {
-        Ok(r) => r,
+        Ok(r) => {
+            let s = r?;
+            socket.apply(&s);
+            Ok(s)
+        }
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("connect timed out after {timeout:?}"),

@@ -5,7 +5,9 @@
 //! noticed and ended (the transaction rolled back, the role port's server
 //! connection closed); with `tcp_user_timeout_ms` a client cut off
 //! mid-result is. Each: the leader's only backend goes to a bystander,
-//! descriptors return to baseline.
+//! descriptors return to baseline. Needs root and iproute2; the namespace
+//! names are fixed (a crashed run's leftovers are removed by the next), so
+//! two runs of this file must not overlap.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
@@ -85,6 +87,9 @@ impl Netns {
             "{:08X}:",
             u32::from_le_bytes([octets[0], octets[1], octets[2], octets[3]])
         );
+        // (sockets, bytes not yet acknowledged) of pgvane's established
+        // sockets on the host end; an earlier run's orphans may still be
+        // retransmitting their FIN in other states.
         let in_flight = || {
             std::fs::read_to_string("/proc/net/tcp")
                 .unwrap()
@@ -93,15 +98,15 @@ impl Netns {
                 .filter_map(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
                     let tx = f[4].split(':').next()?;
-                    // Established sockets only: an earlier run's orphans
-                    // may still be retransmitting their FIN.
                     (f[1].starts_with(&ours) && f[3] == "01")
                         .then(|| u64::from_str_radix(tx, 16).unwrap_or(0))
                 })
-                .sum::<u64>()
+                .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b))
         };
-        let settled = wait_until(Duration::from_secs(5), || in_flight() == 0);
-        assert!(settled, "{} bytes still unacknowledged", in_flight());
+        let settled = wait_until(Duration::from_secs(5), || in_flight().1 == 0);
+        let (sockets, bytes) = in_flight();
+        assert!(settled, "{bytes} bytes still unacknowledged");
+        assert!(sockets > 0, "no connection of pgvane's into the namespace");
     }
 
     /// psql inside the namespace to pgvane's `port` on the host end, with
@@ -223,10 +228,6 @@ async fn bystander_waits(ns: &Netns, split: u16, within: Duration) -> (Duration,
     (t.elapsed(), Client { client, task })
 }
 
-/// Backends pgvane may keep pooled after a test (pool_size 1, one pool per
-/// node), beyond the descriptors it had before the first client.
-const POOLED: usize = 3;
-
 const FAST_KEEPALIVE: &str =
     "tcp_keepalives_idle_s: 1\ntcp_keepalives_interval_s: 1\ntcp_keepalives_count: 2\n";
 
@@ -265,7 +266,9 @@ async fn a_vanished_client_idle_in_transaction_is_ended_by_keepalive() {
     assert_eq!(rows, 0, "the vanished client's uncommitted row survived");
     drop(psql);
     drop(c);
-    let back = wait_until(Duration::from_secs(10), || open_fds(pid) <= fds + POOLED);
+    let back = wait_until(Duration::from_secs(10), || {
+        open_fds(pid) <= fds + POOLED_FDS
+    });
     assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
 }
 
@@ -299,7 +302,9 @@ async fn a_vanished_role_port_client_is_ended_by_keepalive() {
         "backend {backend} of a vanished role-port client still runs"
     );
     drop(psql);
-    let back = wait_until(Duration::from_secs(10), || open_fds(pid) <= fds);
+    let back = wait_until(Duration::from_secs(10), || {
+        open_fds(pid) <= fds + POOLED_FDS
+    });
     assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
 }
 
@@ -347,6 +352,8 @@ async fn a_client_cut_off_mid_result_is_ended_by_tcp_user_timeout() {
     assert!(rss_after < rss + 32 * 1024, "RSS {rss} -> {rss_after} KiB");
     drop(psql);
     drop(c);
-    let back = wait_until(Duration::from_secs(10), || open_fds(pid) <= fds + POOLED);
+    let back = wait_until(Duration::from_secs(10), || {
+        open_fds(pid) <= fds + POOLED_FDS
+    });
     assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
 }

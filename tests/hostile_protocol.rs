@@ -118,6 +118,66 @@ async fn broken_startup_packets_get_postgresql_answers() {
     assert!(!pg.log_text().contains("panicked"));
 }
 
+/// A startup packet (protocol 3.0) of raw `params`.
+fn startup_bytes(params: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in params {
+        body.extend_from_slice(k);
+        body.push(0);
+        body.extend_from_slice(v);
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_utf8_in_startup_parameters_gets_clear_answers() {
+    healthy_lab();
+    let (pg, _p, split) = start();
+    let bystander = connect(split).await.unwrap();
+    // In application_name and in a setting given by `options`: the bytes
+    // that are not UTF-8 become U+FFFD (what PostgreSQL then stores is its
+    // own business: application_name keeps ASCII only), and the session
+    // works; nothing that is not UTF-8 comes back.
+    let packet = startup_bytes(&[
+        (b"user", b"postgres"),
+        (b"database", b"postgres"),
+        (b"application_name", b"app\xff\xfe"),
+        (b"options", b"-c search_path=s\xffx,public"),
+    ]);
+    let mut r = Raw::login_packet(split, &packet)
+        .await
+        .unwrap_or_else(|e| panic!("refused: {}", String::from_utf8_lossy(&e)));
+    let got = r.simple("select current_setting('search_path')").await;
+    assert_eq!(raw::error_code(&got), None);
+    assert_eq!(raw::texts(&got), ["s\u{fffd}x,public"]);
+    let got = r.simple("select current_setting('application_name')").await;
+    assert_eq!(raw::error_code(&got), None);
+    let name = raw::texts(&got);
+    assert_eq!(name.len(), 1);
+    // PostgreSQL keeps printable ASCII in application_name ('?' for the rest).
+    assert!(
+        name[0].starts_with("app") && name[0].len() > 3 && name[0].is_ascii(),
+        "{name:?}"
+    );
+    // In the database name: the node's own answer, 3D000, as a direct
+    // connection gets.
+    let packet = startup_bytes(&[(b"user", b"postgres"), (b"database", b"db\xff")]);
+    let refused = match Raw::login_packet(split, &packet).await {
+        Ok(_) => panic!("logged in to a database named with invalid UTF-8"),
+        Err(body) => fields(&body),
+    };
+    assert!(refused.contains("C3D000"), "{refused}");
+    assert!(bystander.alive().await);
+    assert!(!pg.log_text().contains("panicked"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn random_cancel_keys_cancel_nothing() {
     healthy_lab();

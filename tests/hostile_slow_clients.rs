@@ -49,13 +49,21 @@ async fn slow_loris_clients_after_login_hold_no_backend() {
         for l in &mut loris {
             l.send(&[*byte]).await;
         }
-        // Each bystander query must not wait for any backend: a loris
-        // holding the only one would make it wait up to 3 s and fail.
+        // Each bystander read and transaction must not wait for any
+        // backend: a loris holding a replica's or the leader's only one
+        // would make it wait up to 3 s and fail.
         answers_within(&c, i32::try_from(i).unwrap(), Duration::from_secs(2)).await;
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            c.client.batch_execute("begin; select 1; commit"),
+        )
+        .await
+        .expect("the bystander's transaction waited for the leader's backend")
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await; // the attack's pace
     }
     eprintln!(
-        "slow clients: 10 clients dribbled a {}-byte query over {:?}, the bystander ran {} queries meanwhile",
+        "slow clients: 10 clients dribbled a {}-byte query over {:?}, the bystander ran {} reads and transactions meanwhile",
         whole.len(),
         t0.elapsed(),
         whole.len() - 1
@@ -66,44 +74,47 @@ async fn slow_loris_clients_after_login_hold_no_backend() {
         assert_eq!(raw::texts(&got), ["loris"]);
     }
     drop(loris);
-    let after = fds_back(pid, fds, 2);
+    let after = fds_back(pid, fds, POOLED_FDS);
     let rss_after = rss_kib(pid);
     eprintln!("slow clients: fds {fds} -> {after}, RSS {rss} -> {rss_after} KiB");
-    assert!(after <= fds + 2, "descriptors not back: {fds} -> {after}");
+    assert!(
+        after <= fds + POOLED_FDS,
+        "descriptors not back: {fds} -> {after}"
+    );
     assert!(rss_after < rss + 16 * 1024, "RSS {rss} -> {rss_after} KiB");
     assert!(c.alive().await);
 }
 
 /// Starts pgvane with a split port whose pools have one backend each, and
 /// a raw client that opens a transaction and asks for about 1 GB it never
-/// reads. Returns pgvane, the port and the client.
-async fn never_reader(globals: &str, acquire_ms: u64) -> (Pgvane, u16, Raw) {
+/// reads (its query carries `tag`). Returns pgvane, the port and the client.
+async fn never_reader(globals: &str, acquire_ms: u64, tag: &str) -> (Pgvane, u16, Raw) {
     let (pg, split) = start_split_with(
         globals,
         &format!("roles: [sync, async], pool_size: 1, pool_acquire_timeout_ms: {acquire_ms}"),
     );
     let mut h = Raw::login(split, &[]).await;
-    h.send(&raw::query(
-        "begin; select repeat('x', 10000) from generate_series(1, 100000)",
-    ))
+    h.send(&raw::query(&format!(
+        "begin; select repeat('x', 10000) from generate_series(1, 100000) /* {tag} */"
+    )))
     .await;
     // The query runs on the leader (so it holds the backend) before any
     // bystander comes.
     let leader = connect_node(&leader()).await;
     let running = wait_until_async(Duration::from_secs(10), || async {
-        running_big_queries(&leader).await > 0
+        running_big_queries(&leader, tag).await > 0
     })
     .await;
     assert!(running, "the never-reader's query did not start");
     (pg, split, h)
 }
 
-/// Backends on `leader` running the never-reader's query.
-async fn running_big_queries(leader: &tokio_postgres::Client) -> i64 {
+/// Backends on `leader` running the never-reader's query tagged `tag`.
+async fn running_big_queries(leader: &tokio_postgres::Client, tag: &str) -> i64 {
     leader
         .query_one(
-            "select count(*) from pg_stat_activity where query like '%generate_series(1, 100000)%' and pid <> pg_backend_pid()",
-            &[],
+            "select count(*) from pg_stat_activity where query like '%generate_series(1, 100000)%' and query like $1 and pid <> pg_backend_pid()",
+            &[&format!("%/* {tag} */%")],
         )
         .await
         .unwrap()
@@ -115,7 +126,8 @@ async fn a_client_that_never_reads_gives_its_backend_back_at_tcp_user_timeout() 
     // Control: without tcp_user_timeout_ms the client keeps the leader's
     // only backend, as it would keep a PostgreSQL backend: a bystander's
     // transaction waits for it and gets 53400.
-    let (pg, split, stuck) = never_reader("", 2000).await;
+    let run = std::process::id();
+    let (pg, split, stuck) = never_reader("", 2000, &format!("control-{run}")).await;
     let c = connect(split).await.unwrap();
     let e = c
         .client
@@ -126,7 +138,8 @@ async fn a_client_that_never_reads_gives_its_backend_back_at_tcp_user_timeout() 
     assert_eq!(code.as_deref(), Some("53400"), "{e}");
     drop((c, stuck, pg));
 
-    let (pg, split, mut stuck) = never_reader("tcp_user_timeout_ms: 2000\n", 30_000).await;
+    let tag = format!("timeout-{run}");
+    let (pg, split, mut stuck) = never_reader("tcp_user_timeout_ms: 2000\n", 30_000, &tag).await;
     let pid = pg.child.id();
     let rss = rss_kib(pid);
     // The bystander's login waits for the leader's backend too.
@@ -163,7 +176,7 @@ async fn a_client_that_never_reads_gives_its_backend_back_at_tcp_user_timeout() 
     // idle in transaction or stuck writing.
     let leader = connect_node(&leader()).await;
     let stuck_backends = wait_until_async(Duration::from_secs(10), || async {
-        running_big_queries(&leader).await == 0
+        running_big_queries(&leader, &tag).await == 0
     })
     .await;
     assert!(
@@ -259,8 +272,11 @@ async fn a_half_closed_client_gets_its_answers_and_keeps_its_commit() {
         !row_exists(&leader, &open_tag).await,
         "an uncommitted row survived"
     );
-    let after = fds_back(pid, fds, 2);
-    assert!(after <= fds + 2, "descriptors not back: {fds} -> {after}");
+    let after = fds_back(pid, fds, POOLED_FDS);
+    assert!(
+        after <= fds + POOLED_FDS,
+        "descriptors not back: {fds} -> {after}"
+    );
     leader
         .execute(
             "delete from hostile_half_close where v in ($1, $2)",

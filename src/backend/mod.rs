@@ -211,44 +211,61 @@ pub struct Backend {
     pub idle_since: Instant,
 }
 
-/// Socket options pgvane sets on every client and server socket (the
-/// config's `tcp_*`), so a peer that vanished without a FIN, or stopped
-/// taking bytes, is noticed.
+/// Socket options pgvane sets on the sockets it accepts or opens (the
+/// config's `tcp_*`), so a peer that vanished without a FIN, or a client
+/// that stopped taking bytes, is noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SocketOptions {
     tcp: crate::config::TcpConfig,
 }
 
-impl From<&crate::config::TcpConfig> for SocketOptions {
-    fn from(tcp: &crate::config::TcpConfig) -> Self {
-        Self { tcp: *tcp }
-    }
-}
+/// Set once a socket option could not be set, so that is logged once.
+static OPTION_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl SocketOptions {
-    /// Sets keepalive (off when its idle time is 0) and `TCP_USER_TIMEOUT`
-    /// on `s`; a failure only loses the option, so it is logged, not
-    /// returned.
+    /// For client sockets: keepalive and the user timeout.
+    #[must_use]
+    pub fn for_clients(tcp: &crate::config::TcpConfig) -> Self {
+        Self { tcp: *tcp }
+    }
+
+    /// For sockets to nodes: keepalive only. A node that stops reading
+    /// for a while (a `COPY FROM` waiting on a lock) is not a dead peer.
+    #[must_use]
+    pub fn for_servers(tcp: &crate::config::TcpConfig) -> Self {
+        Self {
+            tcp: crate::config::TcpConfig {
+                user_timeout: None,
+                ..*tcp
+            },
+        }
+    }
+
+    /// Turns keepalive on with the configured timings (the system's where
+    /// none is set) and sets `TCP_USER_TIMEOUT` when configured. A failure
+    /// only loses the option: it is logged (once), not returned.
     pub fn apply(&self, s: &TcpStream) {
         let sock = socket2::SockRef::from(s);
         let tcp = &self.tcp;
-        let r = if tcp.keepalives_idle.is_zero() {
-            sock.set_keepalive(false)
-        } else {
-            let mut ka = socket2::TcpKeepalive::new()
-                .with_time(tcp.keepalives_idle)
-                .with_interval(tcp.keepalives_interval);
-            if let Some(n) = tcp.keepalives_count {
-                ka = ka.with_retries(n);
+        let mut ka = socket2::TcpKeepalive::new();
+        if let Some(t) = tcp.keepalives_idle {
+            ka = ka.with_time(t);
+        }
+        if let Some(t) = tcp.keepalives_interval {
+            ka = ka.with_interval(t);
+        }
+        if let Some(n) = tcp.keepalives_count {
+            ka = ka.with_retries(n);
+        }
+        let results = [
+            sock.set_tcp_keepalive(&ka),
+            tcp.user_timeout
+                .map_or(Ok(()), |t| sock.set_tcp_user_timeout(Some(t))),
+        ];
+        for e in results.into_iter().filter_map(Result::err) {
+            if !OPTION_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, "cannot set TCP keepalive or user timeout (logged once)");
             }
-            sock.set_tcp_keepalive(&ka)
-        };
-        let r = r.and_then(|()| match tcp.user_timeout {
-            Some(t) => sock.set_tcp_user_timeout(Some(t)),
-            None => Ok(()),
-        });
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "cannot set TCP keepalive or user timeout");
         }
     }
 }

@@ -161,39 +161,43 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// The TCP settings, each checked against what Linux accepts.
+/// The TCP settings, each checked against what Linux accepts; 0 is the
+/// system's value, as in PostgreSQL.
 fn tcp_config(top: &RawTop, errors: &mut Vec<ConfigError>) -> TcpConfig {
     let mut tcp = TcpConfig::default();
-    let mut bad = |path: &str, message: &str| {
-        errors.push(ConfigError {
-            path: path.to_owned(),
-            message: message.to_owned(),
-        });
+    let mut check = |path: &str, value: Option<u64>, max: u64| -> Option<Option<u64>> {
+        match value {
+            Some(v) if v > max => {
+                errors.push(ConfigError {
+                    path: path.to_owned(),
+                    message: format!("must be at most {max}"),
+                });
+                None
+            }
+            Some(0) => Some(None),
+            Some(v) => Some(Some(v)),
+            None => None,
+        }
     };
-    // TCP_KEEPIDLE and TCP_KEEPINTVL take 1..=32767 s, TCP_KEEPCNT 1..=127.
-    match top.tcp_keepalives_idle_s {
-        Some(s) if s > 32_767 => bad("tcp_keepalives_idle_s", "must be at most 32767"),
-        Some(s) => tcp.keepalives_idle = Duration::from_secs(s),
-        None => {}
+    // TCP_KEEPIDLE and TCP_KEEPINTVL take up to 32767 s, TCP_KEEPCNT 127,
+    // TCP_USER_TIMEOUT a non-negative int of milliseconds.
+    if let Some(v) = check("tcp_keepalives_idle_s", top.tcp_keepalives_idle_s, 32_767) {
+        tcp.keepalives_idle = v.map(Duration::from_secs);
     }
-    match top.tcp_keepalives_interval_s {
-        Some(s) if !(1..=32_767).contains(&s) => {
-            bad("tcp_keepalives_interval_s", "must be 1 to 32767");
-        }
-        Some(s) => tcp.keepalives_interval = Duration::from_secs(s),
-        None => {}
+    if let Some(v) = check(
+        "tcp_keepalives_interval_s",
+        top.tcp_keepalives_interval_s,
+        32_767,
+    ) {
+        tcp.keepalives_interval = v.map(Duration::from_secs);
     }
-    match top.tcp_keepalives_count {
-        Some(n) if !(1..=127).contains(&n) => bad("tcp_keepalives_count", "must be 1 to 127"),
-        n => tcp.keepalives_count = n,
+    let count = top.tcp_keepalives_count.map(u64::from);
+    if let Some(v) = check("tcp_keepalives_count", count, 127) {
+        tcp.keepalives_count = v.and_then(|n| u32::try_from(n).ok());
     }
-    match top.tcp_user_timeout_ms {
-        Some(ms) if ms > u64::from(u32::MAX) => {
-            bad("tcp_user_timeout_ms", "must be at most 4294967295");
-        }
-        // 0 is the system's default, as in PostgreSQL.
-        Some(0) | None => {}
-        Some(ms) => tcp.user_timeout = Some(Duration::from_millis(ms)),
+    let max_ms = u64::from(i32::MAX.unsigned_abs());
+    if let Some(v) = check("tcp_user_timeout_ms", top.tcp_user_timeout_ms, max_ms) {
+        tcp.user_timeout = v.map(Duration::from_millis);
     }
     tcp
 }

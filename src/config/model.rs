@@ -47,30 +47,36 @@ pub struct Config {
 }
 
 /// How pgvane notices a peer that vanished without a FIN, or stopped
-/// taking bytes: PostgreSQL's `tcp_keepalives_*` and `tcp_user_timeout`,
-/// applied to client and server sockets alike.
+/// taking bytes: PostgreSQL's `tcp_keepalives_*` and `tcp_user_timeout`
+/// (0 in the file means the system's value, as in PostgreSQL). Keepalive
+/// is on for client and server sockets; the user timeout is for client
+/// sockets only, since a node that stops reading (a `COPY FROM` waiting on
+/// a lock) is not a dead peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpConfig {
     /// Idle time before the first keepalive probe (`tcp_keepalives_idle_s`,
-    /// default 60; 0 turns keepalive off).
-    pub keepalives_idle: Duration,
-    /// Time between probes (`tcp_keepalives_interval_s`, default 10).
-    pub keepalives_interval: Duration,
+    /// default 60; `None`: the system's, 7200 s on Linux).
+    pub keepalives_idle: Option<Duration>,
+    /// Time between probes (`tcp_keepalives_interval_s`, default 10;
+    /// `None`: the system's, 75 s).
+    pub keepalives_interval: Option<Duration>,
     /// Unanswered probes before the connection is dropped
     /// (`tcp_keepalives_count`, default: the system's, 9 on Linux).
     pub keepalives_count: Option<u32>,
-    /// Longest time sent bytes may stay unacknowledged, or a peer's receive
-    /// window stay closed, before the connection is dropped
+    /// Longest time bytes sent to a client may stay unacknowledged, or its
+    /// receive window stay closed, before the connection is dropped
     /// (`tcp_user_timeout_ms`, default: the system's, about 15 minutes of
-    /// retransmissions and no limit for a closed window).
+    /// retransmissions and no limit for a closed window). When set, Linux
+    /// also drops an idle peer at the first unanswered keepalive probe
+    /// after this long instead of counting probes.
     pub user_timeout: Option<Duration>,
 }
 
 impl Default for TcpConfig {
     fn default() -> Self {
         Self {
-            keepalives_idle: Duration::from_secs(60),
-            keepalives_interval: Duration::from_secs(10),
+            keepalives_idle: Some(Duration::from_secs(60)),
+            keepalives_interval: Some(Duration::from_secs(10)),
             keepalives_count: None,
             user_timeout: None,
         }

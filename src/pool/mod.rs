@@ -77,7 +77,9 @@ pub struct Pool {
     pub key: PoolKey,
     /// Role class tag when created (`leader`/`replica`), for `retain`.
     pub role: &'static str,
-    settings: PoolSettings,
+    /// The latest settings a session asked for (see [`PoolSet::get`]);
+    /// only `size` stays as the pool was created with.
+    settings: ArcSwap<PoolSettings>,
     security: Arc<ArcSwap<BackendSecurity>>,
     idle: Mutex<Vec<Backend>>,
     permits: Arc<Semaphore>,
@@ -106,7 +108,7 @@ impl Pool {
             key,
             role,
             permits: Arc::new(Semaphore::new(settings.size.max(1))),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             security,
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
@@ -126,9 +128,10 @@ impl Pool {
     /// # Errors
     /// [`PoolError`].
     pub async fn acquire(self: &Arc<Self>) -> Result<Pooled, PoolError> {
+        let settings = **self.settings.load();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout(
-            self.settings.acquire_timeout,
+            settings.acquire_timeout,
             Arc::clone(&self.permits).acquire_owned(),
         )
         .await;
@@ -136,8 +139,8 @@ impl Pool {
         let Ok(Ok(permit)) = permit else {
             return Err(PoolError::Timeout {
                 node: self.key.node.clone(),
-                timeout: self.settings.acquire_timeout,
-                size: self.settings.size,
+                timeout: settings.acquire_timeout,
+                size: settings.size,
             });
         };
         let now = Instant::now();
@@ -145,8 +148,8 @@ impl Pool {
             let candidate = self.idle_list().pop();
             match candidate {
                 Some(b)
-                    if now.duration_since(b.idle_since) > self.settings.idle_timeout
-                        || now.duration_since(b.created) > self.settings.lifetime =>
+                    if now.duration_since(b.idle_since) > settings.idle_timeout
+                        || now.duration_since(b.created) > settings.lifetime =>
                 {
                     self.open.fetch_sub(1, Ordering::Relaxed);
                     tokio::spawn(b.close());
@@ -175,9 +178,9 @@ impl Pool {
             &self.key.node,
             &self.key.creds,
             &security,
-            self.settings.connect_timeout,
-            self.settings.max_prepared,
-            self.settings.socket,
+            settings.connect_timeout,
+            settings.max_prepared,
+            settings.socket,
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -224,7 +227,7 @@ impl Pooled {
             pool,
             _permit,
         } = self;
-        let usable = backend.created.elapsed() < pool.settings.lifetime
+        let usable = backend.created.elapsed() < pool.settings.load().lifetime
             && backend.drained()
             && !backend.has_unsent()
             && !pool.closed.load(Ordering::Relaxed);
@@ -285,12 +288,21 @@ impl PoolSet {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The pool for `key`, created on first use.
+    /// The pool for `key`, created on first use with `settings`. An
+    /// existing pool takes `settings` for its next acquire and connect (a
+    /// reload's timeouts and socket options apply at once), all but `size`.
     #[must_use]
     pub fn get(&self, key: &PoolKey, role: &'static str, settings: PoolSettings) -> Arc<Pool> {
         let mut m = self.map();
         if let Some(p) = m.get(key) {
             if p.role == role {
+                let wanted = PoolSettings {
+                    size: p.settings.load().size,
+                    ..settings
+                };
+                if **p.settings.load() != wanted {
+                    p.settings.store(Arc::new(wanted));
+                }
                 return Arc::clone(p);
             }
             p.close();
@@ -347,5 +359,45 @@ impl PoolSet {
                 (k.clone(), p.role, o, i, w)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendSecret;
+
+    fn settings(size: usize, acquire_ms: u64) -> PoolSettings {
+        PoolSettings {
+            size,
+            acquire_timeout: Duration::from_millis(acquire_ms),
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(3),
+            max_prepared: 200,
+            socket: SocketOptions::default(),
+        }
+    }
+
+    #[test]
+    fn an_existing_pool_takes_new_settings_but_keeps_its_size() {
+        let set = PoolSet::new(Arc::default());
+        let key = PoolKey {
+            node: NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            creds: Credentials {
+                user: "u".into(),
+                secret: BackendSecret::None,
+                database: "d".into(),
+            },
+        };
+        let first = set.get(&key, "leader", settings(2, 5000));
+        let again = set.get(&key, "leader", settings(9, 100));
+        assert!(Arc::ptr_eq(&first, &again));
+        let now = **again.settings.load();
+        assert_eq!(now, settings(2, 100), "timeouts new, size as created");
+        assert_eq!(again.permits.available_permits(), 2);
     }
 }

@@ -122,7 +122,7 @@ impl SessionContext {
             lifetime: Duration::from_millis(p.server_lifetime_ms.unwrap_or(3_600_000)),
             connect_timeout: g.connect_timeout,
             max_prepared: p.max_prepared_statements.unwrap_or(200),
-            socket: (&g.tcp).into(),
+            socket: crate::backend::SocketOptions::for_servers(&g.tcp),
         }
     }
 }

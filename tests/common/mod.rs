@@ -722,7 +722,12 @@ impl Prober {
     }
 }
 
-/// Resident memory of process `pid`, KiB.
+/// Descriptors a pgvane whose split port has `pool_size: 1` may hold after
+/// a test beyond those it had before the first client: one pooled backend
+/// per lab node (a Patroni API connection opened meanwhile is covered by
+/// the node that had none).
+pub const POOLED_FDS: usize = 3;
+
 /// Open file descriptors of process `pid`.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -730,6 +735,7 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Resident memory of process `pid` in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

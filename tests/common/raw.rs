@@ -21,16 +21,25 @@ pub struct Raw {
 impl Raw {
     /// Connects and logs in with extra startup `params`; panics on failure.
     pub async fn login(port: u16, params: &[(&str, &str)]) -> Self {
+        let mut all = vec![("user", "postgres"), ("database", "postgres")];
+        all.extend_from_slice(params);
+        let mut out = Vec::new();
+        encode::startup(&mut out, &all);
+        match Self::login_packet(port, &out).await {
+            Ok(r) => r,
+            Err(body) => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+
+    /// Sends `startup` (a whole startup packet, any bytes) and logs in as
+    /// postgres/postgres; the ErrorResponse body when refused.
+    pub async fn login_packet(port: u16, startup: &[u8]) -> Result<Self, Vec<u8>> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut r = Self {
             stream,
             buf: BytesMut::new(),
         };
-        let mut all = vec![("user", "postgres"), ("database", "postgres")];
-        all.extend_from_slice(params);
-        let mut out = Vec::new();
-        encode::startup(&mut out, &all);
-        r.send(&out).await;
+        r.send(startup).await;
         let mut scram: Option<ScramSha256> = None;
         loop {
             let (tag, body) = r.read().await.expect("login answer");
@@ -70,8 +79,8 @@ impl Raw {
                     }
                     r.send(&out).await;
                 }
-                b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
-                b'Z' => return r,
+                b'E' => return Err(body),
+                b'Z' => return Ok(r),
                 _ => {}
             }
         }

@@ -326,27 +326,35 @@ fn server_tls_and_login_rules_are_checked_by_field() {
 fn tcp_settings_default_like_before_and_are_checked_by_field() {
     let c = load_str(PATRONI_PROXY).unwrap();
     assert_eq!(c.tcp, crate::config::TcpConfig::default());
-    assert_eq!(c.tcp.keepalives_idle, Duration::from_secs(60));
+    assert_eq!(c.tcp.keepalives_idle, Some(Duration::from_secs(60)));
     assert_eq!(c.tcp.user_timeout, None);
     let set = PATRONI_PROXY.replace(
         "cluster_update_interval: 3",
         "cluster_update_interval: 3\ntcp_keepalives_idle_s: 5\ntcp_keepalives_interval_s: 2\ntcp_keepalives_count: 3\ntcp_user_timeout_ms: 4000",
     );
     let t = load_str(&set).unwrap().tcp;
-    assert_eq!(t.keepalives_idle, Duration::from_secs(5));
-    assert_eq!(t.keepalives_interval, Duration::from_secs(2));
+    assert_eq!(t.keepalives_idle, Some(Duration::from_secs(5)));
+    assert_eq!(t.keepalives_interval, Some(Duration::from_secs(2)));
     assert_eq!(t.keepalives_count, Some(3));
     assert_eq!(t.user_timeout, Some(Duration::from_millis(4000)));
-    let off = PATRONI_PROXY.replace(
+    // 0 is the system's value, as in postgresql.conf.
+    let system = PATRONI_PROXY.replace(
         "cluster_update_interval: 3",
-        "cluster_update_interval: 3\ntcp_keepalives_idle_s: 0\ntcp_user_timeout_ms: 0",
+        "cluster_update_interval: 3\ntcp_keepalives_idle_s: 0\ntcp_keepalives_interval_s: 0\ntcp_keepalives_count: 0\ntcp_user_timeout_ms: 0",
     );
-    let t = load_str(&off).unwrap().tcp;
-    assert!(t.keepalives_idle.is_zero());
-    assert_eq!(t.user_timeout, None);
+    let t = load_str(&system).unwrap().tcp;
+    assert_eq!(
+        t,
+        crate::config::TcpConfig {
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            user_timeout: None,
+        }
+    );
     let bad = PATRONI_PROXY.replace(
         "cluster_update_interval: 3",
-        "cluster_update_interval: 3\ntcp_keepalives_idle_s: 40000\ntcp_keepalives_interval_s: 0\ntcp_keepalives_count: 200\ntcp_user_timeout_ms: 5000000000",
+        "cluster_update_interval: 3\ntcp_keepalives_idle_s: 40000\ntcp_keepalives_interval_s: 32768\ntcp_keepalives_count: 200\ntcp_user_timeout_ms: 2147483648",
     );
     let e = load_str(&bad).unwrap_err().to_string();
     for field in [
@@ -357,4 +365,9 @@ fn tcp_settings_default_like_before_and_are_checked_by_field() {
     ] {
         assert!(e.contains(field), "{field} not named in {e}");
     }
+    let max = PATRONI_PROXY.replace(
+        "cluster_update_interval: 3",
+        "cluster_update_interval: 3\ntcp_user_timeout_ms: 2147483647",
+    );
+    assert!(load_str(&max).is_ok());
 }
