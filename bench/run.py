@@ -90,8 +90,9 @@ clusters:
 POOL_SIZE = 20
 
 
-def start_pgvane(leader_ip, tmp):
-    return spawn_pgvane(tmp, "    ports:\n      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}\n")
+def start_pgvane(leader_ip, tmp, binary=None, name="pgvane"):
+    return spawn_pgvane(tmp, "    ports:\n      rw: {{listen: 127.0.0.1:{port}, roles: [leader]}}\n",
+                        binary, name)
 
 
 def start_pgvane_split(leader_ip, tmp, binary=None, name="pgvane"):
@@ -101,6 +102,12 @@ def start_pgvane_split(leader_ip, tmp, binary=None, name="pgvane"):
 
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+def haproxy_version():
+    out = subprocess.run(["/usr/sbin/haproxy", "-v"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else "?"
 
 
 def pgbouncer_version(binary):
@@ -318,7 +325,7 @@ def main():
                  f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
     lines.append(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
     lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores; "
-                 f"{R} {'.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else ''}.")
+                 f"{R} {'.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()}.")
     lines.append("")
     lines.append("min / median / max TPS per target and workload:")
     for wname, _, _ in workloads:
