@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use stream::ServerStream;
+use stream::{HomedTcp, ServerStream};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -554,6 +554,21 @@ impl Backend {
         Ok(())
     }
 
+    /// The worker thread whose runtime drives this backend's socket.
+    #[must_use]
+    pub fn home(&self) -> std::thread::ThreadId {
+        self.stream.home()
+    }
+
+    /// Moves the socket to the calling thread's runtime when another one
+    /// drives it, so replies wake the session's worker directly.
+    ///
+    /// # Errors
+    /// When the socket cannot be moved; the backend is then unusable.
+    pub fn rehome(&mut self) -> std::io::Result<()> {
+        self.stream.rehome()
+    }
+
     /// Whether the connection to the server is encrypted.
     #[must_use]
     pub fn is_tls(&self) -> bool {
@@ -799,7 +814,7 @@ async fn negotiate_tls(
     security: &BackendSecurity,
 ) -> Result<ServerStream, BackendError> {
     let Some(connector) = &security.connector else {
-        return Ok(ServerStream::Plain(tcp));
+        return Ok(ServerStream::Plain(HomedTcp::new(tcp)));
     };
     let mut out = Vec::new();
     encode::ssl_request(&mut out);
@@ -812,12 +827,14 @@ async fn negotiate_tls(
         b'S' => {
             let name = crate::tls::client::server_name(&addr.host).map_err(BackendError::Tls)?;
             let tls = connector
-                .connect(name, tcp)
+                .connect(name, HomedTcp::new(tcp))
                 .await
                 .map_err(|e| BackendError::Tls(format!("handshake with {addr}: {e}")))?;
             Ok(ServerStream::Tls(Box::new(tls)))
         }
-        b'N' if security.mode == ServerTlsMode::Prefer => Ok(ServerStream::Plain(tcp)),
+        b'N' if security.mode == ServerTlsMode::Prefer => {
+            Ok(ServerStream::Plain(HomedTcp::new(tcp)))
+        }
         b'N' => Err(BackendError::Tls(format!(
             "{addr} does not support SSL, but server_tls.mode is {}",
             security.mode.name()

@@ -144,8 +144,17 @@ impl Pool {
             });
         };
         let now = Instant::now();
+        let here = std::thread::current().id();
         loop {
-            let candidate = self.idle_list().pop();
+            // The most recently used backend this worker already drives,
+            // else the most recently used one (moved here below).
+            let candidate = {
+                let mut idle = self.idle_list();
+                match idle.iter().rposition(|b| b.home() == here) {
+                    Some(i) => Some(idle.remove(i)),
+                    None => idle.pop(),
+                }
+            };
             match candidate {
                 Some(b)
                     if now.duration_since(b.idle_since) > settings.idle_timeout
@@ -163,7 +172,12 @@ impl Pool {
                     self.open.fetch_sub(1, Ordering::Relaxed);
                     drop(backend);
                 }
-                Some(backend) => {
+                Some(mut backend) => {
+                    if let Err(e) = backend.rehome() {
+                        tracing::debug!(node = %self.key.node, error = %e, "pooled backend lost moving workers");
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
                     return Ok(Pooled {
                         backend,
                         pool: Arc::clone(self),
