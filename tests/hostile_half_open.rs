@@ -266,10 +266,7 @@ async fn a_vanished_client_idle_in_transaction_is_ended_by_keepalive() {
     assert_eq!(rows, 0, "the vanished client's uncommitted row survived");
     drop(psql);
     drop(c);
-    let back = wait_until(Duration::from_secs(10), || {
-        open_fds(pid) <= fds + POOLED_FDS
-    });
-    assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
+    assert_fds_back(pid, fds);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,10 +299,7 @@ async fn a_vanished_role_port_client_is_ended_by_keepalive() {
         "backend {backend} of a vanished role-port client still runs"
     );
     drop(psql);
-    let back = wait_until(Duration::from_secs(10), || {
-        open_fds(pid) <= fds + POOLED_FDS
-    });
-    assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
+    assert_fds_back(pid, fds);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -352,8 +346,5 @@ async fn a_client_cut_off_mid_result_is_ended_by_tcp_user_timeout() {
     assert!(rss_after < rss + 32 * 1024, "RSS {rss} -> {rss_after} KiB");
     drop(psql);
     drop(c);
-    let back = wait_until(Duration::from_secs(10), || {
-        open_fds(pid) <= fds + POOLED_FDS
-    });
-    assert!(back, "descriptors not back: {fds} -> {}", open_fds(pid));
+    assert_fds_back(pid, fds);
 }

@@ -26,10 +26,13 @@ async fn answers_within(c: &Client, i: i32, within: Duration) {
     assert!(t.elapsed() < within);
 }
 
-/// Waits until `pid` has at most `fds` + `slack` descriptors open again.
-fn fds_back(pid: u32, fds: usize, slack: usize) -> usize {
-    wait_until(Duration::from_secs(10), || open_fds(pid) <= fds + slack);
-    open_fds(pid)
+/// Runs a transaction (so on the leader) on `c`, failing with `what`
+/// unless it is done within `within`.
+async fn transaction_within(c: &Client, within: Duration, what: &str) {
+    tokio::time::timeout(within, c.client.batch_execute("begin; select 1; commit"))
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,13 +56,12 @@ async fn slow_loris_clients_after_login_hold_no_backend() {
         // backend: a loris holding a replica's or the leader's only one
         // would make it wait up to 3 s and fail.
         answers_within(&c, i32::try_from(i).unwrap(), Duration::from_secs(2)).await;
-        tokio::time::timeout(
+        transaction_within(
+            &c,
             Duration::from_secs(2),
-            c.client.batch_execute("begin; select 1; commit"),
+            "the bystander's transaction waited for the leader's backend",
         )
-        .await
-        .expect("the bystander's transaction waited for the leader's backend")
-        .unwrap();
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await; // the attack's pace
     }
     eprintln!(
@@ -74,13 +76,9 @@ async fn slow_loris_clients_after_login_hold_no_backend() {
         assert_eq!(raw::texts(&got), ["loris"]);
     }
     drop(loris);
-    let after = fds_back(pid, fds, POOLED_FDS);
+    let after = assert_fds_back(pid, fds);
     let rss_after = rss_kib(pid);
     eprintln!("slow clients: fds {fds} -> {after}, RSS {rss} -> {rss_after} KiB");
-    assert!(
-        after <= fds + POOLED_FDS,
-        "descriptors not back: {fds} -> {after}"
-    );
     assert!(rss_after < rss + 16 * 1024, "RSS {rss} -> {rss_after} KiB");
     assert!(c.alive().await);
 }
@@ -145,13 +143,12 @@ async fn a_client_that_never_reads_gives_its_backend_back_at_tcp_user_timeout() 
     // The bystander's login waits for the leader's backend too.
     let t = Instant::now();
     let c = connect(split).await.unwrap();
-    tokio::time::timeout(
+    transaction_within(
+        &c,
         Duration::from_secs(25),
-        c.client.batch_execute("begin; select 1; commit"),
+        "the bystander's transaction did not get the leader's backend within 25 s",
     )
-    .await
-    .expect("the bystander's transaction got the leader's backend within 25 s")
-    .unwrap();
+    .await;
     let waited = t.elapsed();
     answers_within(&c, 7, Duration::from_secs(5)).await;
     let rss_peak = rss_kib(pid);
@@ -272,11 +269,7 @@ async fn a_half_closed_client_gets_its_answers_and_keeps_its_commit() {
         !row_exists(&leader, &open_tag).await,
         "an uncommitted row survived"
     );
-    let after = fds_back(pid, fds, POOLED_FDS);
-    assert!(
-        after <= fds + POOLED_FDS,
-        "descriptors not back: {fds} -> {after}"
-    );
+    assert_fds_back(pid, fds);
     leader
         .execute(
             "delete from hostile_half_close where v in ($1, $2)",

@@ -735,6 +735,20 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Waits up to 10 s for `pid` to hold at most `fds` + [`POOLED_FDS`]
+/// descriptors again and asserts it does; returns the count.
+pub fn assert_fds_back(pid: u32, fds: usize) -> usize {
+    wait_until(Duration::from_secs(10), || {
+        open_fds(pid) <= fds + POOLED_FDS
+    });
+    let now = open_fds(pid);
+    assert!(
+        now <= fds + POOLED_FDS,
+        "descriptors not back: {fds} -> {now}"
+    );
+    now
+}
+
 /// Resident memory of process `pid` in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
