@@ -113,22 +113,12 @@ async fn hosts_change_applies_at_once() {
         "hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]",
         &format!("hosts: [http://127.0.0.1:{dead}]"),
     );
-    let config = temp_path("pgvane.yaml");
-    std::fs::write(&config, &yaml).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || http(
-        p.admin, "GET", "/"
-    )
-    .is_some()));
+    // A Pgvane, so the process is stopped even when an assertion fails.
+    let mut pg = Pgvane::start_unready(&yaml, p.admin);
     assert_eq!(http(p.admin, "GET", "/ready").unwrap().0, 503);
     let (code, _) = connect_err(p.rw).await;
     assert_eq!(code, "57P03");
-    std::fs::write(&config, lab_config(&p)).unwrap();
+    pg.rewrite_config(&lab_config(&p));
     let (status, body) = http(p.admin, "POST", "/reload").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(wait_until(Duration::from_secs(10), || http(
@@ -155,8 +145,5 @@ async fn hosts_change_applies_at_once() {
         }
     };
     assert!(!c.whereami().await.unwrap().1);
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    assert!(child.wait().unwrap().success());
+    assert!(pg.stop().success());
 }
