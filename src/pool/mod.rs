@@ -310,11 +310,12 @@ impl PoolSet {
         let mut m = self.map();
         if let Some(p) = m.get(key) {
             if p.role == role {
+                let current = p.settings.load();
                 let wanted = PoolSettings {
-                    size: p.settings.load().size,
+                    size: current.size,
                     ..settings
                 };
-                if **p.settings.load() != wanted {
+                if **current != wanted {
                     p.settings.store(Arc::new(wanted));
                 }
                 return Arc::clone(p);
