@@ -4,6 +4,7 @@
 
 use crate::admin::{self, AdminState, ClusterView};
 use crate::config::{self, ClusterConfig, Config, ConfigDiff, PortConfig, PortKey};
+use crate::consistency::ClusterLink;
 use crate::control::{Command, ReloadReply};
 use crate::listener::{self, PortShared};
 use crate::router::HealthBook;
@@ -72,6 +73,7 @@ struct ClusterRt {
     watcher: WatcherHandle,
     stop: CancellationToken,
     health: Arc<HealthBook>,
+    link: Arc<ClusterLink>,
     ports: BTreeMap<String, PortRt>,
     ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>>,
 }
@@ -295,12 +297,17 @@ impl App {
             Arc::clone(&ports_view),
             stop.clone(),
         ));
+        let link = Arc::new(ClusterLink::new(
+            crate::tracker::TrackerHandle::idle(),
+            handle.generation.clone(),
+        ));
         self.clusters.insert(
             name.to_owned(),
             ClusterRt {
                 watcher: handle,
                 stop,
                 health: Arc::new(HealthBook::default()),
+                link,
                 ports: BTreeMap::new(),
                 ports_view,
             },
@@ -324,6 +331,7 @@ impl App {
             Arc::clone(&self.globals),
             Arc::clone(&c.watcher.map),
             Arc::clone(&c.health),
+            Arc::clone(&c.link),
             listener::ProcessShared {
                 metrics: Arc::clone(&self.metrics),
                 workers: Arc::clone(&self.workers),

@@ -7,6 +7,7 @@ use crate::backend::SocketOptions;
 use crate::classifier::Classifier;
 use crate::config::Mode;
 use crate::config::{AccessClient, Config, PortConfig, PortKey};
+use crate::consistency::ClusterLink;
 use crate::pool::PoolSet;
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::relay::{self, ByteCounters, RelayEnd};
@@ -124,6 +125,8 @@ pub struct PortShared {
     pub backend_security: Arc<ArcSwap<crate::tls::BackendSecurity>>,
     /// Client counts of every port, for the global and per-address limits.
     pub admissions: Arc<Admissions>,
+    /// The cluster's replica positions, shared floors and map generation.
+    pub link: Arc<ClusterLink>,
     active: AtomicUsize,
     bytes: ByteCounters,
 }
@@ -137,6 +140,7 @@ impl PortShared {
         globals: Arc<ArcSwap<Config>>,
         map: Arc<ArcSwap<ClusterMap>>,
         health: Arc<HealthBook>,
+        link: Arc<ClusterLink>,
         process: ProcessShared,
     ) -> Self {
         let ProcessShared {
@@ -172,6 +176,7 @@ impl PortShared {
             tls: Arc::default(),
             backend_security: Arc::default(),
             admissions,
+            link,
             active: AtomicUsize::new(0),
             bytes,
             metrics,
@@ -197,10 +202,8 @@ impl PortShared {
                 health: Arc::clone(&self.health),
                 pools: Arc::new(PoolSet::new(Arc::clone(&self.backend_security))),
                 classifier: Arc::new(
-                    Classifier::new(cfg.read_only_functions.clone()).with_max_query_len(
-                        cfg.max_classified_query_bytes
-                            .unwrap_or(crate::classifier::DEFAULT_MAX_QUERY_LEN),
-                    ),
+                    Classifier::new(cfg.read_only_functions.clone())
+                        .with_max_query_len(cfg.resolved.max_classified_query_bytes),
                 ),
                 cancels: Arc::clone(&self.cancels),
                 metrics: Arc::clone(&self.metrics),
@@ -208,6 +211,7 @@ impl PortShared {
                 drain: self.drain.clone(),
                 close: self.close.clone(),
                 tls: Arc::clone(&self.tls),
+                link: Arc::clone(&self.link),
             })
         });
         self.split.store(ctx);

@@ -40,6 +40,10 @@ fn state_with(
         Arc::clone(&globals),
         Arc::clone(&handle.map),
         Arc::new(HealthBook::default()),
+        Arc::new(crate::consistency::ClusterLink::new(
+            crate::tracker::TrackerHandle::idle(),
+            handle.generation.clone(),
+        )),
         crate::listener::ProcessShared {
             metrics: Arc::clone(&metrics),
             workers: Arc::new(crate::workers::Workers::current()),

@@ -120,7 +120,8 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         let mut ports = BTreeMap::new();
         for (port_name, value) in raw.ports {
             let ppath = format!("{path}.ports.{port_name}");
-            if let Some(port) = typed::<PortConfig>(value, &ppath, &mut errors) {
+            if let Some(mut port) = typed::<PortConfig>(value, &ppath, &mut errors) {
+                port.resolve();
                 ports.insert(port_name, port);
             }
         }
@@ -347,6 +348,14 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                         "must be above 0",
                     );
                 }
+                if port.read_your_writes == Some(super::model::RywScope::Window)
+                    && port.read_your_writes_ms == Some(0)
+                {
+                    push(
+                        format!("{ppath}.read_your_writes_ms"),
+                        "`read_your_writes: window` needs a window above 0",
+                    );
+                }
                 if port.pool_size == Some(0) {
                     push(format!("{ppath}.pool_size"), "must be above 0");
                 }
@@ -417,6 +426,15 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
                     ("fallback_to_leader", port.fallback_to_leader.is_some()),
                     ("read_only_functions", !port.read_only_functions.is_empty()),
                     ("read_your_writes_ms", port.read_your_writes_ms.is_some()),
+                    ("read_your_writes", port.read_your_writes.is_some()),
+                    (
+                        "read_your_writes_wait_ms",
+                        port.read_your_writes_wait_ms.is_some(),
+                    ),
+                    (
+                        "read_your_writes_on_timeout",
+                        port.read_your_writes_on_timeout.is_some(),
+                    ),
                     (
                         "max_prepared_statements",
                         port.max_prepared_statements.is_some(),

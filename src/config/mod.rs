@@ -10,6 +10,6 @@ pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub use model::{
     AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, Mode,
-    PortConfig, PortTls, RoleSel, ServerAuth, ServerTlsConfig, ServerTlsMode, TcpConfig, TlsConfig,
-    UserConfig,
+    PortConfig, PortSettings, PortTls, RoleSel, RywScope, RywTimeout, ServerAuth, ServerTlsConfig,
+    ServerTlsMode, TcpConfig, TlsConfig, UserConfig,
 };

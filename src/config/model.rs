@@ -394,6 +394,176 @@ pub struct PortConfig {
     /// ports see no user or database, so their rules take `address` only.
     #[serde(default)]
     pub access: Vec<AccessRule>,
+    /// Split ports: how a read sees the writes before it (default
+    /// `session`; `window` when only `read_your_writes_ms` is given).
+    pub read_your_writes: Option<RywScope>,
+    /// Split ports: longest a read with a floor waits for a replica to
+    /// replay it before `read_your_writes_on_timeout`, ms (default 20).
+    pub read_your_writes_wait_ms: Option<u64>,
+    /// Split ports: what a read whose floor no replica reached in time
+    /// does: `leader` (default) or `error` (SQLSTATE 58000).
+    pub read_your_writes_on_timeout: Option<RywTimeout>,
+    /// Split ports and role ports serving `leader`: while the leader is
+    /// being replaced, how long a request (split) or a new client (role)
+    /// that needs it waits for the new one, ms (default 30000; 0 = refuse
+    /// with 57P03 at once).
+    pub leader_wait_ms: Option<u64>,
+    /// Every field above with its default applied, filled when the config
+    /// is loaded: code reads these, never the optional fields.
+    #[serde(skip)]
+    pub resolved: PortSettings,
+}
+
+/// How a split port keeps reads after writes (`read_your_writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RywScope {
+    /// Reads see whatever the replica they land on has replayed.
+    Off,
+    /// After a write, the session's reads go to the leader for
+    /// `read_your_writes_ms` (the old behaviour).
+    Window,
+    /// A read sees every write its own session was told committed.
+    #[default]
+    Session,
+    /// A read sees every write acknowledged to any session of the same
+    /// user and database on this pgvane.
+    User,
+    /// A read sees every write acknowledged to any session of the same
+    /// database on this pgvane.
+    Database,
+    /// A read sees every commit on the leader before it arrived, across
+    /// pgvane instances (one leader round trip per read).
+    Cluster,
+}
+
+impl RywScope {
+    /// Metric label and config text.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Window => "window",
+            Self::Session => "session",
+            Self::User => "user",
+            Self::Database => "database",
+            Self::Cluster => "cluster",
+        }
+    }
+
+    /// Whether commits are captured for this scope.
+    #[must_use]
+    pub fn captures(self) -> bool {
+        matches!(self, Self::Session | Self::User | Self::Database)
+    }
+}
+
+/// What a floored read does when no replica reached its floor in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RywTimeout {
+    /// Run it on the leader.
+    #[default]
+    Leader,
+    /// Answer SQLSTATE 58000 naming the floor and the wait.
+    Error,
+}
+
+/// A port's settings with defaults applied (see [`PortConfig`] for each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSettings {
+    /// `pool_size` (20).
+    pub pool_size: usize,
+    /// `pool_acquire_timeout_ms` (5000).
+    pub pool_acquire_timeout: Duration,
+    /// `server_idle_timeout_ms` (600000).
+    pub server_idle_timeout: Duration,
+    /// `server_lifetime_ms` (3600000).
+    pub server_lifetime: Duration,
+    /// `fallback_to_leader` (true).
+    pub fallback_to_leader: bool,
+    /// `read_your_writes` (session; window when only the window is set).
+    pub read_your_writes: RywScope,
+    /// `read_your_writes_ms` (1000).
+    pub read_your_writes_window: Duration,
+    /// `read_your_writes_wait_ms` (20).
+    pub read_your_writes_wait: Duration,
+    /// `read_your_writes_on_timeout` (leader).
+    pub read_your_writes_on_timeout: RywTimeout,
+    /// `leader_wait_ms` (30000).
+    pub leader_wait: Duration,
+    /// `max_prepared_statements` (200).
+    pub max_prepared_statements: usize,
+    /// `idle_in_transaction_timeout_ms` (off).
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// `pinned_idle_timeout_ms` (off).
+    pub pinned_idle_timeout: Option<Duration>,
+    /// `max_classified_query_bytes` (1 MiB).
+    pub max_classified_query_bytes: usize,
+}
+
+impl Default for PortSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 20,
+            pool_acquire_timeout: Duration::from_millis(5000),
+            server_idle_timeout: Duration::from_millis(600_000),
+            server_lifetime: Duration::from_millis(3_600_000),
+            fallback_to_leader: true,
+            read_your_writes: RywScope::Session,
+            read_your_writes_window: Duration::from_millis(1000),
+            read_your_writes_wait: Duration::from_millis(20),
+            read_your_writes_on_timeout: RywTimeout::Leader,
+            leader_wait: Duration::from_millis(30_000),
+            max_prepared_statements: 200,
+            idle_in_transaction_timeout: None,
+            pinned_idle_timeout: None,
+            max_classified_query_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl PortConfig {
+    /// Fills [`Self::resolved`] from the optional fields.
+    pub fn resolve(&mut self) {
+        let d = PortSettings::default();
+        let ms = Duration::from_millis;
+        let on = |v: Option<u64>| v.filter(|v| *v > 0).map(ms);
+        self.resolved = PortSettings {
+            pool_size: self.pool_size.unwrap_or(d.pool_size),
+            pool_acquire_timeout: self
+                .pool_acquire_timeout_ms
+                .map_or(d.pool_acquire_timeout, ms),
+            server_idle_timeout: self
+                .server_idle_timeout_ms
+                .map_or(d.server_idle_timeout, ms),
+            server_lifetime: self.server_lifetime_ms.map_or(d.server_lifetime, ms),
+            fallback_to_leader: self.fallback_to_leader.unwrap_or(true),
+            read_your_writes: self
+                .read_your_writes
+                .unwrap_or(match self.read_your_writes_ms {
+                    Some(0) => RywScope::Off,
+                    Some(_) => RywScope::Window,
+                    None => RywScope::Session,
+                }),
+            read_your_writes_window: self
+                .read_your_writes_ms
+                .map_or(d.read_your_writes_window, ms),
+            read_your_writes_wait: self
+                .read_your_writes_wait_ms
+                .map_or(d.read_your_writes_wait, ms),
+            read_your_writes_on_timeout: self.read_your_writes_on_timeout.unwrap_or_default(),
+            leader_wait: self.leader_wait_ms.map_or(d.leader_wait, ms),
+            max_prepared_statements: self
+                .max_prepared_statements
+                .unwrap_or(d.max_prepared_statements),
+            idle_in_transaction_timeout: on(self.idle_in_transaction_timeout_ms),
+            pinned_idle_timeout: on(self.pinned_idle_timeout_ms),
+            max_classified_query_bytes: self
+                .max_classified_query_bytes
+                .unwrap_or(d.max_classified_query_bytes),
+        };
+    }
 }
 
 /// One allow rule of a port (`clusters.<c>.ports.<p>.access[i]`); every
@@ -483,6 +653,11 @@ impl PortConfig {
             server_require_auth: Vec::new(),
             server_channel_binding: None,
             access: Vec::new(),
+            read_your_writes: None,
+            read_your_writes_wait_ms: None,
+            read_your_writes_on_timeout: None,
+            leader_wait_ms: None,
+            resolved: PortSettings::default(),
         }
     }
 

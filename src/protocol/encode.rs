@@ -193,6 +193,50 @@ pub fn negotiate_protocol_version(buf: &mut Vec<u8>, minor: u32, unknown: &[&str
     });
 }
 
+/// 'E' Execute of `portal`, all rows.
+pub fn execute(buf: &mut Vec<u8>, portal: &str) {
+    frame(buf, b'E', |b| {
+        put_cstr(b, portal);
+        b.extend_from_slice(&0u32.to_be_bytes());
+    });
+}
+
+/// 'T' RowDescription of text columns named `names`.
+pub fn row_description(buf: &mut Vec<u8>, names: &[&str]) {
+    frame(buf, b'T', |b| {
+        b.extend_from_slice(&u16::try_from(names.len()).unwrap_or(u16::MAX).to_be_bytes());
+        for n in names {
+            put_cstr(b, n);
+            b.extend_from_slice(&0u32.to_be_bytes()); // table oid
+            b.extend_from_slice(&0u16.to_be_bytes()); // column number
+            b.extend_from_slice(&25u32.to_be_bytes()); // text
+            b.extend_from_slice(&(-1i16).to_be_bytes()); // variable length
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // no modifier
+            b.extend_from_slice(&0u16.to_be_bytes()); // text format
+        }
+    });
+}
+
+/// 'D' DataRow of text values.
+pub fn data_row(buf: &mut Vec<u8>, values: &[&str]) {
+    frame(buf, b'D', |b| {
+        b.extend_from_slice(
+            &u16::try_from(values.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        for v in values {
+            b.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+    });
+}
+
+/// 'C' CommandComplete with `tag`.
+pub fn command_complete(buf: &mut Vec<u8>, tag: &str) {
+    frame(buf, b'C', |b| put_cstr(b, tag));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

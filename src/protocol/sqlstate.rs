@@ -43,3 +43,13 @@ pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
 pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
 /// `22023` invalid_parameter_value.
 pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+
+/// `system_error` (58000): a floored read no replica reached in time, when
+/// `read_your_writes_on_timeout: error` (PgDog answers the same).
+pub const SYSTEM_ERROR: SqlState = SqlState("58000");
+/// `read_only_sql_transaction`: a replica refused a write.
+pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
+/// `serialization_failure`: also a recovery conflict on a replica.
+pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
+/// `crash_shutdown`.
+pub const CRASH_SHUTDOWN: SqlState = SqlState("57P02");

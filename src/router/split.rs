@@ -1,12 +1,36 @@
-//! Split-port targets: the confirmed leader for writes, qualifying
-//! replicas for reads (least busy first; lag by the port's hysteresis),
-//! the leader as fallback when allowed.
+//! The split port's whole routing decision, in one place: a request's
+//! route (from the classifier and the session's pins), the floor its read
+//! must see and the cluster's replica positions → the nodes to try (the
+//! confirmed leader for writes; replicas that qualify by role, lag and, for
+//! a floored read, replay position), or wait (for a replica to replay the
+//! floor, for a new leader), or refuse. Pure: the session carries it out.
 
 use super::{HealthBook, LagView, policy};
 use crate::classifier::Route;
-use crate::config::PortConfig;
-use crate::topology::{ClusterMap, MemberState, NodeAddr};
+use crate::config::{PortConfig, RywTimeout};
+use crate::protocol::sqlstate::{self, SqlState};
+use crate::topology::{ClusterMap, Floor, MemberState, NodeAddr, Positions};
 use std::time::Instant;
+
+/// A node's part on a split port (also its pools' role tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeRole {
+    /// The confirmed leader.
+    Leader,
+    /// A replica that qualifies for reads.
+    Replica,
+}
+
+impl NodeRole {
+    /// Metric label and pool tag.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Replica => "replica",
+        }
+    }
+}
 
 /// A node a split session may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,84 +39,212 @@ pub struct Target {
     pub name: String,
     /// Address to connect to.
     pub addr: NodeAddr,
-    /// `leader` or `replica` (pool role tag).
-    pub role: &'static str,
+    /// Leader or replica.
+    pub role: NodeRole,
 }
 
-fn leader(
-    map: &ClusterMap,
-    port: &PortConfig,
-    health: &HealthBook,
-    now: Instant,
-) -> Result<Vec<Target>, String> {
-    let m = map
+/// What a read must see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: any qualifying replica.
+    Nothing,
+    /// The leader: a time window after a write, or a floor pgvane could
+    /// not learn.
+    Leader,
+    /// A replica that replayed this floor (else wait, then the leader).
+    Replayed(Floor),
+}
+
+/// What the session may still wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Patience {
+    /// The floored read may wait for a replica to catch up.
+    pub replica: bool,
+    /// The request may wait for a new leader.
+    pub leader: bool,
+}
+
+/// One request as the router sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Where it may run: [`Route::Leader`] for writes and pinned sessions.
+    pub route: Route,
+    /// What a read must see (ignored for the leader route).
+    pub need: Need,
+    /// What it may still wait for.
+    pub patience: Patience,
+}
+
+/// Why the targets were chosen (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// It needs the leader (a write, a pin, a transaction).
+    Write,
+    /// A read with no floor.
+    NoFloor,
+    /// A read whose floor the replicas have replayed.
+    Replayed,
+    /// A read that must see the leader (window, unknown floor).
+    Fresh,
+    /// A floored read no replica reached in time.
+    Timeout,
+    /// No replica qualifies: the leader serves reads.
+    Fallback,
+}
+
+impl Why {
+    /// Metric label.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::NoFloor => "no_floor",
+            Self::Replayed => "replayed",
+            Self::Fresh => "fresh",
+            Self::Timeout => "timeout",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// The router's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Try these nodes, best first.
+    Run(Vec<Target>, Why),
+    /// Qualifying replicas exist but none has replayed the floor: wait for
+    /// positions to change, then ask again (without replica patience once
+    /// the wait runs out).
+    WaitReplica,
+    /// No leader can take it now (none confirmed, or it refused moments
+    /// ago): wait for the map to change, then ask again.
+    WaitLeader(String),
+    /// Nothing can serve it: the SQLSTATE and text for the client.
+    Refuse(SqlState, String),
+}
+
+/// Everything the decision reads, one snapshot each.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The cluster map.
+    pub map: &'a ClusterMap,
+    /// The port's settings.
+    pub port: &'a PortConfig,
+    /// Connect failures of the cluster.
+    pub health: &'a HealthBook,
+    /// The port's lag verdicts.
+    pub lag: &'a LagView,
+    /// Replica replay positions.
+    pub positions: &'a Positions,
+    /// Now.
+    pub now: Instant,
+}
+
+fn leader(v: &View<'_>) -> Result<Target, String> {
+    let m = v
+        .map
         .members
         .iter()
         .find(|m| m.role.is_leader() && m.state == MemberState::Running)
-        .ok_or_else(|| format!("cluster \"{}\" has no running leader", map.cluster))?;
+        .ok_or_else(|| format!("cluster \"{}\" has no running leader", v.map.cluster))?;
     if !policy::leader_confirmed(m) {
         return Err(format!(
             "the leader {} does not answer primary in its own /patroni yet",
             m.name
         ));
     }
-    let key = policy::target_key(m, port);
-    if health.cooling(&key.addr, now) {
+    let key = policy::target_key(m, v.port);
+    if v.health.cooling(&key.addr, v.now) {
         return Err(format!(
             "the leader {} refused connections moments ago",
             m.name
         ));
     }
-    Ok(vec![Target {
+    Ok(Target {
         name: key.name,
         addr: key.addr,
-        role: "leader",
-    }])
+        role: NodeRole::Leader,
+    })
 }
 
-/// Nodes for `route`, best first; `books` are the cluster's connect
-/// failures and the port's lag verdicts.
-///
-/// # Errors
-/// Text naming why no node can serve it.
-pub fn targets(
-    map: &ClusterMap,
-    port: &PortConfig,
-    route: Route,
-    books: (&HealthBook, &LagView),
-    now: Instant,
-    busy: impl Fn(&NodeAddr) -> usize,
-) -> Result<Vec<Target>, String> {
-    let (health, lag) = books;
-    if route == Route::Leader {
-        return leader(map, port, health, now);
+fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
+    match leader(v) {
+        Ok(t) => Decision::Run(vec![t], why),
+        Err(text) if req.patience.leader => Decision::WaitLeader(text),
+        Err(text) => Decision::Refuse(sqlstate::CANNOT_CONNECT_NOW, format!("pgvane: {text}")),
     }
-    let mut reps: Vec<(usize, Target)> = map
+}
+
+/// Replicas that qualify for the port's reads, least busy first.
+fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Vec<(String, Target)> {
+    let mut reps: Vec<(usize, String, Target)> = v
+        .map
         .members
         .iter()
-        .filter(|m| !m.role.is_leader() && policy::check(m, port, lag).is_ok())
-        .map(|m| policy::target_key(m, port))
-        .filter(|k| !health.cooling(&k.addr, now))
-        .map(|k| {
+        .filter(|m| !m.role.is_leader() && policy::check(m, v.port, v.lag).is_ok())
+        .map(|m| (m.name.clone(), policy::target_key(m, v.port)))
+        .filter(|(_, k)| !v.health.cooling(&k.addr, v.now))
+        .map(|(member, k)| {
             (
                 busy(&k.addr),
+                member,
                 Target {
                     name: k.name,
                     addr: k.addr,
-                    role: "replica",
+                    role: NodeRole::Replica,
                 },
             )
         })
         .collect();
-    reps.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
-    if !reps.is_empty() {
-        return Ok(reps.into_iter().map(|(_, t)| t).collect());
+    reps.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.name.cmp(&b.2.name)));
+    reps.into_iter().map(|(_, m, t)| (m, t)).collect()
+}
+
+/// Decides where `req` runs; `busy` counts a node's backends in use.
+#[must_use]
+pub fn decide(v: &View<'_>, req: &Request, busy: impl Fn(&NodeAddr) -> usize) -> Decision {
+    if req.route == Route::Leader {
+        return on_leader(v, req, Why::Write);
     }
-    if port.fallback_to_leader.unwrap_or(true) {
-        return leader(map, port, health, now);
+    let reps = replicas(v, &busy);
+    if reps.is_empty() {
+        if v.port.resolved.fallback_to_leader {
+            return on_leader(v, req, Why::Fallback);
+        }
+        return Decision::Refuse(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "pgvane: no replica of cluster \"{}\" qualifies for port reads and fallback_to_leader is off",
+                v.map.cluster
+            ),
+        );
     }
-    Err(format!(
-        "no replica of cluster \"{}\" qualifies for port reads and fallback_to_leader is off",
-        map.cluster
-    ))
+    match req.need {
+        Need::Nothing => Decision::Run(reps.into_iter().map(|(_, t)| t).collect(), Why::NoFloor),
+        Need::Leader => on_leader(v, req, Why::Fresh),
+        Need::Replayed(floor) => {
+            let ready: Vec<Target> = reps
+                .into_iter()
+                .filter(|(m, _)| v.positions.replayed(m, &floor))
+                .map(|(_, t)| t)
+                .collect();
+            if !ready.is_empty() {
+                return Decision::Run(ready, Why::Replayed);
+            }
+            if req.patience.replica {
+                return Decision::WaitReplica;
+            }
+            if v.port.resolved.read_your_writes_on_timeout == RywTimeout::Error {
+                return Decision::Refuse(
+                    sqlstate::SYSTEM_ERROR,
+                    format!(
+                        "pgvane: no replica replayed {} within read_your_writes_wait_ms ({} ms)",
+                        floor.lsn,
+                        v.port.resolved.read_your_writes_wait.as_millis()
+                    ),
+                );
+            }
+            on_leader(v, req, Why::Timeout)
+        }
+    }
 }

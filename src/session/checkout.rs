@@ -1,30 +1,53 @@
-//! Getting a backend for a request: the route (pins and read-your-writes
-//! send reads to the leader), the router's targets, the pool of each target
-//! in turn (a refused login such as 53300 or 57P03 tries the next target
-//! and feeds the health book), the session's settings applied to what was
+//! Getting a backend for a request: what the read must see (the session's
+//! floor, the shared scopes' floors, the leader's position in `cluster`
+//! scope), the router's decision carried out (waits for a replica to
+//! replay the floor, woken by the position tracker; waits for a new leader
+//! within `leader_wait_ms`, woken by the map), the pool of each target in
+//! turn (a refused login such as 53300 or 57P03 tries the next target and
+//! feeds the health book), the session's settings applied to what was
 //! checked out, and giving it back after ReadyForQuery `I`.
 
 use super::error::SessionError;
 use super::{Held, Session, cancel};
 use crate::backend::BackendError;
 use crate::classifier::{Classification, Route};
+use crate::config::RywScope;
 use crate::pool::{PoolError, PoolKey};
 use crate::protocol::sqlstate;
-use crate::router;
+use crate::router::split::{self, Decision, Need, NodeRole, Patience, Target, View};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Server SQLSTATEs at login that say "try another node", not "you may not".
 fn try_next(code: &str) -> bool {
     matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "53000")
 }
 
+/// Longest a leader wait sleeps before asking the router again without a
+/// new map (a node that refused moments ago cools down by time).
+const LEADER_RECHECK: Duration = Duration::from_millis(100);
+
+/// Why no target could be used.
+struct Failed {
+    error: SessionError,
+    /// Every target failed in a way a new leader may cure (connect refused,
+    /// shutting down, too many connections).
+    transient: bool,
+}
+
 impl Session {
     /// The login's backend: the leader's, or a replica's while the cluster
-    /// has no leader (the session is read-only until one appears).
+    /// has no leader (the session is read-only until one appears). Logins
+    /// do not wait for a leader.
     pub(super) async fn checkout_for_login(&mut self) -> Result<(), SessionError> {
-        match self.checkout(Route::Leader, "session").await {
-            Err(SessionError::NoBackend(..)) => self.checkout(Route::Replica, "session").await,
+        match self
+            .checkout(Route::Leader, Need::Nothing, "session", false)
+            .await
+        {
+            Err(SessionError::NoBackend(..)) => {
+                self.checkout(Route::Replica, Need::Nothing, "session", false)
+                    .await
+            }
             other => other,
         }
     }
@@ -42,41 +65,241 @@ impl Session {
             }
             return Ok(());
         }
-        let reads_own_writes = self.leader_until.is_some_and(|t| Instant::now() < t);
-        let route = if self.pin.is_some() || class.pin.is_some() || reads_own_writes {
+        let route = if self.pin.is_some() || class.pin.is_some() {
             Route::Leader
         } else {
             class.route
         };
-        self.checkout(route, class.reason.label()).await
+        let need = if route == Route::Replica {
+            self.read_need().await
+        } else {
+            Need::Nothing
+        };
+        self.checkout(route, need, class.reason.label(), true).await
     }
 
-    /// Acquires from the targets of `route`, best first, and applies the
-    /// session's settings.
-    async fn checkout(&mut self, route: Route, reason: &'static str) -> Result<(), SessionError> {
-        let map = self.ctx.map.load_full();
-        let port = self.ctx.port.load_full();
-        let pools = Arc::clone(&self.ctx.pools);
-        let lag = self.ctx.lag.load();
-        let targets = router::split::targets(
-            &map,
-            &port,
-            route,
-            (&self.ctx.health, &lag),
-            Instant::now(),
-            |a| pools.busy(a),
-        )
-        .map_err(|why| {
-            SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, format!("pgvane: {why}"))
-        })?;
+    /// A backend on the leader for a read a replica refused.
+    pub(super) async fn backend_on_leader(
+        &mut self,
+        class: &Classification,
+    ) -> Result<(), SessionError> {
+        self.checkout(Route::Leader, Need::Nothing, class.reason.label(), true)
+            .await
+    }
+
+    /// What a read arriving now must see under the port's scope.
+    async fn read_need(&mut self) -> Need {
+        let port = self.ctx.port.load();
+        let c = &self.consistency;
+        let scope = port.resolved.read_your_writes;
+        match scope {
+            RywScope::Off => return Need::Nothing,
+            RywScope::Window => {
+                return if c.leader_until.is_some_and(|t| Instant::now() < t) {
+                    Need::Leader
+                } else {
+                    Need::Nothing
+                };
+            }
+            _ => {}
+        }
+        if c.unknown {
+            return Need::Leader;
+        }
+        let floors = &self.ctx.link.floors;
+        let mut floor = c.floor;
+        let mut raise = |f: Option<crate::topology::Floor>| {
+            if let Some(f) = f {
+                floor = Some(floor.map_or(f, |old| old.max(f)));
+            }
+        };
+        match scope {
+            RywScope::User => raise(floors.user(&self.creds.user, &self.creds.database)),
+            RywScope::Database => raise(floors.database(&self.creds.database)),
+            RywScope::Cluster => {
+                match self.ctx.link.tracker.leader_lsn_after(Instant::now()).await {
+                    Ok(f) => raise(Some(f)),
+                    Err(e) => {
+                        tracing::debug!(port = %self.ctx.key, error = %e, "leader position unknown; the read goes to the leader");
+                        return Need::Leader;
+                    }
+                }
+            }
+            _ => {}
+        }
+        floor.map_or(Need::Nothing, Need::Replayed)
+    }
+
+    /// Asks the router where `route` runs and carries the answer out:
+    /// waits while it says wait (within the port's bounds), then acquires
+    /// from the targets in turn. `wait_leader` false refuses at once
+    /// when there is no leader.
+    async fn checkout(
+        &mut self,
+        route: Route,
+        need: Need,
+        reason: &'static str,
+        wait_leader: bool,
+    ) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let resolved = self.ctx.port.load().resolved.clone();
+        let replica_deadline = started + resolved.read_your_writes_wait;
+        let leader_deadline = started + resolved.leader_wait;
+        let mut patience = Patience {
+            replica: !resolved.read_your_writes_wait.is_zero(),
+            leader: wait_leader && !resolved.leader_wait.is_zero(),
+        };
+        let mut waited_replica = false;
+        let mut waited_leader = false;
+        let mut positions = None;
+        let mut hurry = None;
+        let mut generation = None;
+        loop {
+            let decision = {
+                let map = self.ctx.map.load();
+                let port = self.ctx.port.load();
+                let lag = self.ctx.lag.load();
+                let pos = self.ctx.link.tracker.current();
+                let view = View {
+                    map: &map,
+                    port: &port,
+                    health: &self.ctx.health,
+                    lag: &lag,
+                    positions: &pos,
+                    now: Instant::now(),
+                };
+                let req = split::Request {
+                    route,
+                    need,
+                    patience,
+                };
+                let pools = &self.ctx.pools;
+                split::decide(&view, &req, |a| pools.busy(a))
+            };
+            match decision {
+                Decision::Run(targets, why) => {
+                    let leader = targets.iter().all(|t| t.role == NodeRole::Leader);
+                    match self.acquire(targets, reason).await {
+                        Ok(role) => {
+                            if waited_replica {
+                                self.metrics
+                                    .ryw_wait
+                                    .observe(started.elapsed().as_secs_f64());
+                            }
+                            if waited_leader {
+                                self.leader_waited("leader", started);
+                            }
+                            if route == Route::Replica {
+                                self.metrics.read(&self.ctx, role, why, waited_replica);
+                            }
+                            return Ok(());
+                        }
+                        Err(f) if f.transient && leader && patience.leader => {
+                            // The leader is going away (a switchover's
+                            // shutdown, a crash): wait for the next one.
+                            tracing::debug!(port = %self.ctx.key, error = %f.error, "the leader refused; waiting for a leader");
+                            if Instant::now() >= leader_deadline {
+                                self.leader_waited("timeout", started);
+                                return Err(f.error);
+                            }
+                            waited_leader = true;
+                            self.wait_for_map(&mut generation, leader_deadline).await?;
+                        }
+                        Err(f) => return Err(f.error),
+                    }
+                }
+                Decision::WaitReplica => {
+                    if Instant::now() >= replica_deadline {
+                        patience.replica = false;
+                        continue;
+                    }
+                    waited_replica = true;
+                    let tracker = &self.ctx.link.tracker;
+                    hurry.get_or_insert_with(|| tracker.hurry());
+                    let rx = positions.get_or_insert_with(|| tracker.subscribe());
+                    let changed = tokio::time::timeout_at(
+                        tokio::time::Instant::from_std(replica_deadline),
+                        rx.changed(),
+                    );
+                    tokio::select! {
+                        r = changed => {
+                            if !matches!(r, Ok(Ok(()))) {
+                                patience.replica = false;
+                            }
+                        }
+                        () = self.ctx.close.cancelled() => return Err(SessionError::Shutdown),
+                    }
+                }
+                Decision::WaitLeader(why) => {
+                    if Instant::now() >= leader_deadline {
+                        patience.leader = false;
+                        if waited_leader {
+                            self.leader_waited("timeout", started);
+                        }
+                        continue;
+                    }
+                    if !waited_leader {
+                        tracing::info!(port = %self.ctx.key, "{why}; waiting up to leader_wait_ms for a leader");
+                    }
+                    waited_leader = true;
+                    self.wait_for_map(&mut generation, leader_deadline).await?;
+                }
+                Decision::Refuse(code, text) => return Err(SessionError::NoBackend(code, text)),
+            }
+        }
+    }
+
+    /// Waits for a new map generation, at most [`LEADER_RECHECK`] and never
+    /// past `deadline`.
+    async fn wait_for_map(
+        &self,
+        generation: &mut Option<tokio::sync::watch::Receiver<u64>>,
+        deadline: Instant,
+    ) -> Result<(), SessionError> {
+        let rx = generation.get_or_insert_with(|| {
+            let mut rx = self.ctx.link.generation.clone();
+            rx.mark_unchanged();
+            rx
+        });
+        let until = deadline.min(Instant::now() + LEADER_RECHECK);
+        let changed = tokio::time::timeout_at(tokio::time::Instant::from_std(until), rx.changed());
+        tokio::select! {
+            _ = changed => Ok(()),
+            () = self.ctx.close.cancelled() => Err(SessionError::Shutdown),
+        }
+    }
+
+    fn leader_waited(&self, outcome: &str, started: Instant) {
+        let labels = [self.ctx.key.cluster.as_str(), self.ctx.key.port.as_str()];
+        self.ctx
+            .metrics
+            .leader_waits
+            .with_label_values(&[labels[0], labels[1], outcome])
+            .inc();
+        self.ctx
+            .metrics
+            .leader_wait
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Acquires from `targets`, best first, and applies the session's
+    /// settings; the role of the node taken.
+    async fn acquire(
+        &mut self,
+        targets: Vec<Target>,
+        reason: &'static str,
+    ) -> Result<NodeRole, Failed> {
         let settings = self.ctx.pool_settings();
         let mut failures = Vec::new();
         let mut refused = None;
+        let mut transient = true;
         for t in targets {
+            let role = t.role.label();
             let cached = self
                 .pools
                 .iter()
-                .find(|(a, p)| *a == t.addr && p.role == t.role && !p.is_closed())
+                .find(|(a, p)| *a == t.addr && p.role == role && !p.is_closed())
                 .map(|(_, p)| Arc::clone(p));
             let pool = match cached {
                 Some(p) => p,
@@ -85,7 +308,7 @@ impl Session {
                         node: t.addr.clone(),
                         creds: self.creds.clone(),
                     };
-                    let p = self.ctx.pools.get(&key, t.role, settings);
+                    let p = self.ctx.pools.get(&key, role, settings);
                     self.pools.retain(|(a, _)| *a != t.addr);
                     self.pools.push((t.addr.clone(), Arc::clone(&p)));
                     p
@@ -95,12 +318,17 @@ impl Session {
             match pool.acquire().await {
                 Ok(mut p) => {
                     self.ctx.health.success(&t.addr);
-                    self.acquire_wait.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .acquire_wait
+                        .observe(started.elapsed().as_secs_f64());
                     match p.backend.apply(&self.settings.wanted).await {
                         Ok(()) => {}
                         Err(BackendError::Apply { raw, .. }) => {
                             p.release();
-                            return Err(SessionError::Server(raw));
+                            return Err(Failed {
+                                error: SessionError::Server(raw),
+                                transient: false,
+                            });
                         }
                         Err(e) => {
                             p.discard();
@@ -109,13 +337,14 @@ impl Session {
                         }
                     }
                     cancel::set(&self.cancel_slot, Some((t.addr.clone(), p.backend.key)));
-                    self.count_statement(&t.name, t.role, reason);
+                    self.metrics.statement(&self.ctx, &t.name, t.role, reason);
                     self.held = Some(Held {
                         pooled: p,
                         node: t.name,
+                        role: t.role,
                         fixup: None,
                     });
-                    return Ok(());
+                    return Ok(t.role);
                 }
                 Err(PoolError::Backend(BackendError::Refused { code, raw, .. }))
                     if try_next(&code) =>
@@ -126,19 +355,26 @@ impl Session {
                     refused = Some(raw);
                 }
                 Err(PoolError::Backend(BackendError::Refused { raw, .. })) => {
-                    return Err(SessionError::Server(raw));
+                    return Err(Failed {
+                        error: SessionError::Server(raw),
+                        transient: false,
+                    });
                 }
                 Err(e @ PoolError::Timeout { .. }) => {
-                    return Err(SessionError::NoBackend(
-                        sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
-                        format!("pgvane: {e}"),
-                    ));
+                    return Err(Failed {
+                        error: SessionError::NoBackend(
+                            sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                            format!("pgvane: {e}"),
+                        ),
+                        transient: false,
+                    });
                 }
                 // This port's TLS or login rules refused the node: the node
                 // is up and other ports may use it, so its health stands.
                 Err(e @ PoolError::Backend(BackendError::Tls(_) | BackendError::Auth(_))) => {
                     tracing::warn!(port = %self.ctx.key, node = %t.name, error = %e, "backend login refused by this port's server_tls or server_require_auth");
                     failures.push(format!("{} ({}): {e}", t.name, t.addr));
+                    transient = false;
                 }
                 Err(e) => {
                     self.ctx.health.failure(&t.addr, Instant::now());
@@ -152,36 +388,22 @@ impl Session {
             }
         }
         if let Some(raw) = refused.filter(|_| failures.len() == 1) {
-            return Err(SessionError::Server(raw));
+            return Err(Failed {
+                error: SessionError::Server(raw),
+                transient,
+            });
         }
-        Err(SessionError::NoBackend(
-            sqlstate::CONNECTION_FAILURE,
-            format!(
-                "pgvane: could not connect to any node for port \"{}\": {}",
-                self.ctx.key,
-                failures.join("; ")
+        Err(Failed {
+            error: SessionError::NoBackend(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "pgvane: could not connect to any node for port \"{}\": {}",
+                    self.ctx.key,
+                    failures.join("; ")
+                ),
             ),
-        ))
-    }
-
-    fn count_statement(&mut self, node: &str, role: &'static str, reason: &'static str) {
-        if let Some((_, c)) = self
-            .counters
-            .iter()
-            .find(|((n, ro, re), _)| n == node && *ro == role && *re == reason)
-        {
-            c.inc();
-            return;
-        }
-        let c = self.ctx.metrics.statements.with_label_values(&[
-            &self.ctx.key.cluster,
-            &self.ctx.key.port,
-            node,
-            role,
-            reason,
-        ]);
-        c.inc();
-        self.counters.push(((node.to_owned(), role, reason), c));
+            transient,
+        })
     }
 
     /// After a ReadyForQuery: the client state follows it, and the backend
@@ -220,8 +442,6 @@ impl Session {
             h.pooled.discard();
         }
         cancel::set(&self.cancel_slot, None);
-        // Nothing of the lost answer was sent: drop what was buffered of it.
-        self.client.out.clear();
         self.backend_for(class).await
     }
 

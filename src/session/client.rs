@@ -49,6 +49,9 @@ pub(super) struct ClientConn {
     pub(super) out: Vec<u8>,
     /// Bytes of the current request's answer already reached the client.
     pub(super) forwarded: bool,
+    /// Nothing is written while set: what is buffered may yet be taken
+    /// back (a replica's refusal that pgvane retries on the leader).
+    pub(super) hold: bool,
     drain: CancellationToken,
     close: CancellationToken,
 }
@@ -65,6 +68,7 @@ impl ClientConn {
             buf: BytesMut::new(),
             out: Vec::new(),
             forwarded: false,
+            hold: false,
             drain,
             close,
         }
@@ -72,7 +76,7 @@ impl ClientConn {
 
     /// Writes everything buffered.
     pub(super) async fn flush(&mut self) -> Result<(), SessionError> {
-        if !self.out.is_empty() {
+        if !self.out.is_empty() && !self.hold {
             self.forwarded = true;
             let stream = &mut self.stream;
             let out = &self.out;

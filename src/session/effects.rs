@@ -1,14 +1,15 @@
 //! What a request leaves behind: pins (set before the request is sent, so
 //! a client that leaves mid-way still leaves a backend marked for reset),
 //! replayed settings, the unpin of a `DISCARD ALL` the server confirmed
-//! outside a transaction, and the read-your-writes window.
+//! outside a transaction, and the `window` mode's read-your-writes window.
 
 use super::Session;
 use super::settings::{self, Replay};
 use crate::backend::state::Tag;
 use crate::classifier::{Classification, Pin, Reason, Route};
+use crate::config::RywScope;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the session knew before a request ran, for [`Session::after_request`].
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +71,10 @@ impl Session {
                 Reason::Probe | Reason::Session | Reason::NodeLocal
             )
         {
-            let window = self.ctx.port.load().read_your_writes_ms.unwrap_or(1000);
-            if window > 0 {
-                self.leader_until = Some(Instant::now() + Duration::from_millis(window));
+            let port = self.ctx.port.load();
+            if port.resolved.read_your_writes == RywScope::Window {
+                self.consistency.leader_until =
+                    Some(Instant::now() + port.resolved.read_your_writes_window);
             }
         }
         let Some(h) = self.held.as_mut() else {

@@ -7,13 +7,14 @@
 //! CloseComplete) are made up in order from a queue of expected replies;
 //! after a server error the queue skips to Sync exactly as the server does.
 
+use super::Session;
 use super::error::SessionError;
-use super::{MAX_SESSION_STATEMENT_BYTES, MAX_SESSION_STATEMENTS, Session, Stmt};
+use super::pipeline::{Job, Work};
+use super::statements::Stmt;
 use crate::backend::prepared::{PreparedCache, StmtText, server_name};
 use crate::classifier::{Classification, Reason, Route};
 use crate::protocol::encode;
 use crate::protocol::message::{Frontend, Message};
-use crate::protocol::sqlstate;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -60,6 +61,17 @@ struct BatchInfo {
     exec_sql: Option<Arc<str>>,
     /// Execute messages.
     executes: usize,
+    /// A statement it parses or binds mentions COPY.
+    copy: bool,
+    /// A statement it parses or binds names `synchronous_commit`.
+    async_commit: bool,
+}
+
+/// Whether `sql` contains `word` (ASCII, any case).
+pub(super) fn mentions(sql: &str, word: &[u8]) -> bool {
+    sql.as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 impl Session {
@@ -69,6 +81,12 @@ impl Session {
             parses: Vec::new(),
             exec_sql: None,
             executes: 0,
+            copy: false,
+            async_commit: false,
+        };
+        let note = |sql: &str, info: &mut BatchInfo| {
+            info.copy |= mentions(sql, b"copy");
+            info.async_commit |= mentions(sql, b"synchronous_commit");
         };
         let merge = |c: Classification, class: &mut Option<Classification>| {
             *class = Some(class.map_or(c, |prev| prev.merge(c)));
@@ -82,6 +100,7 @@ impl Session {
                     self.count_cache(hit);
                     merge(c, &mut info.class);
                     info.parses.push(c);
+                    note(sql, &mut info);
                     if name.is_empty() {
                         unnamed = Some(Arc::from(sql));
                     }
@@ -91,14 +110,16 @@ impl Session {
                         match &unnamed {
                             Some(sql) => bound = Some(Arc::clone(sql)),
                             None => {
-                                if let Some(st) = &self.unnamed {
+                                if let Some(st) = &self.statements.unnamed {
                                     merge(st.class, &mut info.class);
+                                    note(&st.text.sql, &mut info);
                                     bound = Some(Arc::clone(&st.text.sql));
                                 }
                             }
                         }
-                    } else if let Some(st) = self.prepared.get(statement) {
+                    } else if let Some(st) = self.statements.get(statement) {
                         merge(st.class, &mut info.class);
+                        note(&st.text.sql, &mut info);
                         bound = Some(Arc::clone(&st.text.sql));
                     }
                 }
@@ -117,12 +138,6 @@ impl Session {
         match Frontend::parse(m) {
             Some(Frontend::Close { kind: b'S', name }) if !name.is_empty() => Some(name.to_owned()),
             _ => None,
-        }
-    }
-
-    fn forget(&mut self, name: &str) {
-        if let Some(old) = self.prepared.remove(name) {
-            self.prepared_bytes = self.prepared_bytes.saturating_sub(old.text.sql.len());
         }
     }
 
@@ -152,7 +167,7 @@ impl Session {
             // statements for reuse and answers here.
             for m in &msgs {
                 if let Some(name) = Self::named_close(m) {
-                    self.forget(&name);
+                    self.statements.forget(&name);
                     encode::close_complete(&mut self.client.out);
                 } else if m.tag() == b'S' {
                     encode::ready_for_query(&mut self.client.out, b'I');
@@ -167,24 +182,20 @@ impl Session {
             reason: Reason::Session,
             ..self.ctx.classifier.classify("select 1", true).0
         });
-        let fresh = self.held.is_none();
-        self.backend_for(&class).await?;
-        self.client.forwarded = false;
-        let before = self.before_request(&class);
-        let mut result = self.run_batch(&msgs, &info.parses, inject_flush).await;
-        if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
-        {
-            self.retry_elsewhere(&class).await?;
-            let _ = self.before_request(&class);
-            result = self.run_batch(&msgs, &info.parses, inject_flush).await;
-        }
-        let status = result?;
-        let sql = info.exec_sql.as_deref().unwrap_or("");
-        self.after_request(&class, before, sql, info.executes, status);
-        if let Some(status) = status {
-            self.after_ready(status);
-        }
-        Ok(())
+        let sql = info.exec_sql.clone();
+        let job = Job {
+            class,
+            sql: sql.as_deref().unwrap_or(""),
+            statements: info.executes,
+            copy: info.copy,
+            async_commit: info.async_commit,
+        };
+        let work = Work::Batch {
+            msgs: &msgs,
+            parses: &info.parses,
+            inject_flush,
+        };
+        self.request(work, job).await
     }
 
     /// The server ignores everything up to Sync after an error: so does
@@ -217,11 +228,12 @@ impl Session {
 
     /// Sends one rewritten batch and relays its replies, writing and
     /// reading at once; the ReadyForQuery status when it ended in Sync.
-    async fn run_batch(
+    pub(super) async fn run_batch(
         &mut self,
         msgs: &[Message],
         parses: &[Classification],
         inject_flush: bool,
+        capture: bool,
     ) -> Result<Option<u8>, SessionError> {
         let (mut out, mut queue) = self.rewrite(msgs, parses)?;
         if inject_flush {
@@ -232,6 +244,9 @@ impl Session {
             let Some(h) = self.held.as_mut() else {
                 return Err(self.lost("no backend"));
             };
+            if capture && synced {
+                super::consistency::capture_bytes(&mut out, h.pooled.backend.capture_ready);
+            }
             h.pooled.backend.queue(&out);
         }
         let mut status = None;
@@ -250,7 +265,7 @@ impl Session {
             let m = self.read_backend().await?;
             match m.tag() {
                 b'E' => {
-                    self.saw_error = true;
+                    self.note_error(&m);
                     failed = true;
                     self.client.out.extend_from_slice(m.raw());
                     // The server skips everything up to Sync after an error,
@@ -314,7 +329,9 @@ impl Session {
                 return Err(self.lost(e));
             }
         }
-        self.client.flush().await?;
+        if !self.hold_ready {
+            self.client.flush().await?;
+        }
         Ok(status)
     }
 
@@ -355,7 +372,7 @@ impl Session {
                     let class = parses
                         .next()
                         .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
-                    self.unnamed = Some(Stmt {
+                    self.statements.unnamed = Some(Stmt {
                         text: Arc::new(StmtText {
                             sql: Arc::from(sql),
                             types: Bytes::copy_from_slice(types),
@@ -371,28 +388,13 @@ impl Session {
                         sql: Arc::from(sql),
                         types: Bytes::copy_from_slice(types),
                     });
-                    let replaced = self.prepared.get(name).map_or(0, |s| s.text.sql.len());
-                    if replaced == 0
-                        && (self.prepared.len() >= MAX_SESSION_STATEMENTS
-                            || self.prepared_bytes + sql.len() > MAX_SESSION_STATEMENT_BYTES)
-                    {
-                        return Err(SessionError::Limit(
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            format!(
-                                "pgvane: this session holds {} prepared statements ({} bytes), the most allowed; close some first",
-                                self.prepared.len(),
-                                self.prepared_bytes
-                            ),
-                        ));
-                    }
-                    self.prepared_bytes = self.prepared_bytes - replaced + sql.len();
-                    self.prepared.insert(
-                        name.to_owned(),
+                    self.statements.insert(
+                        name,
                         Stmt {
                             text: Arc::clone(&text),
                             class,
                         },
-                    );
+                    )?;
                     match cache.lookup(&text) {
                         Some(id) => {
                             used.push(id);
@@ -411,14 +413,14 @@ impl Session {
                 } => {
                     if statement.is_empty() {
                         if !parsed_unnamed {
-                            if let Some(u) = &self.unnamed {
+                            if let Some(u) = &self.statements.unnamed {
                                 encode::parse(&mut out, "", &u.text.sql, &u.text.types);
                                 queue.push_back(Expect::Swallow);
                                 parsed_unnamed = true;
                             }
                         }
                         out.extend_from_slice(m.raw());
-                    } else if let Some(st) = self.prepared.get(statement) {
+                    } else if let Some(st) = self.statements.get(statement) {
                         let id = ensure(cache, &mut out, &mut queue, &mut used, &st.text);
                         encode::bind_raw(&mut out, portal, &server_name(id), rest);
                     } else {
@@ -427,7 +429,7 @@ impl Session {
                     queue.push_back(Expect::Real(Kind::Bind));
                 }
                 Frontend::Describe { kind: b'S', name } if !name.is_empty() => {
-                    if let Some(st) = self.prepared.get(name) {
+                    if let Some(st) = self.statements.get(name) {
                         let id = ensure(cache, &mut out, &mut queue, &mut used, &st.text);
                         encode::describe_or_close(&mut out, b'D', b'S', &server_name(id));
                     } else {
@@ -441,10 +443,7 @@ impl Session {
                 }
                 Frontend::Close { kind: b'S', name } if !name.is_empty() => {
                     // The server-side statement stays for other clients to reuse.
-                    if let Some(old) = self.prepared.remove(name) {
-                        self.prepared_bytes =
-                            self.prepared_bytes.saturating_sub(old.text.sql.len());
-                    }
+                    self.statements.forget(name);
                     queue.push_back(Expect::Synth(Synth::CloseComplete));
                 }
                 Frontend::Close { .. } => {

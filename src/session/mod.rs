@@ -1,40 +1,50 @@
-//! One split-port client: handshake and authentication, then the request
-//! loop. Each autocommit statement or transaction runs on a pooled backend
-//! of the node the router chose; transaction state comes from ReadyForQuery;
-//! session state pins the client to its leader backend until a `DISCARD
-//! ALL` the server confirmed. Every backend owns its protocol state
-//! (`backend::state`), so whatever the client does, a backend goes back to
-//! the pool only when clean.
+//! One split-port client: login, then the request loop. Each autocommit
+//! statement or transaction runs on a pooled backend of the node the router
+//! chose; transaction state comes from ReadyForQuery; session state pins
+//! the client to its leader backend until a `DISCARD ALL` the server
+//! confirmed. Every backend owns its protocol state (`backend::state`), so
+//! whatever the client does, a backend goes back to the pool only when
+//! clean. A session reads its own writes: each writing transaction's
+//! commit position is captured on its backend before the client hears of
+//! the commit, and reads carry that floor to the router.
 //!
-//! Files by job: `client` (socket, buffers, [`client::ClientState`]),
-//! `checkout` (targets, pools, retries, settings), `effects` (pins,
-//! replayed settings, read-your-writes), `simple` (Query, fast path, COPY),
-//! `extended` (batches, transparent prepared statements), `cancel`,
+//! Files by job: `login` (startup, access rules, authentication),
+//! `pipeline` (the one request path: classify, route, run, retry, capture),
+//! `checkout` (the router's decision carried out: waits, pools, settings),
+//! `consistency` (floors, the commit capture, the causal token), `effects`
+//! (pins, replayed settings), `simple` (Query, fast path, COPY), `extended`
+//! (batches, transparent prepared statements), `statements`, `metrics`,
+//! `client` (socket, buffers, [`client::ClientState`]), `cancel`,
 //! `settings`, `error`, `handshake`, `stream` (plain or TLS socket).
 
 mod cancel;
 mod checkout;
 mod client;
+mod consistency;
 mod effects;
 mod error;
 mod extended;
 pub mod handshake;
+mod login;
+mod metrics;
+mod pipeline;
 mod settings;
 mod simple;
+mod statements;
 mod stream;
 
 pub use cancel::CancelRegistry;
 
 use crate::auth::Secret;
-use crate::auth::scram::ScramKeys;
-use crate::backend::prepared::StmtText;
-use crate::backend::{BackendSecret, Credentials};
-use crate::classifier::{Classification, Classifier, Pin};
-use crate::config::{AccessClient, ClientTlsMode, Config, PortConfig, PortKey, UserConfig};
+use crate::backend::Credentials;
+use crate::classifier::{Classifier, Pin};
+use crate::config::{Config, PortConfig, PortKey};
+use crate::consistency::ClusterLink;
 use crate::pool::{PoolSet, PoolSettings, Pooled};
 use crate::protocol::encode;
 use crate::protocol::message::Message;
 use crate::protocol::sqlstate;
+use crate::router::split::NodeRole;
 use crate::router::{HealthBook, LagView};
 use crate::telemetry::Metrics;
 use crate::tls::ServerTls;
@@ -42,13 +52,15 @@ use crate::topology::{ClusterMap, NodeAddr};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use cancel::CancelTarget;
 use client::{ClientConn, ClientState};
+use consistency::Consistency;
 use error::SessionError;
-use handshake::{Handshake, HandshakeError, Login, TlsOffer};
+use metrics::SessionMetrics;
 use settings::SessionSettings;
+use statements::Statements;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stream::ClientStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -96,6 +108,8 @@ pub struct SessionContext {
     pub close: CancellationToken,
     /// The port's client TLS, swapped by reload (`None`: answer `N`).
     pub tls: Arc<ArcSwapOption<ServerTls>>,
+    /// The cluster's replica positions, shared floors and map generation.
+    pub link: Arc<ClusterLink>,
 }
 
 impl SessionContext {
@@ -113,78 +127,59 @@ impl SessionContext {
     }
 
     fn pool_settings(&self) -> PoolSettings {
-        let p = self.port.load();
+        let p = &self.port.load().resolved;
         let g = self.globals.load();
         PoolSettings {
-            size: p.pool_size.unwrap_or(20),
-            acquire_timeout: Duration::from_millis(p.pool_acquire_timeout_ms.unwrap_or(5000)),
-            idle_timeout: Duration::from_millis(p.server_idle_timeout_ms.unwrap_or(600_000)),
-            lifetime: Duration::from_millis(p.server_lifetime_ms.unwrap_or(3_600_000)),
+            size: p.pool_size,
+            acquire_timeout: p.pool_acquire_timeout,
+            idle_timeout: p.server_idle_timeout,
+            lifetime: p.server_lifetime,
             connect_timeout: g.connect_timeout,
-            max_prepared: p.max_prepared_statements.unwrap_or(200),
+            max_prepared: p.max_prepared_statements,
             socket: crate::backend::SocketOptions::for_servers(&g.tcp),
         }
     }
 }
 
+/// The backend a session holds, and where it came from.
 struct Held {
     pooled: Pooled,
     node: String,
+    role: NodeRole,
     /// pgvane's own SQL to run on it before the client's next request
     /// (startup values back after a `RESET` on a held backend).
     fixup: Option<String>,
 }
 
-/// A client's prepared statement: its identity and verdict.
-#[derive(Debug, Clone)]
-struct Stmt {
-    text: Arc<StmtText>,
-    class: Classification,
-}
-
-/// One client's session state.
+/// One client's session: the client side, the backend it holds, and one
+/// owner for each kind of state it keeps.
 struct Session {
     ctx: Arc<SessionContext>,
     client: ClientConn,
     state: ClientState,
     creds: Credentials,
     settings: SessionSettings,
+    /// The backend held now, and the pools this session used.
     held: Option<Held>,
+    pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
     pin: Option<Pin>,
     scs: bool,
-    prepared: HashMap<String, Stmt>,
-    prepared_bytes: usize,
-    unnamed: Option<Stmt>,
+    statements: Statements,
+    consistency: Consistency,
+    metrics: SessionMetrics,
     cancel_key: (u32, u32),
     cancel_slot: CancelTarget,
     /// An ErrorResponse came back for the current request.
     saw_error: bool,
-    /// Reads go to the leader until then: the session wrote just before.
-    leader_until: Option<Instant>,
-    /// Pools this session used, by node.
-    pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
-    /// Metric handles this session used: (node, role, reason) → counter.
-    counters: Vec<((String, &'static str, &'static str), prometheus::IntCounter)>,
-    /// `pgvane_pool_acquire_seconds` for this port.
-    acquire_wait: prometheus::Histogram,
-}
-
-/// The startup parameters pgvane applies as settings, or why it cannot.
-fn startup_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for (k, v) in params {
-        match k.as_str() {
-            "user" | "database" => {}
-            "replication" => {
-                if !matches!(v.as_str(), "false" | "off" | "no" | "0") {
-                    return Err("pgvane does not relay replication connections".into());
-                }
-            }
-            "options" => out.extend(settings::parse_options(v)?),
-            _ => out.push((k.clone(), v.clone())),
-        }
-    }
-    Ok(out)
+    /// The current request's ReadyForQuery stays buffered until pgvane
+    /// has read what it sent behind it (the commit capture).
+    hold_ready: bool,
+    /// The retryable refusal a replica answered the current read with
+    /// (nothing of it reached the client), when a retry is allowed.
+    refused: Option<String>,
+    /// The current request may be retried on the leader if a replica
+    /// refuses it.
+    retry_armed: bool,
 }
 
 /// Serves one split-port client until it leaves; `admitted` holds the
@@ -217,7 +212,7 @@ async fn serve_client(
     let deadline = tokio::time::Instant::now() + timeout;
     let logged_in = Box::pin(tokio::time::timeout_at(
         deadline,
-        login(&mut client, &ctx, admitted, peer),
+        login::login(&mut client, &ctx, admitted, peer),
     ))
     .await;
     let Some(s) = (match logged_in {
@@ -258,23 +253,20 @@ async fn serve_client(
         settings: SessionSettings::new(startup),
         client: ClientConn::new(client, ctx.drain.clone(), ctx.close.clone()),
         state: ClientState::Idle,
+        metrics: SessionMetrics::new(&ctx),
         ctx: Arc::clone(&ctx),
         held: None,
+        pools: Vec::new(),
         pin: None,
         scs: true,
-        prepared: HashMap::new(),
-        prepared_bytes: 0,
-        unnamed: None,
+        statements: Statements::default(),
+        consistency: Consistency::default(),
         cancel_key,
         cancel_slot,
         saw_error: false,
-        leader_until: None,
-        pools: Vec::new(),
-        counters: Vec::new(),
-        acquire_wait: ctx
-            .metrics
-            .acquire_wait
-            .with_label_values(&[&ctx.key.cluster, &ctx.key.port]),
+        hold_ready: false,
+        refused: None,
+        retry_armed: false,
     };
     // Boxed: the task of an idle session then holds only the small future
     // of the request loop, not the largest request's state machine.
@@ -283,182 +275,6 @@ async fn serve_client(
     }
     s.release_held();
     ctx.cancels.remove(cancel_key);
-}
-
-/// The startup packet and authentication: the backend credentials and the
-/// startup settings of a logged-in client, or `None` (refused or gone).
-async fn login(
-    client: &mut ClientStream,
-    ctx: &Arc<SessionContext>,
-    admitted: Result<(), String>,
-    peer: SocketAddr,
-) -> Option<(Credentials, Vec<(String, String)>)> {
-    let tls = ctx.tls.load_full();
-    let acceptor = tls.as_ref().and_then(|t| t.acceptor.as_ref());
-    // PostgreSQL 17's direct TLS (`sslnegotiation=direct`): a ClientHello
-    // first, and ALPN `postgresql` required.
-    if let (Some(acceptor), ClientStream::Plain(tcp)) = (acceptor, &*client) {
-        let mut first = [0u8; 1];
-        if matches!(tcp.peek(&mut first).await, Ok(1)) && first[0] == 0x16 {
-            if let Err(e) = client.start_tls(acceptor).await {
-                tracing::info!(port = %ctx.key, error = %e, "TLS handshake failed");
-                return None;
-            }
-            if client.alpn() != Some(crate::tls::server::ALPN_POSTGRESQL) {
-                let text = "received direct SSL connection request without ALPN protocol negotiation extension";
-                return refused(client, ctx, sqlstate::PROTOCOL_VIOLATION, text.into()).await;
-            }
-        }
-    }
-    let mut offer = match (client.is_tls(), acceptor.is_some()) {
-        (true, _) => TlsOffer::Active,
-        (false, true) => TlsOffer::Offer,
-        (false, false) => TlsOffer::Refuse,
-    };
-    let params = loop {
-        match handshake::handshake(client, offer).await {
-            Ok(Handshake::Cancel(pid, key)) => {
-                ctx.cancels.cancel((pid, key)).await;
-                return None;
-            }
-            Ok(Handshake::Session(p)) => break p,
-            Ok(Handshake::StartTls) => {
-                let acceptor = acceptor?;
-                client.write_all(b"S").await.ok()?;
-                if let Err(e) = client.start_tls(acceptor).await {
-                    tracing::info!(port = %ctx.key, error = %e, "TLS handshake failed");
-                    return None;
-                }
-                offer = TlsOffer::Active;
-            }
-            Err(e) => {
-                count_refusal(ctx, &e);
-                return None;
-            }
-        }
-    };
-    if let Err(text) = admitted {
-        return refused(client, ctx, sqlstate::TOO_MANY_CONNECTIONS, text).await;
-    }
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let Some(user) = get("user") else {
-        return refused(
-            client,
-            ctx,
-            sqlstate::INVALID_PASSWORD,
-            "no PostgreSQL user name specified in startup packet".into(),
-        )
-        .await;
-    };
-    let database = get("database").unwrap_or_else(|| user.clone());
-    let require_tls = tls
-        .as_ref()
-        .is_some_and(|t| t.mode == ClientTlsMode::Require);
-    let who = AccessClient {
-        ip: peer.ip(),
-        user: Some(&user),
-        database: Some(&database),
-        tls: client.is_tls(),
-    };
-    if (require_tls && !client.is_tls()) || !ctx.port.load().admits(&who) {
-        // What pg_hba.conf answers when no line matches.
-        let encryption = if client.is_tls() {
-            "SSL encryption"
-        } else {
-            "no encryption"
-        };
-        let text = format!(
-            "no pg_hba.conf entry for host \"{}\", user \"{user}\", database \"{database}\", {encryption}",
-            peer.ip()
-        );
-        let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
-        return refused(client, ctx, code, text).await;
-    }
-    let globals = ctx.globals.load_full();
-    let users = globals
-        .clusters
-        .get(&ctx.key.cluster)
-        .map_or(&[][..], |c| c.users.as_slice());
-    let entry = users.iter().find(|u| u.name == user).cloned();
-    let secret = entry.as_ref().and_then(|u| ctx.secret(&u.password));
-    // An unknown user is asked what most users would be: md5 only when
-    // every configured user is md5, SCRAM otherwise.
-    let mock;
-    let login = match &secret {
-        Some(s) => Login::Known(s),
-        None => {
-            let all_md5 =
-                !users.is_empty() && users.iter().all(|u| crate::auth::is_md5_hash(&u.password));
-            mock = crate::auth::mock_secret(&user, all_md5);
-            Login::Unknown(&mock)
-        }
-    };
-    let binding = client
-        .is_tls()
-        .then(|| tls.as_ref().map(|t| t.end_point.as_slice()))
-        .flatten();
-    let proved = match handshake::authenticate(client, &user, login, binding).await {
-        Ok(keys) => keys,
-        Err(e) => {
-            count_refusal(ctx, &e);
-            return None;
-        }
-    };
-    let entry = entry?;
-    let startup = match startup_settings(&params) {
-        Ok(s) => s,
-        Err(text) => {
-            return refused(client, ctx, sqlstate::FEATURE_NOT_SUPPORTED, text).await;
-        }
-    };
-    Some((
-        Credentials {
-            user,
-            secret: backend_secret(&entry, proved),
-            database,
-        },
-        startup,
-    ))
-}
-
-/// What pgvane logs in to PostgreSQL with for `entry`: its
-/// `backend_password`, else its password when plaintext, else what the
-/// stored form allows without one: the keys the client proved against a
-/// SCRAM verifier (pass-through), or the md5 hash itself.
-fn backend_secret(entry: &UserConfig, proved: Option<ScramKeys>) -> BackendSecret {
-    if let Some(pw) = &entry.backend_password {
-        return BackendSecret::Password(pw.clone());
-    }
-    if crate::auth::is_md5_hash(&entry.password) {
-        return BackendSecret::Md5Hash(entry.password.clone());
-    }
-    if entry.password.starts_with("SCRAM-SHA-256$") {
-        return proved.map_or(BackendSecret::None, BackendSecret::Scram);
-    }
-    BackendSecret::Password(entry.password.clone())
-}
-
-/// Refuses a client that is logging in, counts and logs it; `None` for
-/// `login` to return.
-async fn refused<T>(
-    client: &mut ClientStream,
-    ctx: &SessionContext,
-    code: sqlstate::SqlState,
-    text: String,
-) -> Option<T> {
-    let e = handshake::refuse(client, code, text).await;
-    count_refusal(ctx, &e);
-    None
-}
-
-fn count_refusal(ctx: &SessionContext, e: &HandshakeError) {
-    if let HandshakeError::Refused(code, text) = e {
-        tracing::info!(port = %ctx.key, sqlstate = code.code(), "{text}");
-        ctx.metrics
-            .client_errors
-            .with_label_values(&[&ctx.key.cluster, &ctx.key.port, code.code()])
-            .inc();
-    }
 }
 
 /// How a request ended for the client: whether PostgreSQL would now send
@@ -588,7 +404,6 @@ impl Session {
         }
     }
 
-    /// Sends a fatal error (when it is one the client should see) and ends.
     /// How long the client may sit idle while this session holds a backend
     /// (`idle_in_transaction_timeout_ms` in a transaction,
     /// `pinned_idle_timeout_ms` when pinned outside one), and the error
@@ -600,9 +415,9 @@ impl Session {
         let port = self.ctx.port.load();
         match self.state {
             ClientState::InTransaction | ClientState::FailedTransaction => {
-                port.idle_in_transaction_timeout_ms.filter(|ms| *ms > 0).map(|ms| {
+                port.resolved.idle_in_transaction_timeout.map(|d| {
                     (
-                        Duration::from_millis(ms),
+                        d,
                         SessionError::Idle(
                             sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
                             "terminating connection due to idle-in-transaction timeout".into(),
@@ -611,9 +426,9 @@ impl Session {
                 })
             }
             ClientState::Idle if self.pin.is_some() => {
-                port.pinned_idle_timeout_ms.filter(|ms| *ms > 0).map(|ms| {
+                port.resolved.pinned_idle_timeout.map(|d| {
                     (
-                        Duration::from_millis(ms),
+                        d,
                         SessionError::Idle(
                             sqlstate::IDLE_SESSION_TIMEOUT,
                             "terminating connection due to idle-session timeout: pgvane: the session held a backend pinned (pinned_idle_timeout_ms)".into(),
@@ -625,6 +440,7 @@ impl Session {
         }
     }
 
+    /// Sends a fatal error (when it is one the client should see) and ends.
     async fn end_with(&mut self, e: SessionError) {
         if matches!(e, SessionError::ClientGone) {
             return;
@@ -659,6 +475,10 @@ impl Session {
             Err(e) => e,
         };
         self.count_error(&err);
+        self.hold_ready = false;
+        self.client.hold = false;
+        self.refused = None;
+        self.retry_armed = false;
         let fatal = err.fatal(self.pin.is_some());
         if let SessionError::BackendLost { .. } = err {
             if let Some(h) = self.held.take() {

@@ -6,6 +6,8 @@
 use super::Session;
 use super::client::ClientState;
 use super::error::SessionError;
+use super::extended::mentions;
+use super::pipeline::{Job, Work};
 use crate::classifier::{self, Classification, Reason, Route};
 use crate::protocol::message::{self, Frontend, Message, ReadError};
 
@@ -14,24 +16,19 @@ impl Session {
         let Some(Frontend::Query(sql)) = Frontend::parse(m) else {
             return Err(SessionError::Protocol("malformed Query message".into()));
         };
+        if self.session_command(sql) {
+            return self.client.flush().await;
+        }
         let (class, hit) = self.ctx.classifier.classify(sql, self.scs);
         self.count_cache(hit);
-        let statements = classifier::lexer::split(sql, self.scs).len();
-        let fresh = self.held.is_none();
-        self.backend_for(&class).await?;
-        self.client.forwarded = false;
-        let before = self.before_request(&class);
-        let mut result = self.run_simple(m).await;
-        if matches!(result, Err(SessionError::BackendLost { .. })) && self.may_retry(fresh, &class)
-        {
-            self.retry_elsewhere(&class).await?;
-            let _ = self.before_request(&class);
-            result = self.run_simple(m).await;
-        }
-        let status = result?;
-        self.after_request(&class, before, sql, statements, Some(status));
-        self.after_ready(status);
-        Ok(())
+        let job = Job {
+            class,
+            sql,
+            statements: classifier::lexer::split(sql, self.scs).len(),
+            copy: mentions(sql, b"copy"),
+            async_commit: mentions(sql, b"synchronous_commit"),
+        };
+        self.request(Work::Simple(m), job).await
     }
 
     /// The fast-path FunctionCall ('F'): on the leader, relayed as is.
@@ -43,18 +40,14 @@ impl Session {
             reset: true,
             ..self.ctx.classifier.classify("select 1", true).0
         };
-        self.backend_for(&class).await?;
-        self.client.forwarded = false;
-        let before = self.before_request(&class);
-        let status = self.run_simple(m).await?;
-        self.after_request(&class, before, "", 1, Some(status));
-        self.after_ready(status);
-        Ok(())
-    }
-
-    async fn run_simple(&mut self, m: &Message) -> Result<u8, SessionError> {
-        self.send_backend(m.raw()).await?;
-        self.pump_until_ready().await
+        let job = Job {
+            class,
+            sql: "",
+            statements: 1,
+            copy: false,
+            async_commit: false,
+        };
+        self.request(Work::Simple(m), job).await
     }
 
     pub(super) async fn send_backend(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
@@ -92,15 +85,17 @@ impl Session {
 
     /// Forwards backend messages to the client until ReadyForQuery; handles
     /// COPY FROM STDIN by relaying the client's CopyData meanwhile.
-    async fn pump_until_ready(&mut self) -> Result<u8, SessionError> {
+    pub(super) async fn pump_until_ready(&mut self) -> Result<u8, SessionError> {
         loop {
             let m = self.read_backend().await?;
             self.client.out.extend_from_slice(m.raw());
             match m.tag() {
-                b'E' => self.saw_error = true,
+                b'E' => self.note_error(&m),
                 b'Z' => {
                     let status = m.body().first().copied().unwrap_or(b'I');
-                    self.client.flush().await?;
+                    if !self.hold_ready {
+                        self.client.flush().await?;
+                    }
                     return Ok(status);
                 }
                 b'G' => {

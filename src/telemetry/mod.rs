@@ -66,6 +66,25 @@ pub struct Metrics {
     pub classifier_hits: prometheus::IntCounter,
     /// `pgvane_classifier_cache_misses_total`.
     pub classifier_misses: prometheus::IntCounter,
+    /// `pgvane_ryw_reads_total{cluster,port,target,reason}`: split-port reads
+    /// by where they ran and why (`no_floor`, `replayed`, `waited`,
+    /// `timeout`, `fresh`, `fallback`).
+    pub ryw_reads: IntCounterVec,
+    /// `pgvane_ryw_wait_seconds{cluster,port}`: how long floored reads
+    /// waited for a replica to replay their floor.
+    pub ryw_wait: HistogramVec,
+    /// `pgvane_ryw_captures_total{cluster,port,outcome}`: commit positions
+    /// learned (`ok`) or not (`error`).
+    pub ryw_captures: IntCounterVec,
+    /// `pgvane_replica_refusals_retried_total{cluster,port,sqlstate}`: reads
+    /// a replica refused, run again on the leader.
+    pub refusals_retried: IntCounterVec,
+    /// `pgvane_leader_waits_total{cluster,port,outcome}`: requests or
+    /// connections held while the leader was replaced (`leader`: served,
+    /// `timeout`: refused after `leader_wait_ms`).
+    pub leader_waits: IntCounterVec,
+    /// `pgvane_leader_wait_seconds{cluster,port}`: how long they waited.
+    pub leader_wait: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -81,6 +100,21 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ]),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -237,6 +271,42 @@ impl Metrics {
                 "pgvane_pool_backends",
                 "Split-port pool backends by state (open, idle, active, waiting)",
                 &["cluster", "port", "node", "state"],
+            ),
+            ryw_reads: counter(
+                &r,
+                "pgvane_ryw_reads_total",
+                "Split-port reads by target and read-your-writes reason",
+                &["cluster", "port", "target", "reason"],
+            ),
+            ryw_wait: histogram(
+                &r,
+                "pgvane_ryw_wait_seconds",
+                "Waits of floored reads for a replica to replay their floor",
+                &["cluster", "port"],
+            ),
+            ryw_captures: counter(
+                &r,
+                "pgvane_ryw_captures_total",
+                "Commit positions captured after writing transactions",
+                &["cluster", "port", "outcome"],
+            ),
+            refusals_retried: counter(
+                &r,
+                "pgvane_replica_refusals_retried_total",
+                "Reads a replica refused, retried on the leader",
+                &["cluster", "port", "sqlstate"],
+            ),
+            leader_waits: counter(
+                &r,
+                "pgvane_leader_waits_total",
+                "Requests and connections held while the leader was replaced",
+                &["cluster", "port", "outcome"],
+            ),
+            leader_wait: histogram(
+                &r,
+                "pgvane_leader_wait_seconds",
+                "How long requests and connections waited for a leader",
+                &["cluster", "port"],
             ),
             acquire_wait,
             classifier_hits,

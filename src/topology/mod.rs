@@ -5,7 +5,9 @@
 
 pub mod map;
 pub mod patroni;
+pub mod position;
 pub mod reconcile;
 pub mod watcher;
 
 pub use map::{ClusterMap, LagSource, Member, MemberRole, MemberState, NodeAddr, SelfReport};
+pub use position::{Floor, Lsn, Position, PositionSource, Positions};

@@ -1,0 +1,250 @@
+//! Read-your-writes for one session: its floor (the commit positions it
+//! was acknowledged, and tokens it was given), the time window of the old
+//! `window` mode, whether its open transaction wrote, and the commit
+//! capture: a prepared statement pgvane runs on the leader backend right
+//! behind a writing transaction's end, in the same write, whose row is the
+//! WAL position a replica must replay to show that commit. Also the two
+//! session commands of the causal token, `SHOW pgvane.last_write_lsn` and
+//! `SET pgvane.min_lsn`. Pure: the pipeline sends and reads.
+
+use crate::classifier::{Classification, Reason, Route};
+use crate::protocol::encode;
+use crate::topology::{Floor, Lsn, position::normalize_insert_lsn};
+use std::time::Instant;
+
+/// pgvane's statement name on backends (outside the `pgv_` space of
+/// client statements).
+pub(super) const CAPTURE_NAME: &str = "pgvane_capture";
+
+/// The flush LSN (a synchronous commit's record end is at or below it),
+/// the insert LSN (for asynchronous commits), the commit mode, the WAL
+/// geometry for normalising the insert LSN, and the timeline.
+pub(super) const CAPTURE_SQL: &str = "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, \
+     pg_catalog.pg_current_wal_insert_lsn()::text, \
+     pg_catalog.current_setting('synchronous_commit'), \
+     pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))::text, \
+     pg_catalog.current_setting('wal_block_size'), \
+     pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)";
+
+/// Appends a capture: Parse (when the backend lacks the statement), Bind
+/// to a named portal, Execute, Close of the portal, Sync. The portal is
+/// named and closed so a client's unnamed portal inside a transaction
+/// survives.
+pub(super) fn capture_bytes(out: &mut Vec<u8>, prepared: bool) {
+    if !prepared {
+        encode::parse(out, CAPTURE_NAME, CAPTURE_SQL, &[0, 0]);
+    }
+    // No parameter formats, no parameters, no result formats (all text).
+    encode::bind_raw(out, CAPTURE_NAME, CAPTURE_NAME, &[0, 0, 0, 0, 0, 0]);
+    encode::execute(out, CAPTURE_NAME);
+    encode::describe_or_close(out, b'C', b'P', CAPTURE_NAME);
+    encode::sync(out);
+}
+
+/// A capture's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Captured {
+    flush: Lsn,
+    insert: Lsn,
+    asynchronous: bool,
+    segment: u64,
+    block: u64,
+    timeline: u32,
+}
+
+impl Captured {
+    /// Reads a DataRow body of [`CAPTURE_SQL`].
+    pub(super) fn parse(body: &[u8]) -> Option<Self> {
+        let mut cols = Vec::with_capacity(6);
+        let n = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+        let mut at = 2;
+        for _ in 0..n {
+            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+            at += 4;
+            let len = usize::try_from(len).ok()?;
+            cols.push(std::str::from_utf8(body.get(at..at + len)?).ok()?);
+            at += len;
+        }
+        let [flush, insert, mode, segment, block, timeline] = cols[..] else {
+            return None;
+        };
+        Some(Self {
+            flush: flush.parse().ok()?,
+            insert: insert.parse().ok()?,
+            asynchronous: mode == "off",
+            segment: segment.parse().ok()?,
+            block: block.parse().ok()?,
+            timeline: u32::from_str_radix(timeline, 16).ok()?,
+        })
+    }
+
+    /// The floor: the flush LSN after a synchronous commit; the normalised
+    /// insert LSN when commits may be asynchronous (`synchronous_commit =
+    /// off`, or the request itself touched the setting).
+    pub(super) fn floor(&self, maybe_async: bool) -> Floor {
+        let lsn = if self.asynchronous || maybe_async {
+            normalize_insert_lsn(self.insert, self.segment, self.block).max(self.flush)
+        } else {
+            self.flush
+        };
+        Floor {
+            timeline: self.timeline,
+            lsn,
+        }
+    }
+}
+
+/// Whether a request on the leader may have written (and so its commit
+/// must be captured): anything routed there but probes, session settings,
+/// node-local reads and transaction control.
+pub(super) fn writes(class: &Classification) -> bool {
+    class.route == Route::Leader
+        && !matches!(
+            class.reason,
+            Reason::Probe | Reason::Session | Reason::NodeLocal | Reason::Transaction
+        )
+}
+
+/// One session's consistency state.
+#[derive(Debug, Default)]
+pub(super) struct Consistency {
+    /// The highest commit this session was acknowledged or given.
+    pub(super) floor: Option<Floor>,
+    /// `window` mode: reads go to the leader until then.
+    pub(super) leader_until: Option<Instant>,
+    /// A capture failed: reads go to the leader until one succeeds.
+    pub(super) unknown: bool,
+    /// The open transaction wrote on the leader.
+    pub(super) wrote: bool,
+    /// The open transaction may have committed asynchronously (its SQL
+    /// named `synchronous_commit`).
+    pub(super) maybe_async: bool,
+}
+
+impl Consistency {
+    /// Raises the session's floor.
+    pub(super) fn raise(&mut self, f: Floor) {
+        self.floor = Some(self.floor.map_or(f, |old| old.max(f)));
+    }
+}
+
+/// A session command pgvane answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Command {
+    /// `SHOW pgvane.last_write_lsn`.
+    ShowLastWrite,
+    /// `SET pgvane.min_lsn = '…'` with its value.
+    SetMinLsn(String),
+}
+
+/// Recognises the token commands (case-insensitive, one statement, an
+/// optional trailing semicolon).
+pub(super) fn command(sql: &str) -> Option<Command> {
+    let t = sql.trim().trim_end_matches(';').trim_end();
+    if t.len() < 8 || t.len() > 200 {
+        return None;
+    }
+    let lower = t.to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["show", "pgvane.last_write_lsn"] => Some(Command::ShowLastWrite),
+        ["set", "session", rest @ ..] | ["set", rest @ ..] if !rest.is_empty() => {
+            // Rejoin to cut at `=` or ` to `.
+            let joined = rest.join(" ");
+            let (name, value) = joined
+                .split_once('=')
+                .or_else(|| joined.split_once(" to "))?;
+            if name.trim() != "pgvane.min_lsn" {
+                return None;
+            }
+            let v = value.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            Some(Command::SetMinLsn(v.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cols: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode::data_row(&mut out, cols);
+        out[5..].to_vec()
+    }
+
+    #[test]
+    fn a_capture_row_gives_flush_or_the_normalised_insert_position() {
+        let body = row(&[
+            "0/3000148",
+            "0/3002018",
+            "on",
+            "16777216",
+            "8192",
+            "00000002",
+        ]);
+        let c = Captured::parse(&body).unwrap();
+        assert_eq!(
+            c.floor(false),
+            Floor {
+                timeline: 2,
+                lsn: "0/3000148".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            c.floor(true).lsn,
+            "0/3002000".parse::<Lsn>().unwrap(),
+            "insert past a page header steps back"
+        );
+        let off = Captured::parse(&row(&[
+            "0/3000148",
+            "0/4000028",
+            "off",
+            "16777216",
+            "8192",
+            "0000000A",
+        ]))
+        .unwrap();
+        assert_eq!(
+            off.floor(false),
+            Floor {
+                timeline: 10,
+                lsn: "0/4000000".parse().unwrap()
+            }
+        );
+        assert!(Captured::parse(&row(&["x", "0/1", "on", "1", "1", "1"])).is_none());
+        assert!(Captured::parse(&row(&["0/1"])).is_none());
+    }
+
+    #[test]
+    fn token_commands_are_recognised_and_nothing_else() {
+        assert_eq!(
+            command("SHOW pgvane.last_write_lsn;"),
+            Some(Command::ShowLastWrite)
+        );
+        assert_eq!(
+            command("  show   PGVANE.last_write_lsn "),
+            Some(Command::ShowLastWrite)
+        );
+        assert_eq!(
+            command("SET pgvane.min_lsn = '0/3000148'"),
+            Some(Command::SetMinLsn("0/3000148".into()))
+        );
+        assert_eq!(
+            command("set session pgvane.min_lsn to '0/AB'"),
+            Some(Command::SetMinLsn("0/ab".into()))
+        );
+        assert_eq!(
+            command("SET pgvane.min_lsn='1/2';"),
+            Some(Command::SetMinLsn("1/2".into()))
+        );
+        assert_eq!(command("SET search_path = 'x'"), None);
+        assert_eq!(command("SHOW search_path"), None);
+        assert_eq!(command("select 1"), None);
+    }
+}
