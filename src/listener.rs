@@ -6,7 +6,7 @@ use crate::admission::{Admissions, Limits};
 use crate::backend::SocketOptions;
 use crate::classifier::Classifier;
 use crate::config::Mode;
-use crate::config::{AccessClient, Config, PortConfig, PortKey};
+use crate::config::{AccessClient, Config, PortConfig, PortKey, RoleSel};
 use crate::consistency::ClusterLink;
 use crate::pool::PoolSet;
 use crate::protocol::sqlstate::{self, SqlState};
@@ -217,6 +217,19 @@ impl PortShared {
         self.split.store(ctx);
     }
 
+    /// Counts a new client held while the leader was replaced.
+    fn leader_waited(&self, outcome: &str, started: Instant) {
+        let labels = [self.key.cluster.as_str(), self.key.port.as_str()];
+        self.metrics
+            .leader_waits
+            .with_label_values(&[labels[0], labels[1], outcome])
+            .inc();
+        self.metrics
+            .leader_wait
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Clients connected right now.
     #[must_use]
     pub fn active(&self) -> usize {
@@ -396,6 +409,55 @@ async fn serve_client(
         let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
         return refuse(&mut client, &head, &port, code, &text).await;
     }
+    // A port that serves the leader waits for one while it is replaced,
+    // up to `leader_wait_ms`, instead of refusing.
+    let wait = cfg
+        .wants(RoleSel::Leader)
+        .then_some(cfg.resolved.leader_wait)
+        .filter(|d| !d.is_zero());
+    let started = Instant::now();
+    let mut generation = port.link.generation.clone();
+    let mut waited = false;
+    loop {
+        let refusal = match connect_and_relay(&client, &head, &port).await {
+            Ok(()) => {
+                if waited {
+                    port.leader_waited("leader", started);
+                }
+                return;
+            }
+            Err(r) => r,
+        };
+        let Some(wait) = wait.filter(|w| started.elapsed() < *w) else {
+            if waited {
+                port.leader_waited("timeout", started);
+            }
+            let (code, text) = refusal;
+            return refuse(&mut client, &head, &port, code, &text).await;
+        };
+        if !waited {
+            tracing::info!(port = %port.key, "no leader to relay to; waiting up to leader_wait_ms for one");
+        }
+        waited = true;
+        generation.mark_unchanged();
+        let until = (started + wait).min(Instant::now() + Duration::from_millis(100));
+        let changed =
+            tokio::time::timeout_at(tokio::time::Instant::from_std(until), generation.changed());
+        tokio::select! {
+            _ = changed => {}
+            () = port.close.cancelled() => return,
+        }
+    }
+}
+
+/// Chooses a node, connects and relays until the client leaves; the
+/// SQLSTATE and text to refuse with when no node could be used.
+async fn connect_and_relay(
+    client: &TcpStream,
+    head: &[u8],
+    port: &Arc<PortShared>,
+) -> Result<(), (sqlstate::SqlState, String)> {
+    let cfg = port.config.load_full();
     let map = port.map.load_full();
     let lag = port.lag.load_full();
     let targets = match router::choose(
@@ -413,14 +475,7 @@ async fn serve_client(
                 port.key.cluster, port.key.port
             );
             tracing::info!(port = %port.key, "no node qualifies: {why}");
-            return refuse(
-                &mut client,
-                &head,
-                &port,
-                sqlstate::CANNOT_CONNECT_NOW,
-                &text,
-            )
-            .await;
+            return Err((sqlstate::CANNOT_CONNECT_NOW, text));
         }
         Err(NoTarget::AllCoolingDown(nodes)) => {
             let text = format!(
@@ -428,14 +483,7 @@ async fn serve_client(
                 port.key
             );
             tracing::info!(port = %port.key, "every node cooling down: {nodes}");
-            return refuse(
-                &mut client,
-                &head,
-                &port,
-                sqlstate::CONNECTION_FAILURE,
-                &text,
-            )
-            .await;
+            return Err((sqlstate::CONNECTION_FAILURE, text));
         }
     };
     let (timeout, socket) = {
@@ -465,15 +513,15 @@ async fn serve_client(
                     continue;
                 }
                 drop(current);
-                if tokio::io::AsyncWriteExt::write_all(&mut server, &head)
+                if tokio::io::AsyncWriteExt::write_all(&mut server, head)
                     .await
                     .is_err()
                 {
                     failures.push(format!("{} closed at once", key.name));
                     continue;
                 }
-                run_relay(&client, &server, &port, &key, &lease).await;
-                return;
+                run_relay(client, &server, port, &key, &lease).await;
+                return Ok(());
             }
             Err(e) => {
                 port.health.failure(&key.addr, Instant::now());
@@ -493,14 +541,7 @@ async fn serve_client(
         "pgvane: could not connect to any node for port \"{}\"",
         port.key
     );
-    refuse(
-        &mut client,
-        &head,
-        &port,
-        sqlstate::CONNECTION_FAILURE,
-        &text,
-    )
-    .await;
+    Err((sqlstate::CONNECTION_FAILURE, text))
 }
 
 async fn run_relay(

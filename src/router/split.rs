@@ -248,3 +248,6 @@ pub fn decide(v: &View<'_>, req: &Request, busy: impl Fn(&NodeAddr) -> usize) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

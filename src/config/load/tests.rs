@@ -371,3 +371,44 @@ fn tcp_settings_default_like_before_and_are_checked_by_field() {
     );
     assert!(load_str(&max).is_ok());
 }
+
+#[test]
+fn read_your_writes_defaults_are_resolved_at_load() {
+    use crate::config::{RywScope, RywTimeout};
+    let text = |extra: &str| {
+        format!(
+            "clusters: {{c: {{hosts: ['http://a:8008'], users: [{{name: app, password: s}}], ports: {{p: {{listen: '127.0.0.1:7000', roles: [async], mode: split{extra}}}, r: {{listen: '127.0.0.1:7001', roles: [leader]}}}}}}}}"
+        )
+    };
+    let c = load_str(&text("")).unwrap();
+    let p = &c.clusters["c"].ports["p"].resolved;
+    assert_eq!(p.read_your_writes, RywScope::Session);
+    assert_eq!(p.read_your_writes_wait, Duration::from_millis(20));
+    assert_eq!(p.read_your_writes_on_timeout, RywTimeout::Leader);
+    assert_eq!(p.leader_wait, Duration::from_millis(30_000));
+    assert_eq!(p.pool_size, 20);
+    // Role ports wait for a leader too.
+    let r = &c.clusters["c"].ports["r"].resolved;
+    assert_eq!(r.leader_wait, Duration::from_millis(30_000));
+    // An existing config's window keeps working as the window mode; 0 is off.
+    let c = load_str(&text(", read_your_writes_ms: 500")).unwrap();
+    let p = &c.clusters["c"].ports["p"].resolved;
+    assert_eq!(p.read_your_writes, RywScope::Window);
+    assert_eq!(p.read_your_writes_window, Duration::from_millis(500));
+    let c = load_str(&text(", read_your_writes_ms: 0")).unwrap();
+    assert_eq!(c.clusters["c"].ports["p"].resolved.read_your_writes, RywScope::Off);
+    let c = load_str(&text(
+        ", read_your_writes: cluster, read_your_writes_wait_ms: 0, read_your_writes_on_timeout: error, leader_wait_ms: 0",
+    ))
+    .unwrap();
+    let p = &c.clusters["c"].ports["p"].resolved;
+    assert_eq!(p.read_your_writes, RywScope::Cluster);
+    assert!(p.read_your_writes_wait.is_zero() && p.leader_wait.is_zero());
+    assert_eq!(p.read_your_writes_on_timeout, RywTimeout::Error);
+    let errs = load_str(&text(", read_your_writes: sometimes")).unwrap_err().0;
+    assert_eq!(errs[0].path, "clusters.c.ports.p.read_your_writes", "{errs:?}");
+    let errs = load_str(&text(", read_your_writes: window, read_your_writes_ms: 0"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].path, "clusters.c.ports.p.read_your_writes_ms", "{errs:?}");
+}
