@@ -21,6 +21,7 @@ mod cancel;
 mod checkout;
 mod client;
 mod consistency;
+mod context;
 mod effects;
 mod error;
 mod extended;
@@ -34,22 +35,16 @@ mod statements;
 mod stream;
 
 pub use cancel::CancelRegistry;
+pub use context::SessionContext;
 
-use crate::auth::Secret;
 use crate::backend::Credentials;
-use crate::classifier::{Classifier, Pin};
-use crate::config::{Config, PortConfig, PortKey};
-use crate::consistency::ClusterLink;
-use crate::pool::{PoolSet, PoolSettings, Pooled};
+use crate::classifier::Pin;
+use crate::pool::Pooled;
 use crate::protocol::encode;
 use crate::protocol::message::Message;
 use crate::protocol::sqlstate;
 use crate::router::split::NodeRole;
-use crate::router::{HealthBook, LagView};
-use crate::telemetry::Metrics;
-use crate::tls::ServerTls;
-use crate::topology::{ClusterMap, NodeAddr};
-use arc_swap::{ArcSwap, ArcSwapOption};
+use crate::topology::NodeAddr;
 use cancel::CancelTarget;
 use client::{ClientConn, ClientState};
 use consistency::Consistency;
@@ -57,14 +52,12 @@ use error::SessionError;
 use metrics::SessionMetrics;
 use settings::SessionSettings;
 use statements::Statements;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use stream::ClientStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 /// Most named prepared statements one session may hold.
 pub const MAX_SESSION_STATEMENTS: usize = 10_000;
@@ -75,71 +68,6 @@ pub const MAX_SESSION_STATEMENT_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_BATCH_MESSAGES: usize = 1024;
 /// Bytes of extended-protocol messages buffered before Sync (as above).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
-
-/// Everything the sessions of one split port share.
-#[derive(Debug)]
-pub struct SessionContext {
-    /// Cluster and port name.
-    pub key: PortKey,
-    /// The port's settings (swapped by reload).
-    pub port: Arc<ArcSwap<PortConfig>>,
-    /// The whole config (users, timeouts).
-    pub globals: Arc<ArcSwap<Config>>,
-    /// The cluster's published map.
-    pub map: Arc<ArcSwap<ClusterMap>>,
-    /// The port's lag verdicts (hysteresis), published by its evictor.
-    pub lag: Arc<ArcSwap<LagView>>,
-    /// The cluster's connect-failure book.
-    pub health: Arc<HealthBook>,
-    /// Backend pools.
-    pub pools: Arc<PoolSet>,
-    /// Statement classifier with its cache.
-    pub classifier: Arc<Classifier>,
-    /// Cancel keys (the port's: they outlive a rebuilt context).
-    pub cancels: Arc<CancelRegistry>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Parsed user secrets by configured password text.
-    pub secrets: Mutex<HashMap<String, Secret>>,
-    /// Fires when the port drains: idle sessions end, others after their
-    /// transaction.
-    pub drain: CancellationToken,
-    /// Fires when the port closes: every session ends now.
-    pub close: CancellationToken,
-    /// The port's client TLS, swapped by reload (`None`: answer `N`).
-    pub tls: Arc<ArcSwapOption<ServerTls>>,
-    /// The cluster's replica positions, shared floors and map generation.
-    pub link: Arc<ClusterLink>,
-}
-
-impl SessionContext {
-    fn secret(&self, password: &str) -> Option<Secret> {
-        let mut m = self
-            .secrets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(s) = m.get(password) {
-            return Some(s.clone());
-        }
-        let s = Secret::from_config(password).ok()?;
-        m.insert(password.to_owned(), s.clone());
-        Some(s)
-    }
-
-    fn pool_settings(&self) -> PoolSettings {
-        let p = &self.port.load().resolved;
-        let g = self.globals.load();
-        PoolSettings {
-            size: p.pool_size,
-            acquire_timeout: p.pool_acquire_timeout,
-            idle_timeout: p.server_idle_timeout,
-            lifetime: p.server_lifetime,
-            connect_timeout: g.connect_timeout,
-            max_prepared: p.max_prepared_statements,
-            socket: crate::backend::SocketOptions::for_servers(&g.tcp),
-        }
-    }
-}
 
 /// The backend a session holds, and where it came from.
 struct Held {

@@ -396,7 +396,10 @@ fn read_your_writes_defaults_are_resolved_at_load() {
     assert_eq!(p.read_your_writes, RywScope::Window);
     assert_eq!(p.read_your_writes_window, Duration::from_millis(500));
     let c = load_str(&text(", read_your_writes_ms: 0")).unwrap();
-    assert_eq!(c.clusters["c"].ports["p"].resolved.read_your_writes, RywScope::Off);
+    assert_eq!(
+        c.clusters["c"].ports["p"].resolved.read_your_writes,
+        RywScope::Off
+    );
     let c = load_str(&text(
         ", read_your_writes: cluster, read_your_writes_wait_ms: 0, read_your_writes_on_timeout: error, leader_wait_ms: 0",
     ))
@@ -405,10 +408,18 @@ fn read_your_writes_defaults_are_resolved_at_load() {
     assert_eq!(p.read_your_writes, RywScope::Cluster);
     assert!(p.read_your_writes_wait.is_zero() && p.leader_wait.is_zero());
     assert_eq!(p.read_your_writes_on_timeout, RywTimeout::Error);
-    let errs = load_str(&text(", read_your_writes: sometimes")).unwrap_err().0;
-    assert_eq!(errs[0].path, "clusters.c.ports.p.read_your_writes", "{errs:?}");
+    let errs = load_str(&text(", read_your_writes: sometimes"))
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errs[0].path, "clusters.c.ports.p.read_your_writes",
+        "{errs:?}"
+    );
     let errs = load_str(&text(", read_your_writes: window, read_your_writes_ms: 0"))
         .unwrap_err()
         .0;
-    assert_eq!(errs[0].path, "clusters.c.ports.p.read_your_writes_ms", "{errs:?}");
+    assert_eq!(
+        errs[0].path, "clusters.c.ports.p.read_your_writes_ms",
+        "{errs:?}"
+    );
 }
