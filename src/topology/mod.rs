@@ -8,4 +8,6 @@ pub mod patroni;
 pub mod reconcile;
 pub mod watcher;
 
-pub use map::{ClusterMap, LagSource, Member, MemberRole, MemberState, NodeAddr, SelfReport};
+pub use map::{
+    ClusterMap, LagSource, LiveWal, Member, MemberRole, MemberState, NodeAddr, SelfReport,
+};
