@@ -64,7 +64,7 @@ pub struct Metrics {
     pub pool: IntGaugeVec,
     /// `pgvane_replica_position_polls_total{cluster,member,outcome}`: WAL
     /// position polls by the tracker (`outcome`: ok, not_streaming,
-    /// hidden, error, connect_error, login_refused).
+    /// hidden, error, connect_error, login_refused, no_credentials).
     pub position_polls: IntCounterVec,
     /// `pgvane_read_index_queries_total{cluster}`: leader insert-LSN
     /// queries sent for `cluster`-scope reads.

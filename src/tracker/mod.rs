@@ -252,6 +252,14 @@ impl<C: Connect> Tracker<C> {
                 // Patroni-sourced positions change with every map round,
                 // which bumps no generation.
                 _ = tick.tick() => {}
+                r = self.inputs.settings.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let poll = self.inputs.settings.borrow_and_update().poll;
+                    tick = tokio::time::interval(poll);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
             }
             self.publish();
         }

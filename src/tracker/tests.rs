@@ -111,7 +111,7 @@ struct Lab {
     fake: Arc<Fake>,
     handle: TrackerHandle,
     stop: CancellationToken,
-    _settings: watch::Sender<Arc<TrackerSettings>>,
+    settings: watch::Sender<Arc<TrackerSettings>>,
     _generation: watch::Sender<u64>,
 }
 
@@ -153,7 +153,7 @@ fn start(poll_ms: u64, creds: bool, m: crate::topology::ClusterMap, refuse: &[&s
         fake,
         handle,
         stop,
-        _settings: settings_tx,
+        settings: settings_tx,
         _generation: gen_tx,
     }
 }
@@ -354,4 +354,16 @@ async fn a_refused_login_falls_back_to_patroni_for_that_member() {
 fn the_handle_is_shared_freely() {
     fn shared<T: Clone + Send + Sync + 'static>() {}
     shared::<TrackerHandle>();
+}
+
+#[tokio::test]
+async fn a_monitor_user_given_on_reload_starts_sql_polls() {
+    let lab = start(5, false, map("a", &["b"]), &[]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(lab.fake.count.lock().unwrap().is_empty());
+    lab.settings.send_replace(Arc::new(settings(5, true)));
+    until(&lab.handle, "b by SQL", |p| {
+        p.get("b").is_some_and(|b| b.source == PositionSource::Sql)
+    })
+    .await;
 }
