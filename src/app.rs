@@ -11,6 +11,7 @@ use crate::router::HealthBook;
 use crate::telemetry::Metrics;
 use crate::tls;
 use crate::topology::watcher::{WatchSettings, Watcher, WatcherHandle};
+use crate::tracker::TrackerSettings;
 use crate::workers::Workers;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -74,6 +75,7 @@ struct ClusterRt {
     stop: CancellationToken,
     health: Arc<HealthBook>,
     link: Arc<ClusterLink>,
+    tracker: watch::Sender<Arc<TrackerSettings>>,
     ports: BTreeMap<String, PortRt>,
     ports_view: Arc<ArcSwap<Vec<Arc<PortShared>>>>,
 }
@@ -286,6 +288,54 @@ fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
 }
 
 impl App {
+    /// The position tracker's settings for cluster `name` from the current
+    /// config: the monitor user's credentials (database `postgres`), and
+    /// the TLS rules of the cluster's first split port (libpq's defaults
+    /// when it has none or its files cannot be read).
+    fn tracker_settings(&self, name: &str) -> TrackerSettings {
+        let config = self.globals.load();
+        let cluster = config.clusters.get(name);
+        let creds = cluster.and_then(|c| {
+            let user = c.replica_positions.monitor_user.as_ref()?;
+            let u = c.users.iter().find(|u| &u.name == user)?;
+            let password = u
+                .backend_password
+                .clone()
+                .unwrap_or_else(|| u.password.clone());
+            Some(crate::backend::Credentials {
+                user: u.name.clone(),
+                secret: crate::backend::BackendSecret::Password(password),
+                database: "postgres".to_owned(),
+            })
+        });
+        let security = cluster
+            .and_then(|c| {
+                c.ports
+                    .values()
+                    .find(|p| p.mode == crate::config::Mode::Split)
+            })
+            .and_then(|p| {
+                tls::BackendSecurity::from_config(
+                    &p.server_tls.clone().unwrap_or_default(),
+                    &p.server_require_auth,
+                    p.server_channel_binding.unwrap_or_default(),
+                )
+                .ok()
+            })
+            .unwrap_or_default();
+        let positions = cluster
+            .map(|c| c.replica_positions.clone())
+            .unwrap_or_default();
+        TrackerSettings {
+            poll: positions.poll,
+            fast_poll: positions.fast_poll,
+            creds,
+            security: Arc::new(security),
+            connect_timeout: config.connect_timeout,
+            socket: crate::backend::SocketOptions::for_servers(&config.tcp),
+        }
+    }
+
     fn start_cluster(&mut self, name: &str, settings: WatchSettings) {
         let (watcher, handle) = Watcher::new(name, settings, Arc::clone(&self.metrics));
         let stop = CancellationToken::new();
@@ -297,10 +347,16 @@ impl App {
             Arc::clone(&ports_view),
             stop.clone(),
         ));
-        let link = Arc::new(ClusterLink::new(
-            crate::tracker::TrackerHandle::idle(),
+        let (tracker, tracker_rx) = watch::channel(Arc::new(self.tracker_settings(name)));
+        let positions = crate::tracker::spawn(
+            name.to_owned(),
+            Arc::clone(&handle.map),
             handle.generation.clone(),
-        ));
+            tracker_rx,
+            Arc::clone(&self.metrics),
+            stop.clone(),
+        );
+        let link = Arc::new(ClusterLink::new(positions, handle.generation.clone()));
         self.clusters.insert(
             name.to_owned(),
             ClusterRt {
@@ -308,6 +364,7 @@ impl App {
                 stop,
                 health: Arc::new(HealthBook::default()),
                 link,
+                tracker,
                 ports: BTreeMap::new(),
                 ports_view,
             },
@@ -446,6 +503,15 @@ impl App {
             } else if timing_changed || diff.watchers_changed.contains(&name) {
                 if let Some(c) = self.clusters.get(&name) {
                     c.watcher.set_settings(s);
+                }
+            }
+            if diff.trackers_changed.contains(&name)
+                || old.connect_timeout != new.connect_timeout
+                || old.tcp != new.tcp
+            {
+                let t = Arc::new(self.tracker_settings(&name));
+                if let Some(c) = self.clusters.get(&name) {
+                    c.tracker.send_replace(t);
                 }
             }
         }

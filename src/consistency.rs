@@ -19,8 +19,9 @@ pub struct SharedFloors {
 
 fn raise<K: std::hash::Hash + Eq>(m: &Mutex<HashMap<K, Floor>>, k: K, f: Floor) {
     let mut m = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let slot = m.entry(k).or_default();
-    *slot = slot.max(f);
+    m.entry(k)
+        .and_modify(|old| *old = (*old).max(f))
+        .or_insert(f);
 }
 
 impl SharedFloors {

@@ -19,7 +19,8 @@
 //! disconnected because its node stopped qualifying for its port).
 //!
 //! Module map: [`config`] (model, load, diff), [`topology`] (Patroni model,
-//! map, watcher), [`router`] (policy, balance, health), [`relay`] (byte
+//! map, watcher, WAL positions), [`tracker`] (replica positions, read
+//! index), [`router`] (policy, balance, health), [`relay`] (byte
 //! relay, refusals), [`listener`] (ports), [`admission`] (client limits), [`admin`] (HTTP API),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
 //! [`signals`], [`control`], [`workers`] (per-core client runtimes),

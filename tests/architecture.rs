@@ -50,6 +50,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "topology",
         ],
         "topology" => &["config", "telemetry"],
+        "tracker" => &["backend", "config", "telemetry", "tls", "topology"],
         "router" => &["topology", "classifier", "config"],
         "relay" => &["protocol"],
         "tls" => &["config"],

@@ -9,6 +9,7 @@
 //! answers. Never uses pool, router or session; the session drives it.
 
 pub mod prepared;
+pub mod query;
 pub mod state;
 pub mod stream;
 
@@ -174,6 +175,14 @@ pub enum BackendError {
     /// The server broke the protocol.
     #[error("protocol: {0}")]
     Protocol(&'static str),
+    /// One of pgvane's own queries failed (the server's ErrorResponse).
+    #[error("query: {code} {message}")]
+    Query {
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+    },
     /// Applying the session's settings failed (the server's ErrorResponse).
     #[error("applying session settings: {code} {message}")]
     Apply {

@@ -28,6 +28,9 @@ pub struct ConfigDiff {
     pub clusters_removed: Vec<String>,
     /// Clusters whose hosts or tls changed (their watcher is updated).
     pub watchers_changed: Vec<String>,
+    /// Clusters whose replica-position settings (`replica_position_*`,
+    /// the resolved `monitor_user` or that user's passwords) changed.
+    pub trackers_changed: Vec<String>,
     /// Ports only in the new config.
     pub ports_added: Vec<PortKey>,
     /// Ports only in the old config.
@@ -85,6 +88,16 @@ impl ConfigDiff {
             if oc.hosts != nc.hosts || oc.tls != nc.tls {
                 d.watchers_changed.push(name.clone());
             }
+            let monitor = |c: &super::model::ClusterConfig| {
+                let user = c.replica_positions.monitor_user.as_deref();
+                c.users
+                    .iter()
+                    .find(|u| Some(u.name.as_str()) == user)
+                    .cloned()
+            };
+            if oc.replica_positions != nc.replica_positions || monitor(oc) != monitor(nc) {
+                d.trackers_changed.push(name.clone());
+            }
             for (pname, op) in &oc.ports {
                 match nc.ports.get(pname) {
                     None => d.ports_removed.push(key(name, pname)),
@@ -127,10 +140,11 @@ impl fmt::Display for ConfigDiff {
         };
         write!(
             f,
-            "clusters +[{}] -[{}] watchers~[{}]; ports +[{}] -[{}] ~[{}]; globals~[{}]; restart needed for [{}]",
+            "clusters +[{}] -[{}] watchers~[{}] trackers~[{}]; ports +[{}] -[{}] ~[{}]; globals~[{}]; restart needed for [{}]",
             self.clusters_added.join(","),
             self.clusters_removed.join(","),
             self.watchers_changed.join(","),
+            self.trackers_changed.join(","),
             list(&self.ports_added),
             list(&self.ports_removed),
             list(&self.ports_changed),
@@ -181,6 +195,28 @@ mod tests {
         assert_eq!(d.ports_changed, vec![key("c", "ro")]);
         assert_eq!(d.watchers_changed, vec!["c".to_owned()]);
         assert!(ConfigDiff::between(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn replica_position_settings_and_the_monitor_password_are_diffed() {
+        let with_users = BASE.replace(
+            "    ports:",
+            "    users: [{name: mon, password: a}, {name: other, password: b}]\n    ports:",
+        );
+        let old = load_str(&with_users).unwrap();
+        let c = &old.clusters["c"].replica_positions;
+        assert_eq!(c.monitor_user.as_deref(), Some("mon"));
+        for new_text in [
+            with_users.replace("    ports:", "    replica_position_poll_ms: 20\n    ports:"),
+            with_users.replace("    ports:", "    monitor_user: other\n    ports:"),
+            with_users.replace("password: a}", "password: z}"),
+        ] {
+            let d = ConfigDiff::between(&old, &load_str(&new_text).unwrap());
+            assert_eq!(d.trackers_changed, vec!["c".to_owned()], "{new_text}");
+        }
+        let other_changed = with_users.replace("password: b}", "password: z}");
+        let d = ConfigDiff::between(&old, &load_str(&other_changed).unwrap());
+        assert!(d.trackers_changed.is_empty());
     }
 
     #[test]

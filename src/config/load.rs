@@ -86,6 +86,12 @@ struct RawCluster {
     ports: BTreeMap<String, Value>,
     #[serde(default)]
     users: Vec<super::model::UserConfig>,
+    #[serde(default)]
+    replica_position_poll_ms: Option<u64>,
+    #[serde(default)]
+    replica_position_fast_poll_ms: Option<u64>,
+    #[serde(default)]
+    monitor_user: Option<String>,
 }
 
 /// Reads and loads a config file.
@@ -125,11 +131,19 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
                 ports.insert(port_name, port);
             }
         }
+        let positions = super::positions::RawPositions {
+            poll_ms: raw.replica_position_poll_ms,
+            fast_poll_ms: raw.replica_position_fast_poll_ms,
+            monitor_user: raw.monitor_user,
+        };
+        let replica_positions =
+            super::positions::resolve(positions, &raw.users, &path, &mut errors);
         let cluster = ClusterConfig {
             hosts: raw.hosts,
             tls: raw.tls,
             ports,
             users: raw.users,
+            replica_positions,
         };
         clusters.insert(name, cluster);
     }

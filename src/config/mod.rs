@@ -5,6 +5,7 @@
 mod diff;
 mod load;
 mod model;
+mod positions;
 
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
@@ -13,3 +14,4 @@ pub use model::{
     PortConfig, PortSettings, PortTls, RoleSel, RywScope, RywTimeout, ServerAuth, ServerTlsConfig,
     ServerTlsMode, TcpConfig, TlsConfig, UserConfig,
 };
+pub use positions::{DEFAULT_FAST_POLL, DEFAULT_POLL, ReplicaPositions};

@@ -99,6 +99,10 @@ pub struct ClusterConfig {
     /// Who may log in to split ports (reload: new logins).
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// How replica WAL positions are polled. Filled by the loader, with
+    /// its defaults applied.
+    #[serde(skip)]
+    pub replica_positions: super::positions::ReplicaPositions,
 }
 
 /// A user of split ports (`clusters.<name>.users[i]`).

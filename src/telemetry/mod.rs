@@ -62,6 +62,13 @@ pub struct Metrics {
     /// `pgvane_pool_backends{cluster,port,node,state}`: open, idle, active and
     /// waiting, refreshed at each scrape.
     pub pool: IntGaugeVec,
+    /// `pgvane_replica_position_polls_total{cluster,member,outcome}`: WAL
+    /// position polls by the tracker (`outcome`: ok, not_streaming,
+    /// hidden, error, connect_error, login_refused, no_credentials).
+    pub position_polls: IntCounterVec,
+    /// `pgvane_read_index_queries_total{cluster}`: leader insert-LSN
+    /// queries sent for `cluster`-scope reads.
+    pub read_index_queries: IntCounterVec,
     /// `pgvane_classifier_cache_hits_total`.
     pub classifier_hits: prometheus::IntCounter,
     /// `pgvane_classifier_cache_misses_total`.
@@ -308,6 +315,18 @@ impl Metrics {
                 "How long requests and connections waited for a leader",
                 &["cluster", "port"],
             ),
+            position_polls: counter(
+                &r,
+                "pgvane_replica_position_polls_total",
+                "WAL position polls of members by outcome",
+                &["cluster", "member", "outcome"],
+            ),
+            read_index_queries: counter(
+                &r,
+                "pgvane_read_index_queries_total",
+                "Leader insert-LSN queries sent for cluster-scope reads",
+                &["cluster"],
+            ),
             acquire_wait,
             classifier_hits,
             classifier_misses,
@@ -385,6 +404,8 @@ mod tests {
         m.poll_duration.with_label_values(&["c"]).observe(0.1);
         m.map_age.with_label_values(&["c"]).set(1.0);
         m.reloads.with_label_values(&["ok"]).inc();
+        m.position_polls.with_label_values(&["c", "n", "ok"]).inc();
+        m.read_index_queries.with_label_values(&["c"]).inc();
         let text = m.render();
         let names: Vec<&str> = text
             .lines()

@@ -121,6 +121,24 @@ pub struct Member {
     pub nofailover: bool,
     /// Timeline, when reported.
     pub timeline: Option<u64>,
+    /// WAL position from the member's own `GET /patroni` this round, when
+    /// it answered with one. Not a routing fact: a change alone bumps no
+    /// generation (the map is stored every round anyway).
+    pub live: Option<LiveWal>,
+}
+
+/// A member's WAL position as its own `GET /patroni` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct LiveWal {
+    /// A replica's `xlog.replayed_location`; a primary's `xlog.location`
+    /// (its flush LSN).
+    pub lsn: u64,
+    /// `timeline` of the same answer (a replica's is its receiver's).
+    pub timeline: Option<u64>,
+    /// `replication_state` is `streaming` (always true for a primary).
+    pub streaming: bool,
+    /// `postmaster_start_time`, verbatim.
+    pub postmaster_start_time: Option<String>,
 }
 
 /// Where a member's lag figure comes from (`lag_source` in `/clusters`).
@@ -211,10 +229,22 @@ impl ClusterMap {
         self.members.iter().find(|m| m.role.is_leader())
     }
 
-    /// Whether routing facts differ (members, pause, staleness).
+    /// Whether routing facts differ (members but their `live` WAL
+    /// positions, pause, staleness).
     #[must_use]
     pub fn same_facts(&self, other: &Self) -> bool {
-        self.members == other.members && self.paused == other.paused && self.stale == other.stale
+        let strip = |m: &Member| Member {
+            live: None,
+            ..m.clone()
+        };
+        self.paused == other.paused
+            && self.stale == other.stale
+            && self.members.len() == other.members.len()
+            && self
+                .members
+                .iter()
+                .zip(&other.members)
+                .all(|(a, b)| a == b || strip(a) == strip(b))
     }
 
     /// Whether only lag figures differ from `other` (the common change
@@ -224,6 +254,7 @@ impl ClusterMap {
         let strip = |m: &Member| Member {
             lag: None,
             receive_lag: None,
+            live: None,
             ..m.clone()
         };
         self.paused == other.paused

@@ -94,6 +94,7 @@ fn member(m: &Value) -> Option<Member> {
         noloadbalance: truthy(tags.and_then(|t| t.get("noloadbalance"))),
         nofailover: truthy(tags.and_then(|t| t.get("nofailover"))),
         timeline: m.get("timeline").and_then(number),
+        live: None,
     })
 }
 
@@ -114,6 +115,10 @@ pub struct NodeStatus {
     pub replayed: Option<u64>,
     /// `xlog.paused`: replay paused on a replica.
     pub paused: bool,
+    /// `replication_state` of a replica (`streaming`, `in archive recovery`).
+    pub replication_state: Option<String>,
+    /// `postmaster_start_time`, verbatim.
+    pub postmaster_start_time: Option<String>,
 }
 
 impl NodeStatus {
@@ -124,6 +129,25 @@ impl NodeStatus {
         self.state == "running"
             && ((matches!(self.role.as_str(), "primary" | "master") && self.location.is_some())
                 || self.role == "standby_leader")
+    }
+
+    /// The WAL position this answer reports: a primary's `xlog.location`,
+    /// else the `replayed_location` of a replica.
+    #[must_use]
+    pub fn live(&self) -> Option<super::map::LiveWal> {
+        let (lsn, streaming) = match self.location {
+            Some(at) => (at, true),
+            None => (
+                self.replayed?,
+                self.replication_state.as_deref() == Some("streaming"),
+            ),
+        };
+        Some(super::map::LiveWal {
+            lsn,
+            timeline: self.timeline,
+            streaming,
+            postmaster_start_time: self.postmaster_start_time.clone(),
+        })
     }
 }
 
@@ -139,6 +163,7 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus, ParseError> {
         .ok_or_else(|| ParseError::Json("no `role` in the answer".to_owned()))?;
     let xlog = root.get("xlog");
     let at = |key: &str| xlog.and_then(|x| x.get(key)).and_then(number);
+    let text = |key: &str| root.get(key).and_then(Value::as_str).map(str::to_owned);
     Ok(NodeStatus {
         role: role.to_owned(),
         state: root
@@ -151,6 +176,8 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus, ParseError> {
         received: at("received_location"),
         replayed: at("replayed_location"),
         paused: truthy(xlog.and_then(|x| x.get("paused"))),
+        replication_state: text("replication_state"),
+        postmaster_start_time: text("postmaster_start_time"),
     })
 }
 

@@ -65,8 +65,8 @@ pub fn pick(answers: &[(String, ClusterInfo)], statuses: &Statuses) -> (usize, O
     (best, disagreement)
 }
 
-/// Fills each member's live lag, receive lag, paused flag and self-report
-/// from `statuses`. A replica's lag is the leader's `xlog.location` minus
+/// Fills each member's live lag, receive lag, paused flag, WAL position
+/// (`live`) and self-report from `statuses`. A replica's lag is the leader's `xlog.location` minus
 /// its `replayed_location`, both from this round; without both, the
 /// `/cluster` figure stays (`lag_source: cluster`). A leader confirmed
 /// primary on its timeline stays confirmed through a round where its
@@ -85,6 +85,7 @@ pub fn apply_live(info: &mut ClusterInfo, statuses: &Statuses, previous: &Cluste
         m.self_report = self_report(m, status, previous);
         let Some(Ok(s)) = status else { continue };
         m.replay_paused = s.paused;
+        m.live = s.live();
         if m.role.is_leader() {
             continue;
         }

@@ -56,6 +56,37 @@ fn replay_lag_comes_from_live_positions() {
 }
 
 #[test]
+fn live_wal_positions_are_kept_per_member() {
+    let info = live("07-lag-replay", &ClusterMap::empty("lab"));
+    let replica = member(&info, "node1").live.clone().unwrap();
+    assert_eq!(replica.lsn, 67_300_464);
+    assert_eq!(replica.timeline, Some(6));
+    assert!(replica.streaming);
+    assert_eq!(
+        replica.postmaster_start_time.as_deref(),
+        Some("2026-11-23 00:39:32.489611+00:00")
+    );
+    let leader = member(&info, "node3").live.clone().unwrap();
+    assert_eq!(
+        (leader.lsn, leader.timeline, leader.streaming),
+        (84_082_048, Some(6), true)
+    );
+    // A changed position alone is no new routing fact.
+    let mut moved = info.clone();
+    for m in &mut moved.members {
+        if let Some(l) = &mut m.live {
+            l.lsn += 1;
+        }
+    }
+    let map = |i: &ClusterInfo| ClusterMap {
+        members: i.members.clone(),
+        stale: false,
+        ..ClusterMap::empty("lab")
+    };
+    assert!(map(&info).same_facts(&map(&moved)));
+}
+
+#[test]
 fn receive_lag_comes_from_live_positions() {
     let info = live("08-lag-receive", &ClusterMap::empty("lab"));
     let behind = member(&info, "node2");
