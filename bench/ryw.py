@@ -13,9 +13,11 @@ release build. Stdlib only; shares bench/run.py's helpers.
 
     bench/ryw.py [--pgvane PATH] [--repeats 3] [-t 500] [-c 8] [--delay-ms 1000]
 
-The lab is shared: the script sets the delay, and clears it in a finally
-block (also on Ctrl-C); `--undelay` only clears it. It stops only the
-pgvane it started, by pid.
+The lab is shared: the script refuses to start when a delay is already
+set, stops when someone changes its delay mid-run, and clears its own delay
+in a finally block (also on Ctrl-C), not one that someone else set;
+`--undelay` clears a delay a killed run left (/tmp/pgvane-ryw.delay says
+so). It stops only the pgvane it started, by pid.
 """
 import argparse, json, os, re, shlex, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
@@ -27,6 +29,7 @@ PGBIN, ENV = run.PGBIN, run.ENV
 LAB = os.environ.get("PGVANE_LAB_DIR", "/tmp/pgvane-lab")
 VENV = os.environ.get("PGVANE_LAB_VENV", "/opt/pgvane-lab-venv")
 LAB_SH = os.path.join(ROOT, "deploy/lab/lab.sh")
+MARK = "/tmp/pgvane-ryw.delay"  # the delay a run set, until it clears it
 SCOPES = ["off", "window", "session", "user", "database", "cluster"]
 MODES = ["simple", "extended"]
 
@@ -40,7 +43,7 @@ def ryw_fields(scope, style, wait_ms, window_ms):
     `read_your_writes_ms` (a window after each write; 0 = off)."""
     if style == "new":
         if scope == "off":
-            return "read_your_writes: off"
+            return 'read_your_writes: "off"'  # quoted: YAML 1.1 readers take off for false
         if scope == "window":
             return f"read_your_writes: window, read_your_writes_ms: {window_ms}"
         return f"read_your_writes: {scope}, read_your_writes_wait_ms: {wait_ms}"
@@ -65,7 +68,10 @@ def config_style(binary, scopes, a, tmp):
     open(cfg, "w").write("clusters:\n  lab:\n    hosts: [http://127.0.0.11:8008]\n"
                          + cluster_yaml(scopes, "new", a).format(**ports))
     r = subprocess.run([binary, "--check", "--config", cfg], capture_output=True, text=True, timeout=30)
-    return ("new", "") if r.returncode == 0 else ("legacy", (r.stderr or r.stdout).strip().splitlines()[-1:])
+    if r.returncode == 0:
+        return "new", ""
+    errors = (r.stderr or r.stdout).strip().splitlines()[1:] or ["?"]
+    return "legacy", errors[0][:100]
 
 
 # ---------- the lab: leader, replicas, delay ----------
@@ -231,21 +237,28 @@ def main():
                     help="new: read_your_writes field; legacy: read_your_writes_ms only (off, window)")
     ap.add_argument("--max-minutes", type=float, default=30, help="start no run after this")
     ap.add_argument("--no-tpcb", action="store_true")
-    ap.add_argument("--undelay", action="store_true", help="only clear the replicas' delay")
+    ap.add_argument("--undelay", action="store_true",
+                    help="only clear the replicas' delay a run of this script left (refuses anyone else's)")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.undelay:
-        set_delay(None); return
+        mine = open(MARK).read().strip() if os.path.exists(MARK) else None
+        cur = configured_delay()
+        if cur is None:
+            print("no delay set"); return
+        if mine is None or str(cur) != mine:
+            sys.exit(f"recovery_min_apply_delay = {cur} was not set by this script ({MARK}): not touching it")
+        set_delay(None); os.unlink(MARK); return
     t_end = time.time() + a.max_minutes * 60
     binary = os.path.abspath(a.pgvane)
     tmp = tempfile.mkdtemp(prefix="pgvane-ryw-")
     want = [s.strip() for s in a.scopes.split(",") if s.strip()]
     tpcb_want = [s.strip() for s in a.tpcb_scopes.split(",") if s.strip()] if not a.no_tpcb else []
-    style, why = config_style(binary, sorted(set(want + tpcb_want), key=SCOPES.index), a)
+    style, why = config_style(binary, sorted(set(want + tpcb_want), key=SCOPES.index), a, tmp)
     scopes = [s for s in SCOPES if s in want + tpcb_want and ryw_fields(s, style, a.wait_ms, a.window_ms)]
     skipped = [s for s in want + tpcb_want if s not in scopes]
     if skipped:
-        print(f"config style {style} ({' '.join(why)}): skipping {', '.join(dict.fromkeys(skipped))}", flush=True)
+        print(f"config style {style} ({why}): skipping {', '.join(dict.fromkeys(skipped))}", flush=True)
     leader_ip = run.leader()
     before = configured_delay()
     if before not in (None, 0, "0"):
@@ -263,6 +276,7 @@ def main():
         pv, ports, admin = run.spawn_pgvane_ports(tmp, cluster_yaml(scopes, style, a), scopes, binary, "pgvane-ryw")
         targets = [("leader", leader_ip, 5432)] + [(s, "127.0.0.1", ports[s]) for s in scopes if s in want]
         try:
+            open(MARK, "w").write(f"{a.delay_ms}\n")
             set_delay(a.delay_ms)
             for r in range(a.repeats):
                 for mode in MODES:
@@ -276,6 +290,9 @@ def main():
                                                    "-c", str(a.clients), "-j", str(min(a.clients, 2)),
                                                    "-t", str(a.transactions)], timeout)
                         m1 = routed(admin)
+                        if str(configured_delay()) != str(a.delay_ms):
+                            raise RuntimeError(f"recovery_min_apply_delay changed to {configured_delay()} by "
+                                               "someone else mid-run: stopping (this run's figures discarded)")
                         if got[0] is None:
                             print(f"repeat {r+1} {mode:8} {name:8} FAILED: {got[1]}", flush=True)
                             res.setdefault((name, mode), []).append(None); continue
@@ -287,8 +304,14 @@ def main():
                         print(f"repeat {r+1} {mode:8} {name:8} tps={tps:8.0f} txns={n} stale={stale}"
                               + (f" replica share={share:.0%}" if share is not None else ""), flush=True)
         finally:
-            print("clearing the replicas' delay", flush=True)
-            set_delay(None)
+            # Someone else's test may have changed it meanwhile: clear only ours.
+            cur = configured_delay()
+            if cur is None or str(cur) == str(a.delay_ms):
+                print("clearing the replicas' delay", flush=True)
+                set_delay(None)
+                os.unlink(MARK)
+            else:
+                print(f"recovery_min_apply_delay is now {cur}, not this run's {a.delay_ms}: left alone", flush=True)
         tt = [("leader", leader_ip, 5432)] + [(s, "127.0.0.1", ports[s]) for s in scopes if s in tpcb_want]
         for r in range(a.repeats if len(tt) > 1 else 0):
             for name, host, port in (tt if r % 2 == 0 else tt[::-1]):
@@ -323,7 +346,7 @@ def main():
             fails = len(res.get((name, mode), [])) - len(rs)
             shares = [x[2] for x in rs if x[2] is not None]
             lines.append(f"| {'direct leader' if name == 'leader' else name} | {mode} | {mmm([x[0] for x in rs])} | "
-                         f"{mmm([x[1] for x in rs], '{}')}{f' ({fails} failed)' if fails else ''} | "
+                         f"{mmm([x[1] for x in rs], '{:g}')}{f' ({fails} failed)' if fails else ''} | "
                          f"{f'{statistics.median(shares):.0%}' if shares else '—'} |")
     if tpcb:
         base = statistics.median(tpcb["off"]) if tpcb.get("off") else None
@@ -334,8 +357,9 @@ def main():
         for name, *_ in tt:
             xs = tpcb.get(name, [])
             med = statistics.median(xs) if xs else None
-            pct = lambda b: f"{(med - b) / b:+.1%}" if med and b else "—"
-            lines.append(f"| {'direct leader' if name == 'leader' else name} | {mmm(xs)} | {pct(base)} | {pct(direct)} |")
+            pct = lambda b, of: f"{(med - b) / b:+.1%}" if med and b and name != of else "—"
+            lines.append(f"| {'direct leader' if name == 'leader' else name} | {mmm(xs)} | {pct(base, 'off')} | "
+                         f"{pct(direct, 'leader')} |")
     text = "\n".join(lines)
     print("\n" + text)
     if a.out:
