@@ -10,6 +10,8 @@ Default: role ports (pgvane's leader port vs HAProxy, Debian). --split:
 pgvane's split port vs pgbouncer (Debian, transaction mode,
 default_pool_size = pgvane's pool_size).
 
+bench/ryw.py, the read-after-write benchmark, shares these helpers.
+
 Every process it starts it stops by pid. patroni_proxy is not run: it is
 not packaged for Debian and this machine cannot fetch its source.
 """
@@ -60,31 +62,41 @@ def wait_port(port, t=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def spawn_pgvane(tmp, cluster_yaml, binary=None, name="pgvane"):
+def spawn_pgvane_ports(tmp, cluster_yaml, names=("port",), binary=None, name="pgvane"):
     """Starts pgvane (`binary`, default this checkout's release build) on a
-    lab cluster block; returns (process, port)."""
-    port, admin = free_port(), free_port()
+    lab cluster block whose `{name}` placeholders get a free port each;
+    returns (process, {name: port}, admin port)."""
+    ports, admin = {n: free_port() for n in names}, free_port()
     cfg = os.path.join(tmp, f"{name}.yaml")
     open(cfg, "w").write(f"""cluster_update_interval: 3
 listen_address: 127.0.0.1:{admin}
 clusters:
   lab:
     hosts: [http://127.0.0.11:8008, http://127.0.0.12:8008, http://127.0.0.13:8008]
-{cluster_yaml.format(port=port)}""")
+{cluster_yaml.format(**ports)}""")
+    log = os.path.join(tmp, f"{name}.log")
     # The caller stops it by pid in its finally block.
     p = subprocess.Popen([binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{name}.log"), "w"),
+                         stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
     try:
-        wait_port(port)
+        for port in ports.values():
+            wait_port(port)
     except RuntimeError:
-        p.kill(); raise
+        p.kill(); p.wait()
+        raise RuntimeError(f"pgvane did not listen; {log}: {open(log).read()[-2000:]}")
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1); break
         except OSError:
             time.sleep(0.05)
-    return p, port
+    return p, ports, admin
+
+
+def spawn_pgvane(tmp, cluster_yaml, binary=None, name="pgvane"):
+    """spawn_pgvane_ports for one port, `{port}`; returns (process, port)."""
+    p, ports, _ = spawn_pgvane_ports(tmp, cluster_yaml, ("port",), binary, name)
+    return p, ports["port"]
 
 
 POOL_SIZE = 20
