@@ -9,7 +9,8 @@
 #               start-node N|lag N [--no-wait]|unlag N|receive-lag N|unreceive-lag N|
 #               timing LOOP_WAIT TTL RETRY_TIMEOUT|tag N noloadbalance|
 #               untag N noloadbalance|sync on|off|quorum|pause-api|resume-api|
-#               ssl on|off|ca|restapi-tls on|off|paths|leader|wait-healthy|psql N SQL
+#               ssl on|off|ca|restapi-tls on|off|paths|leader|wait-healthy|psql N SQL|
+#               delay MS|undelay|delay-node N MS
 #
 # TLS: every node gets a certificate from the lab's own CA ($LAB/tls/ca.pem,
 # made with openssl at first start; SANs: the node's IP, 127.0.0.1 and
@@ -21,6 +22,18 @@
 # Patroni presents its own to other members); `restapi-tls paths` prints the
 # CA, the client certificate and its key; `restapi-tls off` and `up` go back
 # to plain http.
+#
+# Apply delay: `delay MS` sets recovery_min_apply_delay on every replica
+# through Patroni's dynamic config (a reload, no restart) and waits until
+# each replica reports it; `undelay` removes it and waits until every
+# replica has replayed up to the leader's position. `up` leaves delays
+# alone (tests call it while another test's delay must hold).
+# `delay-node N MS` delays one node only, through its own patroni.yml
+# (`postgresql.recovery_conf`, SIGHUP), and only while no cluster-wide
+# delay is set (that one wins); `undelay` clears those as well.
+# (ALTER SYSTEM does not hold: Patroni removes the setting from
+# postgresql.auto.conf within a second. pg_wal_replay_pause() does not
+# hold either: Patroni resumes paused replay on PostgreSQL 14+.)
 #
 # Patroni's timing: the lab bootstraps with LAB_LOOP_WAIT (2), LAB_TTL (20)
 # and LAB_RETRY_TIMEOUT (5); `timing` changes them on a running lab
@@ -263,6 +276,9 @@ postgresql:
   data_dir: $dir/data
   bin_dir: $PGBIN
   pgpass: $dir/pgpass
+$(if [ -f "$dir/apply_delay" ]; then
+    printf '  recovery_conf:\n    recovery_min_apply_delay: %s\n' "$(cat "$dir/apply_delay")"
+  fi)
   authentication:
     superuser: {username: postgres, password: postgres}
     replication: {username: replicator, password: replicator}
@@ -511,6 +527,84 @@ set_timing() { # loop_wait ttl retry_timeout
   log "Patroni timing: loop_wait=$1 ttl=$2 retry_timeout=$3"
 }
 
+# ---------- apply delay ----------
+# Every running node in recovery reports recovery_min_apply_delay = $1 ms
+# (`node` and a number: that node only).
+delay_is() { # ms [node]
+  local n v
+  for n in "${NODES[@]}"; do
+    [ -n "${2:-}" ] && [ "$n" != "$2" ] && continue
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    v=$(sql "$n" "select case when pg_is_in_recovery() then setting end from pg_settings where name = 'recovery_min_apply_delay'") || return 1
+    [ -z "$v" ] || [ "$v" = "$1" ] || return 1
+  done
+}
+
+# Every running replica has replayed up to the leader's current position.
+caught_up() {
+  local l lsn n
+  l=$(leader); [ -n "$l" ] || return 1
+  lsn=$(sql "${l#node}" "select pg_current_wal_flush_lsn()") || return 1
+  for n in "${NODES[@]}"; do
+    [ "node$n" = "$l" ] && continue
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    [ "$(sql "$n" "select coalesce(pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn, false)")" = t ] || return 1
+  done
+}
+
+dyn_delay() { # the dynamic config's recovery_min_apply_delay, empty if none
+  config_json | /usr/bin/python3 -c '
+import json,sys
+v=(json.load(sys.stdin).get("postgresql") or {}).get("parameters",{}).get("recovery_min_apply_delay")
+print("" if v is None else v)'
+}
+
+cmd_delay() {
+  local ms=$1 t0=$SECONDS
+  [[ $ms =~ ^[0-9]+$ ]] || die "delay MS: a whole number of milliseconds"
+  patronictl edit-config "$SCOPE" --force -s "postgresql.parameters.recovery_min_apply_delay=$ms" >/dev/null
+  wait_for 60 "recovery_min_apply_delay=$ms on every replica" delay_is "$ms"
+  log "replicas apply WAL ${ms} ms late (set in $((SECONDS - t0)) s)"
+}
+
+cmd_delay_node() {
+  local n=$1 ms=$2 t0=$SECONDS
+  [[ $ms =~ ^[0-9]+$ ]] || die "delay-node N MS: a whole number of milliseconds"
+  pid_alive "$LAB/node$n/patroni.pid" || die "node$n is not running"
+  # The dynamic config's postgresql.parameters win over a node's recovery_conf.
+  [ -z "$(dyn_delay)" ] || die "a cluster-wide delay is set (it wins over per-node ones): undelay first"
+  echo "$ms" >"$LAB/node$n/apply_delay"
+  load_tags; write_config "$n"
+  kill -HUP "$(cat "$LAB/node$n/patroni.pid")"
+  wait_for 60 "recovery_min_apply_delay=$ms on node$n" delay_is "$ms" "$n"
+  log "node$n applies WAL ${ms} ms late (set in $((SECONDS - t0)) s)"
+}
+
+# Removes every delay (dynamic and per node); quiet when there is none.
+set_undelay() {
+  local n changed=0
+  if [ -n "$(dyn_delay 2>/dev/null)" ]; then
+    patronictl edit-config "$SCOPE" --force -s "postgresql.parameters.recovery_min_apply_delay=null" >/dev/null
+    changed=1
+  fi
+  for n in "${NODES[@]}"; do
+    [ -f "$LAB/node$n/apply_delay" ] || continue
+    rm -f "$LAB/node$n/apply_delay"; changed=1
+    pid_alive "$LAB/node$n/patroni.pid" || continue
+    load_tags; write_config "$n"
+    kill -HUP "$(cat "$LAB/node$n/patroni.pid")"
+  done
+  wait_for 60 "recovery_min_apply_delay=0 on every replica" delay_is 0
+  wait_for 60 "every replica caught up with the leader" caught_up
+  [ $changed = 0 ] || log "apply delay removed, replicas caught up"
+}
+
+cmd_undelay() {
+  local t0=$SECONDS
+  set_undelay
+  log "undelay done in $((SECONDS - t0)) s"
+}
+
 # Cuts replica N off from WAL (its WAL receiver stopped with SIGSTOP), then
 # writes WAL on the leader: N's receive (and so replay) lag grows.
 cmd_receive_lag() {
@@ -593,6 +687,9 @@ case ${1:-} in
   sync) cmd_sync "${2:?on|off|quorum}" ;;
   pause-api) for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && kill -STOP "$(cat "$LAB/node$n/patroni.pid")"; done; log "every Patroni paused (SIGSTOP); PostgreSQL keeps running" ;;
   resume-api) for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && kill -CONT "$(cat "$LAB/node$n/patroni.pid")"; done; log "every Patroni resumed" ;;
+  delay) cmd_delay "${2:?ms}" ;;
+  undelay) cmd_undelay ;;
+  delay-node) cmd_delay_node "${2:?node}" "${3:?ms}" ;;
   psql) n=${2:?node}; shift 2; sql "$n" "$@" ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

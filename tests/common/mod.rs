@@ -10,6 +10,7 @@
 )]
 
 pub mod raw;
+pub mod ryw;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -116,13 +117,97 @@ pub fn start_split_with(globals: &str, opts: &str) -> (Pgvane, u16) {
     healthy_lab();
     let p = Ports::new();
     let split = free_port();
-    let yaml = format!("{globals}{}", lab_config(&p)).replace(
+    let yaml = format!("{globals}{}", split_config_opts(&p, split, opts));
+    (Pgvane::start(&yaml, p.admin), split)
+}
+
+/// `lab_config` plus user postgres and a split port `app` on `split` with
+/// `opts` (YAML flow-map entries such as `roles: [sync], read_your_writes:
+/// user`). Cluster-level fields go in with [`cluster_fields`].
+pub fn split_config_opts(p: &Ports, split: u16, opts: &str) -> String {
+    lab_config(p).replace(
         "    ports:\n",
         &format!(
             "    users:\n      - {{name: postgres, password: postgres}}\n    ports:\n      app: {{listen: 127.0.0.1:{split}, mode: split, {opts}}}\n"
         ),
-    );
-    (Pgvane::start(&yaml, p.admin), split)
+    )
+}
+
+/// `yaml` (a lab config) with `fields` (cluster-level YAML lines such as
+/// `replica_position_poll_ms: 20`, each ending in a newline) added to
+/// cluster `lab`.
+pub fn cluster_fields(yaml: &str, fields: &str) -> String {
+    let indented: String = fields.lines().map(|l| format!("    {l}\n")).collect();
+    yaml.replacen("  lab:\n", &format!("  lab:\n{indented}"), 1)
+}
+
+/// The lab's replicas apply WAL late (`lab.sh delay`) while any `Delay` of
+/// this test process lives; the last one dropped, also when its test
+/// panics, runs `lab.sh undelay`, which waits until the replicas caught up.
+/// Every holder must ask for the same delay.
+pub struct Delay {
+    ms: u64,
+}
+
+static DELAYS: std::sync::Mutex<(usize, u64)> = std::sync::Mutex::new((0, 0));
+
+impl Delay {
+    pub fn on(ms: u64) -> Self {
+        let mut held = DELAYS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.0 == 0 {
+            let out = Command::new(root().join("deploy/lab/lab.sh"))
+                .args(["delay", &ms.to_string()])
+                .output()
+                .expect("run lab.sh delay");
+            if !out.status.success() {
+                undelay();
+                panic!(
+                    "lab.sh delay {ms} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            held.1 = ms;
+        }
+        assert_eq!(
+            held.1, ms,
+            "another test of this process holds another delay"
+        );
+        held.0 += 1;
+        Self { ms }
+    }
+
+    pub fn ms(&self) -> u64 {
+        self.ms
+    }
+}
+
+impl Drop for Delay {
+    fn drop(&mut self) {
+        let mut held = DELAYS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.0 -= 1;
+        if held.0 == 0 {
+            undelay();
+        }
+    }
+}
+
+/// `lab.sh undelay`, reporting (never panicking) on failure: it runs in drops.
+pub fn undelay() {
+    match Command::new(root().join("deploy/lab/lab.sh"))
+        .arg("undelay")
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "lab.sh undelay failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("lab.sh undelay did not run: {e}"),
+    }
 }
 
 pub fn lab_config(p: &Ports) -> String {
