@@ -117,9 +117,20 @@ impl Session {
             RywScope::User => raise(floors.user(&self.creds.user, &self.creds.database)),
             RywScope::Database => raise(floors.database(&self.creds.database)),
             RywScope::Cluster => {
-                match self.ctx.link.tracker.leader_lsn_after(Instant::now()).await {
-                    Ok(f) => raise(Some(f)),
-                    Err(e) => {
+                // Bounded: a leader that does not answer must not hold the
+                // read longer than a leader change would.
+                let bound = self
+                    .ctx
+                    .port
+                    .load()
+                    .resolved
+                    .leader_wait
+                    .max(Duration::from_secs(1));
+                let asked = self.ctx.link.tracker.leader_lsn_after(Instant::now());
+                match tokio::time::timeout(bound, asked).await {
+                    Ok(Ok(f)) => raise(Some(f)),
+                    Err(_) => return Need::Leader,
+                    Ok(Err(e)) => {
                         tracing::debug!(port = %self.ctx.key, error = %e, "leader position unknown; the read goes to the leader");
                         return Need::Leader;
                     }

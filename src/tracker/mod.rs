@@ -97,6 +97,21 @@ impl Drop for HurryGuard {
 }
 
 impl TrackerHandle {
+    /// A handle with no tracker behind it: no position is ever known and
+    /// the read index answers [`TrackerError::Stopped`] (tests, and ports
+    /// built before their cluster's tracker).
+    #[must_use]
+    pub fn idle() -> Self {
+        let (_tx, positions) = watch::channel(Arc::new(Positions::default()));
+        let stop = CancellationToken::new();
+        stop.cancel();
+        Self {
+            positions,
+            hurry: Arc::new(watch::channel(0).0),
+            read_index: Arc::new(read_index::Shared::new(stop)),
+        }
+    }
+
     /// The positions as last published.
     #[must_use]
     pub fn current(&self) -> Arc<Positions> {

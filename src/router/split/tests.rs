@@ -43,6 +43,7 @@ fn positions(reps: Vec<Position>) -> Positions {
     Positions {
         epoch: 1,
         leader_timeline: Some(1),
+        switch_lsn: None,
         leader: None,
         replicas: reps,
     }
