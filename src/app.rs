@@ -421,6 +421,7 @@ impl App {
                 ClusterView {
                     watcher: c.watcher.clone(),
                     ports,
+                    positions: c.link.tracker.clone(),
                 },
             );
         }

@@ -28,6 +28,8 @@ pub struct ClusterView {
     pub watcher: WatcherHandle,
     /// The cluster's running ports.
     pub ports: Vec<Arc<PortShared>>,
+    /// The cluster's replica positions.
+    pub positions: crate::tracker::TrackerHandle,
 }
 
 /// Shared state of the admin router.
@@ -190,8 +192,20 @@ async fn update_clusters(State(s): State<AdminState>) -> Response {
     (status, axum::Json(Value::Object(body))).into_response()
 }
 
+/// A member's last known WAL position, with its age.
+fn position_json(p: Option<&crate::topology::Position>) -> Value {
+    p.map_or(Value::Null, |p| {
+        json!({
+            "lsn": p.lsn.to_string(), "timeline": p.timeline, "streaming": p.streaming,
+            "source": format!("{:?}", p.source).to_lowercase(),
+            "age_ms": u64::try_from(p.polled_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    })
+}
+
 fn cluster_json(view: &ClusterView) -> Value {
     let map = view.watcher.map.load();
+    let positions = view.positions.current();
     let ports: Vec<_> = view
         .ports
         .iter()
@@ -217,6 +231,9 @@ fn cluster_json(view: &ClusterView) -> Value {
                 "replay_paused": m.replay_paused, "lag_source": m.lag_source,
                 "self_report": m.self_report, "noloadbalance": m.noloadbalance,
                 "nofailover": m.nofailover, "timeline": m.timeline, "eligible": eligible,
+                "position": position_json(
+                    positions.get(&m.name).or(positions.leader.as_ref().filter(|l| l.member == m.name)),
+                ),
             })
         })
         .collect();
@@ -248,6 +265,7 @@ fn cluster_json(view: &ClusterView) -> Value {
         "age_seconds": age(map.updated_at), "source": map.source, "last_error": map.last_error,
         "disagreement": map.disagreement,
         "skipped_members": map.skipped, "members": members, "ports": port_json,
+        "epoch": positions.epoch, "leader_timeline": positions.leader_timeline,
     })
 }
 

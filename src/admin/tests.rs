@@ -56,6 +56,7 @@ fn state_with(
         ClusterView {
             watcher: handle,
             ports: vec![port],
+            positions: crate::tracker::TrackerHandle::idle(),
         },
     );
     let (tx, rx) = mpsc::channel(4);
