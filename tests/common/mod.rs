@@ -157,6 +157,13 @@ impl Delay {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.0 == 0 {
+            // The lab is shared: wait for someone else's delay (a benchmark
+            // run, another test process) to be cleared first.
+            let free = wait_until(Duration::from_secs(600), || lab(&["delayed"]).is_empty());
+            assert!(
+                free,
+                "the lab has someone else's apply delay for 10 minutes"
+            );
             let out = Command::new(root().join("deploy/lab/lab.sh"))
                 .args(["delay", &ms.to_string()])
                 .output()
