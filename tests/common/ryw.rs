@@ -156,7 +156,8 @@ impl Tally {
     /// One line with the counts and `pg`'s read-your-writes metrics (the
     /// figures the closing note quotes); printed and returned.
     pub fn report(&self, label: &str, pg: &Pgvane) -> String {
-        let m = |name: &str, f: &[&str]| pg.metric(name, f);
+        // `+ 0.0`: an empty sum is -0.0.
+        let m = |name: &str, f: &[&str]| pg.metric(name, f) + 0.0;
         let line = format!(
             "ryw {label}: pairs={} stale={} replica_share={:.1}% ({} of {}) | metrics: reads waited={} timeout={} replayed={} no_floor={} leader={} replica={}; wait_seconds sum={:.3} count={}; captures={}; refusals_retried={}; examples(w,v,node)={:?}",
             self.pairs,
