@@ -332,6 +332,7 @@ async fn leader_changes_hold_requests_instead_of_failing() {
         stale: logs.iter().map(|l| l.tally.stale).sum(),
         on_replica: 0,
         examples: logs.iter().flat_map(|l| l.tally.examples.clone()).collect(),
+        nodes: Default::default(),
     };
     let lost: u32 = logs.iter().map(|l| l.lost).sum();
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();

@@ -129,12 +129,15 @@ pub struct Tally {
     pub on_replica: u32,
     /// The first few stale reads: (w, v, node).
     pub examples: Vec<(i64, i64, String)>,
+    /// Reads per node.
+    pub nodes: std::collections::BTreeMap<String, u32>,
 }
 
 impl Tally {
     /// Records one write-then-read pair; `leader` is the leader's name.
     pub fn add(&mut self, w: i64, (v, node): (i64, String), leader: &str) {
         self.pairs += 1;
+        *self.nodes.entry(node.clone()).or_default() += 1;
         if node != leader {
             self.on_replica += 1;
         }
@@ -159,12 +162,13 @@ impl Tally {
         // `+ 0.0`: an empty sum is -0.0.
         let m = |name: &str, f: &[&str]| pg.metric(name, f) + 0.0;
         let line = format!(
-            "ryw {label}: pairs={} stale={} replica_share={:.1}% ({} of {}) | metrics: reads waited={} timeout={} replayed={} no_floor={} leader={} replica={}; wait_seconds sum={:.3} count={}; captures={}; refusals_retried={}; examples(w,v,node)={:?}",
+            "ryw {label}: pairs={} stale={} replica_share={:.1}% ({} of {}, by node {:?}) | metrics: reads waited={} timeout={} replayed={} no_floor={} leader={} replica={}; wait_seconds sum={:.3} count={}; captures={}; refusals_retried={}; examples(w,v,node)={:?}",
             self.pairs,
             self.stale,
             100.0 * self.replica_share(),
             self.on_replica,
             self.pairs,
+            self.nodes,
             m("pgvane_ryw_reads_total", &["reason=\"waited\""]),
             m("pgvane_ryw_reads_total", &["reason=\"timeout\""]),
             m("pgvane_ryw_reads_total", &["reason=\"replayed\""]),
