@@ -229,7 +229,7 @@ impl Drop for Rejoin {
 async fn leader_changes_hold_requests_instead_of_failing() {
     healthy_lab();
     setup_probe();
-    let _delay = Delay::on(3000);
+    let delay = Delay::on(3000);
     let mut rejoin = Rejoin(None);
     let (p, split) = (Ports::new(), free_port());
     let pg = Pgvane::start(&config(&p, split, LEADER_WAIT_MS), p.admin);
@@ -373,6 +373,7 @@ async fn leader_changes_hold_requests_instead_of_failing() {
         &tail(&control.log_text()),
     );
 
+    delay.assert_held();
     assert!(
         recovered,
         "no pairs after the failover:\n{}\n{}",
