@@ -44,7 +44,7 @@ async fn bounded<T>(secs: u64, label: &str, work: impl std::future::Future<Outpu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_reads_its_own_writes_in_every_protocol() {
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("session");
     let lead = leader();
     let c = connect(split).await.unwrap();
@@ -106,6 +106,7 @@ async fn session_reads_its_own_writes_in_every_protocol() {
     })
     .await;
     tx.report("session, BEGIN…COMMIT then BEGIN READ ONLY", &pg);
+    delay.assert_held();
     for (label, t) in [
         ("simple", &simple),
         ("named", &named),
@@ -121,7 +122,7 @@ async fn session_reads_its_own_writes_in_every_protocol() {
 async fn session_reads_its_own_writes_after_the_old_window() {
     // s2: write, wait 1.2 s (past the old 1 s window), read. Today 20/20
     // stale (CONSISTENCY.md); with a floor, 0.
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("session");
     let lead = leader();
     let c = connect(split).await.unwrap();
@@ -136,6 +137,7 @@ async fn session_reads_its_own_writes_after_the_old_window() {
     })
     .await;
     t.report("session, read 1.2 s after the write", &pg);
+    delay.assert_held();
     assert_eq!(t.stale, 0, "{t:?}");
 }
 
@@ -144,7 +146,7 @@ async fn control_off_reads_stale() {
     // Negative control: with read-your-writes off, the same session reads
     // stale data from the delayed replicas. Zero here means the delay did
     // not hold, and every zero in this file means nothing.
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("off");
     let lead = leader();
     let c = connect(split).await.unwrap();
@@ -158,6 +160,7 @@ async fn control_off_reads_stale() {
     })
     .await;
     t.report("control: off, same session", &pg);
+    delay.assert_held();
     assert!(
         t.stale > 0,
         "no stale read with read-your-writes off: the delay did not hold {t:?}"
@@ -168,7 +171,7 @@ async fn control_off_reads_stale() {
 async fn control_session_scope_does_not_cover_another_connection() {
     // Negative control: session scope, connection A writes, B (same user)
     // reads at once: B has no floor, so it reads the delayed replicas.
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("session");
     let lead = leader();
     let (a, b) = (connect(split).await.unwrap(), connect(split).await.unwrap());
@@ -182,12 +185,13 @@ async fn control_session_scope_does_not_cover_another_connection() {
     })
     .await;
     t.report("control: session scope, A writes, B reads", &pg);
+    delay.assert_held();
     assert!(t.stale > 0, "B never read stale data: {t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_scope_covers_other_connections_of_the_user() {
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("user");
     let lead = leader();
     let (a, b) = (connect(split).await.unwrap(), connect(split).await.unwrap());
@@ -201,6 +205,7 @@ async fn user_scope_covers_other_connections_of_the_user() {
     })
     .await;
     t.report("user scope, A writes, B reads", &pg);
+    delay.assert_held();
     assert_eq!(t.stale, 0, "{t:?}");
 }
 
@@ -225,21 +230,23 @@ async fn across_two_pgvanes(scope: &str, key: i32, pairs: u32) -> (Tally, Pgvane
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_scope_covers_another_pgvane() {
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (t, _pg1, pg2) = across_two_pgvanes("cluster", 9, 300).await;
     t.report("cluster scope, write via pgvane #1, read via #2", &pg2);
+    delay.assert_held();
     assert_eq!(t.stale, 0, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn control_user_scope_does_not_cover_another_pgvane() {
     // The documented limit: `user` covers writes through this pgvane only.
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (t, _pg1, pg2) = across_two_pgvanes("user", 10, 200).await;
     t.report(
         "control: user scope, write via pgvane #1, read via #2",
         &pg2,
     );
+    delay.assert_held();
     assert!(t.stale > 0, "pgvane #2 never read stale data: {t:?}");
 }
 
@@ -253,7 +260,7 @@ fn lsn(text: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_carries_the_floor_to_another_pgvane() {
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg1, port1) = start("session");
     let (pg2, port2) = start_split(&opts("session"));
     let lead = leader();
@@ -294,6 +301,7 @@ async fn token_carries_the_floor_to_another_pgvane() {
     );
     // The SET raised #2's session floor (pgvane answered it, PostgreSQL
     // never saw it: it has no such parameter).
+    delay.assert_held();
     let b_floor = lsn(&first_row(&b.client, show).await[0]);
     assert!(
         b_floor >= last,
@@ -306,7 +314,7 @@ async fn token_carries_the_floor_to_another_pgvane() {
 async fn reads_without_a_floor_still_reach_replicas() {
     // p: a reader that never writes, while another session writes the row
     // it reads: no floor, so replicas serve it (stale or not: not its write).
-    let _delay = Delay::on(DELAY_MS);
+    let delay = Delay::on(DELAY_MS);
     let (pg, split) = start("session");
     let lead = leader();
     let (writer, reader) = (connect(split).await.unwrap(), connect(split).await.unwrap());
@@ -321,6 +329,7 @@ async fn reads_without_a_floor_still_reach_replicas() {
     })
     .await;
     t.report("no floor: a reader that never writes", &pg);
+    delay.assert_held();
     assert!(
         t.replica_share() >= 0.8,
         "only {:.1}% of reads without a floor on replicas: {t:?}",
@@ -377,7 +386,9 @@ async fn replica_refusal_is_retried_on_the_leader() {
         pg.metric("pgvane_replica_refusals_retried_total", &[])
     );
     assert!(ids.iter().all(|i| *i > 0));
-    assert!(grew >= 10.0, "refusals retried: {grew}");
+    // At least the first was refused and retried (pgvane may learn to send
+    // the same text to the leader at once: that is fine too).
+    assert!(grew >= 1.0, "refusals retried: {grew}");
     // Inside an explicit READ ONLY transaction the client gets the error.
     let c = connect(split).await.unwrap();
     c.client.batch_execute("begin read only").await.unwrap();

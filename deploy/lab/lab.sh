@@ -10,7 +10,7 @@
 #               timing LOOP_WAIT TTL RETRY_TIMEOUT|tag N noloadbalance|
 #               untag N noloadbalance|sync on|off|quorum|pause-api|resume-api|
 #               ssl on|off|ca|restapi-tls on|off|paths|leader|wait-healthy|psql N SQL|
-#               delay MS|undelay|delay-node N MS
+#               delay MS|undelay|delayed|delay-node N MS
 #
 # TLS: every node gets a certificate from the lab's own CA ($LAB/tls/ca.pem,
 # made with openssl at first start; SANs: the node's IP, 127.0.0.1 and
@@ -30,7 +30,8 @@
 # alone (tests call it while another test's delay must hold).
 # `delay-node N MS` delays one node only, through its own patroni.yml
 # (`postgresql.recovery_conf`, SIGHUP), and only while no cluster-wide
-# delay is set (that one wins); `undelay` clears those as well.
+# delay is set (that one wins); `undelay` clears those as well. `delayed`
+# prints the cluster-wide delay (nothing when there is none).
 # (ALTER SYSTEM does not hold: Patroni removes the setting from
 # postgresql.auto.conf within a second. pg_wal_replay_pause() does not
 # hold either: Patroni resumes paused replay on PostgreSQL 14+.)
@@ -689,6 +690,7 @@ case ${1:-} in
   resume-api) for n in "${NODES[@]}"; do pid_alive "$LAB/node$n/patroni.pid" && kill -CONT "$(cat "$LAB/node$n/patroni.pid")"; done; log "every Patroni resumed" ;;
   delay) cmd_delay "${2:?ms}" ;;
   undelay) cmd_undelay ;;
+  delayed) dyn_delay ;;
   delay-node) cmd_delay_node "${2:?node}" "${3:?ms}" ;;
   psql) n=${2:?node}; shift 2; sql "$n" "$@" ;;
   *) sed -n '2,13p' "$0"; exit 2 ;;

@@ -147,6 +147,7 @@ pub fn cluster_fields(yaml: &str, fields: &str) -> String {
 /// Every holder must ask for the same delay.
 pub struct Delay {
     ms: u64,
+    watch: DelayWatch,
 }
 
 static DELAYS: std::sync::Mutex<(usize, u64)> = std::sync::Mutex::new((0, 0));
@@ -157,6 +158,15 @@ impl Delay {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if held.0 == 0 {
+            // The lab is shared: wait for someone else's delay (a benchmark
+            // run, another test process) to be cleared first.
+            let free = wait_until(Duration::from_secs(600), || {
+                configured_delay().is_some_and(|d| d.is_empty())
+            });
+            assert!(
+                free,
+                "the lab has someone else's apply delay for 10 minutes"
+            );
             let out = Command::new(root().join("deploy/lab/lab.sh"))
                 .args(["delay", &ms.to_string()])
                 .output()
@@ -175,11 +185,97 @@ impl Delay {
             "another test of this process holds another delay"
         );
         held.0 += 1;
-        Self { ms }
+        Self {
+            ms,
+            watch: DelayWatch::start(),
+        }
     }
 
     pub fn ms(&self) -> u64 {
         self.ms
+    }
+
+    /// Panics if the lab's delay was ever other than this one while the
+    /// guard lived (someone else's run undid or changed it): call before a
+    /// test's verdict, so a disturbed run says so instead of miscounting.
+    pub fn assert_held(&self) {
+        self.watch.assert_only(&self.ms.to_string());
+    }
+}
+
+/// The cluster-wide `recovery_min_apply_delay` in Patroni's dynamic
+/// configuration ("" when none), read from the first node that answers
+/// `/config`; None when none does.
+pub fn configured_delay() -> Option<String> {
+    NODES.iter().find_map(|n| {
+        let (status, body) = http_at(&node_ip(n), 8008, "/config")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(
+            match &v["postgresql"]["parameters"]["recovery_min_apply_delay"] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        )
+    })
+}
+
+/// Samples [`configured_delay`] every 250 ms until dropped (at most 20
+/// minutes): the lab is shared, and another run may set or clear a delay
+/// in the middle of a test.
+pub struct DelayWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DelayWatch {
+    pub fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !s.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(1200)
+            {
+                if let Some(d) = configured_delay() {
+                    v.lock().unwrap().insert(d);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every value seen so far ("" = no delay).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Panics if any value other than `want` was seen.
+    pub fn assert_only(&self, want: &str) {
+        let seen = self.seen();
+        assert!(
+            seen.iter().all(|d| d == want),
+            "the lab's apply delay was not {want:?} throughout (seen {seen:?}): another run on the shared lab changed it, so this run's figures mean nothing"
+        );
+    }
+}
+
+impl Drop for DelayWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 use super::{Pgvane, lab, leader, node_of_ip, replicas};
 use std::time::Duration;
 
-/// Keys 1..=PROBE_KEYS exist in `ryw_probe`.
+/// Keys 1..=PROBE_KEYS exist in `ryw_probe` (the benchmark `bench/ryw.py`
+/// drops and refills the same table with more keys; it never runs while a
+/// delay is set, and these tests run only under a delay of their own).
 pub const PROBE_KEYS: i32 = 64;
 
 static SET_UP: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
@@ -44,7 +46,7 @@ pub fn setup_probe() {
                 .args([
                     "psql",
                     &r[4..],
-                    "select count(*) from ryw_probe where to_regclass('v_writer') is not null",
+                    "select count(*) from ryw_probe where k <= 64 and to_regclass('v_writer') is not null",
                 ])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == PROBE_KEYS.to_string())
@@ -127,12 +129,15 @@ pub struct Tally {
     pub on_replica: u32,
     /// The first few stale reads: (w, v, node).
     pub examples: Vec<(i64, i64, String)>,
+    /// Reads per node.
+    pub nodes: std::collections::BTreeMap<String, u32>,
 }
 
 impl Tally {
     /// Records one write-then-read pair; `leader` is the leader's name.
     pub fn add(&mut self, w: i64, (v, node): (i64, String), leader: &str) {
         self.pairs += 1;
+        *self.nodes.entry(node.clone()).or_default() += 1;
         if node != leader {
             self.on_replica += 1;
         }
@@ -154,14 +159,16 @@ impl Tally {
     /// One line with the counts and `pg`'s read-your-writes metrics (the
     /// figures the closing note quotes); printed and returned.
     pub fn report(&self, label: &str, pg: &Pgvane) -> String {
-        let m = |name: &str, f: &[&str]| pg.metric(name, f);
+        // `+ 0.0`: an empty sum is -0.0.
+        let m = |name: &str, f: &[&str]| pg.metric(name, f) + 0.0;
         let line = format!(
-            "ryw {label}: pairs={} stale={} replica_share={:.1}% ({} of {}) | metrics: reads waited={} timeout={} replayed={} no_floor={} leader={} replica={}; wait_seconds sum={:.3} count={}; captures={}; refusals_retried={}; examples(w,v,node)={:?}",
+            "ryw {label}: pairs={} stale={} replica_share={:.1}% ({} of {}, by node {:?}) | metrics: reads waited={} timeout={} replayed={} no_floor={} leader={} replica={}; wait_seconds sum={:.3} count={}; captures={}; refusals_retried={}; examples(w,v,node)={:?}",
             self.pairs,
             self.stale,
             100.0 * self.replica_share(),
             self.on_replica,
             self.pairs,
+            self.nodes,
             m("pgvane_ryw_reads_total", &["reason=\"waited\""]),
             m("pgvane_ryw_reads_total", &["reason=\"timeout\""]),
             m("pgvane_ryw_reads_total", &["reason=\"replayed\""]),
