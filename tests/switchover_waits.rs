@@ -402,7 +402,13 @@ async fn leader_changes_hold_requests_instead_of_failing() {
     );
     assert!(
         slowest <= Duration::from_millis(LEADER_WAIT_MS) + MARGIN,
-        "a request took {slowest:?}"
+        "a request took {slowest:?}: {:?}\n{}",
+        events.iter().max_by_key(|e| e.took),
+        pg.log_text()
+            .lines()
+            .filter(|l| l.contains("peer"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(
         total.stale, 0,

@@ -334,6 +334,14 @@ impl Session {
                         .observe(started.elapsed().as_secs_f64());
                     match p.backend.apply(&self.settings.wanted).await {
                         Ok(()) => {}
+                        // The node is shutting down under a pooled backend
+                        // (a switchover): like a refused login, try on.
+                        Err(BackendError::Apply { code, .. }) if try_next(&code) => {
+                            p.discard();
+                            self.ctx.health.failure(&t.addr, Instant::now());
+                            failures.push(format!("{} ({}): {code}", t.name, t.addr));
+                            continue;
+                        }
                         Err(BackendError::Apply { raw, .. }) => {
                             p.release();
                             return Err(Failed {

@@ -295,6 +295,7 @@ impl Session {
                     }
                 }
                 b'2' | b'C' | b'I' | b's' => {
+                    self.note_reply(m.tag());
                     self.client.out.extend_from_slice(m.raw());
                     queue.pop_front();
                 }

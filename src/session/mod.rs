@@ -105,9 +105,9 @@ struct Session {
     /// The retryable refusal a replica answered the current read with
     /// (nothing of it reached the client), when a retry is allowed.
     refused: Option<String>,
-    /// The current request may be retried on the leader if a replica
-    /// refuses it.
-    retry_armed: bool,
+    /// Whether the current request may run again on the leader after a
+    /// refusal or a shutdown.
+    retry_armed: pipeline::Armed,
 }
 
 /// Serves one split-port client until it leaves; `admitted` holds the
@@ -194,7 +194,7 @@ async fn serve_client(
         saw_error: false,
         hold_ready: false,
         refused: None,
-        retry_armed: false,
+        retry_armed: pipeline::Armed::Off,
     };
     // Boxed: the task of an idle session then holds only the small future
     // of the request loop, not the largest request's state machine.
@@ -406,7 +406,7 @@ impl Session {
         self.hold_ready = false;
         self.client.hold = false;
         self.refused = None;
-        self.retry_armed = false;
+        self.retry_armed = pipeline::Armed::Off;
         let fatal = err.fatal(self.pin.is_some());
         if let SessionError::BackendLost { .. } = err {
             if let Some(h) = self.held.take() {

@@ -11,7 +11,7 @@
 use super::Session;
 use super::consistency::{self, Captured, Command};
 use super::error::SessionError;
-use crate::classifier::{Classification, Route};
+use crate::classifier::Classification;
 use crate::protocol::encode;
 use crate::protocol::message::Message;
 use crate::protocol::sqlstate;
@@ -55,11 +55,34 @@ pub(super) struct Job<'a> {
     pub(super) async_commit: bool,
 }
 
+/// Most times one request runs again after a refusal or a shutdown (a
+/// switchover can shut the old leader's pooled backends one by one).
+const MAX_RETRIES: usize = 3;
+
 /// SQLSTATEs with which a replica refuses a read that the leader can run:
 /// read-only (a write hidden in a view or function), recovery conflict,
 /// shutdown.
 fn retryable_refusal(code: &str) -> bool {
-    matches!(code, "25006" | "40001" | "57P01" | "57P02" | "57P03")
+    code == "25006" || code == "40001" || shutdown(code)
+}
+
+/// SQLSTATEs of a server shutting down (a switchover, a restart).
+fn shutdown(code: &str) -> bool {
+    matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Whether the current request may run again elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Armed {
+    /// No: it is in a transaction, pinned, or was not on a fresh backend.
+    #[default]
+    Off,
+    /// A read on a replica: after a refusal, before any byte reached the
+    /// client.
+    ReplicaRead,
+    /// On the leader, until a command of it completes: after a shutdown
+    /// error, since nothing of it can have committed.
+    NothingDone,
 }
 
 impl Session {
@@ -77,32 +100,32 @@ impl Session {
         self.client.forwarded = false;
         let before = self.before_request(&class);
         let may_capture = self.capture_possible(&class);
-        let pipelined = may_capture
+        let mut pipelined = may_capture
             && work.synced()
             && !job.copy
             && (status_before == b'I' || class.reason == crate::classifier::Reason::Transaction);
         self.hold_ready = may_capture;
-        self.retry_armed = fresh
-            && status_before == b'I'
-            && class.route == Route::Replica
-            && class.begin.is_none()
-            && class.pin.is_none()
-            && self.pin.is_none()
-            && self
-                .held
-                .as_ref()
-                .is_some_and(|h| h.role == NodeRole::Replica);
+        self.retry_armed = self.arm(fresh, status_before, &class);
         self.refused = None;
         let mut result = self.run(&work, pipelined).await;
-        if let Some(code) = self.retry_cause(&result, fresh, &class) {
+        let mut retries = 0;
+        while retries < MAX_RETRIES {
+            let Some(why) = self.retry_cause(&result, fresh, &class) else {
+                break;
+            };
+            retries += 1;
             self.client.out.truncate(mark);
             self.client.hold = false;
-            self.retry_armed = false;
-            self.retry_on(code, &class).await?;
+            self.retry_armed = Armed::Off;
+            self.retry_on(why, &class).await?;
             let _ = self.before_request(&class);
+            self.retry_armed = self.arm(true, status_before, &class);
+            // The retry runs without a pipelined capture: one is sent after
+            // its ReadyForQuery if the transaction ended.
+            pipelined = false;
             result = self.run(&work, false).await;
         }
-        self.retry_armed = false;
+        self.retry_armed = Armed::Off;
         let status = result?;
         self.after_request(&class, before, job.sql, job.statements, status);
         if let Some(status) = status {
@@ -117,6 +140,27 @@ impl Session {
         }
         self.hold_ready = false;
         self.client.flush().await
+    }
+
+    /// Whether the request may run again elsewhere if its node refuses it
+    /// or shuts down under it.
+    fn arm(&self, fresh: bool, status_before: u8, class: &Classification) -> Armed {
+        if !fresh
+            || status_before != b'I'
+            || class.begin.is_some()
+            || class.pin.is_some()
+            || self.pin.is_some()
+        {
+            Armed::Off
+        } else if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.role == NodeRole::Replica)
+        {
+            Armed::ReplicaRead
+        } else {
+            Armed::NothingDone
+        }
     }
 
     /// Sends the request (and the pipelined capture) and relays replies up
@@ -185,13 +229,20 @@ impl Session {
     async fn retry_on(&mut self, why: Retry, class: &Classification) -> Result<(), SessionError> {
         match why {
             Retry::Refused(code) => {
-                tracing::info!(port = %self.ctx.key, sqlstate = %code, "a replica refused a read; running it on the leader");
+                tracing::info!(port = %self.ctx.key, sqlstate = %code, "a node refused the request before running it; running it on the leader");
                 self.ctx
                     .metrics
                     .refusals_retried
                     .with_label_values(&[&self.ctx.key.cluster, &self.ctx.key.port, &code])
                     .inc();
                 if let Some(h) = self.held.take() {
+                    if shutdown(&code) {
+                        // Its node is going away: new requests wait for
+                        // the map instead of meeting it again.
+                        self.ctx
+                            .health
+                            .failure(&h.pooled.backend.addr, std::time::Instant::now());
+                    }
                     if h.pooled.backend.state.at_rest() {
                         h.pooled.release();
                     } else {
@@ -205,15 +256,30 @@ impl Session {
         }
     }
 
-    /// Notes an ErrorResponse from the backend: a retryable refusal of a
-    /// read nothing of which reached the client is kept from it.
+    /// Notes a message from the backend that may cancel a retry: once a
+    /// command completed on the leader, its work may be committed.
+    pub(super) fn note_reply(&mut self, tag: u8) {
+        if tag == b'C' && self.retry_armed == Armed::NothingDone {
+            self.retry_armed = Armed::Off;
+        }
+    }
+
+    /// Notes an ErrorResponse from the backend: a replica's retryable
+    /// refusal of a read, or a shutdown of the leader before any command
+    /// of the request completed (so nothing of it ran to commit), is kept
+    /// from the client when nothing of the answer reached it.
     pub(super) fn note_error(&mut self, m: &Message) {
         self.saw_error = true;
-        if !self.retry_armed || self.client.forwarded || self.refused.is_some() {
+        if self.retry_armed == Armed::Off || self.client.forwarded || self.refused.is_some() {
             return;
         }
         let (code, _) = crate::protocol::message::error_fields(m.body());
-        if retryable_refusal(&code) {
+        let retry = match self.retry_armed {
+            Armed::ReplicaRead => retryable_refusal(&code),
+            Armed::NothingDone => shutdown(&code),
+            Armed::Off => false,
+        };
+        if retry {
             self.refused = Some(code);
             self.client.hold = true;
         }
@@ -243,7 +309,21 @@ impl Session {
                 return Err(self.lost(e));
             }
         }
-        let captured = self.read_capture().await?;
+        let captured = match self.read_capture().await {
+            Ok(c) => c,
+            // The backend went away behind the client's answer (a leader
+            // shutting down): the client still hears of its commit; the
+            // session's reads go to the leader until a capture succeeds.
+            Err(SessionError::BackendLost { node, cause }) if ended => {
+                tracing::info!(port = %self.ctx.key, %node, %cause, "backend lost during a commit capture; reads go to the leader until the next capture");
+                if let Some(h) = self.held.take() {
+                    h.pooled.discard();
+                }
+                super::cancel::set(&self.cancel_slot, None);
+                None
+            }
+            Err(e) => return Err(e),
+        };
         if !ended {
             return Ok(());
         }

@@ -91,6 +91,7 @@ impl Session {
             self.client.out.extend_from_slice(m.raw());
             match m.tag() {
                 b'E' => self.note_error(&m),
+                b'C' | b'V' => self.note_reply(b'C'),
                 b'Z' => {
                     let status = m.body().first().copied().unwrap_or(b'I');
                     if !self.hold_ready {

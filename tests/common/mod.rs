@@ -378,7 +378,11 @@ impl Pgvane {
         let child = Command::new(bin())
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            // PGVANE_TEST_LOG raises the level when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("PGVANE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
