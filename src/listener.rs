@@ -409,10 +409,9 @@ async fn serve_client(
         let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
         return refuse(&mut client, &head, &port, code, &text).await;
     }
-    // A port that serves the leader waits for one while it is replaced,
-    // up to `leader_wait_ms`, instead of refusing.
-    let wait = cfg
-        .wants(RoleSel::Leader)
+    // The leader port (`roles: [leader]`) waits for a leader while one is
+    // replaced, up to `leader_wait_ms`, instead of refusing.
+    let wait = (cfg.roles == [RoleSel::Leader])
         .then_some(cfg.resolved.leader_wait)
         .filter(|d| !d.is_zero());
     let started = Instant::now();
@@ -428,7 +427,10 @@ async fn serve_client(
             }
             Err(r) => r,
         };
-        let Some(wait) = wait.filter(|w| started.elapsed() < *w) else {
+        // Only a leader being replaced is waited for: with no map (Patroni
+        // unreachable since start) or an empty one, refuse at once.
+        let known = !port.map.load().members.is_empty();
+        let Some(wait) = wait.filter(|w| known && started.elapsed() < *w) else {
             if waited {
                 port.leader_waited("timeout", started);
             }

@@ -680,6 +680,11 @@ impl Backend {
             self.prepared.clear();
             self.capture_ready = false;
         }
+        // A client's DEALLOCATE may have dropped pgvane's statement (and a
+        // PREPARE of the same name replaced it): prepare it again.
+        if m.tag() == b'C' && self.state.last_tag == state::Tag::Deallocate {
+            self.capture_ready = false;
+        }
         match m.tag() {
             b'S' => {
                 if let Some(B::ParameterStatus(k, v)) = B::parse(m) {

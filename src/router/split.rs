@@ -170,7 +170,9 @@ fn leader(v: &View<'_>) -> Result<Target, String> {
 fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
     match leader(v) {
         Ok(t) => Decision::Run(vec![t], why),
-        Err(text) if req.patience.leader => Decision::WaitLeader(text),
+        // A leader being replaced is waited for; with no map at all
+        // (Patroni unreachable since start) there is nothing to wait for.
+        Err(text) if req.patience.leader && !v.map.members.is_empty() => Decision::WaitLeader(text),
         Err(text) => Decision::Refuse(sqlstate::CANNOT_CONNECT_NOW, format!("pgvane: {text}")),
     }
 }

@@ -103,9 +103,13 @@ impl Session {
             }
             _ => {}
         }
-        if c.unknown {
-            return Need::Leader;
+        if let Some(epoch) = c.unknown {
+            if epoch == self.ctx.link.tracker.current().epoch {
+                return Need::Leader;
+            }
+            self.consistency.unknown = None;
         }
+        let c = &self.consistency;
         let floors = &self.ctx.link.floors;
         let mut floor = c.floor;
         let mut raise = |f: Option<crate::topology::Floor>| {

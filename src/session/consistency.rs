@@ -94,6 +94,85 @@ impl Captured {
     }
 }
 
+/// The first two words of `sql` in lower case, after whitespace and
+/// comments (`--` and `/* */`, as a hint is written).
+pub(super) fn first_words(sql: &str) -> (String, String) {
+    let mut rest = sql;
+    let mut words = Vec::with_capacity(2);
+    while words.len() < 2 {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+            continue;
+        }
+        if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+            continue;
+        }
+        let end = rest
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(rest.len());
+        if end == 0 {
+            break;
+        }
+        words.push(rest[..end].to_ascii_lowercase());
+        rest = &rest[end..];
+    }
+    let second = words.get(1).cloned().unwrap_or_default();
+    (words.into_iter().next().unwrap_or_default(), second)
+}
+
+/// What one request means for read-your-writes, from its verdict and text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Effect {
+    /// It may write when it runs on the leader.
+    pub(super) writes: bool,
+    /// A single `COMMIT`/`END`: it ends the transaction (its capture can be
+    /// pipelined behind it).
+    pub(super) commits: bool,
+    /// A single `ROLLBACK`/`ABORT`: nothing it ends needs a capture.
+    pub(super) rolls_back: bool,
+    /// A single plain DML or SELECT: if its node shuts down before it
+    /// completes, nothing of it committed and it may run again.
+    pub(super) rerunnable: bool,
+}
+
+impl Effect {
+    /// The effect of `statements` statements with verdict `class`, the
+    /// first (or only) one being `sql`.
+    pub(super) fn of(class: &Classification, sql: &str, statements: usize) -> Self {
+        if statements != 1 {
+            // A merged verdict keeps one reason: any multi-statement text
+            // on the leader may write.
+            return Self {
+                writes: class.route == Route::Leader,
+                ..Self::default()
+            };
+        }
+        let (first, second) = first_words(sql);
+        Self {
+            writes: writes(class) || (first == "commit" && second == "prepared"),
+            commits: matches!(first.as_str(), "commit" | "end") && second != "prepared",
+            rolls_back: matches!(first.as_str(), "rollback" | "abort") && second != "to",
+            rerunnable: !class.reset
+                && matches!(
+                    first.as_str(),
+                    "select" | "insert" | "update" | "delete" | "with" | "values" | "table"
+                ),
+        }
+    }
+
+    /// Both: a batch of several statements.
+    pub(super) fn and(self, other: Self) -> Self {
+        Self {
+            writes: self.writes || other.writes,
+            commits: false,
+            rolls_back: false,
+            rerunnable: false,
+        }
+    }
+}
+
 /// Whether a request on the leader may have written (and so its commit
 /// must be captured): anything routed there but probes, session settings,
 /// node-local reads and transaction control.
@@ -112,8 +191,9 @@ pub(super) struct Consistency {
     pub(super) floor: Option<Floor>,
     /// `window` mode: reads go to the leader until then.
     pub(super) leader_until: Option<Instant>,
-    /// A capture failed: reads go to the leader until one succeeds.
-    pub(super) unknown: bool,
+    /// A capture failed in this tracker epoch: reads go to the leader until
+    /// one succeeds or the leader changes (then positions restart too).
+    pub(super) unknown: Option<u64>,
     /// The open transaction wrote on the leader.
     pub(super) wrote: bool,
     /// The open transaction may have committed asynchronously (its SQL
@@ -219,6 +299,38 @@ mod tests {
         );
         assert!(Captured::parse(&row(&["x", "0/1", "on", "1", "1", "1"])).is_none());
         assert!(Captured::parse(&row(&["0/1"])).is_none());
+    }
+
+    #[test]
+    fn effects_of_requests() {
+        let c = crate::classifier::Classifier::new(Vec::new());
+        let eff = |sql: &str| {
+            let n = crate::classifier::lexer::split(sql, true).len();
+            Effect::of(&c.classify(sql, true).0, sql, n)
+        };
+        assert!(eff("insert into t values (1)").writes);
+        assert!(eff("insert into t values (1)").rerunnable);
+        assert!(!eff("select 1").writes);
+        assert!(
+            eff("begin; update t set v = 1; commit").writes,
+            "merged verdicts"
+        );
+        assert!(eff("show x; insert into t values (1)").writes);
+        assert!(eff("COMMIT PREPARED 'x'").writes);
+        assert!(!eff("COMMIT PREPARED 'x'").commits);
+        assert!(eff("/* c */ commit").commits && !eff("commit").writes);
+        assert!(eff("END").commits);
+        assert!(eff("rollback").rolls_back && !eff("rollback to s").rolls_back);
+        assert!(
+            !eff("call p()").rerunnable,
+            "procedures may commit part-way"
+        );
+        assert!(!eff("do $$ begin end $$").rerunnable);
+        assert!(!eff("create index concurrently i on t (v)").rerunnable);
+        assert_eq!(
+            first_words("-- x\n /* y */ Commit  Prepared 'a'"),
+            ("commit".into(), "prepared".into())
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! after a server error the queue skips to Sync exactly as the server does.
 
 use super::Session;
+use super::consistency::Effect;
 use super::error::SessionError;
 use super::pipeline::{Job, Work};
 use super::statements::Stmt;
@@ -65,6 +66,8 @@ struct BatchInfo {
     copy: bool,
     /// A statement it parses or binds names `synchronous_commit`.
     async_commit: bool,
+    /// What its statements mean for read-your-writes, together.
+    effect: Option<Effect>,
 }
 
 /// Whether `sql` contains `word` (ASCII, any case).
@@ -83,10 +86,13 @@ impl Session {
             executes: 0,
             copy: false,
             async_commit: false,
+            effect: None,
         };
-        let note = |sql: &str, info: &mut BatchInfo| {
+        let note = |sql: &str, c: &Classification, info: &mut BatchInfo| {
             info.copy |= mentions(sql, b"copy");
             info.async_commit |= mentions(sql, b"synchronous_commit");
+            let e = Effect::of(c, sql, 1);
+            info.effect = Some(info.effect.map_or(e, |prev| prev.and(e)));
         };
         let merge = |c: Classification, class: &mut Option<Classification>| {
             *class = Some(class.map_or(c, |prev| prev.merge(c)));
@@ -100,7 +106,7 @@ impl Session {
                     self.count_cache(hit);
                     merge(c, &mut info.class);
                     info.parses.push(c);
-                    note(sql, &mut info);
+                    note(sql, &c, &mut info);
                     if name.is_empty() {
                         unnamed = Some(Arc::from(sql));
                     }
@@ -112,14 +118,14 @@ impl Session {
                             None => {
                                 if let Some(st) = &self.statements.unnamed {
                                     merge(st.class, &mut info.class);
-                                    note(&st.text.sql, &mut info);
+                                    note(&st.text.sql, &st.class, &mut info);
                                     bound = Some(Arc::clone(&st.text.sql));
                                 }
                             }
                         }
                     } else if let Some(st) = self.statements.get(statement) {
                         merge(st.class, &mut info.class);
-                        note(&st.text.sql, &mut info);
+                        note(&st.text.sql, &st.class, &mut info);
                         bound = Some(Arc::clone(&st.text.sql));
                     }
                 }
@@ -189,6 +195,7 @@ impl Session {
             statements: info.executes,
             copy: info.copy,
             async_commit: info.async_commit,
+            effect: info.effect.unwrap_or_default(),
         };
         let work = Work::Batch {
             msgs: &msgs,

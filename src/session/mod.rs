@@ -412,6 +412,9 @@ impl Session {
             if let Some(h) = self.held.take() {
                 h.pooled.discard();
             }
+            // Its transaction is gone with it.
+            self.consistency.wrote = false;
+            self.consistency.maybe_async = false;
             cancel::set(&self.cancel_slot, None);
         }
         err.encode(&mut self.client.out, self.pin.is_some());

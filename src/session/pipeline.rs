@@ -53,6 +53,24 @@ pub(super) struct Job<'a> {
     pub(super) copy: bool,
     /// Its text names `synchronous_commit`: the commit may be asynchronous.
     pub(super) async_commit: bool,
+    /// What it means for read-your-writes (writes, ends, may run again).
+    pub(super) effect: consistency::Effect,
+}
+
+/// Longest pgvane waits for the commit capture's answer behind a commit.
+const CAPTURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a captured floor is believable: on the leader's timeline when
+/// one is known, and not far past the leader's last known position (a
+/// client that replaced pgvane's statement cannot poison shared floors).
+fn plausible(f: &Floor, positions: &crate::topology::Positions) -> bool {
+    if positions.leader_timeline.is_some_and(|t| t != f.timeline) {
+        return false;
+    }
+    positions
+        .leader
+        .as_ref()
+        .is_none_or(|l| f.lsn.0 <= l.lsn.0.saturating_add(16 << 30))
 }
 
 /// Most times one request runs again after a refusal or a shutdown (a
@@ -99,13 +117,16 @@ impl Session {
         self.backend_for(&class).await?;
         self.client.forwarded = false;
         let before = self.before_request(&class);
-        let may_capture = self.capture_possible(&class);
+        let mut may_capture = self.capture_possible(&job);
+        // Pipelined only behind a request that ends the transaction it may
+        // have written in: an autocommit request, or a lone COMMIT. Anything
+        // else that turns out to end one gets its capture afterwards.
         let mut pipelined = may_capture
             && work.synced()
             && !job.copy
-            && (status_before == b'I' || class.reason == crate::classifier::Reason::Transaction);
+            && (status_before == b'I' || job.effect.commits);
         self.hold_ready = may_capture;
-        self.retry_armed = self.arm(fresh, status_before, &class);
+        self.retry_armed = self.arm(fresh, status_before, &job);
         self.refused = None;
         let mut result = self.run(&work, pipelined).await;
         let mut retries = 0;
@@ -117,9 +138,18 @@ impl Session {
             self.client.out.truncate(mark);
             self.client.hold = false;
             self.retry_armed = Armed::Off;
+            let hidden_write = matches!(&why, Retry::Refused(code) if code == "25006");
             self.retry_on(why, &class).await?;
             let _ = self.before_request(&class);
-            self.retry_armed = self.arm(true, status_before, &class);
+            if hidden_write {
+                // The replica refused a write hidden in the read (a view
+                // over a writing function): on the leader it commits, so
+                // its position is captured like any write's.
+                self.consistency.wrote = true;
+                may_capture = self.capture_possible(&job);
+                self.hold_ready = may_capture;
+            }
+            self.retry_armed = self.arm(true, status_before, &job);
             // The retry runs without a pipelined capture: one is sent after
             // its ReadyForQuery if the transaction ended.
             pipelined = false;
@@ -130,7 +160,7 @@ impl Session {
         self.after_request(&class, before, job.sql, job.statements, status);
         if let Some(status) = status {
             if may_capture {
-                self.settle_capture(pipelined, status, job.async_commit)
+                self.settle_capture(pipelined, status, job.effect.rolls_back)
                     .await?;
             } else if status == b'I' {
                 self.consistency.wrote = false;
@@ -143,8 +173,12 @@ impl Session {
     }
 
     /// Whether the request may run again elsewhere if its node refuses it
-    /// or shuts down under it.
-    fn arm(&self, fresh: bool, status_before: u8, class: &Classification) -> Armed {
+    /// or shuts down under it: never inside a transaction, pinned, or on a
+    /// backend it did not take for itself; on the leader only a lone plain
+    /// DML or SELECT (a procedure, DO block or utility command may commit
+    /// part of its work before a shutdown stops it).
+    fn arm(&self, fresh: bool, status_before: u8, job: &Job<'_>) -> Armed {
+        let class = &job.class;
         if !fresh
             || status_before != b'I'
             || class.begin.is_some()
@@ -158,8 +192,10 @@ impl Session {
             .is_some_and(|h| h.role == NodeRole::Replica)
         {
             Armed::ReplicaRead
-        } else {
+        } else if job.effect.rerunnable {
             Armed::NothingDone
+        } else {
+            Armed::Off
         }
     }
 
@@ -192,16 +228,21 @@ impl Session {
 
     /// Whether this request may end a transaction that wrote on the
     /// leader, in a scope that captures commits: its ReadyForQuery is then
-    /// held until the capture is read.
-    fn capture_possible(&mut self, class: &Classification) -> bool {
+    /// held until the capture is read. Notes what it may have written.
+    fn capture_possible(&mut self, job: &Job<'_>) -> bool {
         let on_leader = self
             .held
             .as_ref()
             .is_some_and(|h| h.role == NodeRole::Leader);
-        if on_leader && consistency::writes(class) {
-            self.consistency.wrote = true;
+        if !on_leader {
+            return false;
         }
-        self.consistency.wrote && self.ctx.port.load().resolved.read_your_writes.captures()
+        let c = &mut self.consistency;
+        c.wrote |= job.effect.writes;
+        // `SET LOCAL synchronous_commit = off` has reverted by COMMIT: the
+        // whole transaction remembers it.
+        c.maybe_async |= job.async_commit;
+        c.wrote && self.ctx.port.load().resolved.read_your_writes.captures()
     }
 
     /// Why the request should run again on the leader: a replica's
@@ -236,7 +277,10 @@ impl Session {
                     .with_label_values(&[&self.ctx.key.cluster, &self.ctx.key.port, &code])
                     .inc();
                 if let Some(h) = self.held.take() {
-                    if shutdown(&code) {
+                    // A replica going away cools down; a leader is left to
+                    // the retry's own connect (a 57P01 may be one backend
+                    // terminated by an operator, not a shutdown).
+                    if shutdown(&code) && h.role == NodeRole::Replica {
                         // Its node is going away: new requests wait for
                         // the map instead of meeting it again.
                         self.ctx
@@ -287,17 +331,21 @@ impl Session {
 
     /// Reads the pipelined capture's replies (or runs the capture now when
     /// it was not pipelined and the transaction ended), raises the floors,
-    /// and lets the held ReadyForQuery go.
+    /// and lets the held ReadyForQuery go. A transaction that ended in a
+    /// ROLLBACK needs no capture.
     async fn settle_capture(
         &mut self,
         pipelined: bool,
         status: u8,
-        async_commit: bool,
+        rolled_back: bool,
     ) -> Result<(), SessionError> {
-        self.consistency.maybe_async |= async_commit;
         let ended = status == b'I';
         if !pipelined {
-            if !ended {
+            if !ended || rolled_back {
+                if ended {
+                    self.consistency.wrote = false;
+                    self.consistency.maybe_async = false;
+                }
                 return Ok(());
             }
             let Some(h) = self.held.as_mut() else {
@@ -306,22 +354,12 @@ impl Session {
             let mut out = Vec::with_capacity(256);
             consistency::capture_bytes(&mut out, h.pooled.backend.capture_ready);
             if let Err(e) = h.pooled.backend.send(&out).await {
-                return Err(self.lost(e));
+                return self.capture_lost(ended, self.lost(e));
             }
         }
         let captured = match self.read_capture().await {
             Ok(c) => c,
-            // The backend went away behind the client's answer (a leader
-            // shutting down): the client still hears of its commit; the
-            // session's reads go to the leader until a capture succeeds.
-            Err(SessionError::BackendLost { node, cause }) if ended => {
-                tracing::info!(port = %self.ctx.key, %node, %cause, "backend lost during a commit capture; reads go to the leader until the next capture");
-                if let Some(h) = self.held.take() {
-                    h.pooled.discard();
-                }
-                super::cancel::set(&self.cancel_slot, None);
-                None
-            }
+            Err(e @ SessionError::BackendLost { .. }) => return self.capture_lost(ended, e),
             Err(e) => return Err(e),
         };
         if !ended {
@@ -330,42 +368,101 @@ impl Session {
         let maybe_async = self.consistency.maybe_async;
         self.consistency.wrote = false;
         self.consistency.maybe_async = false;
-        let outcome = match captured {
-            Some(c) => {
-                let floor = c.floor(maybe_async);
-                self.consistency.raise(floor);
-                self.consistency.unknown = false;
+        let positions = self.ctx.link.tracker.current();
+        let floor = captured
+            .map(|c| c.floor(maybe_async))
+            .filter(|f| plausible(f, &positions));
+        let floor = match floor {
+            Some(f) => Some(f),
+            None => self.leader_floor_now().await,
+        };
+        self.raise_floors(floor, positions.epoch);
+        Ok(())
+    }
+
+    /// The capture's backend went away. After a commit the client still
+    /// hears of it (its floor comes from the leader's position, else its
+    /// reads go to the leader); inside a transaction the client's held
+    /// ReadyForQuery is taken back and the loss reported in its place.
+    fn capture_lost(&mut self, ended: bool, e: SessionError) -> Result<(), SessionError> {
+        if let Some(h) = self.held.take() {
+            h.pooled.discard();
+        }
+        super::cancel::set(&self.cancel_slot, None);
+        self.consistency.wrote = false;
+        self.consistency.maybe_async = false;
+        if !ended {
+            let out = &mut self.client.out;
+            if out.len() >= 6 && out[out.len() - 6] == b'Z' {
+                out.truncate(out.len() - 6);
+            }
+            return Err(e);
+        }
+        tracing::info!(port = %self.ctx.key, error = %e, "backend lost during a commit capture; the session reads from the leader until its next capture");
+        self.consistency.unknown = Some(self.ctx.link.tracker.current().epoch);
+        self.count_capture("error");
+        Ok(())
+    }
+
+    /// The leader's position now, when a capture gave none: at or past the
+    /// commit the client is about to hear of. Bounded.
+    async fn leader_floor_now(&self) -> Option<Floor> {
+        let asked = self
+            .ctx
+            .link
+            .tracker
+            .leader_lsn_after(std::time::Instant::now());
+        match tokio::time::timeout(std::time::Duration::from_secs(1), asked).await {
+            Ok(Ok(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// Raises the session's and the shared floors after a commit, or marks
+    /// the session's floor unknown (reads on the leader until the next
+    /// capture or leader change).
+    fn raise_floors(&mut self, floor: Option<Floor>, epoch: u64) {
+        let outcome = match floor {
+            Some(f) => {
+                self.consistency.raise(f);
+                self.consistency.unknown = None;
                 self.ctx
                     .link
                     .floors
-                    .raise(&self.creds.user, &self.creds.database, floor);
+                    .raise(&self.creds.user, &self.creds.database, f);
                 "ok"
             }
             None => {
-                self.consistency.unknown = true;
+                self.consistency.unknown = Some(epoch);
                 "error"
             }
         };
+        self.count_capture(outcome);
+    }
+
+    fn count_capture(&self, outcome: &str) {
         self.ctx
             .metrics
             .ryw_captures
             .with_label_values(&[&self.ctx.key.cluster, &self.ctx.key.port, outcome])
             .inc();
-        Ok(())
     }
 
     /// Reads the capture's replies up to its ReadyForQuery without letting
-    /// the client have anything buffered; the row when it gave one.
+    /// the client have anything buffered; the row when it gave one. A
+    /// backend silent past [`CAPTURE_TIMEOUT`] counts as lost.
     async fn read_capture(&mut self) -> Result<Option<Captured>, SessionError> {
+        let deadline = tokio::time::Instant::now() + CAPTURE_TIMEOUT;
         let mut row = None;
         let mut failed = false;
         loop {
             let Some(h) = self.held.as_mut() else {
                 return Err(self.lost("no backend"));
             };
-            let m = match h.pooled.backend.read().await {
-                Ok(m) => m,
-                Err(e) => return Err(self.lost(e)),
+            let m = match tokio::time::timeout_at(deadline, h.pooled.backend.read()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(self.lost(e)),
+                Err(_) => return Err(self.lost("no answer to the commit capture")),
             };
             let Some(h) = self.held.as_mut() else {
                 return Err(self.lost("no backend"));
@@ -377,9 +474,7 @@ impl Session {
                     failed = true;
                     let (code, text) = crate::protocol::message::error_fields(m.body());
                     tracing::debug!(port = %self.ctx.key, sqlstate = %code, "commit capture failed: {text}");
-                    if code == "26000" {
-                        h.pooled.backend.capture_ready = false;
-                    }
+                    h.pooled.backend.capture_ready = false;
                 }
                 b'Z' => return Ok(if failed { None } else { row }),
                 // Notices and notifications belong to the client.
@@ -410,7 +505,16 @@ impl Session {
             }
             Command::SetMinLsn(text) => match text.parse::<Lsn>() {
                 Ok(lsn) => {
-                    let timeline = self.ctx.link.tracker.current().leader_timeline.unwrap_or(0);
+                    // The token names no timeline: the current leader's (0,
+                    // taken as is, while none is known yet).
+                    let timeline = self
+                        .ctx
+                        .link
+                        .tracker
+                        .current()
+                        .leader_timeline
+                        .or(self.consistency.floor.map(|f| f.timeline))
+                        .unwrap_or(0);
                     self.consistency.raise(Floor { timeline, lsn });
                     encode::command_complete(out, "SET");
                 }

@@ -5,6 +5,7 @@
 
 use super::Session;
 use super::client::ClientState;
+use super::consistency::Effect;
 use super::error::SessionError;
 use super::extended::mentions;
 use super::pipeline::{Job, Work};
@@ -19,14 +20,21 @@ impl Session {
         if self.session_command(sql) {
             return self.client.flush().await;
         }
+        if self.skipping() {
+            // After an error in an extended-protocol batch the server
+            // ignores everything up to Sync, a Query too: so does pgvane.
+            return Ok(());
+        }
         let (class, hit) = self.ctx.classifier.classify(sql, self.scs);
         self.count_cache(hit);
+        let statements = classifier::lexer::split(sql, self.scs).len();
         let job = Job {
             class,
             sql,
-            statements: classifier::lexer::split(sql, self.scs).len(),
+            statements,
             copy: mentions(sql, b"copy"),
             async_commit: mentions(sql, b"synchronous_commit"),
+            effect: Effect::of(&class, sql, statements),
         };
         self.request(Work::Simple(m), job).await
     }
@@ -40,14 +48,30 @@ impl Session {
             reset: true,
             ..self.ctx.classifier.classify("select 1", true).0
         };
+        if self.skipping() {
+            return Ok(());
+        }
         let job = Job {
             class,
             sql: "",
             statements: 1,
             copy: false,
             async_commit: false,
+            // Any function by OID: it may write, and may not run twice.
+            effect: Effect {
+                writes: true,
+                ..Effect::default()
+            },
         };
         self.request(Work::Simple(m), job).await
+    }
+
+    /// The held backend ignores everything up to the next Sync (an error
+    /// in an extended-protocol batch).
+    fn skipping(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|h| h.pooled.backend.state.skipping)
     }
 
     pub(super) async fn send_backend(&mut self, bytes: &[u8]) -> Result<(), SessionError> {

@@ -153,6 +153,11 @@ impl Positions {
     #[must_use]
     pub fn translate(&self, floor: &Floor) -> Option<Lsn> {
         let timeline = self.leader_timeline?;
+        // A floor whose timeline is not known (a token set before pgvane
+        // knew one) is taken as is: never clamped, so never lowered.
+        if floor.timeline == 0 {
+            return Some(floor.lsn);
+        }
         match floor.timeline.cmp(&timeline) {
             std::cmp::Ordering::Greater => None,
             std::cmp::Ordering::Equal => Some(floor.lsn),
