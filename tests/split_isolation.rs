@@ -342,7 +342,7 @@ async fn deallocate_is_tracked_from_the_server() {
     }
     let n = one(
         &c,
-        "/* pgvane: leader */ select count(*) from pg_prepared_statements where name like 'pgv_%'",
+        "/* pgvane: leader */ select count(*) from pg_prepared_statements where name ~ '^pgv_[0-9]+$'",
     )
     .await;
     assert!(

@@ -193,6 +193,11 @@ pub fn negotiate_protocol_version(buf: &mut Vec<u8>, minor: u32, unknown: &[&str
     });
 }
 
+/// '2' BindComplete.
+pub fn bind_complete(buf: &mut Vec<u8>) {
+    frame(buf, b'2', |_| {});
+}
+
 /// 'E' Execute of `portal`, all rows.
 pub fn execute(buf: &mut Vec<u8>, portal: &str) {
     frame(buf, b'E', |b| {

@@ -161,6 +161,9 @@ impl Session {
         {
             return self.skipped_batch(&msgs).await;
         }
+        if msgs.first().is_some_and(|m| m.tag() == b'P') && self.batch_command(&msgs) {
+            return self.client.flush().await;
+        }
         let info = self.batch_info(&msgs);
         if self.held.is_none()
             && info.class.is_none()

@@ -14,7 +14,8 @@
 //! `consistency` (floors, the commit capture, the causal token), `effects`
 //! (pins, replayed settings), `simple` (Query, fast path, COPY), `extended`
 //! (batches, transparent prepared statements), `statements`, `metrics`,
-//! `client` (socket, buffers, [`client::ClientState`]), `cancel`,
+//! `token` (the causal token's commands), `client` (socket, buffers,
+//! [`client::ClientState`]), `cancel`,
 //! `settings`, `error`, `handshake`, `stream` (plain or TLS socket).
 
 mod cancel;
@@ -33,6 +34,7 @@ mod settings;
 mod simple;
 mod statements;
 mod stream;
+mod token;
 
 pub use cancel::CancelRegistry;
 pub use context::SessionContext;

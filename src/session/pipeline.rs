@@ -9,14 +9,12 @@
 //! give the backend back when the request left it at rest.
 
 use super::Session;
-use super::consistency::{self, Captured, Command};
+use super::consistency::{self, Captured};
 use super::error::SessionError;
 use crate::classifier::Classification;
-use crate::protocol::encode;
 use crate::protocol::message::Message;
-use crate::protocol::sqlstate;
 use crate::router::split::NodeRole;
-use crate::topology::{Floor, Lsn};
+use crate::topology::Floor;
 
 /// What a request sends to its backend.
 pub(super) enum Work<'a> {
@@ -487,50 +485,6 @@ impl Session {
                 _ => {}
             }
         }
-    }
-
-    /// Answers pgvane's own session commands (`SHOW pgvane.last_write_lsn`,
-    /// `SET pgvane.min_lsn`) without a backend; false when `sql` is not one.
-    pub(super) fn session_command(&mut self, sql: &str) -> bool {
-        let Some(cmd) = consistency::command(sql) else {
-            return false;
-        };
-        let out = &mut self.client.out;
-        match cmd {
-            Command::ShowLastWrite => {
-                let lsn = self.consistency.floor.map_or(Lsn(0), |f| f.lsn).to_string();
-                encode::row_description(out, &["pgvane.last_write_lsn"]);
-                encode::data_row(out, &[&lsn]);
-                encode::command_complete(out, "SHOW");
-            }
-            Command::SetMinLsn(text) => match text.parse::<Lsn>() {
-                Ok(lsn) => {
-                    // The token names no timeline: the current leader's (0,
-                    // taken as is, while none is known yet).
-                    let timeline = self
-                        .ctx
-                        .link
-                        .tracker
-                        .current()
-                        .leader_timeline
-                        .or(self.consistency.floor.map(|f| f.timeline))
-                        .unwrap_or(0);
-                    self.consistency.raise(Floor { timeline, lsn });
-                    encode::command_complete(out, "SET");
-                }
-                Err(_) => encode::error_response(
-                    out,
-                    encode::Severity::Error,
-                    sqlstate::INVALID_PARAMETER_VALUE,
-                    &format!(
-                        "invalid value for parameter \"pgvane.min_lsn\": \"{text}\" (expected an LSN such as 0/3000148)"
-                    ),
-                ),
-            },
-        }
-        let status = self.status();
-        encode::ready_for_query(&mut self.client.out, status);
-        true
     }
 }
 

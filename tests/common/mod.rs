@@ -864,7 +864,8 @@ impl ProbeReport {
 }
 
 /// Connects to `port` every 50 ms (20 per second, each session asked
-/// where it is and closed) until stopped; at most 10 minutes.
+/// where it is and closed) until stopped; at most 10 minutes. A connect
+/// taking over 40 s counts as a hang.
 pub struct Prober {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<ProbeReport>,
@@ -878,7 +879,9 @@ impl Prober {
             let t0 = Instant::now();
             while !*stopped.borrow() && t0.elapsed() < Duration::from_secs(600) {
                 let next = Instant::now() + Duration::from_millis(50);
-                match tokio::time::timeout(Duration::from_secs(10), connect(port)).await {
+                // A leader port holds a connect up to leader_wait_ms (30 s by
+                // default) while the leader is replaced: longer is a hang.
+                match tokio::time::timeout(Duration::from_secs(40), connect(port)).await {
                     Ok(Ok(c)) => match c.whereami().await {
                         Ok(w) => report.sessions.push(w),
                         Err(_) => *report.errors.entry("query".into()).or_default() += 1,
