@@ -205,6 +205,15 @@ impl Pool {
         })
     }
 
+    /// Drops every idle backend (its server said it is shutting down, so
+    /// the others are going too): the next checkout connects afresh and
+    /// learns whether the node still takes connections.
+    pub fn drop_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle_list());
+        self.open.fetch_sub(idle.len(), Ordering::Relaxed);
+        drop(idle);
+    }
+
     /// True once the pool was closed (node left the map or changed role).
     #[must_use]
     pub fn is_closed(&self) -> bool {

@@ -278,6 +278,12 @@ impl Session {
                     // A replica going away cools down; a leader is left to
                     // the retry's own connect (a 57P01 may be one backend
                     // terminated by an operator, not a shutdown).
+                    if shutdown(&code) {
+                        // Its pooled siblings are being terminated too: the
+                        // retry connects afresh (a node shutting down then
+                        // refuses, and the request waits for the next one).
+                        h.pooled.pool().drop_idle();
+                    }
                     if shutdown(&code) && h.role == NodeRole::Replica {
                         // Its node is going away: new requests wait for
                         // the map instead of meeting it again.
