@@ -177,3 +177,23 @@ async fn a_fast_path_call_runs_on_the_leader() {
     let gone = c.simple(&format!("select lo_unlink({lo})")).await;
     assert_eq!(raw::texts(&gone), ["1"]);
 }
+
+/// Found by PostgreSQL's regression suite through the split port
+/// (date.sql): `SET datestyle TO ymd` changes only the field order, so
+/// replaying the statement on another backend (which starts from the
+/// client's startup value, not from the `ISO` set before) gave `Postgres,
+/// YMD`; the value the server reported is what must be replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_datestyle_values_replay_as_the_server_reported_them() {
+    let (_pg, split) = start_split("roles: [sync, async], pool_size: 2");
+    same_as_postgresql(
+        split,
+        "-c DateStyle=Postgres,MDY",
+        &[
+            "set datestyle to iso",
+            "set datestyle to ymd",
+            "set datestyle to sql",
+        ],
+    )
+    .await;
+}

@@ -218,9 +218,6 @@ pub struct Backend {
     pub created: Instant,
     /// When it was last returned idle.
     pub idle_since: Instant,
-    /// pgvane's commit-position statement is prepared on it (cleared with
-    /// every other prepared statement).
-    pub capture_ready: bool,
 }
 
 /// Socket options pgvane sets on the sockets it accepts or opens (the
@@ -317,7 +314,6 @@ impl Backend {
                 applied: Some(Arc::default()),
                 created: Instant::now(),
                 idle_since: Instant::now(),
-                capture_ready: false,
             };
             b.startup(creds, security).await?;
             Ok(b)
@@ -678,12 +674,6 @@ impl Backend {
     fn note(&mut self, m: &Message) {
         if self.state.on_recv(m) == PreparedEffect::AllGone {
             self.prepared.clear();
-            self.capture_ready = false;
-        }
-        // A client's DEALLOCATE may have dropped pgvane's statement (and a
-        // PREPARE of the same name replaced it): prepare it again.
-        if m.tag() == b'C' && self.state.last_tag == state::Tag::Deallocate {
-            self.capture_ready = false;
         }
         match m.tag() {
             b'S' => {

@@ -12,9 +12,9 @@ use crate::protocol::encode;
 use crate::topology::{Floor, Lsn, position::normalize_insert_lsn};
 use std::time::Instant;
 
-/// pgvane's statement name on backends (outside the `pgv_` space of
-/// client statements).
-pub(super) const CAPTURE_NAME: &str = "pgvane_capture";
+/// pgvane's portal for the capture (named and closed at once, so a
+/// client's unnamed portal inside a transaction survives).
+pub(super) const CAPTURE_PORTAL: &str = "pgvane_capture";
 
 /// The flush LSN (a synchronous commit's record end is at or below it),
 /// the insert LSN (for asynchronous commits), the commit mode, the WAL
@@ -26,18 +26,18 @@ pub(super) const CAPTURE_SQL: &str = "SELECT pg_catalog.pg_current_wal_flush_lsn
      pg_catalog.current_setting('wal_block_size'), \
      pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)";
 
-/// Appends a capture: Parse (when the backend lacks the statement), Bind
-/// to a named portal, Execute, Close of the portal, Sync. The portal is
-/// named and closed so a client's unnamed portal inside a transaction
-/// survives.
-pub(super) fn capture_bytes(out: &mut Vec<u8>, prepared: bool) {
-    if !prepared {
-        encode::parse(out, CAPTURE_NAME, CAPTURE_SQL, &[0, 0]);
-    }
+/// Appends a capture: Parse into the unnamed statement, Bind to a named
+/// portal, Execute, Close of the portal, Sync. The unnamed statement is
+/// free: pgvane parses a client's unnamed statement again on every batch
+/// that uses it without parsing it, so nothing of the client's is lost;
+/// and nothing of pgvane's shows in `pg_prepared_statements` or can be
+/// replaced by a client's `PREPARE`.
+pub(super) fn capture_bytes(out: &mut Vec<u8>) {
+    encode::parse(out, "", CAPTURE_SQL, &[0, 0]);
     // No parameter formats, no parameters, no result formats (all text).
-    encode::bind_raw(out, CAPTURE_NAME, CAPTURE_NAME, &[0, 0, 0, 0, 0, 0]);
-    encode::execute(out, CAPTURE_NAME);
-    encode::describe_or_close(out, b'C', b'P', CAPTURE_NAME);
+    encode::bind_raw(out, CAPTURE_PORTAL, "", &[0, 0, 0, 0, 0, 0]);
+    encode::execute(out, CAPTURE_PORTAL);
+    encode::describe_or_close(out, b'C', b'P', CAPTURE_PORTAL);
     encode::sync(out);
 }
 

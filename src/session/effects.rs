@@ -107,7 +107,22 @@ impl Session {
             && matches!(last_tag, Tag::Set | Tag::Reset)
         {
             if let Some(replay) = settings::replay_of(sql, self.scs) {
-                let exact = self.settings.record(&replay, sql);
+                // DateStyle takes partial values (`SET datestyle TO ymd`
+                // keeps the output style): replay what the server reported
+                // it became, not the statement.
+                let reported = match &replay {
+                    Replay::Set(name) if name == "datestyle" => h
+                        .pooled
+                        .backend
+                        .params
+                        .iter()
+                        .find(|(k, _)| k == "DateStyle")
+                        .map(|(_, v)| format!("SET datestyle = '{}'", v.replace('\'', "''"))),
+                    _ => None,
+                };
+                let exact = self
+                    .settings
+                    .record(&replay, reported.as_deref().unwrap_or(sql));
                 let backend = &mut h.pooled.backend;
                 backend.applied = exact.then(|| Arc::clone(&self.settings.wanted));
                 backend.state.dirty = before.dirty;

@@ -255,7 +255,7 @@ impl Session {
                 return Err(self.lost("no backend"));
             };
             if capture && synced {
-                super::consistency::capture_bytes(&mut out, h.pooled.backend.capture_ready);
+                super::consistency::capture_bytes(&mut out);
             }
             h.pooled.backend.queue(&out);
         }
@@ -446,6 +446,22 @@ impl Session {
                     } else {
                         out.extend_from_slice(m.raw());
                     }
+                    queue.push_back(Expect::Real(Kind::Describe));
+                }
+                Frontend::Describe {
+                    kind: b'S',
+                    name: "",
+                } => {
+                    // The unnamed statement on the server may be another
+                    // batch's (or pgvane's capture): parse the client's again.
+                    if !parsed_unnamed {
+                        if let Some(u) = &self.statements.unnamed {
+                            encode::parse(&mut out, "", &u.text.sql, &u.text.types);
+                            queue.push_back(Expect::Swallow);
+                            parsed_unnamed = true;
+                        }
+                    }
+                    out.extend_from_slice(m.raw());
                     queue.push_back(Expect::Real(Kind::Describe));
                 }
                 Frontend::Describe { .. } => {

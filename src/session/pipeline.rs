@@ -208,7 +208,7 @@ impl Session {
                 h.pooled.backend.queue(m.raw());
                 if capture {
                     let mut out = Vec::with_capacity(256);
-                    consistency::capture_bytes(&mut out, h.pooled.backend.capture_ready);
+                    consistency::capture_bytes(&mut out);
                     h.pooled.backend.queue(&out);
                 }
                 if let Err(e) = h.pooled.backend.flush().await {
@@ -356,7 +356,7 @@ impl Session {
                 return Err(self.lost("no backend"));
             };
             let mut out = Vec::with_capacity(256);
-            consistency::capture_bytes(&mut out, h.pooled.backend.capture_ready);
+            consistency::capture_bytes(&mut out);
             if let Err(e) = h.pooled.backend.send(&out).await {
                 return self.capture_lost(ended, self.lost(e));
             }
@@ -468,17 +468,12 @@ impl Session {
                 Ok(Err(e)) => return Err(self.lost(e)),
                 Err(_) => return Err(self.lost("no answer to the commit capture")),
             };
-            let Some(h) = self.held.as_mut() else {
-                return Err(self.lost("no backend"));
-            };
             match m.tag() {
-                b'1' => h.pooled.backend.capture_ready = true,
                 b'D' => row = Captured::parse(m.body()),
                 b'E' => {
                     failed = true;
                     let (code, text) = crate::protocol::message::error_fields(m.body());
                     tracing::debug!(port = %self.ctx.key, sqlstate = %code, "commit capture failed: {text}");
-                    h.pooled.backend.capture_ready = false;
                 }
                 b'Z' => return Ok(if failed { None } else { row }),
                 // Notices and notifications belong to the client.
