@@ -8,7 +8,14 @@ use crate::topology::Floor;
 use crate::tracker::TrackerHandle;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// How long floored reads skip waiting for replicas after a wait ran out
+/// (replicas replay slower than the wait: waiting would only delay reads
+/// that end on the leader anyway). One read waits again after it.
+pub const WAIT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The floors of the shared scopes.
 #[derive(Debug, Default)]
@@ -61,6 +68,9 @@ pub struct ClusterLink {
     pub floors: SharedFloors,
     /// Changes with every new map generation.
     pub generation: watch::Receiver<u64>,
+    /// Until when (ms after `born`) floored reads skip waiting.
+    skip_waits_until: AtomicU64,
+    born: Instant,
 }
 
 impl ClusterLink {
@@ -71,7 +81,31 @@ impl ClusterLink {
             tracker,
             floors: SharedFloors::default(),
             generation,
+            skip_waits_until: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a floored read may wait for a replica now: not while a
+    /// recent wait ran out (see [`WAIT_BACKOFF`]).
+    #[must_use]
+    pub fn replica_waits_pay(&self, now: Instant) -> bool {
+        self.ms(now) >= self.skip_waits_until.load(Ordering::Relaxed)
+    }
+
+    /// A floored read waited in vain: the others skip waiting a while.
+    pub fn wait_ran_out(&self, now: Instant) {
+        let until = self.ms(now + WAIT_BACKOFF);
+        self.skip_waits_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// A floored read waited and a replica caught up: waits pay again.
+    pub fn wait_paid(&self) {
+        self.skip_waits_until.store(0, Ordering::Relaxed);
     }
 }
 
@@ -79,6 +113,19 @@ impl ClusterLink {
 mod tests {
     use super::*;
     use crate::topology::Lsn;
+
+    #[test]
+    fn a_wait_that_ran_out_makes_others_skip_waiting_a_while() {
+        let (_tx, rx) = watch::channel(0);
+        let l = ClusterLink::new(TrackerHandle::idle(), rx);
+        let now = Instant::now();
+        assert!(l.replica_waits_pay(now));
+        l.wait_ran_out(now);
+        assert!(!l.replica_waits_pay(now + Duration::from_millis(500)));
+        assert!(l.replica_waits_pay(now + WAIT_BACKOFF + Duration::from_millis(1)));
+        l.wait_paid();
+        assert!(l.replica_waits_pay(now));
+    }
 
     #[test]
     fn floors_only_grow_and_are_kept_per_user_and_database() {

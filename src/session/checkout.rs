@@ -161,7 +161,8 @@ impl Session {
         let replica_deadline = started + resolved.read_your_writes_wait;
         let leader_deadline = started + resolved.leader_wait;
         let mut patience = Patience {
-            replica: !resolved.read_your_writes_wait.is_zero(),
+            replica: !resolved.read_your_writes_wait.is_zero()
+                && self.ctx.link.replica_waits_pay(started),
             leader: wait_leader && !resolved.leader_wait.is_zero(),
         };
         let mut waited_replica = false;
@@ -200,6 +201,11 @@ impl Session {
                                 self.metrics
                                     .ryw_wait
                                     .observe(started.elapsed().as_secs_f64());
+                                if role == NodeRole::Replica {
+                                    self.ctx.link.wait_paid();
+                                } else {
+                                    self.ctx.link.wait_ran_out(Instant::now());
+                                }
                             }
                             if waited_leader {
                                 self.leader_waited("leader", started);
