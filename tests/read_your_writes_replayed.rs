@@ -62,3 +62,73 @@ async fn floored_reads_go_to_replicas_that_replayed_them() {
         100.0 * t.replica_share()
     );
 }
+
+/// Asynchronous commits (CONSISTENCY.md §4, scenario a): with
+/// `synchronous_commit = off` the commit returns before its record is
+/// flushed, so the flush position can sit below it; pgvane then takes the
+/// insert position as the floor. Replicas replaying at full speed must
+/// still show every write, for a session-wide `SET` and for a `SET LOCAL`
+/// inside the writing transaction (reverted by the time of COMMIT).
+#[tokio::test(flavor = "multi_thread")]
+async fn asynchronous_commits_are_read_back() {
+    healthy_lab();
+    setup_probe();
+    let free = wait_until(Duration::from_secs(600), || {
+        configured_delay().is_some_and(|d| d.is_empty())
+    });
+    assert!(
+        free,
+        "the lab has someone else's apply delay for 10 minutes"
+    );
+    let watch = DelayWatch::start();
+    let (p, split) = (Ports::new(), free_port());
+    let yaml = cluster_fields(
+        &split_config_opts(
+            &p,
+            split,
+            "roles: [sync, async], pool_size: 8, read_your_writes: session, read_your_writes_wait_ms: 200",
+        ),
+        "replica_position_poll_ms: 20\n",
+    );
+    let pg = Pgvane::start(&yaml, p.admin);
+    let lead = leader();
+    let c = connect(split).await.unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut t = Tally::default();
+        c.client
+            .batch_execute("set synchronous_commit = off")
+            .await
+            .unwrap();
+        for _ in 0..300 {
+            let w = write(&c.client, 14).await;
+            t.add(w, read(&c.client, 14).await, &lead);
+        }
+        c.client
+            .batch_execute("set synchronous_commit = on")
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            c.client.batch_execute("begin").await.unwrap();
+            c.client
+                .batch_execute("set local synchronous_commit = off")
+                .await
+                .unwrap();
+            let w = write(&c.client, 14).await;
+            c.client.batch_execute("commit").await.unwrap();
+            t.add(w, read(&c.client, 14).await, &lead);
+        }
+        t
+    })
+    .await
+    .expect("500 pairs within 120 s");
+    t.report(
+        "session, synchronous_commit off (SET and SET LOCAL), no delay",
+        &pg,
+    );
+    watch.assert_only("");
+    assert_eq!(t.stale, 0, "{t:?}");
+    assert!(
+        pg.metric("pgvane_ryw_captures_total", &["outcome=\"ok\""]) >= 500.0,
+        "every commit captured"
+    );
+}
