@@ -219,15 +219,12 @@ impl PortShared {
 
     /// Counts a new client held while the leader was replaced.
     fn leader_waited(&self, outcome: &str, started: Instant) {
-        let labels = [self.key.cluster.as_str(), self.key.port.as_str()];
-        self.metrics
-            .leader_waits
-            .with_label_values(&[labels[0], labels[1], outcome])
-            .inc();
-        self.metrics
-            .leader_wait
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.leader_waited(
+            &self.key.cluster,
+            &self.key.port,
+            outcome,
+            started.elapsed(),
+        );
     }
 
     /// Clients connected right now.

@@ -12,8 +12,10 @@ use common::ryw::*;
 use common::*;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn floored_reads_go_to_replicas_that_replayed_them() {
+/// The probe table and pgvane with a session-scope split port (wait 200
+/// ms, positions every 20 ms), once the lab has no apply delay; the watch
+/// fails the test if someone sets one meanwhile.
+fn start_undelayed() -> (Pgvane, u16, DelayWatch) {
     healthy_lab();
     setup_probe();
     // The lab is shared: someone else's delay would make this meaningless.
@@ -34,7 +36,12 @@ async fn floored_reads_go_to_replicas_that_replayed_them() {
         ),
         "replica_position_poll_ms: 20\n",
     );
-    let pg = Pgvane::start(&yaml, p.admin);
+    (Pgvane::start(&yaml, p.admin), split, watch)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn floored_reads_go_to_replicas_that_replayed_them() {
+    let (pg, split, watch) = start_undelayed();
     let lead = leader();
     let c = connect(split).await.unwrap();
     let t0 = Instant::now();
@@ -71,26 +78,7 @@ async fn floored_reads_go_to_replicas_that_replayed_them() {
 /// inside the writing transaction (reverted by the time of COMMIT).
 #[tokio::test(flavor = "multi_thread")]
 async fn asynchronous_commits_are_read_back() {
-    healthy_lab();
-    setup_probe();
-    let free = wait_until(Duration::from_secs(600), || {
-        configured_delay().is_some_and(|d| d.is_empty())
-    });
-    assert!(
-        free,
-        "the lab has someone else's apply delay for 10 minutes"
-    );
-    let watch = DelayWatch::start();
-    let (p, split) = (Ports::new(), free_port());
-    let yaml = cluster_fields(
-        &split_config_opts(
-            &p,
-            split,
-            "roles: [sync, async], pool_size: 8, read_your_writes: session, read_your_writes_wait_ms: 200",
-        ),
-        "replica_position_poll_ms: 20\n",
-    );
-    let pg = Pgvane::start(&yaml, p.admin);
+    let (pg, split, watch) = start_undelayed();
     let lead = leader();
     let c = connect(split).await.unwrap();
     let t = tokio::time::timeout(Duration::from_secs(120), async {

@@ -291,17 +291,10 @@ impl Session {
     }
 
     fn leader_waited(&self, outcome: &str, started: Instant) {
-        let labels = [self.ctx.key.cluster.as_str(), self.ctx.key.port.as_str()];
+        let key = &self.ctx.key;
         self.ctx
             .metrics
-            .leader_waits
-            .with_label_values(&[labels[0], labels[1], outcome])
-            .inc();
-        self.ctx
-            .metrics
-            .leader_wait
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
+            .leader_waited(&key.cluster, &key.port, outcome, started.elapsed());
     }
 
     /// Acquires from `targets`, best first, and applies the session's

@@ -94,12 +94,13 @@ impl Captured {
     }
 }
 
-/// The first two words of `sql` in lower case, after whitespace and
-/// comments (`--` and `/* */`, as a hint is written).
-pub(super) fn first_words(sql: &str) -> (String, String) {
+/// The first two words of `sql`, after whitespace and comments (`--`
+/// and `/* */`, as a hint is written); compare them ignoring case.
+pub(super) fn first_words(sql: &str) -> (&str, &str) {
     let mut rest = sql;
-    let mut words = Vec::with_capacity(2);
-    while words.len() < 2 {
+    let mut words = ["", ""];
+    let mut n = 0;
+    while n < 2 {
         rest = rest.trim_start();
         if let Some(r) = rest.strip_prefix("--") {
             rest = r.split_once('\n').map_or("", |(_, after)| after);
@@ -115,11 +116,11 @@ pub(super) fn first_words(sql: &str) -> (String, String) {
         if end == 0 {
             break;
         }
-        words.push(rest[..end].to_ascii_lowercase());
+        words[n] = &rest[..end];
         rest = &rest[end..];
+        n += 1;
     }
-    let second = words.get(1).cloned().unwrap_or_default();
-    (words.into_iter().next().unwrap_or_default(), second)
+    (words[0], words[1])
 }
 
 /// What one request means for read-your-writes, from its verdict and text.
@@ -150,14 +151,18 @@ impl Effect {
             };
         }
         let (first, second) = first_words(sql);
+        let is = |w: &str, any: &[&str]| any.iter().any(|a| w.eq_ignore_ascii_case(a));
+        let prepared = is(second, &["prepared"]);
         Self {
-            writes: writes(class) || (first == "commit" && second == "prepared"),
-            commits: matches!(first.as_str(), "commit" | "end") && second != "prepared",
-            rolls_back: matches!(first.as_str(), "rollback" | "abort") && second != "to",
+            writes: writes(class) || (is(first, &["commit"]) && prepared),
+            commits: is(first, &["commit", "end"]) && !prepared,
+            rolls_back: is(first, &["rollback", "abort"]) && !is(second, &["to"]),
             rerunnable: !class.reset
-                && matches!(
-                    first.as_str(),
-                    "select" | "insert" | "update" | "delete" | "with" | "values" | "table"
+                && is(
+                    first,
+                    &[
+                        "select", "insert", "update", "delete", "with", "values", "table",
+                    ],
                 ),
         }
     }
@@ -329,8 +334,9 @@ mod tests {
         assert!(!eff("create index concurrently i on t (v)").rerunnable);
         assert_eq!(
             first_words("-- x\n /* y */ Commit  Prepared 'a'"),
-            ("commit".into(), "prepared".into())
+            ("Commit", "Prepared")
         );
+        assert!(eff("COMMIT PREPARED 'x'").writes && eff("Insert into t values (1)").rerunnable);
     }
 
     #[test]

@@ -423,13 +423,12 @@ impl Session {
                     rest,
                 } => {
                     if statement.is_empty() {
-                        if !parsed_unnamed {
-                            if let Some(u) = &self.statements.unnamed {
-                                encode::parse(&mut out, "", &u.text.sql, &u.text.types);
-                                queue.push_back(Expect::Swallow);
-                                parsed_unnamed = true;
-                            }
-                        }
+                        reparse_unnamed(
+                            self.statements.unnamed.as_ref(),
+                            &mut parsed_unnamed,
+                            &mut out,
+                            &mut queue,
+                        );
                         out.extend_from_slice(m.raw());
                     } else if let Some(st) = self.statements.get(statement) {
                         let id = ensure(cache, &mut out, &mut queue, &mut used, &st.text);
@@ -452,15 +451,12 @@ impl Session {
                     kind: b'S',
                     name: "",
                 } => {
-                    // The unnamed statement on the server may be another
-                    // batch's (or pgvane's capture): parse the client's again.
-                    if !parsed_unnamed {
-                        if let Some(u) = &self.statements.unnamed {
-                            encode::parse(&mut out, "", &u.text.sql, &u.text.types);
-                            queue.push_back(Expect::Swallow);
-                            parsed_unnamed = true;
-                        }
-                    }
+                    reparse_unnamed(
+                        self.statements.unnamed.as_ref(),
+                        &mut parsed_unnamed,
+                        &mut out,
+                        &mut queue,
+                    );
                     out.extend_from_slice(m.raw());
                     queue.push_back(Expect::Real(Kind::Describe));
                 }
@@ -489,6 +485,25 @@ impl Session {
             }
         }
         Ok((out, queue))
+    }
+}
+
+/// Parses the client's unnamed statement `unnamed` again on the backend
+/// (its ParseComplete swallowed) unless this batch already did: the
+/// server's unnamed statement may be another batch's or pgvane's capture.
+fn reparse_unnamed(
+    unnamed: Option<&Stmt>,
+    parsed: &mut bool,
+    out: &mut Vec<u8>,
+    queue: &mut VecDeque<Expect>,
+) {
+    if *parsed {
+        return;
+    }
+    if let Some(u) = unnamed {
+        encode::parse(out, "", &u.text.sql, &u.text.types);
+        queue.push_back(Expect::Swallow);
+        *parsed = true;
     }
 }
 

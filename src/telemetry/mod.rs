@@ -336,6 +336,23 @@ impl Metrics {
         }
     }
 
+    /// Records a request or client held while the leader was replaced:
+    /// `outcome` `leader` (served) or `timeout`, and how long it waited.
+    pub fn leader_waited(
+        &self,
+        cluster: &str,
+        port: &str,
+        outcome: &str,
+        waited: std::time::Duration,
+    ) {
+        self.leader_waits
+            .with_label_values(&[cluster, port, outcome])
+            .inc();
+        self.leader_wait
+            .with_label_values(&[cluster, port])
+            .observe(waited.as_secs_f64());
+    }
+
     /// Records a published map's generation and staleness.
     pub fn set_map(&self, cluster: &str, generation: u64, stale: bool) {
         self.map_generation
