@@ -5,10 +5,19 @@ connection and pgvane beside a reference proxy, plus RSS per idle client for
 build (cargo build --release). Stdlib only.
 
     bench/run.py [--split] [--repeats 4] [--seconds 5] [--idle 1000] [--out FILE]
+    bench/run.py [--split] --syscalls [--txns 8000] [--clients 4] [--repeats 3]
+    bench/run.py --split --busy-idle 5000 [--repeats 3] [--seconds 10]
 
 Default: role ports (pgvane's leader port vs HAProxy, Debian). --split:
 pgvane's split port vs pgbouncer (Debian, transaction mode,
 default_pool_size = pgvane's pool_size).
+
+--syscalls counts system calls per transaction (perf trace -s, or
+strace -c -f with --tracer strace, on every thread of pgvane and of the
+reference proxy, the same fixed number of
+pgbench transactions for each) instead of timing; --busy-idle N measures
+p50/p99 latency of 16 busy `-S` clients while N idle clients stay
+connected (split port vs pgbouncer). Both live in bench/trace.py.
 
 bench/ryw.py, the read-after-write benchmark, shares these helpers.
 
@@ -16,6 +25,7 @@ Every process it starts it stops by pid. patroni_proxy is not run: it is
 not packaged for Debian and this machine cannot fetch its source.
 """
 import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import counting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -143,7 +153,7 @@ auth_type = scram-sha-256
 auth_file = {d}/userlist.txt
 pool_mode = transaction
 default_pool_size = {POOL_SIZE}
-max_client_conn = 5000
+max_client_conn = 6000
 logfile = {d}/pgbouncer.log
 """ + ("max_prepared_statements = 200\n" if pgbouncer_version(PGBOUNCER) >= (1, 21) else ""))
     args = [PGBOUNCER, cfg] if os.getuid() else [PGBOUNCER, "-u", "postgres", cfg]
@@ -212,6 +222,18 @@ WORKLOADS = [
 ]
 
 
+def syscall_workloads(split, clients):
+    c = ["-c", str(clients), "-j", str(min(clients, 2))]
+    rows = [("-S simple", ["-S", "-M", "simple"] + c, False)]
+    if split:
+        rows += [("-S extended", ["-S", "-M", "extended"] + c, False),
+                 ("-S prepared", ["-S", "-M", "prepared"] + c, False),
+                 ("tpcb-like", ["-b", "tpcb-like", "-M", "simple"] + c, False)]
+    else:
+        rows = [("SELECT 1", ["-M", "simple"] + c, "select1")] + rows
+    return rows
+
+
 def pgbench(host, port, args, seconds, script):
     cmd = [f"{PGBIN}/pgbench", "-h", host, "-p", str(port), "-U", "postgres", "-n", "-T", str(seconds)] + args
     if script:
@@ -227,16 +249,20 @@ def pgbench(host, port, args, seconds, script):
     return float(m.group(1)), float(lat.group(1)) if lat else None, int(n.group(1))
 
 
-def idle_rss(pid, port, n):
-    """RSS growth per client with n idle clients connected through the proxy."""
+def idle_rss(pid, port, n, base=None):
+    """RSS growth per client with n idle clients connected through the
+    proxy, against `base` (KiB; default: the RSS just before connecting).
+    Rounds after the first pass the process's RSS before its first round,
+    so memory a round leaves behind counts in the next."""
     code = f"""
-import psycopg, sys, time
+import psycopg, resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, ({n} + 100, {n} + 100))
 conns = [psycopg.connect(host='127.0.0.1', port={port}, user='postgres', password='postgres', dbname='postgres') for _ in range({n})]
 for c in conns[:10]: c.execute('select 1')
 print('ready', flush=True)
 sys.stdin.readline()
 """
-    before = rss_kib(pid)
+    before = rss_kib(pid) if base is None else base
     py = "/opt/pgvane-lab-venv/bin/python"
     p = subprocess.Popen([py, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
@@ -245,7 +271,55 @@ sys.stdin.readline()
     time.sleep(1)
     after = rss_kib(pid)
     p.stdin.write("\n"); p.stdin.flush(); p.wait(timeout=60)
+    time.sleep(1)  # the proxy sees the clients leave
     return (after - before) / n
+
+
+def special(a, targets, scripts, ref):
+    """--syscalls and --busy-idle: interleaved over the proxies only."""
+    R = "HAProxy" if ref == "haproxy" else "pgbouncer"
+    version = '.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()
+    results = {}
+    if a.syscalls:
+        per_client = max(1, a.txns // a.clients)
+        for r in range(a.repeats):
+            for wname, args, s1 in syscall_workloads(a.split, a.clients):
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for tname, host, port, pid in order:
+                    got = counting.count_syscalls(pid, host, port, args, per_client, scripts.get(s1), a.tracer)
+                    results.setdefault((wname, tname), []).append(got)
+                    if got:
+                        per, err, n = got
+                        top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
+                        print(f"repeat {r+1} {wname:12} {tname:9} {sum(per.values()):6.2f} calls/txn over {n} txns: "
+                              + ", ".join(f"{k} {v:.2f}" for k, v in top), flush=True)
+                    else:
+                        print(f"repeat {r+1} {wname:12} {tname:9} FAILED", flush=True)
+        text = (counting.syscall_table(results, targets, ref)
+                + f"\n\n{a.clients} pgbench clients, {per_client * a.clients} transactions per traced run, "
+                  f"{a.repeats} interleaved repeats, counted with {'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'}; {R} {version}.")
+    else:
+        for r in range(a.repeats):
+            order = targets if r % 2 == 0 else list(reversed(targets))
+            for tname, host, port, pid in order:
+                got = counting.busy_beside_idle(host, port, a.busy_idle, ["-S", "-M", "simple", "-c", "16", "-j", "2"],
+                                                a.seconds)
+                results.setdefault(tname, []).append(got)
+                print(f"repeat {r+1} {tname:9} " + (f"p50 {got[0]} µs p99 {got[1]} µs tps {got[2]:.0f}" if got else "FAILED"),
+                      flush=True)
+        lines = ["| target | p50 µs (min / median / max) | p99 µs (min / median / max) | TPS (median) |",
+                 "| --- | ---: | ---: | ---: |"]
+        for tname, *_ in targets:
+            xs = [x for x in results.get(tname, []) if x]
+            if not xs:
+                lines.append(f"| {tname} | fails | fails | |"); continue
+            f = lambda i: "/".join(str(v) for v in (min(x[i] for x in xs), int(statistics.median(x[i] for x in xs)), max(x[i] for x in xs)))
+            lines.append(f"| {tname} | {f(0)} | {f(1)} | {statistics.median(x[2] for x in xs):,.0f} |")
+        text = "\n".join(lines) + (f"\n\n16 busy `-S` simple clients for {a.seconds} s beside {a.busy_idle} idle clients, "
+                                   f"{a.repeats} interleaved repeats, counted with {'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'}; {R} {version}.")
+    print("\n" + text)
+    if a.out:
+        open(a.out, "w").write(text + "\n")
 
 
 def main():
@@ -255,10 +329,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--out")
+    ap.add_argument("--idle-rounds", type=int, default=3, help="rounds of idle clients on the same processes, each measured against the RSS before the first (the worst is reported)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
     ap.add_argument("--pgbouncer", default=PGBOUNCER, help="pgbouncer binary (e.g. ../shared/anchors/pgbouncer-1.25/pgbouncer)")
     ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before')")
+    ap.add_argument("--syscalls", action="store_true", help="count system calls per transaction (strace -c -f) instead of timing")
+    ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
+    ap.add_argument("--txns", type=int, default=8000, help="--syscalls: transactions per traced run")
+    ap.add_argument("--clients", type=int, default=4, help="--syscalls: pgbench clients")
+    ap.add_argument("--busy-idle", type=int, default=0, metavar="N",
+                    help="p50/p99 of 16 busy -S clients with N idle clients connected (split port vs pgbouncer)")
     a = ap.parse_args()
+    counting.raise_nofile(max(a.busy_idle, a.idle) * 2 + 1000)
     globals()["PGBOUNCER"] = os.path.abspath(a.pgbouncer)
     if a.idle_only:
         a.repeats = 0
@@ -282,6 +364,8 @@ def main():
             bp, bp_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp, os.path.abspath(a.baseline), "before")
             procs["before"] = bp
             targets.append(("before", "127.0.0.1", bp_port, bp.pid))
+        if a.syscalls or a.busy_idle:
+            return special(a, targets[1:], scripts, ref)
         for r in range(a.repeats):
             for wname, args, s1 in workloads:
                 order = targets if r % 2 == 0 else list(reversed(targets))
@@ -296,10 +380,13 @@ def main():
                     cpu = (cpu_seconds(pid) - c0) * 1e6 / n if pid else None
                     results.setdefault((wname, tname), []).append((tps, lat, cpu))
                     print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
-        rss = {}
-        for tname, host, port, pid in targets[1:3]:
-            rss[tname] = idle_rss(pid, port, a.idle)
-            print(f"idle RSS {tname}: {rss[tname]:.2f} KiB per client", flush=True)
+        rss, rounds, base = {}, {}, {}
+        for rnd in range(a.idle_rounds):
+            for tname, host, port, pid in targets[1:3]:
+                base.setdefault(tname, rss_kib(pid))
+                rounds.setdefault(tname, []).append(idle_rss(pid, port, a.idle, base[tname]))
+                print(f"idle RSS round {rnd+1} {tname}: {rounds[tname][-1]:.2f} KiB per client", flush=True)
+        rss = {t: max(v) for t, v in rounds.items()}
     finally:
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
@@ -315,18 +402,20 @@ def main():
 
     R = "HAProxy" if ref == "haproxy" else "pgbouncer"
     if a.idle_only:
-        print(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
+        print(f"RSS per idle client ({a.idle} clients, worst of {a.idle_rounds} rounds: "
+              + "; ".join(f"{t} " + " / ".join(f"{x:.2f}" for x in v) for t, v in rounds.items()) + " KiB): "
+              f"pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
         return
     B = bool(a.baseline)
-    lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn |"
+    lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn | CPU pgvane / {R} |"
              + (" before TPS | pgvane / before | before CPU µs/txn |" if B else ""),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if B else "")]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if B else "")]
     fmt = lambda v, d: "fails" if v is None else f"{v:,.0f} ({v/d:.2f}×)"
     for wname, _, _ in workloads:
         d, p_, h = med(wname, "direct", 0), med(wname, "pgvane", 0), med(wname, ref, 0)
         pc, hc = med(wname, "pgvane", 2), med(wname, ref, 2)
         ratio = f"{p_/h:.2f}×" if p_ and h else "—"
-        row = f"| {wname} | {d:,.0f} | {fmt(p_, d)} | {fmt(h, d)} | {ratio} | {pc if pc is None else round(pc, 1)} | {hc if hc is None else round(hc, 1)} |"
+        row = f"| {wname} | {d:,.0f} | {fmt(p_, d)} | {fmt(h, d)} | {ratio} | {pc if pc is None else round(pc, 1)} | {hc if hc is None else round(hc, 1)} | {f'{pc/hc:.2f}×' if pc and hc else '—'} |"
         if B:
             b, bc = med(wname, "before", 0), med(wname, "before", 2)
             row += f" {fmt(b, d)} | {f'{p_/b:.2f}×' if p_ and b else '—'} | {bc if bc is None else round(bc, 1)} |"
@@ -335,7 +424,9 @@ def main():
     lines.append("")
     lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
                  f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
-    lines.append(f"RSS per idle client ({a.idle} clients): pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
+    lines.append(f"RSS per idle client ({a.idle} clients, worst of {a.idle_rounds} rounds on one process): "
+                 f"pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB (rounds: "
+                 + "; ".join(f"{t} " + " / ".join(f"{x:.2f}" for x in v) for t, v in rounds.items()) + ").")
     lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores; "
                  f"{R} {'.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()}.")
     lines.append("")

@@ -69,11 +69,17 @@ impl ClientStream {
     pub(super) async fn read_some(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Self::Plain(tcp) => {
+                // No buffer is reserved before the socket is readable, so
+                // an idle client holds none.
                 tcp.readable().await?;
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(8192);
                 }
-                tcp.try_read_buf(buf)
+                // `read_buf`, not `try_read_buf`: after a short read tokio
+                // forgets the readiness, so the next read waits in the
+                // reactor instead of failing once with EAGAIN (one wasted
+                // `recvfrom` per request).
+                tcp.read_buf(buf).await
             }
             Self::Tls(tls) => {
                 if buf.capacity() - buf.len() < 1024 {
