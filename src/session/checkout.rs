@@ -360,12 +360,12 @@ impl Session {
                     }
                     cancel::set(&self.cancel_slot, Some((t.addr.clone(), p.backend.key)));
                     self.metrics.statement(&self.ctx, &t.name, t.role, reason);
-                    self.held = Some(Held {
+                    self.held = Some(Box::new(Held {
                         pooled: p,
                         node: t.name,
                         role: t.role,
                         fixup: None,
-                    });
+                    }));
                     return Ok(t.role);
                 }
                 Err(PoolError::Backend(BackendError::Refused { code, raw, .. }))

@@ -90,7 +90,9 @@ struct Session {
     creds: Credentials,
     settings: SessionSettings,
     /// The backend held now, and the pools this session used.
-    held: Option<Held>,
+    /// Boxed: an idle session (most of them) then holds one pointer, not
+    /// the backend's whole state.
+    held: Option<Box<Held>>,
     pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
     pin: Option<Pin>,
     scs: bool,
@@ -259,7 +261,7 @@ impl Session {
             let m = match self.client.read(idle, limit).await {
                 Ok(m) => m,
                 Err(e) => {
-                    self.end_with(e).await;
+                    Box::pin(self.end_with(e)).await;
                     return;
                 }
             };
@@ -285,7 +287,7 @@ impl Session {
                         // now, with a Flush so their replies come back.
                         let msgs = std::mem::take(&mut batch).msgs;
                         let r = Box::pin(self.extended(msgs, true)).await;
-                        if !self.recover(r, Ending::NoReady).await {
+                        if r.is_err() && !Box::pin(self.recover(r, Ending::NoReady)).await {
                             return;
                         }
                         if self.state == ClientState::AwaitingSync {
@@ -324,11 +326,13 @@ impl Session {
                 other => {
                     let e =
                         SessionError::Protocol(format!("invalid frontend message type {other}"));
-                    self.end_with(e).await;
+                    Box::pin(self.end_with(e)).await;
                     return;
                 }
             };
-            if !self.recover(result, ending).await {
+            // Boxed, and only on failure: the request loop's own future
+            // stays small, since every idle session's task holds it.
+            if result.is_err() && !Box::pin(self.recover(result, ending)).await {
                 return;
             }
         }
