@@ -137,7 +137,7 @@ async fn negotiate_tls(
                 .connect(name, HomedTcp::new(tcp))
                 .await
                 .map_err(|e| BackendError::Tls(format!("handshake with {addr}: {e}")))?;
-            Ok(ServerStream::Tls(Box::new(tls)))
+            Ok(ServerStream::from(tls))
         }
         ssl::REFUSED if security.mode == ServerTlsMode::Prefer => {
             Ok(ServerStream::Plain(HomedTcp::new(tcp)))
