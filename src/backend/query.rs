@@ -5,6 +5,7 @@
 use super::{Backend, BackendError};
 use crate::protocol::encode;
 use crate::protocol::message;
+use crate::protocol::tag::backend as bt;
 
 /// One row of text values; `None` is SQL NULL.
 pub type Row = Vec<Option<String>>;
@@ -27,16 +28,16 @@ impl Backend {
         loop {
             let m = self.read().await?;
             match m.tag() {
-                b'D' if row.is_none() && failed.is_none() => {
+                bt::DATA_ROW if row.is_none() && failed.is_none() => {
                     row = Some(
                         data_row(m.body()).ok_or(BackendError::Protocol("malformed DataRow"))?,
                     );
                 }
-                b'E' => {
+                bt::ERROR_RESPONSE => {
                     let (code, message) = message::error_fields(m.body());
                     failed = Some(BackendError::Query { code, message });
                 }
-                b'Z' => break,
+                bt::READY_FOR_QUERY => break,
                 _ => {}
             }
         }

@@ -5,6 +5,7 @@
 //! asks it whether the connection is clean.
 
 use crate::protocol::message::Message;
+use crate::protocol::tag::{backend as bt, frontend as ft, status};
 
 /// COPY in progress on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,7 +109,7 @@ impl Default for ConnState {
     fn default() -> Self {
         Self {
             ready_owed: 0,
-            status: b'I',
+            status: status::IDLE,
             unsynced: false,
             skipping: false,
             copy: CopyState::None,
@@ -130,12 +131,14 @@ impl ConnState {
                 u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]])
                     as usize;
             match tag {
-                b'Q' | b'F' => self.ready_owed += 1,
-                b'S' => {
+                ft::QUERY | ft::FUNCTION_CALL => self.ready_owed += 1,
+                ft::SYNC => {
                     self.ready_owed += 1;
                     self.unsynced = false;
                 }
-                b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
+                ft::PARSE | ft::BIND | ft::DESCRIBE | ft::EXECUTE | ft::CLOSE => {
+                    self.unsynced = true
+                }
                 _ => {}
             }
             at += 1 + len.max(4);
@@ -145,23 +148,23 @@ impl ConnState {
     /// Notes a message the server sent; says what it did to prepared statements.
     pub fn on_recv(&mut self, m: &Message) -> PreparedEffect {
         match m.tag() {
-            b'Z' => {
+            bt::READY_FOR_QUERY => {
                 self.ready_owed = self.ready_owed.saturating_sub(1);
-                self.status = m.body().first().copied().unwrap_or(b'I');
+                self.status = m.body().first().copied().unwrap_or(status::IDLE);
                 self.skipping = false;
                 self.copy = CopyState::None;
             }
-            b'G' => self.copy = CopyState::In,
-            b'H' => self.copy = CopyState::Out,
-            b'W' => self.copy = CopyState::Both,
-            b'c' if self.copy == CopyState::Out => self.copy = CopyState::None,
-            b'E' => {
+            bt::COPY_IN_RESPONSE => self.copy = CopyState::In,
+            bt::COPY_OUT_RESPONSE => self.copy = CopyState::Out,
+            bt::COPY_BOTH_RESPONSE => self.copy = CopyState::Both,
+            bt::COPY_DONE if self.copy == CopyState::Out => self.copy = CopyState::None,
+            bt::ERROR_RESPONSE => {
                 if self.unsynced {
                     self.skipping = true;
                 }
                 self.copy = CopyState::None;
             }
-            b'C' => {
+            bt::COMMAND_COMPLETE => {
                 let tag = Tag::of(m.body());
                 self.last_tag = tag;
                 if self.copy == CopyState::In {
@@ -200,7 +203,7 @@ impl ConnState {
     #[must_use]
     pub fn at_rest(&self) -> bool {
         self.ready_owed == 0
-            && self.status == b'I'
+            && self.status == status::IDLE
             && !self.unsynced
             && !self.skipping
             && self.copy == CopyState::None

@@ -1,16 +1,17 @@
 //! A backend's byte stream: plain TCP, or TLS over it after the server
-//! answered pgvane's SSLRequest with `S`. Both arms are driven by polling
+//! answered pgvane's SSLRequest with `S` (the shared [`MaybeTls`] type),
+//! over a socket that knows its worker. Both arms are driven by polling
 //! (one `poll_fn` writes queued bytes and reads), so a pipeline is written
 //! while replies arrive whichever the stream is. The socket remembers which
 //! worker thread's reactor it is registered with, so a pooled backend can
-//! move to the worker of the session that borrows it ([`ServerStream::rehome`]).
+//! move to the worker of the session that borrows it (`rehome`).
 
+use crate::tls::stream::MaybeTls;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// A node socket and the thread whose reactor it is registered with.
 #[derive(Debug)]
@@ -101,44 +102,22 @@ impl AsyncWrite for HomedTcp {
     }
 }
 
-/// The connection to a PostgreSQL node, plain or TLS.
-pub enum ServerStream {
-    /// Plain TCP.
-    Plain(HomedTcp),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<HomedTcp>>),
-}
+/// The connection to a PostgreSQL node, plain or TLS: the one stream type
+/// of both sides ([`MaybeTls`]) over a [`HomedTcp`]. pgvane never builds
+/// its [`MaybeTls::Closed`] for a node.
+pub type ServerStream = MaybeTls<HomedTcp>;
 
-impl std::fmt::Debug for ServerStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Plain(_) => "Plain",
-            Self::Tls(_) => "Tls",
-        })
-    }
-}
-
-impl ServerStream {
-    /// Whether the connection is encrypted.
-    #[must_use]
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Self::Tls(_))
-    }
-
+impl MaybeTls<HomedTcp> {
     fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Self::Plain(s) => s.get(),
-            Self::Tls(t) => t.get_ref().0.get(),
-        }
+        self.socket().and_then(HomedTcp::get)
     }
 
-    /// The thread whose runtime drives this socket.
+    /// The thread whose runtime drives this socket (the calling thread's
+    /// when there is no socket).
     #[must_use]
     pub fn home(&self) -> std::thread::ThreadId {
-        match self {
-            Self::Plain(s) => s.home,
-            Self::Tls(t) => t.get_ref().0.home,
-        }
+        self.socket()
+            .map_or_else(|| std::thread::current().id(), |s| s.home)
     }
 
     /// Registers the socket with the calling thread's runtime when another
@@ -147,23 +126,9 @@ impl ServerStream {
     /// # Errors
     /// When the socket cannot be moved; it is then dead.
     pub fn rehome(&mut self) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.rehome(),
-            Self::Tls(t) => t.get_mut().0.rehome(),
-        }
-    }
-
-    /// The server's leaf certificate (DER), when TLS is on.
-    #[must_use]
-    pub fn peer_certificate(&self) -> Option<&[u8]> {
-        match self {
-            Self::Plain(_) => None,
-            Self::Tls(t) => t
-                .get_ref()
-                .1
-                .peer_certificates()?
-                .first()
-                .map(AsRef::as_ref),
+        match self.socket_mut() {
+            Some(s) => s.rehome(),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "no socket")),
         }
     }
 
@@ -177,46 +142,6 @@ impl ServerStream {
         let mut rb = ReadBuf::new(&mut probe);
         self.tcp()
             .is_some_and(|t| t.poll_peek(&mut cx, &mut rb).is_pending())
-    }
-}
-
-impl AsyncRead for ServerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 

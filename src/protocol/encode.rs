@@ -2,6 +2,7 @@
 //! Each appends to a caller's buffer; none does IO.
 
 use super::sqlstate::SqlState;
+use super::tag::{backend as bt, field, frontend as ft};
 
 /// Severity of an `ErrorResponse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,18 +27,18 @@ impl Severity {
 /// Interior NUL bytes in `message` are dropped so the frame stays valid.
 pub fn error_response(buf: &mut Vec<u8>, severity: Severity, code: SqlState, message: &str) {
     let start = buf.len();
-    buf.push(b'E');
+    buf.push(bt::ERROR_RESPONSE);
     buf.extend_from_slice(&[0, 0, 0, 0]);
     for (tag, value) in [
-        (b'S', severity.as_str()),
-        (b'V', severity.as_str()),
-        (b'C', code.code()),
+        (field::SEVERITY, severity.as_str()),
+        (field::SEVERITY_RAW, severity.as_str()),
+        (field::CODE, code.code()),
     ] {
         buf.push(tag);
         buf.extend_from_slice(value.as_bytes());
         buf.push(0);
     }
-    buf.push(b'M');
+    buf.push(field::MESSAGE);
     buf.extend(message.bytes().filter(|b| *b != 0));
     buf.push(0);
     buf.push(0);
@@ -62,22 +63,22 @@ fn put_cstr(buf: &mut Vec<u8>, s: &str) {
 
 /// 'Q' Query.
 pub fn query(buf: &mut Vec<u8>, sql: &str) {
-    frame(buf, b'Q', |b| put_cstr(b, sql));
+    frame(buf, ft::QUERY, |b| put_cstr(b, sql));
 }
 
 /// 'S' Sync.
 pub fn sync(buf: &mut Vec<u8>) {
-    frame(buf, b'S', |_| {});
+    frame(buf, ft::SYNC, |_| {});
 }
 
 /// 'X' Terminate.
 pub fn terminate(buf: &mut Vec<u8>) {
-    frame(buf, b'X', |_| {});
+    frame(buf, ft::TERMINATE, |_| {});
 }
 
 /// 'P' Parse with a raw parameter-type section (count + OIDs).
 pub fn parse(buf: &mut Vec<u8>, name: &str, sql: &str, types: &[u8]) {
-    frame(buf, b'P', |b| {
+    frame(buf, ft::PARSE, |b| {
         put_cstr(b, name);
         put_cstr(b, sql);
         b.extend_from_slice(types);
@@ -86,7 +87,7 @@ pub fn parse(buf: &mut Vec<u8>, name: &str, sql: &str, types: &[u8]) {
 
 /// 'B' Bind with everything after the two names raw.
 pub fn bind_raw(buf: &mut Vec<u8>, portal: &str, statement: &str, rest: &[u8]) {
-    frame(buf, b'B', |b| {
+    frame(buf, ft::BIND, |b| {
         put_cstr(b, portal);
         put_cstr(b, statement);
         b.extend_from_slice(rest);
@@ -101,9 +102,9 @@ pub fn describe_or_close(buf: &mut Vec<u8>, tag: u8, kind: u8, name: &str) {
     });
 }
 
-/// 'R' Authentication request with `code` and `data`.
+/// 'R' Authentication request with `code` ([`super::tag::auth`]) and `data`.
 pub fn auth(buf: &mut Vec<u8>, code: i32, data: &[u8]) {
-    frame(buf, b'R', |b| {
+    frame(buf, bt::AUTHENTICATION, |b| {
         b.extend_from_slice(&code.to_be_bytes());
         b.extend_from_slice(data);
     });
@@ -111,7 +112,7 @@ pub fn auth(buf: &mut Vec<u8>, code: i32, data: &[u8]) {
 
 /// 'S' ParameterStatus.
 pub fn parameter_status(buf: &mut Vec<u8>, name: &str, value: &str) {
-    frame(buf, b'S', |b| {
+    frame(buf, bt::PARAMETER_STATUS, |b| {
         put_cstr(b, name);
         put_cstr(b, value);
     });
@@ -119,7 +120,7 @@ pub fn parameter_status(buf: &mut Vec<u8>, name: &str, value: &str) {
 
 /// 'K' BackendKeyData.
 pub fn backend_key_data(buf: &mut Vec<u8>, pid: u32, key: u32) {
-    frame(buf, b'K', |b| {
+    frame(buf, bt::BACKEND_KEY_DATA, |b| {
         b.extend_from_slice(&pid.to_be_bytes());
         b.extend_from_slice(&key.to_be_bytes());
     });
@@ -127,27 +128,27 @@ pub fn backend_key_data(buf: &mut Vec<u8>, pid: u32, key: u32) {
 
 /// 'Z' ReadyForQuery.
 pub fn ready_for_query(buf: &mut Vec<u8>, status: u8) {
-    frame(buf, b'Z', |b| b.push(status));
+    frame(buf, bt::READY_FOR_QUERY, |b| b.push(status));
 }
 
 /// '1' ParseComplete.
 pub fn parse_complete(buf: &mut Vec<u8>) {
-    frame(buf, b'1', |_| {});
+    frame(buf, bt::PARSE_COMPLETE, |_| {});
 }
 
 /// '3' CloseComplete.
 pub fn close_complete(buf: &mut Vec<u8>) {
-    frame(buf, b'3', |_| {});
+    frame(buf, bt::CLOSE_COMPLETE, |_| {});
 }
 
 /// 'p' password / SASL response with raw `data`.
 pub fn password(buf: &mut Vec<u8>, data: &[u8]) {
-    frame(buf, b'p', |b| b.extend_from_slice(data));
+    frame(buf, ft::PASSWORD, |b| b.extend_from_slice(data));
 }
 
 /// 'p' SASLInitialResponse.
 pub fn sasl_initial(buf: &mut Vec<u8>, mechanism: &str, data: &[u8]) {
-    frame(buf, b'p', |b| {
+    frame(buf, ft::PASSWORD, |b| {
         put_cstr(b, mechanism);
         b.extend_from_slice(&i32::try_from(data.len()).unwrap_or(i32::MAX).to_be_bytes());
         b.extend_from_slice(data);
@@ -184,7 +185,7 @@ pub fn cancel_request(buf: &mut Vec<u8>, pid: u32, key: u32) {
 
 /// 'v' NegotiateProtocolVersion: newest minor supported and unknown options.
 pub fn negotiate_protocol_version(buf: &mut Vec<u8>, minor: u32, unknown: &[&str]) {
-    frame(buf, b'v', |b| {
+    frame(buf, bt::NEGOTIATE_PROTOCOL_VERSION, |b| {
         b.extend_from_slice(&minor.to_be_bytes());
         b.extend_from_slice(&u32::try_from(unknown.len()).unwrap_or(0).to_be_bytes());
         for o in unknown {
@@ -195,12 +196,12 @@ pub fn negotiate_protocol_version(buf: &mut Vec<u8>, minor: u32, unknown: &[&str
 
 /// '2' BindComplete.
 pub fn bind_complete(buf: &mut Vec<u8>) {
-    frame(buf, b'2', |_| {});
+    frame(buf, bt::BIND_COMPLETE, |_| {});
 }
 
 /// 'E' Execute of `portal`, all rows.
 pub fn execute(buf: &mut Vec<u8>, portal: &str) {
-    frame(buf, b'E', |b| {
+    frame(buf, ft::EXECUTE, |b| {
         put_cstr(b, portal);
         b.extend_from_slice(&0u32.to_be_bytes());
     });
@@ -208,7 +209,7 @@ pub fn execute(buf: &mut Vec<u8>, portal: &str) {
 
 /// 'T' RowDescription of text columns named `names`.
 pub fn row_description(buf: &mut Vec<u8>, names: &[&str]) {
-    frame(buf, b'T', |b| {
+    frame(buf, bt::ROW_DESCRIPTION, |b| {
         b.extend_from_slice(&u16::try_from(names.len()).unwrap_or(u16::MAX).to_be_bytes());
         for n in names {
             put_cstr(b, n);
@@ -224,7 +225,7 @@ pub fn row_description(buf: &mut Vec<u8>, names: &[&str]) {
 
 /// 'D' DataRow of text values.
 pub fn data_row(buf: &mut Vec<u8>, values: &[&str]) {
-    frame(buf, b'D', |b| {
+    frame(buf, bt::DATA_ROW, |b| {
         b.extend_from_slice(
             &u16::try_from(values.len())
                 .unwrap_or(u16::MAX)
@@ -239,7 +240,7 @@ pub fn data_row(buf: &mut Vec<u8>, values: &[&str]) {
 
 /// 'C' CommandComplete with `tag`.
 pub fn command_complete(buf: &mut Vec<u8>, tag: &str) {
-    frame(buf, b'C', |b| put_cstr(b, tag));
+    frame(buf, bt::COMMAND_COMPLETE, |b| put_cstr(b, tag));
 }
 
 #[cfg(test)]
@@ -251,7 +252,7 @@ mod tests {
     fn error_response_is_framed() {
         let mut buf = Vec::new();
         error_response(&mut buf, Severity::Fatal, CANNOT_CONNECT_NOW, "no\0 node");
-        assert_eq!(buf[0], b'E');
+        assert_eq!(buf[0], bt::ERROR_RESPONSE);
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         assert_eq!(len + 1, buf.len());
         let body = &buf[5..];

@@ -4,6 +4,7 @@
 //! by direction: [`Frontend`] for what clients send, [`Backend`] for what
 //! servers send. Malformed input is an error, never a panic.
 
+use super::tag::{backend as bt, field, frontend as ft, target};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -174,14 +175,14 @@ pub enum Frontend<'a> {
     },
     /// 'D' Describe of a statement (`S`) or portal (`P`).
     Describe {
-        /// `b'S'` or `b'P'`.
+        /// [`target::STATEMENT`] or [`target::PORTAL`].
         kind: u8,
         /// Name.
         name: &'a str,
     },
     /// 'C' Close of a statement (`S`) or portal (`P`).
     Close {
-        /// `b'S'` or `b'P'`.
+        /// [`target::STATEMENT`] or [`target::PORTAL`].
         kind: u8,
         /// Name.
         name: &'a str,
@@ -209,8 +210,8 @@ impl<'a> Frontend<'a> {
         let b = m.body();
         let mut pos = 0;
         Some(match m.tag() {
-            b'Q' => Self::Query(cstr(b, &mut pos)?),
-            b'P' => {
+            ft::QUERY => Self::Query(cstr(b, &mut pos)?),
+            ft::PARSE => {
                 let name = cstr(b, &mut pos)?;
                 let sql = cstr(b, &mut pos)?;
                 Self::Parse {
@@ -219,7 +220,7 @@ impl<'a> Frontend<'a> {
                     types: b.get(pos..)?,
                 }
             }
-            b'B' => {
+            ft::BIND => {
                 let portal = cstr(b, &mut pos)?;
                 let statement = cstr(b, &mut pos)?;
                 Self::Bind {
@@ -228,26 +229,26 @@ impl<'a> Frontend<'a> {
                     rest: b.get(pos..)?,
                 }
             }
-            b'D' | b'C' => {
+            ft::DESCRIBE | ft::CLOSE => {
                 let kind = *b.first()?;
-                if kind != b'S' && kind != b'P' {
+                if kind != target::STATEMENT && kind != target::PORTAL {
                     return None;
                 }
                 pos = 1;
                 let name = cstr(b, &mut pos)?;
-                if m.tag() == b'D' {
+                if m.tag() == ft::DESCRIBE {
                     Self::Describe { kind, name }
                 } else {
                     Self::Close { kind, name }
                 }
             }
-            b'E' => Self::Execute,
-            b'S' => Self::Sync,
-            b'H' => Self::Flush,
-            b'X' => Self::Terminate,
-            t @ (b'd' | b'c' | b'f') => Self::Copy(t),
-            b'p' => Self::Password(b),
-            b'F' => Self::FunctionCall,
+            ft::EXECUTE => Self::Execute,
+            ft::SYNC => Self::Sync,
+            ft::FLUSH => Self::Flush,
+            ft::TERMINATE => Self::Terminate,
+            t @ (ft::COPY_DATA | ft::COPY_DONE | ft::COPY_FAIL) => Self::Copy(t),
+            ft::PASSWORD => Self::Password(b),
+            ft::FUNCTION_CALL => Self::FunctionCall,
             _ => return None,
         })
     }
@@ -256,7 +257,7 @@ impl<'a> Frontend<'a> {
 /// Backend (server → client) facts pgvane reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend<'a> {
-    /// 'R' Authentication request: code and data.
+    /// 'R' Authentication request: code ([`super::tag::auth`]) and data.
     Auth(i32, &'a [u8]),
     /// 'S' ParameterStatus.
     ParameterStatus(&'a str, &'a str),
@@ -276,27 +277,27 @@ impl<'a> Backend<'a> {
     pub fn parse(m: &'a Message) -> Option<Self> {
         let mut b = m.body();
         Some(match m.tag() {
-            b'R' => {
+            bt::AUTHENTICATION => {
                 if b.len() < 4 {
                     return None;
                 }
                 let code = b.get_i32();
                 Self::Auth(code, b)
             }
-            b'S' => {
+            bt::PARAMETER_STATUS => {
                 let mut pos = 0;
                 let name = cstr(b, &mut pos)?;
                 let value = cstr(b, &mut pos)?;
                 Self::ParameterStatus(name, value)
             }
-            b'K' => {
+            bt::BACKEND_KEY_DATA => {
                 if b.len() < 8 {
                     return None;
                 }
                 Self::KeyData(b.get_u32(), b.get_u32())
             }
-            b'Z' => Self::Ready(*b.first()?),
-            b'E' => Self::Error,
+            bt::READY_FOR_QUERY => Self::Ready(*b.first()?),
+            bt::ERROR_RESPONSE => Self::Error,
             t => Self::Other(t),
         })
     }
@@ -315,8 +316,8 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
         pos += 1;
         let Some(v) = cstr(body, &mut pos) else { break };
         match t {
-            b'C' => code = v.to_owned(),
-            b'M' => message = v.to_owned(),
+            field::CODE => code = v.to_owned(),
+            field::MESSAGE => message = v.to_owned(),
             _ => {}
         }
     }
@@ -413,7 +414,7 @@ mod tests {
         });
         let mut buf = BytesMut::new();
         let m = read_message(&mut b, &mut buf).await.unwrap();
-        assert_eq!(m.tag(), b'Q');
+        assert_eq!(m.tag(), ft::QUERY);
         assert!(matches!(
             read_message(&mut b, &mut buf).await,
             Err(ReadError::Closed)

@@ -1,11 +1,12 @@
 //! The PostgreSQL v3 wire format, as far as pgvane needs it.
-//! Owns constants, SQLSTATEs, startup-packet reading and message encoders;
+//! Owns constants (message tags, auth codes: [`tag`]), SQLSTATEs, startup-packet reading and message encoders;
 //! knows nothing of pgvane's types. Fed raw bytes by `relay` and `listener`.
 
 pub mod encode;
 pub mod message;
 pub mod sqlstate;
 pub mod startup;
+pub mod tag;
 
 #[cfg(test)]
 mod proptests;

@@ -69,7 +69,7 @@ proptest! {
         encode::error_response(&mut wire, Severity::Fatal, SqlState(code), &text);
         let mut buf = BytesMut::from(&wire[..]);
         let m = message::try_cut(&mut buf).unwrap().unwrap();
-        prop_assert_eq!(m.tag(), b'E');
+        prop_assert_eq!(m.tag(), crate::protocol::tag::backend::ERROR_RESPONSE);
         let (c, t) = message::error_fields(m.body());
         prop_assert_eq!(c, code);
         prop_assert_eq!(t, text);

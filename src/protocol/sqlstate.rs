@@ -1,4 +1,4 @@
-//! SQLSTATE codes pgvane sends, as named constants.
+//! SQLSTATE codes pgvane sends or acts on, as named constants.
 //! Source: PostgreSQL's src/backend/utils/errcodes.txt
 //! (<https://www.postgresql.org/docs/15/errcodes-appendix.html>).
 
@@ -11,6 +11,13 @@ impl SqlState {
     #[must_use]
     pub fn code(self) -> &'static str {
         self.0
+    }
+
+    /// Whether `code` (a server's SQLSTATE, as read from its
+    /// ErrorResponse) is this one.
+    #[must_use]
+    pub fn is(self, code: &str) -> bool {
+        self.0 == code
     }
 }
 
@@ -37,6 +44,8 @@ pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
 pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
 /// `0A000 feature_not_supported`.
 pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+/// `53000 insufficient_resources`: a node out of memory or slots.
+pub const INSUFFICIENT_RESOURCES: SqlState = SqlState("53000");
 /// `53400 configuration_limit_exceeded`: pool acquire timed out.
 pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
 /// `54000` program_limit_exceeded.
@@ -53,3 +62,15 @@ pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
 pub const SERIALIZATION_FAILURE: SqlState = SqlState("40001");
 /// `crash_shutdown`.
 pub const CRASH_SHUTDOWN: SqlState = SqlState("57P02");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_matches_only_itself() {
+        assert!(READ_ONLY_SQL_TRANSACTION.is("25006"));
+        assert!(!READ_ONLY_SQL_TRANSACTION.is("25P02"));
+        assert_eq!(CANNOT_CONNECT_NOW.code(), "57P03");
+    }
+}

@@ -2,10 +2,12 @@
 //! (`reqwest` on rustls) from a cluster's `tls` block, and the acceptor of a
 //! split port's clients from the port's `tls` block (`server`), and the
 //! connector of a split port's backends from its `server_tls` block
-//! (`client`). Reads PEM files; no sockets here.
+//! (`client`), and the one plain-or-TLS stream type both sides use
+//! (`stream`). Reads PEM files; opens no sockets.
 
 pub mod client;
 pub mod server;
+pub mod stream;
 
 pub use client::BackendSecurity;
 pub use server::ServerTls;
