@@ -72,6 +72,10 @@ def wait_port(port, t=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+# Extra command-line arguments per pgvane instance name ("pgvane", "before").
+EXTRA_ARGS = {}
+
+
 def spawn_pgvane_ports(tmp, cluster_yaml, names=("port",), binary=None, name="pgvane"):
     """Starts pgvane (`binary`, default this checkout's release build) on a
     lab cluster block whose `{name}` placeholders get a free port each;
@@ -86,7 +90,8 @@ clusters:
 {cluster_yaml.format(**ports)}""")
     log = os.path.join(tmp, f"{name}.log")
     # The caller stops it by pid in its finally block.
-    p = subprocess.Popen([binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg],
+    extra = EXTRA_ARGS.get(name, [])
+    p = subprocess.Popen([binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg] + extra,
                          stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
     try:
@@ -333,6 +338,8 @@ def main():
     ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
     ap.add_argument("--pgbouncer", default=PGBOUNCER, help="pgbouncer binary (e.g. ../shared/anchors/pgbouncer-1.25/pgbouncer)")
     ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before')")
+    ap.add_argument("--pgvane-arg", action="append", default=[], help="extra argument for pgvane (repeatable), e.g. --pgvane-arg=--threads=1")
+    ap.add_argument("--baseline-arg", action="append", default=[], help="extra argument for the baseline pgvane (repeatable)")
     ap.add_argument("--syscalls", action="store_true", help="count system calls per transaction (strace -c -f) instead of timing")
     ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
     ap.add_argument("--txns", type=int, default=8000, help="--syscalls: transactions per traced run")
@@ -342,6 +349,7 @@ def main():
     a = ap.parse_args()
     counting.raise_nofile(max(a.busy_idle, a.idle) * 2 + 1000)
     globals()["PGBOUNCER"] = os.path.abspath(a.pgbouncer)
+    EXTRA_ARGS.update(pgvane=a.pgvane_arg, before=a.baseline_arg)
     if a.idle_only:
         a.repeats = 0
     tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
