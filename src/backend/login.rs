@@ -294,6 +294,7 @@ impl<'a> Login<'a> {
             }
             (State::AwaitAuth | State::Answered, Request::Cleartext) => {
                 self.require(ServerAuth::Password)?;
+                self.needs_no_binding("a cleartext password")?;
                 let BackendSecret::Password(pw) = &self.creds.secret else {
                     return Err(self.lacks("a cleartext password"));
                 };
@@ -304,6 +305,7 @@ impl<'a> Login<'a> {
             }
             (State::AwaitAuth | State::Answered, Request::Md5(salt)) => {
                 self.require(ServerAuth::Md5)?;
+                self.needs_no_binding("an md5 password")?;
                 let salt: [u8; 4] = salt
                     .get(..4)
                     .and_then(|s| s.try_into().ok())
@@ -391,6 +393,19 @@ impl<'a> Login<'a> {
         self.bound = plus.is_some();
         encode::sasl_initial(out, mechanism, &first);
         Ok(scram)
+    }
+
+    /// With `server_channel_binding: require`, a password request is
+    /// refused before the password (or its md5 answer) is sent, as libpq
+    /// does: only SCRAM-SHA-256-PLUS binds the login to the TLS channel.
+    fn needs_no_binding(&self, what: &str) -> Result<(), BackendError> {
+        if self.security.channel_binding != Binding::Require {
+            return Ok(());
+        }
+        Err(BackendError::Auth(format!(
+            "server_channel_binding is require, but {} asked for {what}, which cannot bind the channel (only SCRAM-SHA-256-PLUS does)",
+            self.addr
+        )))
     }
 
     /// Nothing when the port allows the server to ask for `method`, else

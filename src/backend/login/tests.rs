@@ -228,9 +228,24 @@ fn channel_binding_is_used_over_tls_and_required_when_asked() {
         text.contains("offers no SCRAM-SHA-256-PLUS (no TLS)"),
         "{text}"
     );
-    // A password login is refused when the server accepts it.
+    // A password request is refused before the password or its md5
+    // answer leaves pgvane, as libpq does.
+    for (code, what) in [
+        (auth::MD5_PASSWORD, "an md5 password"),
+        (auth::CLEARTEXT_PASSWORD, "a cleartext password"),
+    ] {
+        let mut login = Login::new(&c, &s, &a, Some(hash.clone()));
+        let mut out = Vec::new();
+        let r = login.on_message(&request(code, &[1, 2, 3, 4]), &mut out);
+        let text = auth_error(r.map(|step| (step, vec![])));
+        assert!(
+            text.contains(&format!("asked for {what}, which cannot bind the channel")),
+            "{text}"
+        );
+        assert!(out.is_empty(), "{what}: nothing may be sent");
+    }
+    // Trust (AuthenticationOk at once) is refused too.
     let mut login = Login::new(&c, &s, &a, Some(hash));
-    feed(&mut login, &request(auth::MD5_PASSWORD, &[1, 2, 3, 4])).unwrap();
     let text = auth_error(feed(&mut login, &request(auth::OK, b"")));
     assert!(text.contains("without SCRAM-SHA-256-PLUS"), "{text}");
 }
