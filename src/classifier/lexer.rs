@@ -16,30 +16,37 @@ pub enum Hint {
 /// are dropped. With `scs` false, a backslash escapes inside plain `'...'`.
 #[must_use]
 pub fn split(sql: &str, scs: bool) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b';' => {
-                push_nonempty(&mut out, sql, start, i);
-                start = i + 1;
-                i += 1;
-            }
-            _ => i = skip_token(b, i, scs),
-        }
-    }
-    push_nonempty(&mut out, sql, start, b.len());
-    out
+    statements(sql, scs).collect()
 }
 
-fn push_nonempty<'a>(out: &mut Vec<&'a str>, sql: &'a str, start: usize, end: usize) {
-    if let Some(s) = sql.get(start..end) {
-        if first_token_at(s.as_bytes(), 0).is_some() {
-            out.push(s);
+/// The statements of `sql` as [`split`] finds them, without allocating.
+pub fn statements(sql: &str, scs: bool) -> impl Iterator<Item = &str> {
+    let b = sql.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while start <= b.len() {
+            let seg_start = start;
+            while i < b.len() && b[i] != b';' {
+                i = skip_token(b, i, scs);
+            }
+            let seg_end = i.min(b.len());
+            i = seg_end + 1;
+            start = i;
+            if let Some(s) = sql.get(seg_start..seg_end) {
+                if first_token_at(s.as_bytes(), 0).is_some() {
+                    return Some(s);
+                }
+            }
         }
-    }
+        None
+    })
+}
+
+/// How many statements [`split`] finds in `sql`, without allocating.
+#[must_use]
+pub fn count_statements(sql: &str, scs: bool) -> usize {
+    statements(sql, scs).count()
 }
 
 /// Returns the index after the token (or single byte) starting at `i`.
@@ -189,12 +196,26 @@ pub fn leading_hint(sql: &str) -> Option<Hint> {
 /// Up to `n` leading words of a statement, upper-cased; a `(` counts as a word.
 #[must_use]
 pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
+    leading_words(stmt)
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// The leading words of a statement as [`keywords`] reads them, in their
+/// own case and without allocating: each a run of ASCII letters, digits
+/// and `_` after whitespace and comments, or a `(`; any other byte ends them.
+pub fn leading_words(stmt: &str) -> impl Iterator<Item = &str> {
     let b = stmt.as_bytes();
-    let mut out = Vec::with_capacity(n);
     let mut i = 0;
-    while out.len() < n {
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
         let Some(start) = first_token_at(b, i) else {
-            break;
+            done = true;
+            return None;
         };
         let mut end = start;
         while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
@@ -203,16 +224,15 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
         if end == start {
             // Punctuation: `(` is reported, anything else ends the scan.
             if b[start] == b'(' {
-                out.push("(".to_owned());
                 i = start + 1;
-                continue;
+                return Some("(");
             }
-            break;
+            done = true;
+            return None;
         }
-        out.push(stmt.get(start..end).unwrap_or("").to_ascii_uppercase());
         i = end;
-    }
-    out
+        stmt.get(start..end)
+    })
 }
 
 /// The cache key of a query: the text with every string and number literal
@@ -221,8 +241,16 @@ pub fn keywords(stmt: &str, n: usize) -> Vec<String> {
 /// keywords and stay); comments stay, hints included.
 #[must_use]
 pub fn normalize(sql: &str, scs: bool) -> String {
-    let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
+    normalize_with(sql, scs, |piece| out.push_str(piece));
+    out
+}
+
+/// [`normalize`] without allocating: hands the key to `f` piece by piece
+/// (runs of the text and `"?"` for each literal), in order; the key is the
+/// pieces joined.
+pub fn normalize_with(sql: &str, scs: bool, mut f: impl FnMut(&str)) {
+    let b = sql.as_bytes();
     let mut i = 0;
     let mut copied = 0;
     while i < b.len() {
@@ -259,37 +287,47 @@ pub fn normalize(sql: &str, scs: bool) -> String {
         };
         match literal_end {
             Some(end) => {
-                out.push_str(sql.get(copied..i).unwrap_or(""));
-                out.push('?');
+                let run = sql.get(copied..i).unwrap_or("");
+                if !run.is_empty() {
+                    f(run);
+                }
+                f("?");
                 i = end.max(i + 1);
                 copied = i;
             }
             None => i = skip_token(b, i, scs).max(i + 1),
         }
     }
-    out.push_str(sql.get(copied..).unwrap_or(""));
-    out
+    let run = sql.get(copied..).unwrap_or("");
+    if !run.is_empty() {
+        f(run);
+    }
 }
 
 /// Every bare word of a statement outside quotes and comments, upper-cased;
 /// `scs` is the session's `standard_conforming_strings`.
 #[must_use]
 pub fn words(stmt: &str, scs: bool) -> Vec<String> {
+    bare_words(stmt, scs).map(str::to_ascii_uppercase).collect()
+}
+
+/// The words [`words`] finds, in their own case and without allocating.
+pub fn bare_words(stmt: &str, scs: bool) -> impl Iterator<Item = &str> {
     let b = stmt.as_bytes();
-    let mut out = Vec::new();
     let mut i = 0;
-    while i < b.len() {
-        if b[i].is_ascii_alphabetic() || b[i] == b'_' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                i += 1;
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            if b[i].is_ascii_alphabetic() || b[i] == b'_' {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                return stmt.get(start..i);
             }
-            out.push(stmt.get(start..i).unwrap_or("").to_ascii_uppercase());
-        } else {
             i = skip_token(b, i, scs).max(i + 1);
         }
-    }
-    out
+        None
+    })
 }
 
 #[cfg(test)]

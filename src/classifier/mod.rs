@@ -1,16 +1,17 @@
 //! The split-port classifier: SQL text → [`Classification`] (leader or
 //! replica, and whether it pins the session). Pure: no IO, no awaiting.
-//! Pipeline (CLASSIFIER.md §3): own lexer → cache → sqlparser visitor →
-//! fail closed. Transaction state is not guessed here: the session reads it
-//! from ReadyForQuery.
+//! Pipeline (CLASSIFIER.md §3): fast path for the common shapes → own
+//! lexer → cache → sqlparser visitor → fail closed. Transaction state is
+//! not guessed here: the session reads it from ReadyForQuery.
 
 mod ast;
+mod cache;
+mod explain;
+pub mod fast;
 pub mod functions;
 pub mod lexer;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
+pub use cache::{CACHE_BYTES, CACHE_CAPACITY, MAX_CACHED_KEY, SHARDS};
 pub use lexer::Hint;
 
 /// Where a statement may run.
@@ -207,60 +208,39 @@ pub const MAX_PARSE_LEN: usize = 64 * 1024;
 /// Default for the longest query text classified at all (a split port's
 /// `max_classified_query_bytes`); longer goes to the leader unlexed.
 pub const DEFAULT_MAX_QUERY_LEN: usize = 1024 * 1024;
-/// Entries kept in one cache map before it starts evicting.
-pub const CACHE_CAPACITY: usize = 16_384;
 
-/// Longest key the cache keeps: longer statements are classified each
-/// time.
-pub const MAX_CACHED_KEY: usize = 4096;
-
-/// Bytes one cache map may hold (keys plus [`ENTRY_OVERHEAD`] each), so the
-/// cache never passes 2 × 8 MiB whatever clients send: 16,384 typical keys
-/// of a few hundred bytes fit, 2,000 keys of 4 KiB do.
-pub const CACHE_BYTES: usize = 8 * 1024 * 1024;
-
-/// What an entry costs beside its key: the boxed key's pointer and length,
-/// the verdict and the hash table's slot and control byte.
-const ENTRY_OVERHEAD: usize = 48;
-
-/// One cache map with the bytes it holds.
-#[derive(Debug, Default)]
-struct CacheSlot {
-    map: HashMap<Box<str>, Classification>,
-    bytes: usize,
+/// How a verdict was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The fast path decided it without the cache or sqlparser.
+    Fast,
+    /// The cache had it.
+    Cache,
+    /// The full pipeline (lexer, sqlparser, visitor) ran: a cache miss.
+    Full,
 }
 
-impl CacheSlot {
-    /// Inserts `key`, first evicting arbitrary entries until it fits both
-    /// [`CACHE_CAPACITY`] and [`CACHE_BYTES`].
-    fn insert(&mut self, key: Box<str>, c: Classification) {
-        let cost = key.len() + ENTRY_OVERHEAD;
-        while !self.map.is_empty()
-            && (self.map.len() >= CACHE_CAPACITY || self.bytes + cost > CACHE_BYTES)
-        {
-            let Some(old) = self.map.keys().next().cloned() else {
-                break;
-            };
-            self.map.remove(&old);
-            self.bytes -= old.len() + ENTRY_OVERHEAD;
-        }
-        // Another session may have cached the same key meanwhile.
-        if self.map.insert(key, c).is_none() {
-            self.bytes += cost;
-        }
-    }
+/// The verdict on one query text, with what the session needs beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The classification of all its statements together.
+    pub class: Classification,
+    /// How many statements it holds ([`lexer::count_statements`]).
+    pub statements: usize,
+    /// How the verdict was reached (for the cache metrics).
+    pub source: Source,
 }
 
-/// Classifies SQL with a bounded cache keyed by the text with its literals
-/// blanked ([`lexer::normalize`]) and `standard_conforming_strings`.
+/// Classifies SQL: the fast path ([`fast::classify`]) first, then a
+/// bounded cache keyed by the text with its literals blanked
+/// ([`lexer::normalize`]) and `standard_conforming_strings`, then the full
+/// pipeline.
 #[derive(Debug, Default)]
 pub struct Classifier {
     read_only_functions: Vec<String>,
     /// Longer query texts are not even lexed: leader, unparsed.
     max_query_len: usize,
-    /// One map per `standard_conforming_strings` value, looked up by `&str`
-    /// without allocating.
-    cache: [Mutex<CacheSlot>; 2],
+    cache: cache::Cache,
 }
 
 impl Classifier {
@@ -273,7 +253,7 @@ impl Classifier {
                 .map(|f| f.to_ascii_lowercase())
                 .collect(),
             max_query_len: DEFAULT_MAX_QUERY_LEN,
-            cache: [Mutex::default(), Mutex::default()],
+            cache: cache::Cache::default(),
         }
     }
 
@@ -287,35 +267,67 @@ impl Classifier {
     }
 
     /// Classifies `sql`; `scs` is the session's `standard_conforming_strings`.
-    /// Returns the verdict and whether it came from the cache.
+    /// Returns the verdict and whether it came without running the full
+    /// pipeline (from the fast path or the cache). [`Self::classify_query`]
+    /// tells the two apart and counts the statements too.
     pub fn classify(&self, sql: &str, scs: bool) -> (Classification, bool) {
-        if sql.len() > self.max_query_len {
-            return (Classification::unparsed(Reason::TooLong), false);
+        let v = self.classify_query(sql, scs);
+        (v.class, v.source != Source::Full)
+    }
+
+    /// Classifies `sql` (`scs` is the session's
+    /// `standard_conforming_strings`) and counts its statements, so the
+    /// caller need not split it again. Allocates nothing unless the full
+    /// pipeline runs.
+    pub fn classify_query(&self, sql: &str, scs: bool) -> Verdict {
+        let (class, statements, source) = if sql.len() > self.max_query_len {
+            let n = lexer::count_statements(sql, scs);
+            (Classification::unparsed(Reason::TooLong), n, Source::Full)
+        } else if let Some(class) = fast::classify(sql, scs) {
+            (class, 1, Source::Fast)
+        } else {
+            return self.cached_or_full(sql, scs);
+        };
+        Verdict {
+            class,
+            statements,
+            source,
         }
-        let slot = &self.cache[usize::from(scs)];
-        let key = lexer::normalize(sql, scs);
-        {
-            let cache = slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(c) = cache.map.get(key.as_str()) {
-                return (*c, true);
+    }
+
+    /// The cache's verdict, or the full pipeline's (then cached).
+    fn cached_or_full(&self, sql: &str, scs: bool) -> Verdict {
+        let key = self.cache.key(sql, scs);
+        let cacheable = key.len <= MAX_CACHED_KEY;
+        if cacheable {
+            if let Some((class, statements)) = self.cache.get(key, sql, scs) {
+                return Verdict {
+                    class,
+                    statements,
+                    source: Source::Cache,
+                };
             }
         }
-        let c = classify_uncached(sql, scs, &self.read_only_functions);
-        if key.len() > MAX_CACHED_KEY {
-            return (c, false);
+        let (class, statements) = classify_full(sql, scs, &self.read_only_functions);
+        if cacheable {
+            self.cache.insert(key, sql, scs, class, statements);
         }
-        slot.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.into_boxed_str(), c);
-        (c, false)
+        Verdict {
+            class,
+            statements,
+            source: Source::Full,
+        }
     }
 }
 
-/// Classifies without a cache.
+/// Classifies without a cache or the fast path: the full pipeline.
 #[must_use]
 pub fn classify_uncached(sql: &str, scs: bool, allow: &[String]) -> Classification {
+    classify_full(sql, scs, allow).0
+}
+
+/// The full pipeline's verdict and the number of statements.
+fn classify_full(sql: &str, scs: bool, allow: &[String]) -> (Classification, usize) {
     let hint = lexer::leading_hint(sql);
     let statements = lexer::split(sql, scs);
     let mut verdict: Option<Classification> = None;
@@ -341,7 +353,7 @@ pub fn classify_uncached(sql: &str, scs: bool, allow: &[String]) -> Classificati
         c.begin = Some(false);
         c.route = Route::Leader;
     }
-    c
+    (c, statements.len())
 }
 
 fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> Classification {
@@ -396,7 +408,7 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
                 Classification::new(Route::Replica, Reason::Read)
             }
         }
-        "EXPLAIN" => explain(stmt, scs, allow, hint),
+        "EXPLAIN" => explain::explain(stmt, scs, allow, hint),
         "SELECT" | "WITH" | "VALUES" | "(" => parse_and_walk(stmt, allow, hint),
         _ => Classification::leader(Reason::Write),
     }
@@ -417,56 +429,6 @@ fn begin(stmt: &str, scs: bool) -> Classification {
             Reason::Transaction,
         )
     }
-}
-
-fn explain(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> Classification {
-    let kw = lexer::keywords(stmt, 3);
-    let analyze = match kw.get(1).map(String::as_str) {
-        Some("ANALYZE" | "ANALYSE") => true,
-        Some("(") => explain_options_analyze(stmt, scs),
-        _ => false,
-    };
-    if !analyze {
-        // Plain EXPLAIN plans without running: any node may do it.
-        return Classification::new(Route::Replica, Reason::Read);
-    }
-    // EXPLAIN ANALYZE runs the statement: classify what follows the options.
-    let inner = inner_of_explain(stmt);
-    match inner {
-        Some(rest) if !rest.trim().is_empty() => classify_one(rest, scs, allow, hint),
-        _ => Classification::unparsed(Reason::Unparsed),
-    }
-}
-
-/// True when a parenthesised EXPLAIN option list turns ANALYZE on.
-fn explain_options_analyze(stmt: &str, scs: bool) -> bool {
-    let words = lexer::words(stmt, scs);
-    words.iter().enumerate().any(|(i, w)| {
-        (w == "ANALYZE" || w == "ANALYSE")
-            && !matches!(words.get(i + 1).map(String::as_str), Some("FALSE" | "OFF"))
-    }) && !stmt.to_ascii_lowercase().contains("analyze 0")
-}
-
-/// The statement after `EXPLAIN [ANALYZE] [VERBOSE] [(...)]`: from the
-/// earliest statement keyword that follows the options.
-fn inner_of_explain(stmt: &str) -> Option<&str> {
-    let lower = stmt.to_ascii_lowercase();
-    let b = lower.as_bytes();
-    let is_word_start =
-        |p: usize| p == 0 || !(b[p - 1].is_ascii_alphanumeric() || b[p - 1] == b'_');
-    let pos = [
-        "select", "with", "values", "insert", "update", "delete", "merge", "create", "execute",
-        "declare", "table",
-    ]
-    .iter()
-    .filter_map(|key| {
-        lower
-            .match_indices(key)
-            .map(|(p, _)| p)
-            .find(|p| *p > 7 && is_word_start(*p))
-    })
-    .min()?;
-    stmt.get(pos..)
 }
 
 fn parse_and_walk(stmt: &str, allow: &[String], hint: Option<Hint>) -> Classification {

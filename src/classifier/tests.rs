@@ -204,13 +204,28 @@ fn allowlist_and_scs() {
 #[test]
 fn cache_hits_and_stays_bounded() {
     let cl = Classifier::new(vec![]);
-    assert!(!cl.classify("select 1", true).1);
-    assert!(cl.classify("select 1", true).1);
-    assert!(!cl.classify("select 1", false).1, "scs is part of the key");
-    assert!(
-        cl.classify("select 2", true).1,
+    let source = |sql: &str, scs: bool| cl.classify_query(sql, scs).source;
+    assert_eq!(source("select 1", true), Source::Fast);
+    assert_eq!(source("select f(1)", true), Source::Full);
+    assert_eq!(source("select f(1)", true), Source::Cache);
+    assert_eq!(
+        source("select f(1)", false),
+        Source::Full,
+        "scs is part of the key"
+    );
+    assert_eq!(
+        source("select f(2)", true),
+        Source::Cache,
         "literals are not part of the key"
     );
+    assert_eq!(source("select g(2)", true), Source::Full);
+    assert_eq!(source("select g(2) ; select 3", true), Source::Full);
+    assert_eq!(
+        cl.classify_query("select g(2) ; select 3", true).statements,
+        2
+    );
+    let v = cl.classify_query("select g(4) ; select 5", true);
+    assert_eq!((v.source, v.statements), (Source::Cache, 2));
     assert_eq!(
         cl.classify("select nextval('s')", true).0.pin,
         Some(Pin::Sequence)
@@ -220,9 +235,11 @@ fn cache_hits_and_stays_bounded() {
         (c("select nextval('t')"), true)
     );
     for i in 0..(CACHE_CAPACITY + 10) {
-        let _ = cl.classify(&format!("select c{i}"), true);
+        // A function call keeps it off the fast path.
+        let _ = cl.classify(&format!("select f(c{i})"), true);
     }
-    assert!(cl.cache[1].lock().unwrap().map.len() <= CACHE_CAPACITY);
+    let held: usize = cl.cache.shards().map(|s| s.len()).sum();
+    assert!(held <= CACHE_CAPACITY, "{held}");
 }
 
 #[test]
@@ -231,21 +248,20 @@ fn cache_stays_within_its_byte_budget() {
     // 4,000 distinct keys of almost 4 KiB: 16 MiB if all were kept.
     let filler = "c".repeat(MAX_CACHED_KEY - 64);
     for i in 0..4000 {
-        let sql = format!("select {filler}{i} from t");
+        let sql = format!("select f({filler}{i}) from t");
         assert!(!cl.classify(&sql, true).1);
     }
-    let slot = cl.cache[1].lock().unwrap();
-    let counted: usize = slot.map.keys().map(|k| k.len() + ENTRY_OVERHEAD).sum();
-    assert_eq!(slot.bytes, counted, "the byte count drifted");
-    assert!(slot.bytes <= CACHE_BYTES, "{} bytes cached", slot.bytes);
-    assert!(
-        slot.map.len() > 1000,
-        "evicted too much: {}",
-        slot.map.len()
-    );
-    drop(slot);
+    let (mut bytes, mut held) = (0, 0);
+    for shard in cl.cache.shards() {
+        assert_eq!(shard.bytes, shard.counted_bytes(), "the byte count drifted");
+        assert!(shard.bytes <= CACHE_BYTES / SHARDS);
+        bytes += shard.bytes;
+        held += shard.len();
+    }
+    assert!(bytes <= CACHE_BYTES, "{bytes} bytes cached");
+    assert!(held > 1000, "evicted too much: {held}");
     // The newest entry is kept.
-    let last = format!("select {filler}3999 from t");
+    let last = format!("select f({filler}3999) from t");
     assert!(cl.classify(&last, true).1);
 }
 
@@ -394,14 +410,17 @@ fn a_deep_expression_does_not_overflow_a_worker_stack() {
 #[test]
 fn long_statements_are_never_cached() {
     let cl = Classifier::new(Vec::new());
-    let long = format!("select {} from t", "c, ".repeat(MAX_CACHED_KEY / 3) + "c");
+    let long = format!(
+        "select f({}) from t",
+        "c, ".repeat(MAX_CACHED_KEY / 3) + "c"
+    );
     assert!(!cl.classify(&long, true).1);
     assert!(
         !cl.classify(&long, true).1,
         "a statement over 4 KiB was cached"
     );
-    assert!(!cl.classify("select c from t", true).1);
-    assert!(cl.classify("select c from t", true).1);
+    assert!(!cl.classify("select f(c) from t", true).1);
+    assert!(cl.classify("select f(c) from t", true).1);
 }
 
 #[test]

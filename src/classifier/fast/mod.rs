@@ -1,0 +1,107 @@
+//! The fast path: decides the commonest statement shapes in one pass over
+//! the text, without allocating and without sqlparser, before the cache is
+//! even keyed. It answers only when it is sure to give the very
+//! [`Classification`] the full pipeline ([`super::classify_uncached`])
+//! gives; otherwise it declines (`None`) and the caller goes on to the
+//! cache and the full pipeline. `tests.rs` checks that agreement over the
+//! regression corpus and generated statements.
+//!
+//! What it decides, for a text of exactly one statement:
+//! - `INSERT`, `UPDATE`, `DELETE`: leader (the full path never parses them);
+//! - `BEGIN`/`START`, `COMMIT`/`END`/`ROLLBACK`/`ABORT`/`SAVEPOINT`/
+//!   `RELEASE`, `SHOW`, `SET`, `RESET`: by the same keyword rules as the
+//!   full path;
+//! - a plain `SELECT` in a small grammar that sqlparser is known to accept:
+//!   a select list of simple expressions (columns, literals, `$n`, unary
+//!   and binary operators, `IS [NOT] NULL|TRUE|FALSE`), `FROM` tables with
+//!   aliases, `WHERE`, `ORDER BY`, `LIMIT`, `OFFSET`. No parentheses (so no
+//!   function calls, subqueries or casts), no comments, no quoted
+//!   identifiers, no word sqlparser treats as a keyword outside the
+//!   grammar's own, no `pg_*` names (node-local views), and only with
+//!   `standard_conforming_strings` on.
+
+mod select;
+
+use super::lexer;
+use super::{Classification, Pin, Reason, Route};
+
+/// The verdict on `sql` if the fast path is sure of it; `None` otherwise.
+#[must_use]
+pub fn classify(sql: &str, scs: bool) -> Option<Classification> {
+    let mut statements = lexer::statements(sql, scs);
+    let stmt = statements.next()?;
+    if statements.next().is_some() {
+        return None;
+    }
+    let mut words = lexer::leading_words(stmt);
+    let first = words.next()?;
+    let is = |w: &str, any: &[&str]| any.iter().any(|a| w.eq_ignore_ascii_case(a));
+    let c = if is(first, &["SELECT"]) {
+        select::select(stmt)?
+    } else if is(first, &["INSERT", "UPDATE", "DELETE"]) {
+        Classification::leader(Reason::Write)
+    } else if is(
+        first,
+        &["COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"],
+    ) {
+        Classification::leader(Reason::Transaction)
+    } else if is(first, &["SHOW"]) {
+        Classification::leader(Reason::Probe)
+    } else if is(first, &["SET"]) {
+        if is(
+            words.next().unwrap_or(""),
+            &["LOCAL", "TRANSACTION", "CONSTRAINTS"],
+        ) {
+            Classification::leader(Reason::Transaction)
+        } else {
+            Classification::pinned(Pin::Set)
+        }
+    } else if is(first, &["RESET"]) {
+        Classification::pinned(Pin::Set)
+    } else if is(first, &["BEGIN", "START"]) {
+        begin(stmt, scs)
+    } else {
+        return None;
+    };
+    // The full path sends a replica verdict to the leader when
+    // `standard_conforming_strings` is off or a leading hint says so:
+    // leave those to it.
+    if c.route == Route::Replica && (!scs || starts_with_comment(sql)) {
+        return None;
+    }
+    Some(c)
+}
+
+/// True when the first thing after whitespace is a comment (which may hold
+/// a hint).
+fn starts_with_comment(sql: &str) -> bool {
+    let rest = sql.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    rest.starts_with("--") || rest.starts_with("/*")
+}
+
+/// `BEGIN`/`START TRANSACTION`: the full path's rule, without allocating.
+fn begin(stmt: &str, scs: bool) -> Classification {
+    let mut read_only = false;
+    let mut serializable = false;
+    let mut prev_read = false;
+    for w in lexer::bare_words(stmt, scs) {
+        read_only |= prev_read && w.eq_ignore_ascii_case("ONLY");
+        serializable |= w.eq_ignore_ascii_case("SERIALIZABLE");
+        prev_read = w.eq_ignore_ascii_case("READ");
+    }
+    let read_only = read_only && !serializable;
+    Classification {
+        begin: Some(read_only),
+        ..Classification::new(
+            if read_only {
+                Route::Replica
+            } else {
+                Route::Leader
+            },
+            Reason::Transaction,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
