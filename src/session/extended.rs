@@ -77,6 +77,44 @@ pub(super) fn mentions(sql: &str, word: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
+/// The words a request's text is scanned for, found in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Mentions {
+    /// `copy` (any case): the request may start a COPY.
+    pub(super) copy: bool,
+    /// `synchronous_commit`: its commit may be asynchronous.
+    pub(super) synchronous_commit: bool,
+}
+
+impl Mentions {
+    /// Scans `sql` once for every word (ASCII, any case, anywhere).
+    pub(super) fn of(sql: &str) -> Self {
+        const COPY: &[u8] = b"copy";
+        const SYNC: &[u8] = b"synchronous_commit";
+        let b = sql.as_bytes();
+        let mut m = Self::default();
+        for (i, c) in b.iter().enumerate() {
+            match c | 0x20 {
+                b'c' if !m.copy => {
+                    m.copy = b
+                        .get(i..i + COPY.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(COPY));
+                }
+                b's' if !m.synchronous_commit => {
+                    m.synchronous_commit = b
+                        .get(i..i + SYNC.len())
+                        .is_some_and(|w| w.eq_ignore_ascii_case(SYNC));
+                }
+                _ => {}
+            }
+            if m.copy && m.synchronous_commit {
+                break;
+            }
+        }
+        m
+    }
+}
+
 impl Session {
     fn batch_info(&mut self, msgs: &[Message]) -> BatchInfo {
         let mut info = BatchInfo {
@@ -89,8 +127,9 @@ impl Session {
             effect: None,
         };
         let note = |sql: &str, c: &Classification, info: &mut BatchInfo| {
-            info.copy |= mentions(sql, b"copy");
-            info.async_commit |= mentions(sql, b"synchronous_commit");
+            let words = Mentions::of(sql);
+            info.copy |= words.copy;
+            info.async_commit |= words.synchronous_commit;
             let e = Effect::of(c, sql, 1);
             info.effect = Some(info.effect.map_or(e, |prev| prev.and(e)));
         };

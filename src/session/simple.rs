@@ -7,7 +7,7 @@ use super::Session;
 use super::client::ClientState;
 use super::consistency::Effect;
 use super::error::SessionError;
-use super::extended::mentions;
+use super::extended::Mentions;
 use super::pipeline::{Job, Work};
 use crate::classifier::{self, Classification, Reason, Route};
 use crate::protocol::message::{self, Frontend, Message, ReadError};
@@ -25,16 +25,18 @@ impl Session {
             // ignores everything up to Sync, a Query too: so does pgvane.
             return Ok(());
         }
-        let (class, hit) = self.ctx.classifier.classify(sql, self.scs);
-        self.count_cache(hit);
-        let statements = classifier::lexer::split(sql, self.scs).len();
+        // One pass decides the common shapes; the statement count comes
+        // with the verdict, so the text is not split again here.
+        let v = self.ctx.classifier.classify_query(sql, self.scs);
+        self.count_cache(v.source != classifier::Source::Full);
+        let words = Mentions::of(sql);
         let job = Job {
-            class,
+            class: v.class,
             sql,
-            statements,
-            copy: mentions(sql, b"copy"),
-            async_commit: mentions(sql, b"synchronous_commit"),
-            effect: Effect::of(&class, sql, statements),
+            statements: v.statements,
+            copy: words.copy,
+            async_commit: words.synchronous_commit,
+            effect: Effect::of(&v.class, sql, v.statements),
         };
         self.request(Work::Simple(m), job).await
     }
