@@ -395,8 +395,7 @@ impl App {
                 admissions: Arc::clone(&self.admissions),
             },
         ));
-        shared.tls.store(tls.client);
-        shared.backend_security.store(tls.backend);
+        shared.set_security(tls.client, tls.backend);
         let stop_accept = CancellationToken::new();
         self.tasks
             .spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
@@ -538,7 +537,12 @@ impl App {
                 || old_cfg.server_channel_binding != cfg.server_channel_binding;
             p.shared.config.store(Arc::new(cfg));
             if rebuild {
-                p.shared.rebuild_split();
+                p.shared.rebuild();
+                // A port that became split takes its TLS before new clients come.
+                if let Some(t) = port_tls.get(k) {
+                    p.shared
+                        .set_security(t.client.clone(), Arc::clone(&t.backend));
+                }
             }
             if let Some(l) = bound.remove(k) {
                 p.stop_accept.cancel();
@@ -556,8 +560,7 @@ impl App {
         for (cname, c) in &self.clusters {
             for (pname, p) in &c.ports {
                 if let Some(t) = port_tls.remove(&key(cname, pname)) {
-                    p.shared.tls.store(t.client);
-                    p.shared.backend_security.store(t.backend);
+                    p.shared.set_security(t.client, t.backend);
                 }
             }
         }

@@ -1,4 +1,6 @@
 use super::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 async fn pair() -> (TcpStream, TcpStream) {
@@ -22,7 +24,7 @@ async fn relays_both_ways_large_payloads_and_half_close() {
     let evict = CancellationToken::new();
     let c = counters();
     let c2 = c.clone();
-    let task = tokio::spawn(async move { relay(&client_side, &server_side, &evict, &c2).await });
+    let task = tokio::spawn(async move { relay(client_side, server_side, &evict, &c2).await });
     // 4 MiB each way at once: needs both directions to progress independently.
     let up: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let down: Vec<u8> = up.iter().rev().copied().collect();
@@ -67,7 +69,7 @@ async fn server_gone_ends_the_relay_while_the_client_is_idle() {
     let (server_side, mut db) = pair().await;
     let evict = CancellationToken::new();
     let c = counters();
-    let task = tokio::spawn(async move { relay(&client_side, &server_side, &evict, &c).await });
+    let task = tokio::spawn(async move { relay(client_side, server_side, &evict, &c).await });
     // The server says goodbye and closes; the client neither reads nor writes.
     db.write_all(b"FATAL").await.unwrap();
     drop(db);
@@ -88,8 +90,7 @@ async fn eviction_ends_the_relay() {
     let (server_side, _db) = pair().await;
     let evict = CancellationToken::new();
     let e2 = evict.clone();
-    let task =
-        tokio::spawn(async move { relay(&client_side, &server_side, &e2, &counters()).await });
+    let task = tokio::spawn(async move { relay(client_side, server_side, &e2, &counters()).await });
     evict.cancel();
     assert_eq!(task.await.unwrap(), RelayEnd::Evicted);
     let mut buf = [0u8; 1];
