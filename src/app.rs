@@ -7,6 +7,7 @@ use crate::config::{self, ClusterConfig, Config, ConfigDiff, PortConfig, PortKey
 use crate::consistency::ClusterLink;
 use crate::control::{Command, ReloadReply};
 use crate::listener::{self, PortShared};
+use crate::relay::Engine;
 use crate::router::HealthBook;
 use crate::telemetry::Metrics;
 use crate::tls;
@@ -89,15 +90,22 @@ struct App {
     admin_view: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
     tasks: TaskTracker,
     workers: Arc<Workers>,
+    engine: Arc<Engine>,
     admissions: Arc<crate::admission::Admissions>,
 }
 
 /// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]); client
-/// tasks run on `workers`, everything else on the calling runtime.
+/// tasks run on `workers`, role-port relays on `engine`, everything else
+/// on the calling runtime.
 ///
 /// # Errors
 /// [`StartError`] when a listener cannot bind or TLS files are unusable.
-pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result<(), StartError> {
+pub async fn run(
+    path: PathBuf,
+    config: Config,
+    workers: Arc<Workers>,
+    engine: Arc<Engine>,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
     let admin_listener = TcpListener::bind(config.listen_address)
@@ -115,6 +123,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         admin_view: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
         tasks: TaskTracker::new(),
         workers,
+        engine,
         admissions: Arc::default(),
     };
     let mut listeners = HashMap::new();
@@ -393,6 +402,7 @@ impl App {
                 metrics: Arc::clone(&self.metrics),
                 workers: Arc::clone(&self.workers),
                 admissions: Arc::clone(&self.admissions),
+                engine: Arc::clone(&self.engine),
             },
         ));
         shared.set_security(tls.client, tls.backend);

@@ -11,6 +11,7 @@ use crate::admission::Limits;
 use crate::backend::SocketOptions;
 use crate::relay;
 use crate::session;
+use crate::workers::Placement;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,8 +62,7 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                 let port = Arc::clone(&port);
                 port.clients.clone().spawn_on(
                     async move {
-                        let _placement = placement;
-                        client_task(std_client, peer, &port).await;
+                        client_task(std_client, peer, &port, placement).await;
                     },
                     &handle,
                 );
@@ -77,8 +77,14 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
 }
 
 /// One accepted client, on its worker runtime: counted for the limits
-/// from accept to close, then served by its port's kind.
-async fn client_task(std_client: std::net::TcpStream, peer: SocketAddr, port: &PortShared) {
+/// from accept to close, then served by its port's kind. A relayed
+/// client's counts, placement and drain tracking move with its relay.
+async fn client_task(
+    std_client: std::net::TcpStream,
+    peer: SocketAddr,
+    port: &PortShared,
+    placement: Placement,
+) {
     let limits = {
         let globals = port.globals.load();
         Limits {
@@ -103,11 +109,15 @@ async fn client_task(std_client: std::net::TcpStream, peer: SocketAddr, port: &P
     };
     SocketOptions::for_clients(&port.globals.load().tcp).apply(&client);
     match &*kind {
-        PortKind::Split(s) => session::run(client, s.context(), admitted, peer).await,
+        PortKind::Split(s) => {
+            session::run(client, s.context(), admitted, peer).await;
+            drop((ticket, placement));
+        }
         PortKind::Role(ctx) => {
             use tracing::Instrument;
+            let keep: relay::Keep = Box::new((ticket, placement, port.clients.token()));
             // Every log line of the client names its address.
-            relay::serve_client(client, ctx, admitted, peer)
+            relay::serve_client(client, ctx, admitted, peer, keep)
                 .instrument(tracing::info_span!("client", %peer))
                 .await;
         }

@@ -8,7 +8,7 @@ use crate::classifier::Classifier;
 use crate::config::{Config, Mode, PortConfig, PortKey};
 use crate::consistency::ClusterLink;
 use crate::pool::PoolSet;
-use crate::relay::{ByteCounters, RoleContext};
+use crate::relay::{ByteCounters, Engine, RoleContext};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NodeKey};
 use crate::session::{CancelRegistry, SessionContext};
 use crate::telemetry::Metrics;
@@ -32,6 +32,8 @@ pub struct ProcessShared {
     pub workers: Arc<Workers>,
     /// Client counts for the global and per-address limits.
     pub admissions: Arc<Admissions>,
+    /// The role ports' relay engine.
+    pub engine: Arc<Engine>,
 }
 
 /// What a port serves, by `mode`.
@@ -104,10 +106,12 @@ pub struct PortShared {
     pub workers: Arc<Workers>,
     /// Client counts of every port, for the global and per-address limits.
     admissions: Arc<Admissions>,
+    /// The role ports' relay engine.
+    engine: Arc<Engine>,
     /// The cluster's replica positions, shared floors and map generation.
     pub link: Arc<ClusterLink>,
     /// This port's clients right now.
-    active: AtomicUsize,
+    active: Arc<AtomicUsize>,
     /// The role or split part, swapped when reload changes `mode`; set
     /// by `new`, never empty after it.
     kind: ArcSwapOption<PortKind>,
@@ -129,6 +133,7 @@ impl PortShared {
             metrics,
             workers,
             admissions,
+            engine,
         } = process;
         let port = Self {
             key,
@@ -144,8 +149,9 @@ impl PortShared {
             drain: CancellationToken::new(),
             workers,
             admissions,
+            engine,
             link,
-            active: AtomicUsize::new(0),
+            active: Arc::default(),
             kind: ArcSwapOption::empty(),
         };
         port.rebuild();
@@ -205,6 +211,7 @@ impl PortShared {
                 to_server: labels("to_server"),
                 to_client: labels("to_client"),
             },
+            engine: Arc::clone(&self.engine),
         }
     }
 
@@ -243,7 +250,7 @@ impl PortShared {
 
     /// Counts a new client against the port's and the global limits, until
     /// the ticket is dropped.
-    pub fn admit(&self, ip: IpAddr, limits: Limits) -> Ticket<'_> {
+    pub fn admit(&self, ip: IpAddr, limits: Limits) -> Ticket {
         self.admissions.admit(&self.active, ip, limits)
     }
 

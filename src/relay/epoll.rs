@@ -5,7 +5,7 @@
 //! and writes straight on; only bytes the peer cannot take yet are copied
 //! into a per-direction `Vec`, freed as soon as it drains.
 
-use super::ByteCounters;
+use super::{ByteCounters, Handoff, RelayEnd};
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -20,7 +20,7 @@ const CHUNK: usize = 16 * 1024;
 /// idle client that never reads or writes again does not hold the
 /// connection, just as with a direct connection to PostgreSQL.
 /// Cancel safe: dropping it stops the copy (the caller drops the sockets).
-pub(super) async fn copy(client: &TcpStream, server: &TcpStream, bytes: &ByteCounters) {
+async fn copy(client: &TcpStream, server: &TcpStream, bytes: &ByteCounters) {
     let up = pump(client, server, &bytes.to_server);
     let down = pump(server, client, &bytes.to_client);
     tokio::pin!(up, down);
@@ -107,4 +107,27 @@ fn move_once(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Res
         }
     }
     Ok(n)
+}
+
+/// Runs the relay of `h` as its own task on the calling tokio runtime (the
+/// client's worker), so the task that chose the node can end: only the
+/// sockets, the copy's state and `h.done` stay while the client idles.
+pub(super) fn spawn(h: Handoff) {
+    tokio::spawn(async move {
+        let Handoff {
+            client,
+            server,
+            evict,
+            close,
+            bytes,
+            done,
+        } = h;
+        let end = tokio::select! {
+            () = copy(&client, &server, &bytes) => RelayEnd::Closed,
+            () = evict.cancelled() => RelayEnd::Evicted,
+            () = close.cancelled() => RelayEnd::Evicted,
+        };
+        drop((client, server));
+        done(end);
+    });
 }

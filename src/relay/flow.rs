@@ -5,7 +5,7 @@
 //! the client leaves or is evicted; refuse with an `ErrorResponse` when no
 //! node can take it. Fed accepted, admitted sockets by `listener`.
 
-use super::{ByteCounters, RelayEnd};
+use super::{ByteCounters, Engine, Handoff, RelayEnd};
 use crate::backend::SocketOptions;
 use crate::config::{AccessClient, Config, PortConfig, PortKey, RoleSel};
 use crate::consistency::ClusterLink;
@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest time pgvane spends telling a refused client why.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the listener keeps alive as long as a client (its place in the
+/// client counts, its worker placement, its drain tracking); dropped when
+/// the client's connection ends, on whichever thread relayed it.
+pub type Keep = Box<dyn std::any::Any + Send>;
 
 /// Everything the clients of one role port share: the port's part of
 /// `listener`'s port state that only role ports have (balancer, byte
@@ -51,6 +56,8 @@ pub struct RoleContext {
     pub balancer: Arc<Balancer>,
     /// Bytes relayed each way.
     pub bytes: ByteCounters,
+    /// The engine that copies the bytes (the process's, chosen at start).
+    pub engine: Arc<Engine>,
 }
 
 impl RoleContext {
@@ -73,12 +80,14 @@ struct Connected {
 }
 
 /// Serves one admitted (or refused: `admitted` holds the text) role-port
-/// client until it leaves or is evicted.
+/// client: refuses it, or connects it and hands it to the port's engine,
+/// which relays it (holding `keep`) until it leaves or is evicted.
 pub async fn serve_client(
     mut client: TcpStream,
     port: &Arc<RoleContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
+    keep: Keep,
 ) {
     let port = Arc::clone(port);
     let _ = client.set_nodelay(true);
@@ -117,7 +126,7 @@ pub async fn serve_client(
                 if waited {
                     port.leader_waited("leader", started);
                 }
-                return run_relay(client, connected, &port).await;
+                return relay(client, connected, &port, peer, keep);
             }
             Err(r) => r,
         };
@@ -283,25 +292,43 @@ async fn choose_and_connect(
     Err((sqlstate::CONNECTION_FAILURE, text))
 }
 
-/// Relays a connected client until it leaves, its node's lease is evicted
-/// or the port closes; the per-node client gauge counts it meanwhile.
-async fn run_relay(client: TcpStream, connected: Connected, port: &RoleContext) {
+/// Hands a connected client to the port's engine; the per-node client
+/// gauge, the lease and `keep` last until its relay ends.
+fn relay(
+    client: TcpStream,
+    connected: Connected,
+    port: &Arc<RoleContext>,
+    peer: SocketAddr,
+    keep: Keep,
+) {
     let Connected { server, key, lease } = connected;
     let _ = server.set_nodelay(true);
-    let gauge =
-        port.metrics
-            .clients
-            .with_label_values(&[&port.key.cluster, &port.key.port, &key.name]);
+    let m = &port.metrics;
+    let labels = [port.key.cluster.as_str(), port.key.port.as_str()];
+    m.relays
+        .with_label_values(&[labels[0], labels[1], port.engine.name()])
+        .inc();
+    let gauge = m
+        .clients
+        .with_label_values(&[labels[0], labels[1], &key.name]);
     gauge.inc();
-    let end = tokio::select! {
-        end = super::relay(client, server, lease.evicted(), &port.bytes) => end,
-        () = port.close.cancelled() => RelayEnd::Evicted,
+    let evict = lease.evicted().clone();
+    let ctx = Arc::clone(port);
+    let done = move |end: RelayEnd| {
+        gauge.dec();
+        if end == RelayEnd::Evicted {
+            tracing::debug!(port = %ctx.key, node = %lease.node().name, %peer, "client evicted");
+        }
+        drop((lease, keep));
     };
-    gauge.dec();
-    drop(lease);
-    if end == RelayEnd::Evicted {
-        tracing::debug!(port = %port.key, node = %key.name, "client evicted");
-    }
+    port.engine.relay(Handoff {
+        client,
+        server,
+        evict,
+        close: port.close.clone(),
+        bytes: port.bytes.clone(),
+        done: Box::new(done),
+    });
 }
 
 /// Connects to a node within `timeout` and sets `socket` on the socket.

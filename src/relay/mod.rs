@@ -1,16 +1,20 @@
 //! Role ports (`mode: tcp`): each client's flow from its first bytes to the
 //! end of its connection. Owns choosing a node and connecting with retry
-//! (`flow`), the byte relay (`epoll`), and the polite refusal when no node
-//! can take a client (`refuse`). Does not bind or accept, nor parse
+//! (`flow`), the byte relay on one of two engines (`epoll` on the client's
+//! tokio worker, `uring` on io_uring threads), and the polite refusal when
+//! no node can take a client (`refuse`). Does not bind or accept, nor parse
 //! anything past a client's first packet; fed accepted sockets by `listener`.
 
 mod epoll;
 mod flow;
 mod refuse;
+mod uring;
 
-pub use flow::{RoleContext, serve_client};
+pub use flow::{Keep, RoleContext, serve_client};
 pub use refuse::refuse;
+pub use uring::UringError;
 
+use crate::config::IoUring;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub enum RelayEnd {
     /// Both sides closed (or one failed): the normal end.
     Closed,
-    /// The lease's eviction token fired.
+    /// The client's eviction token (or its port's close) fired.
     Evicted,
 }
 
@@ -32,19 +36,83 @@ pub struct ByteCounters {
     pub to_client: prometheus::IntCounter,
 }
 
-/// Relays between `client` and `server` until the server side ends, the
-/// client side fails, or `evict` fires; both sockets are closed when it
-/// returns. A client's EOF reaches the server as a half-close.
-/// Cancel safe: dropping it closes both sockets.
-pub async fn relay(
-    client: TcpStream,
-    server: TcpStream,
-    evict: &CancellationToken,
-    bytes: &ByteCounters,
-) -> RelayEnd {
-    tokio::select! {
-        () = epoll::copy(&client, &server, bytes) => RelayEnd::Closed,
-        () = evict.cancelled() => RelayEnd::Evicted,
+/// A connected client handed to an engine: both sockets, what ends the
+/// relay early, and what runs when it ends.
+pub struct Handoff {
+    /// The client's socket (registered with the calling worker's reactor).
+    pub client: TcpStream,
+    /// The node's socket.
+    pub server: TcpStream,
+    /// Fires when the client's node stops qualifying.
+    pub evict: CancellationToken,
+    /// Fires when the port closes (removal, shutdown past the drain).
+    pub close: CancellationToken,
+    /// Byte counters.
+    pub bytes: ByteCounters,
+    /// Runs once the relay has ended and both sockets are closed; holds
+    /// whatever must live as long as the client (lease, counts).
+    pub done: Box<dyn FnOnce(RelayEnd) + Send>,
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff")
+            .field("client", &self.client)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The role ports' relay engine, chosen once at start (`io_uring`).
+#[derive(Debug)]
+pub enum Engine {
+    /// Bytes copied on the client's tokio worker runtime (epoll).
+    Epoll,
+    /// Bytes copied on io_uring runtime threads, one per core.
+    Uring(uring::Uring),
+}
+
+impl Engine {
+    /// Starts the engine `choice` asks for: `auto` tries io_uring with
+    /// `threads` threads and falls back to epoll with one info line, `on`
+    /// fails when io_uring is unavailable, `off` is epoll.
+    ///
+    /// # Errors
+    /// With `on`, why io_uring cannot be used.
+    pub fn start(choice: IoUring, threads: usize) -> Result<Self, UringError> {
+        if choice == IoUring::Off {
+            return Ok(Self::Epoll);
+        }
+        match uring::Uring::start(threads) {
+            Ok(u) => Ok(Self::Uring(u)),
+            Err(e) if choice == IoUring::Auto => {
+                tracing::info!("io_uring unavailable ({e}); role ports relay with epoll");
+                Ok(Self::Epoll)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `epoll` or `io_uring`, as metrics and logs name the engine.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+            Self::Uring(_) => "io_uring",
+        }
+    }
+
+    /// Relays `h` until the server side ends, the client side fails, or
+    /// eviction or the port's close fires, then closes both sockets and
+    /// runs `h.done`. Returns at once: the relay runs as its own task (on
+    /// the calling tokio runtime, or on an io_uring thread). A client's EOF
+    /// reaches the server as a half-close; the server's EOF ends the relay
+    /// once its last bytes reached the client.
+    pub fn relay(&self, h: Handoff) {
+        match self {
+            Self::Epoll => epoll::spawn(h),
+            Self::Uring(u) => u.relay(h),
+        }
     }
 }
 
