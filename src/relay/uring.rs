@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Read size of a quiet direction, which a waiting read holds.
-const SMALL: usize = 512;
+/// Read size of a quiet direction, which a waiting read holds: most
+/// requests and short results fit.
+const SMALL: usize = 256;
 /// Largest read size, reached after a few full reads in a row.
 const LARGE: usize = 16 * 1024;
 /// Submission queue entries of each ring (completions: twice as many).
@@ -83,18 +84,13 @@ impl Uring {
             let lane_load = Arc::clone(&load);
             std::thread::Builder::new()
                 .name(format!("pgvane-uring-{i}"))
-                .spawn(move || {
-                    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .with_entries(ENTRIES)
-                        .build();
-                    match rt {
-                        Ok(mut rt) => {
-                            let _ = ready.send(Ok(()));
-                            rt.block_on(serve(inbox, lane_load));
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
+                .spawn(move || match ring(true).or_else(|_| ring(false)) {
+                    Ok(mut rt) => {
+                        let _ = ready.send(Ok(()));
+                        rt.block_on(serve(inbox, lane_load));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
                     }
                 })
                 .map_err(UringError::Thread)?;
@@ -147,6 +143,22 @@ impl Uring {
             (job.done)(RelayEnd::Closed);
         }
     }
+}
+
+/// A runtime on a new ring; `fast` asks for completions to run only when
+/// the thread waits for them, without interrupts (`COOP_TASKRUN`,
+/// `SINGLE_ISSUER`, `DEFER_TASKRUN`: Linux 6.1+; older kernels get a plain ring).
+fn ring(fast: bool) -> io::Result<monoio::Runtime<monoio::IoUringDriver>> {
+    let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(ENTRIES);
+    if fast {
+        let mut flags = io_uring::IoUring::builder();
+        flags
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        builder = builder.uring_builder(flags);
+    }
+    builder.build()
 }
 
 /// A tokio socket as a blocking std socket: io_uring waits inside the
@@ -242,5 +254,22 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             size = next;
             buf = Vec::with_capacity(size);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_sets_up_where_io_uring_is_allowed() {
+        if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|v| v.trim() == "2")
+        {
+            return;
+        }
+        let fast = ring(true).map(drop);
+        eprintln!("fast ring (DEFER_TASKRUN): {fast:?}");
+        assert!(fast.is_ok() || ring(false).is_ok());
     }
 }
