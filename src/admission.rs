@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Client counts shared by every port of the process.
 #[derive(Debug, Default)]
@@ -39,11 +39,12 @@ pub enum Full {
 
 /// One client's place in the counts; dropping it releases them. A refused
 /// client holds one too, until it has been told (so a flood of refusals
-/// is still counted).
+/// is still counted). Owned, so it can move with a relayed client to the
+/// thread that relays it.
 #[derive(Debug)]
-pub struct Ticket<'a> {
-    all: &'a Admissions,
-    port: &'a AtomicUsize,
+pub struct Ticket {
+    all: Arc<Admissions>,
+    port: Arc<AtomicUsize>,
     ip: IpAddr,
     /// `None` when the client fits; else the limit it hit.
     pub full: Option<Full>,
@@ -52,7 +53,7 @@ pub struct Ticket<'a> {
 impl Admissions {
     /// Counts a client from `ip` on a port whose count is `port` and says
     /// whether it fits under `limits`.
-    pub fn admit<'a>(&'a self, port: &'a AtomicUsize, ip: IpAddr, limits: Limits) -> Ticket<'a> {
+    pub fn admit(self: &Arc<Self>, port: &Arc<AtomicUsize>, ip: IpAddr, limits: Limits) -> Ticket {
         let on_port = port.fetch_add(1, Ordering::Relaxed) + 1;
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
         let from_ip = {
@@ -72,8 +73,8 @@ impl Admissions {
             None
         };
         Ticket {
-            all: self,
-            port,
+            all: Arc::clone(self),
+            port: Arc::clone(port),
             ip,
             full,
         }
@@ -112,7 +113,7 @@ impl Full {
     }
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.port.fetch_sub(1, Ordering::Relaxed);
         self.all.total.fetch_sub(1, Ordering::Relaxed);
@@ -136,8 +137,8 @@ mod tests {
 
     #[test]
     fn limits_count_and_release() {
-        let all = Admissions::default();
-        let (p1, p2) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let all = Arc::new(Admissions::default());
+        let (p1, p2) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let limits = Limits {

@@ -7,6 +7,7 @@ use crate::config::{self, ClusterConfig, Config, ConfigDiff, PortConfig, PortKey
 use crate::consistency::ClusterLink;
 use crate::control::{Command, ReloadReply};
 use crate::listener::{self, PortShared};
+use crate::relay::Engine;
 use crate::router::HealthBook;
 use crate::telemetry::Metrics;
 use crate::tls;
@@ -89,15 +90,22 @@ struct App {
     admin_view: Arc<ArcSwap<BTreeMap<String, ClusterView>>>,
     tasks: TaskTracker,
     workers: Arc<Workers>,
+    engine: Arc<Engine>,
     admissions: Arc<crate::admission::Admissions>,
 }
 
 /// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]); client
-/// tasks run on `workers`, everything else on the calling runtime.
+/// tasks run on `workers`, role-port relays on `engine`, everything else
+/// on the calling runtime.
 ///
 /// # Errors
 /// [`StartError`] when a listener cannot bind or TLS files are unusable.
-pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result<(), StartError> {
+pub async fn run(
+    path: PathBuf,
+    config: Config,
+    workers: Arc<Workers>,
+    engine: Arc<Engine>,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
     let admin_listener = TcpListener::bind(config.listen_address)
@@ -115,6 +123,7 @@ pub async fn run(path: PathBuf, config: Config, workers: Arc<Workers>) -> Result
         admin_view: Arc::new(ArcSwap::from_pointee(BTreeMap::new())),
         tasks: TaskTracker::new(),
         workers,
+        engine,
         admissions: Arc::default(),
     };
     let mut listeners = HashMap::new();
@@ -393,10 +402,10 @@ impl App {
                 metrics: Arc::clone(&self.metrics),
                 workers: Arc::clone(&self.workers),
                 admissions: Arc::clone(&self.admissions),
+                engine: Arc::clone(&self.engine),
             },
         ));
-        shared.tls.store(tls.client);
-        shared.backend_security.store(tls.backend);
+        shared.set_security(tls.client, tls.backend);
         let stop_accept = CancellationToken::new();
         self.tasks
             .spawn(listener::serve(l, Arc::clone(&shared), stop_accept.clone()));
@@ -538,7 +547,12 @@ impl App {
                 || old_cfg.server_channel_binding != cfg.server_channel_binding;
             p.shared.config.store(Arc::new(cfg));
             if rebuild {
-                p.shared.rebuild_split();
+                p.shared.rebuild();
+                // A port that became split takes its TLS before new clients come.
+                if let Some(t) = port_tls.get(k) {
+                    p.shared
+                        .set_security(t.client.clone(), Arc::clone(&t.backend));
+                }
             }
             if let Some(l) = bound.remove(k) {
                 p.stop_accept.cancel();
@@ -556,8 +570,7 @@ impl App {
         for (cname, c) in &self.clusters {
             for (pname, p) in &c.ports {
                 if let Some(t) = port_tls.remove(&key(cname, pname)) {
-                    p.shared.tls.store(t.client);
-                    p.shared.backend_security.store(t.backend);
+                    p.shared.set_security(t.client, t.backend);
                 }
             }
         }

@@ -20,8 +20,8 @@
 //!
 //! Module map: [`config`] (model, load, diff), [`topology`] (Patroni model,
 //! map, watcher, WAL positions), [`tracker`] (replica positions, read
-//! index), [`router`] (policy, balance, health), [`relay`] (byte
-//! relay, refusals), [`listener`] (ports), [`admission`] (client limits), [`admin`] (HTTP API),
+//! index), [`router`] (policy, balance, health), [`relay`] (role-port
+//! client flow, byte relay, refusals), [`listener`] (ports as a tagged type, accept), [`admission`] (client limits), [`admin`] (HTTP API),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
 //! [`signals`], [`control`], [`workers`] (per-core client runtimes),
 //! [`app`] (composition root).

@@ -58,10 +58,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let engine = match pgvane::relay::Engine::start(config.io_uring, threads) {
+        Ok(e) => std::sync::Arc::new(e),
+        Err(e) => {
+            tracing::error!("io_uring: on, but {e}");
+            eprintln!("pgvane: io_uring: on, but {e}; set io_uring: auto or off");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        engine = engine.name(),
+        threads,
+        "role ports relay with {}",
+        engine.name()
+    );
     let result = runtime.block_on(pgvane::app::run(
         cli.config,
         config,
         std::sync::Arc::clone(&workers),
+        engine,
     ));
     workers.stop();
     match result {

@@ -241,8 +241,7 @@ fn cluster_json(view: &ClusterView) -> Value {
         .iter()
         .map(|(p, cfg)| {
             let clients: serde_json::Map<String, Value> = p
-                .balancer
-                .active()
+                .clients_by_node()
                 .into_iter()
                 .map(|(k, n)| (k.name, json!(n)))
                 .collect();
@@ -289,7 +288,7 @@ async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
 async fn metrics(State(s): State<AdminState>) -> Response {
     for (name, v) in s.clusters.load().iter() {
         for p in &v.ports {
-            let Some(split) = p.split.load_full() else {
+            let Some(split) = p.split_context() else {
                 continue;
             };
             for (key, _role, open, idle, waiting) in split.pools.snapshot() {

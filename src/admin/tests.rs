@@ -48,6 +48,7 @@ fn state_with(
             metrics: Arc::clone(&metrics),
             workers: Arc::new(crate::workers::Workers::current()),
             admissions: Arc::default(),
+            engine: Arc::new(crate::relay::Engine::Epoll),
         },
     ));
     let mut views = BTreeMap::new();

@@ -51,6 +51,9 @@ impl ConfigDiff {
         if old.listen_address != new.listen_address {
             d.restart_needed.push("listen_address");
         }
+        if old.io_uring != new.io_uring {
+            d.restart_needed.push("io_uring");
+        }
         for (field, changed) in [
             (
                 "cluster_update_interval",
@@ -195,6 +198,14 @@ mod tests {
         assert_eq!(d.ports_changed, vec![key("c", "ro")]);
         assert_eq!(d.watchers_changed, vec!["c".to_owned()]);
         assert!(ConfigDiff::between(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn io_uring_needs_a_restart() {
+        let old = load_str(BASE).unwrap();
+        let new = load_str(&format!("io_uring: off\n{BASE}")).unwrap();
+        let d = ConfigDiff::between(&old, &new);
+        assert_eq!(d.restart_needed, vec!["io_uring"]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Loading: YAML text → [`Config`], collecting every problem with its field
 //! path. `serde_yaml` stays behind this file so it can be swapped for a fork.
 
-use super::model::{ClusterConfig, Config, Mode, PortConfig, TcpConfig};
+use super::model::{ClusterConfig, Config, IoUring, Mode, PortConfig, TcpConfig};
 use serde::Deserialize;
 use serde_yaml::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +74,8 @@ struct RawTop {
     tcp_keepalives_count: Option<u32>,
     #[serde(default)]
     tcp_user_timeout_ms: Option<u64>,
+    #[serde(default)]
+    io_uring: IoUring,
     clusters: BTreeMap<String, Value>,
 }
 
@@ -166,6 +168,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         max_clients: top.max_clients,
         max_clients_per_address: top.max_clients_per_address,
         tcp,
+        io_uring: top.io_uring,
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);

@@ -10,7 +10,7 @@ mod positions;
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub use model::{
-    AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, Mode,
+    AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, IoUring, Mode,
     PortConfig, PortSettings, PortTls, RoleSel, RywScope, RywTimeout, ServerAuth, ServerTlsConfig,
     ServerTlsMode, TcpConfig, TlsConfig, UserConfig,
 };

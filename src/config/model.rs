@@ -42,6 +42,9 @@ pub struct Config {
     /// TCP keepalive and user timeout on every client and server socket
     /// (reload: new connections).
     pub tcp: TcpConfig,
+    /// The role ports' relay engine (`io_uring`, default `auto`; reload:
+    /// needs a restart).
+    pub io_uring: IoUring,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
@@ -259,6 +262,19 @@ pub enum ChannelBinding {
     Prefer,
     /// Only SCRAM-SHA-256-PLUS over TLS; anything else is refused.
     Require,
+}
+
+/// Whether role ports relay bytes with io_uring (`io_uring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoUring {
+    /// io_uring when the kernel allows it, else epoll (one log line says which).
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    On,
+    /// epoll (tokio's reactor).
+    Off,
 }
 
 /// How a port treats its clients.

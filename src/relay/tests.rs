@@ -1,4 +1,6 @@
 use super::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 async fn pair() -> (TcpStream, TcpStream) {
@@ -15,14 +17,52 @@ fn counters() -> ByteCounters {
     }
 }
 
+/// Both engines; io_uring only where the kernel allows it (said on stderr).
+fn engines() -> Vec<Engine> {
+    let mut v = vec![Engine::Epoll];
+    match uring::Uring::start(1) {
+        Ok(u) => v.push(Engine::Uring(u)),
+        Err(e) => eprintln!("io_uring engine not tested here: {e}"),
+    }
+    v
+}
+
+/// Starts a relay on `engine`; the receiver gets how it ended.
+fn start(
+    engine: &Engine,
+    client: TcpStream,
+    server: TcpStream,
+    evict: &CancellationToken,
+    bytes: &ByteCounters,
+) -> tokio::sync::oneshot::Receiver<RelayEnd> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.relay(Handoff {
+        client,
+        server,
+        evict: evict.clone(),
+        close: CancellationToken::new(),
+        bytes: bytes.clone(),
+        done: Box::new(move |end| {
+            let _ = tx.send(end);
+        }),
+    });
+    rx
+}
+
 #[tokio::test]
 async fn relays_both_ways_large_payloads_and_half_close() {
+    for engine in engines() {
+        both_ways(&engine).await;
+    }
+}
+
+async fn both_ways(engine: &Engine) {
+    let name = engine.name();
     let (mut app, client_side) = pair().await;
     let (server_side, mut db) = pair().await;
     let evict = CancellationToken::new();
     let c = counters();
-    let c2 = c.clone();
-    let task = tokio::spawn(async move { relay(&client_side, &server_side, &evict, &c2).await });
+    let ended = start(engine, client_side, server_side, &evict, &c);
     // 4 MiB each way at once: needs both directions to progress independently.
     let up: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let down: Vec<u8> = up.iter().rev().copied().collect();
@@ -47,57 +87,111 @@ async fn relays_both_ways_large_payloads_and_half_close() {
         v
     };
     let ((), (), got_up, got_down) = tokio::join!(w1, w2, r1, r2);
-    assert!(got_up == up, "client→server bytes differ");
-    assert!(got_down == down, "server→client bytes differ");
+    assert!(got_up == up, "{name}: client→server bytes differ");
+    assert!(got_down == down, "{name}: server→client bytes differ");
     // The client's EOF reached the server as EOF (read_to_end returned), and
     // the server can still answer after it.
     db.write_all(b"bye").await.unwrap();
     let mut bye = [0u8; 3];
     app.read_exact(&mut bye).await.unwrap();
-    assert_eq!(&bye, b"bye");
+    assert_eq!(&bye, b"bye", "{name}");
     drop(db);
-    assert_eq!(task.await.unwrap(), RelayEnd::Closed);
-    assert_eq!(c.to_server.get(), up.len() as u64);
-    assert_eq!(c.to_client.get(), down.len() as u64 + 3);
+    let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+    assert_eq!(end.expect(name).unwrap(), RelayEnd::Closed, "{name}");
+    assert_eq!(c.to_server.get(), up.len() as u64, "{name}");
+    assert_eq!(c.to_client.get(), down.len() as u64 + 3, "{name}");
+    // The client sees the server's close after the last bytes.
+    let mut rest = Vec::new();
+    app.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{name}");
+}
+
+#[tokio::test]
+async fn small_messages_go_both_ways_in_turn() {
+    for engine in engines() {
+        let name = engine.name();
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let c = counters();
+        let _ended = start(
+            &engine,
+            client_side,
+            server_side,
+            &CancellationToken::new(),
+            &c,
+        );
+        // Request/response sizes around the engines' read sizes.
+        for size in [1, 100, 511, 512, 513, 2048, 9000, 70_000] {
+            let msg: Vec<u8> = (0..size).map(|i| (i % 7) as u8).collect();
+            app.write_all(&msg).await.unwrap();
+            let mut got = vec![0; size];
+            db.read_exact(&mut got).await.unwrap();
+            assert!(got == msg, "{name}: request of {size}");
+            db.write_all(&msg).await.unwrap();
+            app.read_exact(&mut got).await.unwrap();
+            assert!(got == msg, "{name}: reply of {size}");
+        }
+    }
 }
 
 #[tokio::test]
 async fn server_gone_ends_the_relay_while_the_client_is_idle() {
-    let (mut app, client_side) = pair().await;
-    let (server_side, mut db) = pair().await;
-    let evict = CancellationToken::new();
-    let c = counters();
-    let task = tokio::spawn(async move { relay(&client_side, &server_side, &evict, &c).await });
-    // The server says goodbye and closes; the client neither reads nor writes.
-    db.write_all(b"FATAL").await.unwrap();
-    drop(db);
-    let end = tokio::time::timeout(Duration::from_secs(5), task).await;
-    assert_eq!(
-        end.expect("relay outlived its server").unwrap(),
-        RelayEnd::Closed
-    );
-    // The client still gets the last bytes, then EOF.
-    let mut got = Vec::new();
-    app.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"FATAL");
+    for engine in engines() {
+        let name = engine.name();
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let ended = start(
+            &engine,
+            client_side,
+            server_side,
+            &CancellationToken::new(),
+            &counters(),
+        );
+        // The server says goodbye and closes; the client neither reads nor writes.
+        db.write_all(b"FATAL").await.unwrap();
+        drop(db);
+        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(
+            end.expect("relay outlived its server").unwrap(),
+            RelayEnd::Closed,
+            "{name}"
+        );
+        // The client still gets the last bytes, then EOF.
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"FATAL", "{name}");
+    }
 }
 
 #[tokio::test]
 async fn eviction_ends_the_relay() {
-    let (mut app, client_side) = pair().await;
-    let (server_side, _db) = pair().await;
-    let evict = CancellationToken::new();
-    let e2 = evict.clone();
-    let task =
-        tokio::spawn(async move { relay(&client_side, &server_side, &e2, &counters()).await });
-    evict.cancel();
-    assert_eq!(task.await.unwrap(), RelayEnd::Evicted);
-    let mut buf = [0u8; 1];
-    assert_eq!(
-        app.read(&mut buf).await.unwrap(),
-        0,
-        "client sees the close"
-    );
+    for engine in engines() {
+        let name = engine.name();
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let evict = CancellationToken::new();
+        let ended = start(&engine, client_side, server_side, &evict, &counters());
+        // A relay in full swing, then idle, then evicted.
+        app.write_all(b"ping").await.unwrap();
+        let mut ping = [0u8; 4];
+        db.read_exact(&mut ping).await.unwrap();
+        evict.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(end.expect(name).unwrap(), RelayEnd::Evicted, "{name}");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), app.read(&mut buf)).await;
+        assert_eq!(
+            read.expect(name).unwrap(),
+            0,
+            "{name}: client sees the close"
+        );
+        let read = tokio::time::timeout(Duration::from_secs(5), db.read(&mut buf)).await;
+        assert_eq!(
+            read.expect(name).unwrap(),
+            0,
+            "{name}: server sees the close"
+        );
+    }
 }
 
 #[tokio::test]

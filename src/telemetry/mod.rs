@@ -34,6 +34,9 @@ pub struct Metrics {
     pub connect_failures: IntCounterVec,
     /// `pgvane_bytes_relayed_total{cluster,port,direction}`.
     pub bytes: IntCounterVec,
+    /// `pgvane_relays_total{cluster,port,engine}`: role-port clients relayed,
+    /// by the engine that copied their bytes (`epoll` or `io_uring`).
+    pub relays: IntCounterVec,
     /// `pgvane_patroni_polls_total{cluster,result}`.
     pub polls: IntCounterVec,
     /// `pgvane_patroni_poll_duration_seconds{cluster}`.
@@ -224,6 +227,12 @@ impl Metrics {
                 "pgvane_bytes_relayed_total",
                 "Bytes relayed",
                 &["cluster", "port", "direction"],
+            ),
+            relays: counter(
+                &r,
+                "pgvane_relays_total",
+                "Role-port clients relayed, by relay engine",
+                &["cluster", "port", "engine"],
             ),
             polls: counter(
                 &r,
@@ -417,6 +426,7 @@ mod tests {
             .inc();
         m.connect_failures.with_label_values(&["c", "n"]).inc();
         m.bytes.with_label_values(&["c", "p", "to_server"]).inc();
+        m.relays.with_label_values(&["c", "p", "io_uring"]).inc();
         m.polls.with_label_values(&["c", "ok"]).inc();
         m.poll_duration.with_label_values(&["c"]).observe(0.1);
         m.map_age.with_label_values(&["c"]).set(1.0);

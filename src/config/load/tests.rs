@@ -52,6 +52,21 @@ fn defaults_apply() {
     let p = &c.clusters["c"].ports["p"];
     assert_eq!(p.host_port, None);
     assert_eq!(p.mode, Mode::Tcp);
+    assert_eq!(c.io_uring, IoUring::Auto);
+}
+
+#[test]
+fn io_uring_takes_auto_on_off_only() {
+    let with = |v: &str| {
+        load_str(&format!(
+            "io_uring: {v}\nclusters: {{c: {{hosts: ['http://h:8008'], ports: {{p: {{listen: '127.0.0.1:7000', roles: [leader]}}}}}}}}"
+        ))
+    };
+    assert_eq!(with("on").unwrap().io_uring, IoUring::On);
+    assert_eq!(with("off").unwrap().io_uring, IoUring::Off);
+    assert_eq!(with("auto").unwrap().io_uring, IoUring::Auto);
+    let errs = with("maybe").unwrap_err().0;
+    assert!(errs[0].path.starts_with("io_uring"), "{errs:?}");
 }
 
 #[test]

@@ -1,0 +1,125 @@
+//! Ports: bind, accept, client limits, and dispatch of each accepted
+//! client to its port's flow, the role-port relay (`relay`) or a split
+//! session (`session`). A port's shared state is [`PortShared`], a tagged
+//! type built by `app` (`port`).
+
+mod port;
+
+pub use port::{PortKind, PortShared, ProcessShared, SplitPort};
+
+use crate::admission::Limits;
+use crate::backend::SocketOptions;
+use crate::relay;
+use crate::session;
+use crate::workers::Placement;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Binds a listening socket with `SO_REUSEADDR`, as servers do.
+///
+/// # Errors
+/// The bind error.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts clients until `stop` fires; each client runs in `port.clients`.
+pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                port.metrics
+                    .accepted
+                    .with_label_values(&[&port.key.cluster, &port.key.port])
+                    .inc();
+                // Move the socket to a worker runtime: deregister here,
+                // register with the worker's reactor inside the task.
+                let std_client = match client.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(port = %port.key, error = %e, "could not hand the client to a worker");
+                        continue;
+                    }
+                };
+                let (handle, placement) = port.workers.pick();
+                let port = Arc::clone(&port);
+                port.clients.clone().spawn_on(
+                    async move {
+                        client_task(std_client, peer, &port, placement).await;
+                    },
+                    &handle,
+                );
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(port = %port.key, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One accepted client, on its worker runtime: counted for the limits
+/// from accept to close, then served by its port's kind. A relayed
+/// client's counts, placement and drain tracking move with its relay.
+async fn client_task(
+    std_client: std::net::TcpStream,
+    peer: SocketAddr,
+    port: &PortShared,
+    placement: Placement,
+) {
+    let limits = {
+        let globals = port.globals.load();
+        Limits {
+            port: port.config.load().max_clients,
+            total: globals.max_clients,
+            per_address: globals.max_clients_per_address,
+        }
+    };
+    let ticket = port.admit(peer.ip(), limits);
+    let kind = port.kind();
+    let split = matches!(*kind, PortKind::Split(_));
+    let admitted = match ticket.full {
+        None => Ok(()),
+        Some(full) => Err(full.text(&port.key.to_string(), split, peer.ip())),
+    };
+    let client = match TcpStream::from_std(std_client) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(port = %port.key, error = %e, "worker could not take the client");
+            return;
+        }
+    };
+    SocketOptions::for_clients(&port.globals.load().tcp).apply(&client);
+    match &*kind {
+        PortKind::Split(s) => {
+            session::run(client, s.context(), admitted, peer).await;
+            drop((ticket, placement));
+        }
+        PortKind::Role(ctx) => {
+            use tracing::Instrument;
+            let keep: relay::Keep = Box::new((ticket, placement, port.clients.token()));
+            // Every log line of the client names its address.
+            relay::serve_client(client, ctx, admitted, peer, keep)
+                .instrument(tracing::info_span!("client", %peer))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The io_uring engine: one monoio runtime thread per core relays the bytes
+//! of the clients handed to it, each as its own task. Fed by `Engine` on
+//! the client's tokio worker, which chose and connected the node; knows
+//! nothing of routing.
+//!
+//! Memory: reads go straight into an owned buffer the kernel fills when
+//! bytes arrive, so a waiting read holds one. It is small (`SMALL`) while a
+//! direction is quiet and grows four times per full read up to `LARGE` for
+//! bulk transfers (COPY, big results), back to small after the first short
+//! read: an idle client holds two small buffers, not two large ones.
+
+use super::{ByteCounters, Handoff, RelayEnd};
+use futures_util::future::{Either, select};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Read size of a quiet direction, which a waiting read holds: most
+/// requests and short results fit.
+const SMALL: usize = 256;
+/// Largest read size, reached after a few full reads in a row.
+const LARGE: usize = 16 * 1024;
+/// Submission queue entries of each ring (completions: twice as many).
+const ENTRIES: u32 = 1024;
+
+/// Why io_uring cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UringError {
+    /// `kernel.io_uring_disabled` is 2: io_uring is off for everyone.
+    #[error("kernel.io_uring_disabled is 2")]
+    Disabled,
+    /// The kernel refused to set up a ring (seccomp, permissions, an old kernel).
+    #[error("io_uring setup failed: {0}")]
+    Setup(#[source] io::Error),
+    /// A relay thread could not be started.
+    #[error("cannot start an io_uring thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
+/// A relay as it travels to an io_uring thread: sockets taken off the
+/// tokio reactor.
+struct Job {
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    evict: CancellationToken,
+    close: CancellationToken,
+    bytes: ByteCounters,
+    done: Box<dyn FnOnce(RelayEnd) + Send>,
+}
+
+/// One io_uring thread: where to send it relays, and how many it runs.
+#[derive(Debug)]
+struct Lane {
+    jobs: mpsc::UnboundedSender<Job>,
+    load: Arc<AtomicUsize>,
+}
+
+/// The io_uring relay threads; dropping it ends them and their relays.
+#[derive(Debug)]
+pub struct Uring {
+    lanes: Vec<Lane>,
+}
+
+impl Uring {
+    /// Starts `threads` relay threads (at least one), each with its own
+    /// ring; fails when the kernel disallows io_uring or a ring cannot be
+    /// set up.
+    pub(super) fn start(threads: usize) -> Result<Self, UringError> {
+        if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|v| v.trim() == "2")
+        {
+            return Err(UringError::Disabled);
+        }
+        let mut lanes = Vec::new();
+        for i in 0..threads.max(1) {
+            let (jobs, inbox) = mpsc::unbounded_channel();
+            let (ready, started) = std::sync::mpsc::channel();
+            let load = Arc::new(AtomicUsize::new(0));
+            let lane_load = Arc::clone(&load);
+            std::thread::Builder::new()
+                .name(format!("pgvane-uring-{i}"))
+                .spawn(move || match ring(true).or_else(|_| ring(false)) {
+                    Ok(mut rt) => {
+                        let _ = ready.send(Ok(()));
+                        rt.block_on(serve(inbox, lane_load));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                })
+                .map_err(UringError::Thread)?;
+            match started.recv() {
+                Ok(Ok(())) => lanes.push(Lane { jobs, load }),
+                Ok(Err(e)) => return Err(UringError::Setup(e)),
+                Err(_) => return Err(UringError::Setup(io::Error::other("thread ended"))),
+            }
+        }
+        Ok(Self { lanes })
+    }
+
+    /// Takes `h`'s sockets off the calling tokio reactor and hands the
+    /// relay to the least busy io_uring thread.
+    pub(super) fn relay(&self, h: Handoff) {
+        let Handoff {
+            client,
+            server,
+            evict,
+            close,
+            bytes,
+            done,
+        } = h;
+        let sockets = detach(client).and_then(|c| Ok((c, detach(server)?)));
+        let (client, server) = match sockets {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand the client to an io_uring thread");
+                return done(RelayEnd::Closed);
+            }
+        };
+        let Some(lane) = self
+            .lanes
+            .iter()
+            .min_by_key(|l| l.load.load(Ordering::Relaxed))
+        else {
+            return done(RelayEnd::Closed);
+        };
+        lane.load.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            client,
+            server,
+            evict,
+            close,
+            bytes,
+            done,
+        };
+        if let Err(mpsc::error::SendError(job)) = lane.jobs.send(job) {
+            lane.load.fetch_sub(1, Ordering::Relaxed);
+            (job.done)(RelayEnd::Closed);
+        }
+    }
+}
+
+/// A runtime on a new ring; `fast` asks for completions to run only when
+/// the thread waits for them, without interrupts (`COOP_TASKRUN`,
+/// `SINGLE_ISSUER`, `DEFER_TASKRUN`: Linux 6.1+; older kernels get a plain ring).
+fn ring(fast: bool) -> io::Result<monoio::Runtime<monoio::IoUringDriver>> {
+    let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(ENTRIES);
+    if fast {
+        let mut flags = io_uring::IoUring::builder();
+        flags
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+        builder = builder.uring_builder(flags);
+    }
+    builder.build()
+}
+
+/// A tokio socket as a blocking std socket: io_uring waits inside the
+/// kernel, and a non-blocking socket would answer its reads `EAGAIN`.
+fn detach(s: tokio::net::TcpStream) -> io::Result<std::net::TcpStream> {
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// An io_uring thread's main task: starts each relay sent to it.
+async fn serve(mut inbox: mpsc::UnboundedReceiver<Job>, load: Arc<AtomicUsize>) {
+    while let Some(job) = inbox.recv().await {
+        let load = Arc::clone(&load);
+        monoio::spawn(async move {
+            run(job).await;
+            load.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// One relay: copy until it ends or eviction fires, close, run `done`.
+async fn run(job: Job) {
+    let Job {
+        client,
+        server,
+        evict,
+        close,
+        bytes,
+        done,
+    } = job;
+    let end = match (TcpStream::from_std(client), TcpStream::from_std(server)) {
+        (Ok(client), Ok(server)) => {
+            let copy = pin!(copy(client, server, &bytes));
+            let (evicted, closed) = (pin!(evict.cancelled()), pin!(close.cancelled()));
+            match select(copy, select(evicted, closed)).await {
+                Either::Left(_) => RelayEnd::Closed,
+                Either::Right(_) => RelayEnd::Evicted,
+            }
+        }
+        _ => RelayEnd::Closed,
+    };
+    done(end);
+}
+
+/// Copies both ways until the server side ends or the client side fails;
+/// a client's EOF reaches the server as a half-close and the server may
+/// still answer, the server's EOF ends the copy. Dropping it closes both
+/// sockets (once the kernel has cancelled their reads).
+async fn copy(client: TcpStream, server: TcpStream, bytes: &ByteCounters) {
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    let up = pin!(pump(client_r, server_w, &bytes.to_server));
+    let down = pin!(pump(server_r, client_w, &bytes.to_client));
+    if let Either::Left((Ok(()), down)) = select(up, down).await {
+        let _ = down.await;
+    }
+}
+
+/// One direction: `from` → `to`, propagating EOF as a half-close.
+async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut from: R,
+    mut to: W,
+    counter: &prometheus::IntCounter,
+) -> io::Result<()> {
+    let mut size = SMALL;
+    let mut buf: Vec<u8> = Vec::with_capacity(size);
+    loop {
+        let (read, b) = from.read(buf).await;
+        buf = b;
+        let n = match read {
+            Ok(0) => {
+                // EOF: tell the other side we will send no more, keep reading it.
+                let _ = to.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let (written, b) = to.write_all(buf).await;
+        buf = b;
+        written?;
+        counter.inc_by(n as u64);
+        let next = if n >= size {
+            (size * 4).min(LARGE)
+        } else {
+            SMALL
+        };
+        if next == size {
+            buf.clear();
+        } else {
+            size = next;
+            buf = Vec::with_capacity(size);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_sets_up_where_io_uring_is_allowed() {
+        if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|v| v.trim() == "2")
+        {
+            return;
+        }
+        let fast = ring(true).map(drop);
+        eprintln!("fast ring (DEFER_TASKRUN): {fast:?}");
+        assert!(fast.is_ok() || ring(false).is_ok());
+    }
+}
