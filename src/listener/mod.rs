@@ -116,10 +116,14 @@ async fn client_task(
         PortKind::Role(ctx) => {
             use tracing::Instrument;
             let keep: relay::Keep = Box::new((ticket, placement, port.clients.token()));
-            // Every log line of the client names its address.
-            relay::serve_client(client, ctx, admitted, peer, keep)
-                .instrument(tracing::info_span!("client", %peer))
-                .await;
+            // Every log line of the client names its address. Boxed: the
+            // flow ends once its relay runs as a task of its own, and
+            // inline it would size every split session's task too.
+            Box::pin(
+                relay::serve_client(client, ctx, admitted, peer, keep)
+                    .instrument(tracing::info_span!("client", %peer)),
+            )
+            .await;
         }
     }
 }

@@ -100,7 +100,8 @@ pub struct PortShared {
     /// Fires to disconnect every client of the port (removal, shutdown).
     pub close: CancellationToken,
     /// Fires when the port starts draining: idle split sessions end, the
-    /// others after their transaction.
+    /// others after their transaction. A child of `close`, so it fires
+    /// with it too and an idle session waits on this token alone.
     pub drain: CancellationToken,
     /// Runtimes client tasks run on.
     pub workers: Arc<Workers>,
@@ -135,6 +136,7 @@ impl PortShared {
             admissions,
             engine,
         } = process;
+        let close = CancellationToken::new();
         let port = Self {
             key,
             config: Arc::new(ArcSwap::from_pointee(config)),
@@ -145,8 +147,8 @@ impl PortShared {
             gate: std::sync::Mutex::default(),
             metrics,
             clients: TaskTracker::new(),
-            close: CancellationToken::new(),
-            drain: CancellationToken::new(),
+            drain: close.child_token(),
+            close,
             workers,
             admissions,
             engine,

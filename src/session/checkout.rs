@@ -324,6 +324,10 @@ impl Session {
                     };
                     let p = self.ctx.pools.get(&key, role, settings);
                     self.pools.retain(|(a, _)| *a != t.addr);
+                    if self.pools.capacity() == 0 {
+                        // Room for one (see SessionMetrics::statement).
+                        self.pools.reserve_exact(1);
+                    }
                     self.pools.push((t.addr.clone(), Arc::clone(&p)));
                     p
                 }

@@ -114,23 +114,30 @@ impl ClientConn {
 
     /// Reads one client message. `idle` says the session holds no backend:
     /// then a draining port ends it here. A partial message waits for the
-    /// socket to become readable again.
+    /// socket to become readable again. `limit` bounds how long the client
+    /// may stay silent, and names the error that then ends the session.
     pub(super) async fn read(
         &mut self,
         idle: bool,
         limit: Option<(std::time::Duration, SessionError)>,
     ) -> Result<Message, SessionError> {
-        let (deadline, mut on_timeout) = match limit {
-            Some((after, e)) => (Some(tokio::time::Instant::now() + after), Some(e)),
-            None => (None, None),
-        };
-        let timeout = async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+        match limit {
+            // Boxed, and only with a limit (a held backend under
+            // `idle_in_transaction_timeout_ms` or `pinned_idle_timeout_ms`):
+            // the common wait holds no timer, and every idle session's task
+            // is sized by this future.
+            Some((after, e)) => {
+                let deadline = tokio::time::Instant::now() + after;
+                let timed = tokio::time::timeout_at(deadline, self.read_until_stopped(idle));
+                Box::pin(timed).await.unwrap_or(Err(e))
             }
-        };
-        tokio::pin!(timeout);
+            None => self.read_until_stopped(idle).await,
+        }
+    }
+
+    /// [`Self::read`] without a limit: until a message, the client leaves,
+    /// the port closes or (while `idle`) drains.
+    async fn read_until_stopped(&mut self, idle: bool) -> Result<Message, SessionError> {
         loop {
             if let Some(m) = message::try_cut(&mut self.buf)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?
@@ -149,15 +156,11 @@ impl ClientConn {
                 // About to wait on an idle client: hold no buffer meanwhile.
                 self.out = Vec::new();
             }
+            // `drain` is a child of `close`: one token covers both.
+            let stop = if idle { &self.drain } else { &self.close };
             tokio::select! {
                 biased;
-                () = self.close.cancelled() => return Err(SessionError::Shutdown),
-                () = self.drain.cancelled(), if idle => {
-                    return Err(SessionError::Shutdown);
-                }
-                () = &mut timeout => {
-                    return Err(on_timeout.take().unwrap_or(SessionError::Shutdown));
-                }
+                () = stop.cancelled() => return Err(SessionError::Shutdown),
                 r = self.stream.read_some(&mut self.buf) => match r {
                     Ok(0) => return Err(SessionError::ClientGone),
                     Ok(_) => {}

@@ -43,7 +43,8 @@ pub struct SessionContext {
     /// Parsed user secrets by configured password text.
     pub secrets: Mutex<HashMap<String, Secret>>,
     /// Fires when the port drains: idle sessions end, others after their
-    /// transaction.
+    /// transaction. Must be a child of `close` (an idle session waits on
+    /// this token alone).
     pub drain: CancellationToken,
     /// Fires when the port closes: every session ends now.
     pub close: CancellationToken,

@@ -53,6 +53,11 @@ impl SessionMetrics {
             reason,
         ]);
         c.inc();
+        if self.statements.capacity() == 0 {
+            // Most sessions only ever use one node: room for one, not
+            // the four a first push reserves (idle memory per client).
+            self.statements.reserve_exact(1);
+        }
         self.statements.push(((node.to_owned(), role, reason), c));
     }
 

@@ -138,17 +138,37 @@ async fn serve_client(
     admitted: Result<(), String>,
     peer: SocketAddr,
 ) {
+    // Login runs in a future of its own, boxed and gone once it ends: the
+    // task of a logged-in session (most of them idle) is sized by the
+    // session and its request loop alone.
+    let Some(mut s) = Box::pin(start(client, &ctx, admitted, peer)).await else {
+        return;
+    };
+    // Boxed: the task of an idle session then holds only the small future
+    // of the request loop, not the largest request's state machine.
+    if Box::pin(s.greet()).await.is_ok() {
+        s.serve().await;
+    }
+    s.release_held();
+    ctx.cancels.remove(s.cancel_key);
+}
+
+/// Logs the client in, bounded by `client_login_timeout_ms`: its session,
+/// or None when it was refused or timed out (and was told so).
+async fn start(
+    client: TcpStream,
+    ctx: &Arc<SessionContext>,
+    admitted: Result<(), String>,
+    peer: SocketAddr,
+) -> Option<Session> {
     let _ = client.set_nodelay(true);
     let mut client = ClientStream::Plain(client);
     let timeout = ctx.globals.load().client_login_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let logged_in = Box::pin(tokio::time::timeout_at(
-        deadline,
-        login::login(&mut client, &ctx, admitted, peer),
-    ))
-    .await;
-    let Some(s) = (match logged_in {
-        Ok(s) => s,
+    let logged_in =
+        tokio::time::timeout_at(deadline, login::login(&mut client, ctx, admitted, peer)).await;
+    let (creds, startup) = match logged_in {
+        Ok(s) => s?,
         Err(_) => {
             let text = "canceling authentication due to timeout".to_owned();
             tracing::info!(port = %ctx.key, ?timeout, "{text}");
@@ -173,20 +193,17 @@ async fn serve_client(
                 client.flush().await
             })
             .await;
-            None
+            return None;
         }
-    }) else {
-        return;
     };
-    let (creds, startup) = s;
     let (cancel_key, cancel_slot) = ctx.cancels.register();
-    let mut s = Session {
+    Some(Session {
         creds,
         settings: SessionSettings::new(startup),
         client: ClientConn::new(client, ctx.drain.clone(), ctx.close.clone()),
         state: ClientState::Idle,
-        metrics: SessionMetrics::new(&ctx),
-        ctx: Arc::clone(&ctx),
+        metrics: SessionMetrics::new(ctx),
+        ctx: Arc::clone(ctx),
         held: None,
         pools: Vec::new(),
         pin: None,
@@ -199,14 +216,7 @@ async fn serve_client(
         hold_ready: false,
         refused: None,
         retry_armed: pipeline::Armed::Off,
-    };
-    // Boxed: the task of an idle session then holds only the small future
-    // of the request loop, not the largest request's state machine.
-    if Box::pin(s.greet()).await.is_ok() {
-        s.serve().await;
-    }
-    s.release_held();
-    ctx.cancels.remove(cancel_key);
+    })
 }
 
 /// How a request ended for the client: whether PostgreSQL would now send
