@@ -103,6 +103,25 @@ fn main() {
         });
         println!("  {label:<22} {min:>7.0} / {med:>7.0}");
     }
+    println!("the same on 2 threads at once (a split port's workers sharing one classifier):");
+    for (label, sql) in [STATEMENTS[0], STATEMENTS[11]] {
+        let (min, med) = time(1, || {
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..100_000 {
+                            black_box(cl.classify(black_box(sql), true));
+                        }
+                    });
+                }
+            });
+        });
+        println!(
+            "  {label:<22} {:>7.0} / {:>7.0}",
+            min / 100_000.0,
+            med / 100_000.0
+        );
+    }
     println!("classify_uncached (the full path, ns per statement, min / median):");
     for (label, sql) in STATEMENTS {
         let (min, med) = time(5_000, || {

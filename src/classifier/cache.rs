@@ -1,9 +1,10 @@
 //! The classification cache: verdicts keyed by the query text with its
 //! literals blanked ([`lexer::normalize`]) and the session's
 //! `standard_conforming_strings`. A lookup allocates nothing: one pass over
-//! the text hashes the normalized pieces as the lexer hands them out, and
-//! on a hash hit a second pass compares them with the stored key, so two
-//! texts never share a verdict by a hash collision. Split sessions run on
+//! the text writes the normalized key into a stack buffer, which is hashed
+//! and, on a hash hit, compared with the stored key, so two texts never
+//! share a verdict by a hash collision (keys too long for the buffer are
+//! hashed and compared piece by piece in two passes). Split sessions run on
 //! several worker threads, so the cache is [`SHARDS`] independently locked
 //! maps chosen by the hash; each is bounded in entries and bytes.
 
@@ -108,13 +109,28 @@ impl Shard {
     }
 }
 
+/// Normalized keys up to this long are built on the stack, hashed and
+/// compared in one piece; longer ones are hashed and compared piece by
+/// piece as the lexer hands them out (two passes, still no allocation).
+pub(super) const INLINE_KEY: usize = 512;
+
+/// A stack buffer for a short normalized key.
+pub(super) type KeyBuf = [u8; INLINE_KEY];
+
 /// Where a text's verdict lives in the cache: the hash of its normalized
 /// form and that form's length.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Key {
     hash: u64,
-    /// Bytes of the normalized text.
+    /// Bytes of the normalized text; when at most [`INLINE_KEY`], the
+    /// normalized text is in the caller's [`KeyBuf`].
     pub(super) len: usize,
+}
+
+impl Key {
+    fn inline(self) -> bool {
+        self.len <= INLINE_KEY
+    }
 }
 
 /// The bounded, sharded cache.
@@ -134,15 +150,22 @@ impl Default for Cache {
 }
 
 impl Cache {
-    /// Hashes the normalized form of `sql` in one pass, without allocating.
-    pub(super) fn key(&self, sql: &str, scs: bool) -> Key {
-        let mut h = self.seed.build_hasher();
-        h.write_u8(u8::from(scs));
+    /// Normalizes `sql` into `buf` when it fits and hashes it, without
+    /// allocating.
+    pub(super) fn key(&self, sql: &str, scs: bool, buf: &mut KeyBuf) -> Key {
         let mut len = 0;
         lexer::normalize_with(sql, scs, |piece| {
-            h.write(piece.as_bytes());
+            if let Some(dst) = buf.get_mut(len..len + piece.len()) {
+                dst.copy_from_slice(piece.as_bytes());
+            }
             len += piece.len();
         });
+        let mut h = self.seed.build_hasher();
+        h.write_u8(u8::from(scs));
+        match buf.get(..len) {
+            Some(key) => h.write(key),
+            None => lexer::normalize_with(sql, scs, |piece| h.write(piece.as_bytes())),
+        }
         Key {
             hash: h.finish(),
             len,
@@ -166,24 +189,36 @@ impl Cache {
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The cached verdict and statement count of `sql`, if its key is there.
-    pub(super) fn get(&self, key: Key, sql: &str, scs: bool) -> Option<(Classification, usize)> {
+    /// The cached verdict and statement count of `sql`, if its key is
+    /// there (`key` and `buf` from [`Self::key`]).
+    pub(super) fn get(
+        &self,
+        key: Key,
+        buf: &KeyBuf,
+        sql: &str,
+        scs: bool,
+    ) -> Option<(Classification, usize)> {
         let shard = self.shard(key.hash);
         let e = shard.map.get(&key.hash)?;
         if e.scs != scs || e.key.len() != key.len {
             return None;
         }
         let stored = e.key.as_bytes();
-        let mut pos = 0;
-        let mut same = true;
-        lexer::normalize_with(sql, scs, |piece| {
-            if same {
-                let end = pos + piece.len();
-                same = stored.get(pos..end) == Some(piece.as_bytes());
-                pos = end;
-            }
-        });
-        (same && pos == stored.len()).then_some((e.class, e.statements))
+        let same = if key.inline() {
+            buf.get(..key.len) == Some(stored)
+        } else {
+            let mut pos = 0;
+            let mut same = true;
+            lexer::normalize_with(sql, scs, |piece| {
+                if same {
+                    let end = pos + piece.len();
+                    same = stored.get(pos..end) == Some(piece.as_bytes());
+                    pos = end;
+                }
+            });
+            same && pos == stored.len()
+        };
+        same.then_some((e.class, e.statements))
     }
 
     /// Stores the verdict on `sql` (whose key is `key`).

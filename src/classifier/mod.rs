@@ -231,10 +231,11 @@ pub struct Verdict {
     pub source: Source,
 }
 
-/// Classifies SQL: the fast path ([`fast::classify`]) first, then a
-/// bounded cache keyed by the text with its literals blanked
-/// ([`lexer::normalize`]) and `standard_conforming_strings`, then the full
-/// pipeline.
+/// Classifies SQL: the fast path's keyword shapes
+/// ([`fast::classify_keyword`]) first, then a bounded cache keyed by the
+/// text with its literals blanked ([`lexer::normalize`]) and
+/// `standard_conforming_strings`, then the fast `SELECT` grammar
+/// ([`fast::classify`]), then the full pipeline.
 #[derive(Debug, Default)]
 pub struct Classifier {
     read_only_functions: Vec<String>,
@@ -280,33 +281,31 @@ impl Classifier {
     /// caller need not split it again. Allocates nothing unless the full
     /// pipeline runs.
     pub fn classify_query(&self, sql: &str, scs: bool) -> Verdict {
-        let (class, statements, source) = if sql.len() > self.max_query_len {
-            let n = lexer::count_statements(sql, scs);
-            (Classification::unparsed(Reason::TooLong), n, Source::Full)
-        } else if let Some(class) = fast::classify(sql, scs) {
-            (class, 1, Source::Fast)
-        } else {
-            return self.cached_or_full(sql, scs);
-        };
-        Verdict {
+        let verdict = |class, statements, source| Verdict {
             class,
             statements,
             source,
+        };
+        if sql.len() > self.max_query_len {
+            let n = lexer::count_statements(sql, scs);
+            return verdict(Classification::unparsed(Reason::TooLong), n, Source::Full);
         }
-    }
-
-    /// The cache's verdict, or the full pipeline's (then cached).
-    fn cached_or_full(&self, sql: &str, scs: bool) -> Verdict {
-        let key = self.cache.key(sql, scs);
+        if let Some(class) = fast::classify_keyword(sql, scs) {
+            return verdict(class, 1, Source::Fast);
+        }
+        let mut buf = [0; cache::INLINE_KEY];
+        let key = self.cache.key(sql, scs, &mut buf);
         let cacheable = key.len <= MAX_CACHED_KEY;
         if cacheable {
-            if let Some((class, statements)) = self.cache.get(key, sql, scs) {
-                return Verdict {
-                    class,
-                    statements,
-                    source: Source::Cache,
-                };
+            if let Some((class, statements)) = self.cache.get(key, &buf, sql, scs) {
+                return verdict(class, statements, Source::Cache);
             }
+        }
+        if let Some(class) = fast::classify(sql, scs) {
+            if cacheable {
+                self.cache.insert(key, sql, scs, class, 1);
+            }
+            return verdict(class, 1, Source::Fast);
         }
         let (class, statements) = classify_full(sql, scs, &self.read_only_functions);
         if cacheable {

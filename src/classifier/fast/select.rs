@@ -29,27 +29,6 @@ enum Kw {
     Is,
 }
 
-const GRAMMAR_KEYWORDS: &[(&str, Kw)] = &[
-    ("SELECT", Kw::Select),
-    ("DISTINCT", Kw::Distinct),
-    ("FROM", Kw::From),
-    ("WHERE", Kw::Where),
-    ("AND", Kw::And),
-    ("OR", Kw::Or),
-    ("NOT", Kw::Not),
-    ("AS", Kw::As),
-    ("ORDER", Kw::Order),
-    ("BY", Kw::By),
-    ("ASC", Kw::Asc),
-    ("DESC", Kw::Desc),
-    ("LIMIT", Kw::Limit),
-    ("OFFSET", Kw::Offset),
-    ("NULL", Kw::Null),
-    ("TRUE", Kw::True),
-    ("FALSE", Kw::False),
-    ("IS", Kw::Is),
-];
-
 /// A token of the fast `SELECT` grammar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tok {
@@ -106,20 +85,81 @@ fn is_glue(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'\'' | b'"' | b'.') || c >= 0x80
 }
 
-/// sqlparser's case-insensitive keyword lookup (its `keyword_lookup`).
-fn is_sqlparser_keyword(word: &[u8]) -> bool {
-    ALL_KEYWORDS
-        .binary_search_by(|probe| {
-            let probe = probe.as_bytes();
-            for (p, w) in probe.iter().zip(word) {
-                let cmp = p.cmp(&w.to_ascii_uppercase());
-                if cmp != std::cmp::Ordering::Equal {
-                    return cmp;
-                }
-            }
-            probe.len().cmp(&word.len())
-        })
-        .is_ok()
+/// Longest word the fast grammar reads; longer words decline.
+const MAX_WORD: usize = 63;
+
+/// Slots of [`KEYWORD_TABLE`] (a power of two, about four per keyword).
+const KEYWORD_SLOTS: usize = 4096;
+
+/// FNV-1a of a word, for [`KEYWORD_TABLE`].
+const fn fnv(w: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < w.len() {
+        h ^= w[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h as usize
+}
+
+/// sqlparser's keywords as an open-addressing hash table built at compile
+/// time: a slot holds a keyword's index in `ALL_KEYWORDS` plus one, or 0.
+static KEYWORD_TABLE: [u16; KEYWORD_SLOTS] = {
+    let mut t = [0u16; KEYWORD_SLOTS];
+    let mut i = 0;
+    while i < ALL_KEYWORDS.len() {
+        let mut slot = fnv(ALL_KEYWORDS[i].as_bytes()) % KEYWORD_SLOTS;
+        while t[slot] != 0 {
+            slot = (slot + 1) % KEYWORD_SLOTS;
+        }
+        t[slot] = (i + 1) as u16;
+        i += 1;
+    }
+    t
+};
+
+/// sqlparser's case-insensitive keyword lookup (its `keyword_lookup`),
+/// for a word already upper-cased.
+fn is_sqlparser_keyword(upper: &[u8]) -> bool {
+    let mut slot = fnv(upper) % KEYWORD_SLOTS;
+    loop {
+        let Some(k) = KEYWORD_TABLE[slot].checked_sub(1) else {
+            return false;
+        };
+        if ALL_KEYWORDS
+            .get(usize::from(k))
+            .is_some_and(|k| k.as_bytes() == upper)
+        {
+            return true;
+        }
+        slot = (slot + 1) % KEYWORD_SLOTS;
+    }
+}
+
+/// A grammar keyword, by its upper-cased spelling.
+fn grammar_keyword(upper: &[u8]) -> Option<Kw> {
+    Some(match upper {
+        b"SELECT" => Kw::Select,
+        b"DISTINCT" => Kw::Distinct,
+        b"FROM" => Kw::From,
+        b"WHERE" => Kw::Where,
+        b"AND" => Kw::And,
+        b"OR" => Kw::Or,
+        b"NOT" => Kw::Not,
+        b"AS" => Kw::As,
+        b"ORDER" => Kw::Order,
+        b"BY" => Kw::By,
+        b"ASC" => Kw::Asc,
+        b"DESC" => Kw::Desc,
+        b"LIMIT" => Kw::Limit,
+        b"OFFSET" => Kw::Offset,
+        b"NULL" => Kw::Null,
+        b"TRUE" => Kw::True,
+        b"FALSE" => Kw::False,
+        b"IS" => Kw::Is,
+        _ => return None,
+    })
 }
 
 /// The tokens of one statement; `None` from [`Lexer::next`] means "not in
@@ -180,6 +220,14 @@ impl Lexer<'_> {
                 self.i += 1;
                 Tok::Comma
             }
+            // A final `;`: only whitespace and more `;` may follow.
+            b';' if b[self.i..]
+                .iter()
+                .all(|c| matches!(c, b';' | b' ' | b'\t' | b'\n' | b'\r')) =>
+            {
+                self.i = b.len();
+                Tok::End
+            }
             c if is_op_byte(c) => {
                 while self.i < b.len() && is_op_byte(b[self.i]) {
                     self.i += 1;
@@ -224,24 +272,26 @@ impl Lexer<'_> {
                 self.i += 1;
             }
             let word = &b[start..self.i];
-            if word.is_empty() || !(word[0].is_ascii_alphabetic() || word[0] == b'_') {
+            if word.is_empty()
+                || word.len() > MAX_WORD
+                || !(word[0].is_ascii_alphabetic() || word[0] == b'_')
+            {
                 return None;
             }
+            let mut buf = [0u8; MAX_WORD];
+            let upper = &mut buf[..word.len()];
+            upper.copy_from_slice(word);
+            upper.make_ascii_uppercase();
             parts += 1;
             if parts == 1 && b.get(self.i) != Some(&b'.') {
-                if let Some((_, kw)) = GRAMMAR_KEYWORDS
-                    .iter()
-                    .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(word))
-                {
+                if let Some(kw) = grammar_keyword(upper) {
                     if is_glue_after_word(b.get(self.i)) {
                         return None;
                     }
-                    return Some(Tok::Kw(*kw));
+                    return Some(Tok::Kw(kw));
                 }
             }
-            if is_sqlparser_keyword(word)
-                || (word.len() >= 3 && word[..3].eq_ignore_ascii_case(b"pg_"))
-            {
+            if upper.starts_with(b"PG_") || is_sqlparser_keyword(upper) {
                 return None;
             }
             if b.get(self.i) == Some(&b'.') {
@@ -392,4 +442,28 @@ pub(super) fn select(stmt: &str) -> Option<Classification> {
     let mut p = Parser { lexer, peek };
     p.select()?;
     Some(Classification::new(Route::Replica, Reason::Read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_lookup_finds_every_sqlparser_keyword_and_nothing_else() {
+        assert!(ALL_KEYWORDS.len() < KEYWORD_SLOTS / 2);
+        for k in ALL_KEYWORDS {
+            assert!(is_sqlparser_keyword(k.as_bytes()), "{k}");
+        }
+        for w in ["ABALANCE", "AID", "PGBENCH_ACCOUNTS", "X1", "_A", ""] {
+            assert!(!is_sqlparser_keyword(w.as_bytes()), "{w}");
+        }
+        // Every grammar keyword is one of sqlparser's.
+        for w in [
+            "SELECT", "DISTINCT", "FROM", "WHERE", "AND", "OR", "NOT", "AS", "ORDER", "BY", "ASC",
+            "DESC", "LIMIT", "OFFSET", "NULL", "TRUE", "FALSE", "IS",
+        ] {
+            assert!(grammar_keyword(w.as_bytes()).is_some(), "{w}");
+            assert!(is_sqlparser_keyword(w.as_bytes()), "{w}");
+        }
+    }
 }
