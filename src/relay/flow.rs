@@ -77,6 +77,10 @@ struct Connected {
     server: TcpStream,
     key: NodeKey,
     lease: router::Lease,
+    /// The start of the server's answer to the startup packet, read to
+    /// tell a node that is shutting down from one that serves; goes to
+    /// the client before the relay starts.
+    early: Vec<u8>,
 }
 
 /// Serves one admitted (or refused: `admitted` holds the text) role-port
@@ -112,6 +116,9 @@ pub async fn serve_client(
         let code = sqlstate::INVALID_AUTHORIZATION_SPECIFICATION;
         return refuse(&mut client, &head, &port, code, &text).await;
     }
+    let Some(head) = whole_startup(&mut client, head, &port).await else {
+        return;
+    };
     // The leader port (`roles: [leader]`) waits for a leader while one is
     // replaced, up to `leader_wait_ms`, instead of refusing.
     let wait = (cfg.roles == [RoleSel::Leader])
@@ -125,6 +132,13 @@ pub async fn serve_client(
             Ok(connected) => {
                 if waited {
                     port.leader_waited("leader", started);
+                }
+                if !connected.early.is_empty()
+                    && tokio::io::AsyncWriteExt::write_all(&mut client, &connected.early)
+                        .await
+                        .is_err()
+                {
+                    return;
                 }
                 return relay(client, connected, &port, peer, keep);
             }
@@ -269,7 +283,32 @@ async fn choose_and_connect(
                     failures.push(format!("{} closed at once", key.name));
                     continue;
                 }
-                return Ok(Connected { server, key, lease });
+                let early = if is_startup(head) {
+                    match first_reply(&mut server, timeout).await {
+                        Ok(Reply::Serves(early)) => early,
+                        Ok(Reply::NotAccepting(code)) => {
+                            // A node shutting down (a switchover) or starting
+                            // up: the next node, or the leader wait, instead
+                            // of relaying the refusal.
+                            port.health.failure(&key.addr, Instant::now());
+                            tracing::info!(port = %port.key, node = %key.name, sqlstate = %code, "node is not accepting connections; trying the next");
+                            failures.push(format!("{} answered {code}", key.name));
+                            continue;
+                        }
+                        Err(e) => {
+                            failures.push(format!("{} closed before answering: {e}", key.name));
+                            continue;
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                return Ok(Connected {
+                    server,
+                    key,
+                    lease,
+                    early,
+                });
             }
             Err(e) => {
                 port.health.failure(&key.addr, Instant::now());
@@ -292,6 +331,92 @@ async fn choose_and_connect(
     Err((sqlstate::CONNECTION_FAILURE, text))
 }
 
+/// Longest startup packet read whole (PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`).
+const MAX_STARTUP: usize = 10_000;
+
+/// Whether `head` is a whole protocol-3 startup packet (not an SSL or GSS
+/// request, a cancel, or direct TLS).
+pub(super) fn is_startup(head: &[u8]) -> bool {
+    head.len() >= 8
+        && u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize == head.len()
+        && u32::from_be_bytes([head[4], head[5], head[6], head[7]]) >> 16 == 3
+}
+
+/// The client's first packet: a protocol-3 startup message is read whole
+/// (bounded by `client_login_timeout_ms` and PostgreSQL's size limit), so
+/// the node's answer to it can be read before relaying; anything else
+/// (SSLRequest, GSSENCRequest, direct TLS) stays the 8 bytes read. None:
+/// the client left or stalled.
+async fn whole_startup(
+    client: &mut TcpStream,
+    head: [u8; 8],
+    port: &RoleContext,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let mut packet = head.to_vec();
+    if version >> 16 != 3 || !(8..=MAX_STARTUP).contains(&len) {
+        return Some(packet);
+    }
+    packet.resize(len, 0);
+    let wait = port.globals.load().client_login_timeout;
+    tokio::time::timeout(wait, client.read_exact(&mut packet[8..]))
+        .await
+        .ok()?
+        .ok()?;
+    Some(packet)
+}
+
+/// How a node first answered a startup packet.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// It serves: the bytes read so far (the first message's header, or a
+    /// whole ErrorResponse that is not about accepting connections).
+    Serves(Vec<u8>),
+    /// An ErrorResponse 57P01/57P02/57P03: shutting down, starting up, not
+    /// accepting connections.
+    NotAccepting(String),
+}
+
+/// Reads the start of a node's answer to a startup packet, within `timeout`.
+pub(super) async fn first_reply(server: &mut TcpStream, timeout: Duration) -> io::Result<Reply> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut header = [0u8; 5];
+        server.read_exact(&mut header).await?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if header[0] != b'E' || !(4..=8192).contains(&len) {
+            return Ok(Reply::Serves(header.to_vec()));
+        }
+        let mut message = header.to_vec();
+        message.resize(len + 1, 0);
+        server.read_exact(&mut message[5..]).await?;
+        Ok(match error_code(&message[5..]) {
+            Some(code) if code.starts_with("57P0") => Reply::NotAccepting(code),
+            _ => Reply::Serves(message),
+        })
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the startup packet"))?
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body.
+pub(super) fn error_code(mut body: &[u8]) -> Option<String> {
+    while let Some((&field, rest)) = body.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let end = rest.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+        }
+        body = &rest[end + 1..];
+    }
+    None
+}
+
 /// Hands a connected client to the port's engine; the per-node client
 /// gauge, the lease and `keep` last until its relay ends.
 fn relay(
@@ -301,7 +426,9 @@ fn relay(
     peer: SocketAddr,
     keep: Keep,
 ) {
-    let Connected { server, key, lease } = connected;
+    let Connected {
+        server, key, lease, ..
+    } = connected;
     let _ = server.set_nodelay(true);
     let m = &port.metrics;
     let labels = [port.key.cluster.as_str(), port.key.port.as_str()];

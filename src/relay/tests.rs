@@ -290,3 +290,59 @@ async fn refusal_reads_on_from_the_bytes_already_read() {
     assert!(text.starts_with('E') && text.contains("C57P03"), "{text}");
     task.await.unwrap();
 }
+
+#[test]
+fn a_whole_protocol_3_startup_packet_is_told_from_other_first_packets() {
+    let mut startup = Vec::new();
+    crate::protocol::encode::startup(&mut startup, &[("user", "u")]);
+    assert!(flow::is_startup(&startup));
+    assert!(!flow::is_startup(&startup[..8]), "only its first 8 bytes");
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    assert!(!flow::is_startup(&ssl));
+}
+
+#[test]
+fn the_sqlstate_of_an_error_body() {
+    let body = b"SFATAL\0C57P03\0Mthe database system is shutting down\0\0";
+    assert_eq!(flow::error_code(body).as_deref(), Some("57P03"));
+    assert_eq!(flow::error_code(b"SFATAL\0\0"), None);
+    assert_eq!(flow::error_code(b"C57P0"), None, "unterminated");
+}
+
+#[tokio::test]
+async fn a_node_shutting_down_is_told_from_one_that_serves() {
+    let mut err = Vec::new();
+    crate::protocol::encode::error_response(
+        &mut err,
+        crate::protocol::encode::Severity::Fatal,
+        crate::protocol::sqlstate::CANNOT_CONNECT_NOW,
+        "the database system is shutting down",
+    );
+    let mut other = Vec::new();
+    crate::protocol::encode::error_response(
+        &mut other,
+        crate::protocol::encode::Severity::Fatal,
+        crate::protocol::sqlstate::INVALID_PASSWORD,
+        "password authentication failed",
+    );
+    let auth_ok = [b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+    for (answer, want) in [
+        (err.clone(), flow::Reply::NotAccepting("57P03".into())),
+        (other.clone(), flow::Reply::Serves(other.clone())),
+        (auth_ok.to_vec(), flow::Reply::Serves(auth_ok[..5].to_vec())),
+    ] {
+        let (mut node, mut pgvane) = pair().await;
+        node.write_all(&answer).await.unwrap();
+        let got = flow::first_reply(&mut pgvane, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+    }
+    // A node that says nothing within the timeout is an error, not a hang.
+    let (_node, mut pgvane) = pair().await;
+    assert!(
+        flow::first_reply(&mut pgvane, Duration::from_millis(50))
+            .await
+            .is_err()
+    );
+}
