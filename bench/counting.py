@@ -127,7 +127,7 @@ import psycopg, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, ({n} + 100, {n} + 100))
 conns = []
 for i in range({n}):
-    conns.append(psycopg.connect(host='127.0.0.1', port={port}, user='postgres', password='postgres', dbname='postgres', connect_timeout=30))
+    conns.append(psycopg.connect(host='127.0.0.1', port={port}, user='postgres', password='postgres', dbname='postgres', connect_timeout=30, autocommit=True))
 for c in conns[::50]: c.execute('select 1')
 print('ready', flush=True)
 sys.stdin.readline()

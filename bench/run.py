@@ -321,7 +321,7 @@ def special(a, targets, scripts, ref):
             f = lambda i: "/".join(str(v) for v in (min(x[i] for x in xs), int(statistics.median(x[i] for x in xs)), max(x[i] for x in xs)))
             lines.append(f"| {tname} | {f(0)} | {f(1)} | {statistics.median(x[2] for x in xs):,.0f} |")
         text = "\n".join(lines) + (f"\n\n16 busy `-S` simple clients for {a.seconds} s beside {a.busy_idle} idle clients, "
-                                   f"{a.repeats} interleaved repeats, counted with {'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'}; {R} {version}.")
+                                   f"{a.repeats} interleaved repeats; {R} {version}.")
     print("\n" + text)
     if a.out:
         open(a.out, "w").write(text + "\n")
