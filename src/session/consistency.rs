@@ -226,7 +226,7 @@ pub(super) enum Command {
 /// optional trailing semicolon).
 pub(super) fn command(sql: &str) -> Option<Command> {
     let t = sql.trim().trim_end_matches(';').trim_end();
-    if t.len() < 8 || t.len() > 200 || !super::extended::mentions(t, b"pgvane.") {
+    if t.len() < 8 || t.len() > 200 || !super::mentions::mentions(t, b"pgvane.") {
         return None;
     }
     let lower = t.to_ascii_lowercase();

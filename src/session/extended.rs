@@ -10,6 +10,7 @@
 use super::Session;
 use super::consistency::Effect;
 use super::error::SessionError;
+use super::mentions::Mentions;
 use super::pipeline::{Job, Work};
 use super::statements::Stmt;
 use crate::backend::prepared::{PreparedCache, StmtText, server_name};
@@ -68,51 +69,6 @@ struct BatchInfo {
     async_commit: bool,
     /// What its statements mean for read-your-writes, together.
     effect: Option<Effect>,
-}
-
-/// Whether `sql` contains `word` (ASCII, any case).
-pub(super) fn mentions(sql: &str, word: &[u8]) -> bool {
-    sql.as_bytes()
-        .windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word))
-}
-
-/// The words a request's text is scanned for, found in one pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Mentions {
-    /// `copy` (any case): the request may start a COPY.
-    pub(super) copy: bool,
-    /// `synchronous_commit`: its commit may be asynchronous.
-    pub(super) synchronous_commit: bool,
-}
-
-impl Mentions {
-    /// Scans `sql` once for every word (ASCII, any case, anywhere).
-    pub(super) fn of(sql: &str) -> Self {
-        const COPY: &[u8] = b"copy";
-        const SYNC: &[u8] = b"synchronous_commit";
-        let b = sql.as_bytes();
-        let mut m = Self::default();
-        for (i, c) in b.iter().enumerate() {
-            match c | 0x20 {
-                b'c' if !m.copy => {
-                    m.copy = b
-                        .get(i..i + COPY.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(COPY));
-                }
-                b's' if !m.synchronous_commit => {
-                    m.synchronous_commit = b
-                        .get(i..i + SYNC.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(SYNC));
-                }
-                _ => {}
-            }
-            if m.copy && m.synchronous_commit {
-                break;
-            }
-        }
-        m
-    }
 }
 
 impl Session {

@@ -28,6 +28,7 @@ mod error;
 mod extended;
 pub mod handshake;
 mod login;
+mod mentions;
 mod metrics;
 mod pipeline;
 mod settings;

@@ -7,7 +7,7 @@ use super::Session;
 use super::client::ClientState;
 use super::consistency::Effect;
 use super::error::SessionError;
-use super::extended::Mentions;
+use super::mentions::Mentions;
 use super::pipeline::{Job, Work};
 use crate::classifier::{self, Classification, Reason, Route};
 use crate::protocol::message::{self, Frontend, Message, ReadError};

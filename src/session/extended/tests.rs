@@ -101,29 +101,3 @@ async fn statements_the_batch_still_uses_are_never_evicted() {
     assert!(!names.contains(&(b'C', server_name(a))), "{names:?}");
     assert_ne!(a, b);
 }
-
-#[test]
-fn one_pass_finds_the_same_words_as_a_scan_per_word() {
-    use super::{Mentions, mentions};
-    for sql in [
-        "",
-        "select 1",
-        "COPY t FROM STDIN",
-        "set SYNCHRONOUS_COMMIT = off; copy t to stdout",
-        "select 'synchronous_commi', 'cop'",
-        "select ssynchronous_commit, ccopy",
-        "sssynchronous_commit",
-        "copy",
-        "xcopyx synchronous_commit",
-        "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
-        "é copy ü",
-    ] {
-        let m = Mentions::of(sql);
-        assert_eq!(m.copy, mentions(sql, b"copy"), "{sql}");
-        assert_eq!(
-            m.synchronous_commit,
-            mentions(sql, b"synchronous_commit"),
-            "{sql}"
-        );
-    }
-}
