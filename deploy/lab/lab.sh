@@ -86,10 +86,13 @@ close_inherited() {
 # Starts "$@" as postgres in the background; $! is the program's own pid.
 spawn_pg() { # logfile pidfile command...
   local logf=$1 pidf=$2; shift 2
+  # In $LAB, not the caller's directory: a lab started from a checkout that
+  # is later deleted would leave Patroni without a working directory (its
+  # next PostgreSQL start fails in os.getcwd()).
   if [ "$(id -u)" = 0 ]; then
-    ( close_inherited; exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@" >>"$logf" 2>&1 </dev/null ) &
+    ( close_inherited; cd "$LAB"; exec env HOME="$LAB" setpriv --reuid=postgres --regid=postgres --init-groups "$@" >>"$logf" 2>&1 </dev/null ) &
   else
-    ( close_inherited; exec "$@" >>"$logf" 2>&1 </dev/null ) &
+    ( close_inherited; cd "$LAB"; exec "$@" >>"$logf" 2>&1 </dev/null ) &
   fi
   echo $! >"$pidf"
 }
