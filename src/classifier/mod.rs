@@ -413,10 +413,18 @@ fn classify_one(stmt: &str, scs: bool, allow: &[String], hint: Option<Hint>) -> 
     }
 }
 
+/// `BEGIN`/`START TRANSACTION`: to a replica when `READ ONLY` and not
+/// `SERIALIZABLE`. Allocates nothing (the fast path uses it too).
 fn begin(stmt: &str, scs: bool) -> Classification {
-    let words = lexer::words(stmt, scs);
-    let read_only = words.windows(2).any(|w| w[0] == "READ" && w[1] == "ONLY")
-        && !words.iter().any(|w| w == "SERIALIZABLE");
+    let mut read_only = false;
+    let mut serializable = false;
+    let mut prev_read = false;
+    for w in lexer::bare_words(stmt, scs) {
+        read_only |= prev_read && w.eq_ignore_ascii_case("ONLY");
+        serializable |= w.eq_ignore_ascii_case("SERIALIZABLE");
+        prev_read = w.eq_ignore_ascii_case("READ");
+    }
+    let read_only = read_only && !serializable;
     Classification {
         begin: Some(read_only),
         ..Classification::new(

@@ -81,7 +81,7 @@ pub fn classify_keyword(sql: &str, scs: bool) -> Option<Classification> {
     } else if is(first, &["RESET"]) {
         Classification::pinned(Pin::Set)
     } else if is(first, &["BEGIN", "START"]) {
-        begin(stmt, scs)
+        super::begin(stmt, scs)
     } else {
         return None;
     };
@@ -99,30 +99,6 @@ pub fn classify_keyword(sql: &str, scs: bool) -> Option<Classification> {
 fn starts_with_comment(sql: &str) -> bool {
     let rest = sql.trim_start_matches(|c: char| c.is_ascii_whitespace());
     rest.starts_with("--") || rest.starts_with("/*")
-}
-
-/// `BEGIN`/`START TRANSACTION`: the full path's rule, without allocating.
-fn begin(stmt: &str, scs: bool) -> Classification {
-    let mut read_only = false;
-    let mut serializable = false;
-    let mut prev_read = false;
-    for w in lexer::bare_words(stmt, scs) {
-        read_only |= prev_read && w.eq_ignore_ascii_case("ONLY");
-        serializable |= w.eq_ignore_ascii_case("SERIALIZABLE");
-        prev_read = w.eq_ignore_ascii_case("READ");
-    }
-    let read_only = read_only && !serializable;
-    Classification {
-        begin: Some(read_only),
-        ..Classification::new(
-            if read_only {
-                Route::Replica
-            } else {
-                Route::Leader
-            },
-            Reason::Transaction,
-        )
-    }
 }
 
 #[cfg(test)]
