@@ -392,29 +392,16 @@ pub(super) async fn first_reply(server: &mut TcpStream, timeout: Duration) -> io
         let mut message = header.to_vec();
         message.resize(len + 1, 0);
         server.read_exact(&mut message[5..]).await?;
-        Ok(match error_code(&message[5..]) {
-            Some(code) if code.starts_with("57P0") => Reply::NotAccepting(code),
-            _ => Reply::Serves(message),
+        let (code, _) = crate::protocol::message::error_fields(&message[5..]);
+        Ok(if code.starts_with("57P0") {
+            Reply::NotAccepting(code)
+        } else {
+            Reply::Serves(message)
         })
     };
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer to the startup packet"))?
-}
-
-/// The SQLSTATE (`C` field) of an ErrorResponse body.
-pub(super) fn error_code(mut body: &[u8]) -> Option<String> {
-    while let Some((&field, rest)) = body.split_first() {
-        if field == 0 {
-            return None;
-        }
-        let end = rest.iter().position(|&b| b == 0)?;
-        if field == b'C' {
-            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
-        }
-        body = &rest[end + 1..];
-    }
-    None
 }
 
 /// Hands a connected client to the port's engine; the per-node client

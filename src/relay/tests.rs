@@ -303,10 +303,11 @@ fn a_whole_protocol_3_startup_packet_is_told_from_other_first_packets() {
 
 #[test]
 fn the_sqlstate_of_an_error_body() {
+    use crate::protocol::message::error_fields;
     let body = b"SFATAL\0C57P03\0Mthe database system is shutting down\0\0";
-    assert_eq!(flow::error_code(body).as_deref(), Some("57P03"));
-    assert_eq!(flow::error_code(b"SFATAL\0\0"), None);
-    assert_eq!(flow::error_code(b"C57P0"), None, "unterminated");
+    assert_eq!(error_fields(body).0, "57P03");
+    assert_eq!(error_fields(b"SFATAL\0\0").0, "");
+    assert_eq!(error_fields(b"C57P0").0, "", "unterminated");
 }
 
 #[tokio::test]
