@@ -23,7 +23,7 @@
 //! index), [`router`] (policy, balance, health), [`relay`] (role-port
 //! client flow, byte relay, refusals), [`listener`] (ports as a tagged type, accept), [`admission`] (client limits), [`admin`] (HTTP API),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
-//! [`signals`], [`control`], [`workers`] (per-core client runtimes),
+//! [`signals`], [`control`], [`notify`] (systemd readiness), [`workers`] (per-core client runtimes),
 //! [`app`] (composition root).
 
 pub mod admin;
@@ -36,6 +36,7 @@ pub mod config;
 pub mod consistency;
 pub mod control;
 pub mod listener;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod relay;

@@ -8,10 +8,16 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Configuration file (YAML, patroni_proxy compatible).
+    /// Configuration file (YAML, patroni_proxy compatible), as patroni_proxy
+    /// takes it: `pgvane /etc/pgvane/pgvane.yaml`.
+    #[arg(value_name = "CONFIG", conflicts_with = "config")]
+    path: Option<PathBuf>,
+    /// Configuration file, the same as the positional argument
+    /// [default: /etc/pgvane/pgvane.yaml].
     #[arg(short, long, value_name = "PATH")]
-    config: PathBuf,
-    /// Validate the configuration and exit: 0 when valid, 1 otherwise.
+    config: Option<PathBuf>,
+    /// Validate the configuration as a start would (every TLS, CA and
+    /// password file read) and exit: 0 when valid, 1 otherwise.
     #[arg(long)]
     check: bool,
     /// Client worker threads, each a single-threaded runtime (default: one per core).
@@ -22,24 +28,34 @@ struct Cli {
     log: String,
 }
 
+/// Where the config is read from when no path is given (the package's).
+const DEFAULT_CONFIG: &str = "/etc/pgvane/pgvane.yaml";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match pgvane::config::load_file(&cli.config) {
+    let path = cli
+        .path
+        .or(cli.config)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    if cli.check {
+        return match pgvane::app::check(&path) {
+            Ok(summary) => {
+                println!("{}: {summary}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: invalid configuration:\n{errors}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match pgvane::config::load_file(&path) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{}: invalid configuration:\n{errors}", cli.config.display());
+            eprintln!("{}: invalid configuration:\n{errors}", path.display());
             return ExitCode::FAILURE;
         }
     };
-    if cli.check {
-        let ports: usize = config.clusters.values().map(|c| c.ports.len()).sum();
-        println!(
-            "{}: configuration OK ({} clusters, {ports} ports)",
-            cli.config.display(),
-            config.clusters.len()
-        );
-        return ExitCode::SUCCESS;
-    }
     pgvane::telemetry::init_logging(&cli.log);
     let threads = cli
         .threads
@@ -73,7 +89,7 @@ fn main() -> ExitCode {
         engine.name()
     );
     let result = runtime.block_on(pgvane::app::run(
-        cli.config,
+        path,
         config,
         std::sync::Arc::clone(&workers),
         engine,

@@ -40,12 +40,76 @@ fn example_config_passes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
 
+/// A CA certificate, a client certificate signed by it and its key, as
+/// PEM files; their paths.
+fn client_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["pgvane".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = temp_path(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("client.pem", cert.pem()),
+        write("client.key", key.serialize_pem()),
+    )
+}
+
 /// patroni_proxy's README example, verbatim shape (names, `master` port,
-/// `host_port`, `max_lag_in_bytes`, tls block).
+/// `host_port`, `max_lag_in_bytes`, tls block), taken as patroni_proxy
+/// takes it: the path as the only argument. Its TLS files are read, as a
+/// start reads them: with them present it passes; with the CA missing it
+/// fails naming the block and the file.
 #[test]
 fn patroni_proxy_config_passes_unchanged() {
+    let (ca, cert, key) = client_pki();
+    let config = PATRONI_PROXY
+        .replace("/etc/ssl/ca.pem", &ca)
+        .replace("/etc/ssl/client.pem", &cert)
+        .replace("/etc/ssl/client.key", &key);
+    let path = temp_path("patroni_proxy.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new(bin())
+        .arg("--check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let missing_ca = config.replace(&ca, "/nonexistent/ca.pem");
+    let (ok, out) = check(&missing_ca);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("clusters.my_cluster.tls") && out.contains("/nonexistent/ca.pem"),
+        "{out}"
+    );
+}
+
+/// A split port's client TLS key that is missing fails the check, as it
+/// would fail the start.
+#[test]
+fn check_reads_port_tls_files() {
     let (ok, out) = check(
-        r#"
+        "clusters:\n  c:\n    hosts: ['http://127.0.0.1:8008']\n    users: [{name: app, password: secret}]\n    ports:\n      s:\n        listen: '127.0.0.1:7001'\n        mode: split\n        roles: [async]\n        tls: {cert: /nonexistent/server.pem, key: /nonexistent/server.key}\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("clusters.c.ports.s.tls"), "{out}");
+}
+
+const PATRONI_PROXY: &str = r#"
 cluster_update_interval: 3
 listen_address: "127.0.0.1:8009"
 
@@ -70,10 +134,7 @@ clusters:
         roles: ["sync", "async"]
         host_port: 6432
         max_lag_in_bytes: 16777216
-"#,
-    );
-    assert!(ok, "{out}");
-}
+"#;
 
 #[test]
 fn invalid_config_exits_1_naming_every_field() {

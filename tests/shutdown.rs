@@ -34,6 +34,12 @@ async fn sigterm_drains_then_exits_zero() {
         c.alive().await,
         "a connected client may finish during the drain"
     );
+    // A balancer or Kubernetes sees it leave: /ready answers 503 while
+    // /health stays 200.
+    let (status, body) = pg.http("GET", "/ready").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(pg.http("GET", "/health").unwrap().0, 200);
     // The client is closed at the drain deadline (2 s), not before.
     let closed = closed_at.await.unwrap();
     assert!(

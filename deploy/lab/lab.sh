@@ -392,6 +392,10 @@ cmd_up() {
   install
   id postgres >/dev/null 2>&1 || die "no postgres user (installed with postgresql-15)"
   mkdir -p "$LAB"; chmod 755 "$LAB"
+  # A pgvane replaced by a new one beside it (SO_REUSEPORT) hands the
+  # connections queued on its closing listeners over to the new one only
+  # with tcp_migrate_req (Linux 5.14+); without it the kernel resets them.
+  if [ -w /proc/sys/net/ipv4/tcp_migrate_req ]; then echo 1 >/proc/sys/net/ipv4/tcp_migrate_req; fi
   start_etcd
   for n in "${NODES[@]}"; do start_node "$n"; done
   set_restapi_tls off

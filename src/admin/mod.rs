@@ -43,6 +43,8 @@ pub struct AdminState {
     pub commands: mpsc::Sender<Command>,
     /// The running config (for `admin_token`), swapped on reload.
     pub globals: Arc<ArcSwap<crate::config::Config>>,
+    /// Fires when shutdown starts: `/ready` answers 503 from then on.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// The admin API as an axum router (tests drive it with `oneshot`).
@@ -53,7 +55,7 @@ pub fn router(state: AdminState) -> Router {
             "/update_clusters",
             get(update_clusters)
                 .post(update_clusters)
-                .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard)),
+                .route_layer(axum::middleware::from_fn(not_cross_site)),
         )
         .route("/clusters", get(clusters))
         .route("/metrics", get(metrics))
@@ -85,10 +87,10 @@ pub async fn serve(
     let app = app.layer(axum::middleware::from_fn(request_timeout));
     let conns = tokio_util::task::TaskTracker::new();
     loop {
-        let sock = tokio::select! {
+        let (sock, peer) = tokio::select! {
             () = stop.cancelled() => break,
             a = listener.accept() => match a {
-                Ok((sock, _)) => sock,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -96,7 +98,9 @@ pub async fn serve(
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(Peer(peer))),
+        );
         let stop = stop.clone();
         conns.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -125,26 +129,64 @@ async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Ne
     }
 }
 
-/// Lets a state-changing request through only with the bearer token (when
-/// `admin_token` is set) and never when a browser sent it cross-site.
+/// The address an admin request came from, set per connection by
+/// [`serve`]; a request without it (none in production) counts as remote.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// A refusal when a browser page sent the request cross-site.
+fn refuse_cross_site(headers: &axum::http::HeaderMap) -> Option<Response> {
+    let cross_site = headers.contains_key(axum::http::header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"same-origin" && v.as_bytes() != b"none");
+    cross_site.then(|| {
+        (
+            StatusCode::FORBIDDEN,
+            "pgvane: state-changing admin requests from a browser page are refused\n",
+        )
+            .into_response()
+    })
+}
+
+/// `/update_clusters` only makes the next Patroni poll come sooner (the
+/// watcher coalesces and spaces them), so it needs no token, as Patroni's
+/// callbacks call it; a browser page still cannot.
+async fn not_cross_site(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(refusal) = refuse_cross_site(req.headers()) {
+        return refusal;
+    }
+    next.run(req).await
+}
+
+/// Lets `/reload` through only with the bearer token when `admin_token` is
+/// set, only from a loopback peer when it is not, and never when a browser
+/// sent it cross-site.
 async fn guard(
     State(s): State<AdminState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let headers = req.headers();
-    let cross_site = headers.contains_key(axum::http::header::ORIGIN)
-        || headers
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes() != b"same-origin" && v.as_bytes() != b"none");
-    if cross_site {
-        return (
-            StatusCode::FORBIDDEN,
-            "pgvane: state-changing admin requests from a browser page are refused\n",
-        )
-            .into_response();
+    if let Some(refusal) = refuse_cross_site(headers) {
+        return refusal;
     }
-    if let Some(token) = s.globals.load().admin_token.as_deref() {
+    let Some(token) = s.globals.load().admin_token.clone() else {
+        let local = req
+            .extensions()
+            .get::<Peer>()
+            .is_some_and(|p| p.0.ip().is_loopback());
+        if !local {
+            return (
+                StatusCode::FORBIDDEN,
+                "pgvane: without `admin_token`, this admin request is taken only from loopback\n",
+            )
+                .into_response();
+        }
+        return next.run(req).await;
+    };
+    {
+        let token = token.as_str();
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -320,6 +362,13 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
+    if s.draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: shutting down, not accepting clients",
+        )
+            .into_response();
+    }
     let views = s.clusters.load();
     let waiting: Vec<&String> = views
         .iter()

@@ -66,16 +66,20 @@ fn state_with(
         metrics,
         commands: tx,
         globals,
+        draining: tokio_util::sync::CancellationToken::new(),
     };
     (state, rx, cancel)
 }
 
+/// A request from a loopback peer, with its body.
 async fn call(state: &AdminState, method: &str, uri: &str) -> (StatusCode, String) {
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
         .body(Body::empty())
         .unwrap();
+    req.extensions_mut()
+        .insert(super::Peer("127.0.0.1:40000".parse().unwrap()));
     let resp = router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -182,8 +186,19 @@ async fn reload_goes_to_app_and_reports_errors() {
     );
 }
 
+/// A request from a loopback peer.
 async fn call_with(
     state: &AdminState,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    call_from(state, "127.0.0.1:40000", method, uri, headers).await
+}
+
+async fn call_from(
+    state: &AdminState,
+    peer: &str,
     method: &str,
     uri: &str,
     headers: &[(&str, &str)],
@@ -192,11 +207,10 @@ async fn call_with(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    router(state.clone())
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap()
-        .status()
+    let mut req = req.body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(super::Peer(peer.parse().unwrap()));
+    router(state.clone()).oneshot(req).await.unwrap().status()
 }
 
 #[tokio::test]
@@ -207,8 +221,13 @@ async fn state_changing_requests_need_the_token_and_no_browser() {
             let _ = reply.send(Ok("nothing".into()));
         }
     });
-    // No token configured: allowed from curl, refused from a web page.
+    // No token configured: allowed from curl on loopback, refused from
+    // another host and from a web page.
     assert_eq!(call_with(&s, "POST", "/reload", &[]).await, StatusCode::OK);
+    assert_eq!(
+        call_from(&s, "10.1.2.3:5000", "POST", "/reload", &[]).await,
+        StatusCode::FORBIDDEN
+    );
     let evil = [("origin", "https://evil.example")];
     assert_eq!(
         call_with(&s, "POST", "/reload", &evil).await,
@@ -237,6 +256,53 @@ async fn state_changing_requests_need_the_token_and_no_browser() {
         call_with(&s, "POST", "/reload", &right).await,
         StatusCode::OK
     );
+    assert_eq!(
+        call_from(&s, "10.1.2.3:5000", "POST", "/reload", &right).await,
+        StatusCode::OK
+    );
     assert_eq!(call_with(&s, "GET", "/clusters", &[]).await, StatusCode::OK);
     assert_eq!(call_with(&s, "GET", "/metrics", &[]).await, StatusCode::OK);
+}
+
+/// Patroni's callbacks call `/update_clusters` from the nodes, with no
+/// token: it is taken from any host (it only polls sooner), and a burst of
+/// calls shares a few spaced polls.
+#[tokio::test]
+async fn update_clusters_needs_no_token_and_floods_are_coalesced() {
+    let url = patroni(CLUSTER).await;
+    let (s, _rx, _c) = state_with(vec![url]);
+    let mut cfg = (*s.globals.load_full()).clone();
+    cfg.admin_token = Some("a-long-enough-token".into());
+    s.globals.store(Arc::new(cfg));
+    let calls = (0..40).map(|_| call_from(&s, "10.1.2.3:5000", "POST", "/update_clusters", &[]));
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all(calls).await;
+    assert!(answers.iter().all(|a| *a == StatusCode::OK), "{answers:?}");
+    let (_, text) = call(&s, "GET", "/metrics").await;
+    let polls: f64 = text
+        .lines()
+        .find(|l| l.starts_with("pgvane_patroni_polls_total{cluster=\"main\",result=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    // At most one poll per TRIGGER_GAP since the start, plus the first.
+    let gaps =
+        started.elapsed().as_secs_f64() / crate::topology::watcher::TRIGGER_GAP.as_secs_f64();
+    assert!(
+        polls <= gaps.ceil() + 1.0 && polls < 40.0,
+        "{polls} polls for 40 calls"
+    );
+}
+
+#[tokio::test]
+async fn ready_is_503_once_draining() {
+    let url = patroni(CLUSTER).await;
+    let (s, _rx, _c) = state_with(vec![url]);
+    assert_eq!(call(&s, "GET", "/update_clusters").await.0, StatusCode::OK);
+    assert_eq!(call(&s, "GET", "/ready").await.0, StatusCode::OK);
+    s.draining.cancel();
+    let (status, body) = call(&s, "GET", "/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(call(&s, "GET", "/health").await.0, StatusCode::OK);
 }

@@ -28,9 +28,9 @@ pub struct Config {
     /// (`client_login_timeout_ms`, default 60000 like PostgreSQL's
     /// `authentication_timeout`; reload: new clients).
     pub client_login_timeout: Duration,
-    /// Bearer token the admin API requires for state-changing requests
-    /// (`POST /reload`, `/update_clusters`) (`admin_token`, default none;
-    /// required when `listen_address` is not loopback; reload: at once).
+    /// Bearer token the admin API requires for `POST /reload`
+    /// (`admin_token`, default none: then `/reload` is taken from loopback
+    /// only; `/update_clusters` never needs it; reload: at once).
     pub admin_token: Option<String>,
     /// Most clients all ports together accept at once (`max_clients`,
     /// default: no limit; reload: new clients); more get SQLSTATE 53300.

@@ -19,7 +19,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Binds a listening socket with `SO_REUSEADDR`, as servers do.
+/// Binds a listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`: a new
+/// pgvane on the same config (same user) binds beside a running one, so a
+/// restart or upgrade never leaves the port closed. With
+/// `net.ipv4.tcp_migrate_req = 1` the kernel hands connections queued on a
+/// closing listener to the one beside it instead of resetting them.
 ///
 /// # Errors
 /// The bind error.
@@ -30,6 +34,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

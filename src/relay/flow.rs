@@ -144,20 +144,33 @@ pub async fn serve_client(
             }
             Err(r) => r,
         };
-        // Only a leader being replaced is waited for: with no map (Patroni
-        // unreachable since start) or an empty one, refuse at once.
-        let known = !port.map.load().members.is_empty();
-        let Some(wait) = wait.filter(|w| known && started.elapsed() < *w) else {
+        // Before Patroni's first answer (a pgvane just started, perhaps
+        // beside the one it replaces) every port waits for it, at most one
+        // API timeout. Otherwise only a leader being replaced is waited for:
+        // with an empty map (Patroni unreachable since start, or listing no
+        // member) refuse at once.
+        let map = port.map.load();
+        let patience = if map.generation == 0 {
+            Some(port.globals.load().api_timeout)
+        } else {
+            wait.filter(|_| !map.members.is_empty())
+        };
+        drop(map);
+        let Some(wait) = patience.filter(|w| started.elapsed() < *w) else {
             if waited {
                 port.leader_waited("timeout", started);
             }
             let (code, text) = refusal;
             return refuse(&mut client, &head, &port, code, &text).await;
         };
-        if !waited {
-            tracing::info!(port = %port.key, "no leader to relay to; waiting up to leader_wait_ms for one");
+        if port.link.generation.borrow().eq(&0) {
+            tracing::debug!(port = %port.key, "no answer from Patroni yet; waiting for its first");
+        } else {
+            if !waited {
+                tracing::info!(port = %port.key, "no leader to relay to; waiting up to leader_wait_ms for one");
+            }
+            waited = true;
         }
-        waited = true;
         generation.mark_unchanged();
         let until = (started + wait).min(Instant::now() + Duration::from_millis(100));
         let changed =

@@ -54,7 +54,17 @@ pub(super) struct ClientConn {
     pub(super) hold: bool,
     drain: CancellationToken,
     close: CancellationToken,
+    /// A request of this session has been read: a drain then ends it as
+    /// soon as it is idle.
+    served: bool,
+    /// A session that had read no request when the drain began ends at
+    /// this time: its client may have connected just before the listener
+    /// closed and be about to send its first request.
+    fresh_until: Option<tokio::time::Instant>,
 }
+
+/// How long a drain spares a session that has sent no request yet.
+pub(super) const FRESH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ClientConn {
     /// Wraps an accepted socket.
@@ -71,6 +81,8 @@ impl ClientConn {
             hold: false,
             drain,
             close,
+            served: false,
+            fresh_until: None,
         }
     }
 
@@ -145,11 +157,21 @@ impl ClientConn {
                 if self.buf.is_empty() {
                     self.buf = BytesMut::new();
                 }
+                self.served = true;
                 return Ok(m);
             }
             // A draining port ends a session that holds no backend, even
             // with half a message buffered: no request of it has started.
-            if idle && self.drain.is_cancelled() {
+            // One that has sent nothing yet gets FRESH_GRACE to send it.
+            let fresh = if idle && !self.served && self.drain.is_cancelled() {
+                let until = *self
+                    .fresh_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + FRESH_GRACE);
+                (tokio::time::Instant::now() < until).then_some(until)
+            } else {
+                None
+            };
+            if idle && self.drain.is_cancelled() && fresh.is_none() {
                 return Err(SessionError::Shutdown);
             }
             if self.buf.is_empty() && idle && self.out.capacity() > 0 {
@@ -157,10 +179,31 @@ impl ClientConn {
                 self.out = Vec::new();
             }
             // `drain` is a child of `close`: one token covers both.
-            let stop = if idle { &self.drain } else { &self.close };
+            let stop = if idle && fresh.is_none() {
+                &self.drain
+            } else {
+                &self.close
+            };
+            // Boxed, and only in a fresh session's grace: an idle wait
+            // holds no timer.
+            let grace = fresh.map(|at| Box::pin(tokio::time::sleep_until(at)));
+            let grace_over = async move {
+                match grace {
+                    Some(timer) => timer.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return Err(SessionError::Shutdown),
+                () = stop.cancelled() => {
+                    // The drain began during this wait: a session that has
+                    // sent nothing yet goes round again, into its grace.
+                    if idle && !self.served && !self.close.is_cancelled() {
+                        continue;
+                    }
+                    return Err(SessionError::Shutdown);
+                }
+                () = grace_over => return Err(SessionError::Shutdown),
                 r = self.stream.read_some(&mut self.buf) => match r {
                     Ok(0) => return Err(SessionError::ClientGone),
                     Ok(_) => {}

@@ -72,6 +72,9 @@ impl WatcherHandle {
     }
 }
 
+/// Shortest time between two polls asked for by `/update_clusters`.
+pub const TRIGGER_GAP: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The polling task's state. Create with [`Watcher::new`], run with [`Watcher::run`].
 #[derive(Debug)]
 pub struct Watcher {
@@ -116,6 +119,7 @@ impl Watcher {
     /// and on each settings change.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut next = Instant::now();
+        let mut last_triggered = Instant::now();
         loop {
             let settings = Arc::clone(&self.settings.borrow_and_update());
             let sleep = tokio::time::sleep_until(next.into());
@@ -126,9 +130,20 @@ impl Watcher {
                     let _ = self.poll_and_publish(&settings).await;
                 }
                 Some(reply) = self.trigger.recv() => {
+                    // Callers who asked before this poll starts share it,
+                    // and triggered polls are spaced by TRIGGER_GAP, so a
+                    // flood of requests costs Patroni a few polls a second.
+                    tokio::time::sleep_until(last_triggered.into()).await;
+                    let mut replies = vec![reply];
+                    while let Ok(r) = self.trigger.try_recv() {
+                        replies.push(r);
+                    }
+                    last_triggered = Instant::now() + TRIGGER_GAP;
                     next = Instant::now() + settings.interval;
                     let result = self.poll_and_publish(&settings).await;
-                    let _ = reply.send(result);
+                    for reply in replies {
+                        let _ = reply.send(result.clone());
+                    }
                 }
                 Ok(()) = self.settings.changed() => {
                     next = Instant::now();

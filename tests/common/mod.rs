@@ -372,27 +372,7 @@ impl Pgvane {
     /// Starts pgvane on `yaml` and waits only for its admin API (for a
     /// pgvane that cannot have a map, so is never ready).
     pub fn start_unready(yaml: &str, admin: u16) -> Self {
-        let config = temp_path("pgvane.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let log = temp_path("pgvane.log");
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(&config)
-            // PGVANE_TEST_LOG raises the level when chasing a failure.
-            .env(
-                "RUST_LOG",
-                std::env::var("PGVANE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut me = Self {
-            child,
-            config,
-            admin,
-            log,
-        };
+        let mut me = Self::spawn(yaml, admin, &[]);
         let ok = wait_until(Duration::from_secs(15), || {
             me.http("GET", "/health").is_some()
         });
@@ -401,6 +381,65 @@ impl Pgvane {
         }
         let _ = me.child.try_wait();
         me
+    }
+
+    /// Starts pgvane on `yaml` with extra environment variables; waits
+    /// for nothing.
+    pub fn spawn(yaml: &str, admin: u16, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let config = temp_path("pgvane.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = temp_path("pgvane.log");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(&config)
+            // PGVANE_TEST_LOG raises the level when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("PGVANE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            config,
+            admin,
+            log,
+        }
+    }
+
+    /// Starts pgvane as systemd would (`NOTIFY_SOCKET`) and waits for its
+    /// `READY=1`: the one sign of readiness that also works beside another
+    /// pgvane answering on the same admin port. Returns it with every
+    /// notification it sent.
+    pub fn start_notified(yaml: &str, admin: u16) -> (Self, Vec<String>) {
+        let path = temp_path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut me = Self::spawn(yaml, admin, &[("NOTIFY_SOCKET", path.as_os_str())]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen
+            .iter()
+            .any(|m: &String| m.lines().any(|l| l == "READY=1"))
+        {
+            if let Some(st) = me.child.try_wait().unwrap() {
+                panic!("pgvane exited ({st}) before READY=1:\n{}", me.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1 within 20 s (got {seen:?}):\n{}",
+                me.log_text()
+            );
+            if let Ok(n) = sock.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        (me, seen)
     }
 
     pub fn log_text(&self) -> String {

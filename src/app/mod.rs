@@ -3,9 +3,9 @@
 //! long-lived task. The only module that knows all the others.
 
 use crate::admin::{self, AdminState, ClusterView};
-use crate::config::{self, ClusterConfig, Config, ConfigDiff, PortConfig, PortKey};
+use crate::config::{Config, PortConfig, PortKey};
 use crate::consistency::ClusterLink;
-use crate::control::{Command, ReloadReply};
+use crate::control::Command;
 use crate::listener::{self, PortShared};
 use crate::relay::Engine;
 use crate::router::HealthBook;
@@ -19,11 +19,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod prepare;
+mod reload;
+mod shutdown;
+
+pub use prepare::check;
+use prepare::{PortSecurity, port_tls, watch_settings};
 
 /// Why pgvane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +115,8 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
-    let admin_listener = TcpListener::bind(config.listen_address)
-        .await
-        .map_err(|source| StartError::Bind {
+    let admin_listener =
+        listener::bind(config.listen_address).map_err(|source| StartError::Bind {
             addr: config.listen_address,
             what: "listen_address".into(),
             source,
@@ -157,11 +163,13 @@ pub async fn run(
     }
     app.publish_views();
     let stop_admin = CancellationToken::new();
+    let draining = CancellationToken::new();
     let admin_state = AdminState {
         clusters: Arc::clone(&app.admin_view),
         metrics,
         commands: commands.clone(),
         globals: Arc::clone(&app.globals),
+        draining: draining.clone(),
     };
     let admin_task = tokio::spawn({
         let stop = stop_admin.clone();
@@ -171,10 +179,19 @@ pub async fn run(
     });
     let signals = signals_task(commands, stop_admin.clone())?;
     tracing::info!(admin = %config.listen_address, clusters = config.clusters.len(), "pgvane started");
+    let readiness = tokio::spawn(announce_ready(
+        app.clusters
+            .iter()
+            .map(|(n, c)| (n.clone(), c.watcher.generation.clone()))
+            .collect(),
+        draining.clone(),
+    ));
     while let Some(cmd) = inbox.recv().await {
         match cmd {
             Command::Reload(reply) => {
+                crate::notify::reloading();
                 let result = app.reload().await;
+                crate::notify::ready("reloaded");
                 app.metrics
                     .reloads
                     .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
@@ -186,12 +203,41 @@ pub async fn run(
             Command::Shutdown => break,
         }
     }
+    draining.cancel();
+    readiness.abort();
     app.shutdown().await;
     stop_admin.cancel();
     let _ = admin_task.await;
     signals.abort();
     tracing::info!("pgvane stopped");
     Ok(())
+}
+
+/// Tells the service manager pgvane is ready once every cluster has its
+/// first map (ports listen before this task starts); until then the status
+/// names the clusters still waiting for Patroni.
+async fn announce_ready(
+    mut clusters: Vec<(String, watch::Receiver<u64>)>,
+    draining: CancellationToken,
+) {
+    loop {
+        let waiting: Vec<&str> = clusters
+            .iter()
+            .filter(|(_, g)| *g.borrow() == 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        crate::notify::status(&format!("waiting for Patroni: {}", waiting.join(", ")));
+        let changes = clusters.iter_mut().map(|(_, g)| Box::pin(g.changed()));
+        tokio::select! {
+            () = draining.cancelled() => return,
+            _ = futures_util::future::select_all(changes) => {}
+        }
+    }
+    tracing::info!("ready: every port listens and every cluster has a map");
+    crate::notify::ready("ready");
 }
 
 fn signals_task(
@@ -205,94 +251,6 @@ fn key(cluster: &str, port: &str) -> PortKey {
     PortKey {
         cluster: cluster.to_owned(),
         port: port.to_owned(),
-    }
-}
-
-fn watch_settings(
-    config: &Config,
-    _name: &str,
-    c: &ClusterConfig,
-) -> Result<WatchSettings, tls::TlsError> {
-    let timeout = config.api_timeout.min(config.cluster_update_interval);
-    Ok(WatchSettings {
-        hosts: c.hosts.clone(),
-        interval: config.cluster_update_interval,
-        timeout,
-        client: tls::patroni_client(c.tls.as_ref(), timeout)?,
-    })
-}
-
-/// A port's TLS, both ways, as read from its files.
-struct PortSecurity {
-    /// To clients (split ports with a `tls` block).
-    client: Option<Arc<tls::ServerTls>>,
-    /// To backends (split ports).
-    backend: Arc<tls::BackendSecurity>,
-}
-
-/// A split port's client TLS from its `tls` block and its backend TLS from
-/// `server_tls` (files read now); the error names the block.
-fn port_tls(p: &PortConfig) -> Result<PortSecurity, (&'static str, tls::TlsError)> {
-    let split = p.mode == config::Mode::Split;
-    let client = match &p.tls {
-        Some(t) if split => Some(Arc::new(
-            tls::ServerTls::from_config(t).map_err(|e| ("tls", e))?,
-        )),
-        _ => None,
-    };
-    let backend = if split {
-        tls::BackendSecurity::from_config(
-            &p.server_tls.clone().unwrap_or_default(),
-            &p.server_require_auth,
-            p.server_channel_binding.unwrap_or_default(),
-        )
-        .map_err(|e| ("server_tls", e))?
-    } else {
-        tls::BackendSecurity::default()
-    };
-    Ok(PortSecurity {
-        client,
-        backend: Arc::new(backend),
-    })
-}
-
-/// What a reload reads and computes before it changes anything: the new
-/// config (passwords hashed), watcher clients and port TLS (files read).
-struct Prepared {
-    new: Config,
-    settings: BTreeMap<String, WatchSettings>,
-    tls: HashMap<PortKey, PortSecurity>,
-}
-
-/// The part of a reload that touches files and burns CPU; runs on a blocking
-/// thread so the runtime that accepts clients never waits on them.
-fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
-    let new = config::load_file(path).map_err(|e| e.to_string())?;
-    let mut settings = BTreeMap::new();
-    let mut tls = HashMap::new();
-    let mut errors = Vec::new();
-    for (name, c) in &new.clusters {
-        match watch_settings(&new, name, c) {
-            Ok(s) => {
-                settings.insert(name.clone(), s);
-            }
-            Err(e) => errors.push(format!("clusters.{name}.tls: {e}")),
-        }
-        for (pname, p) in &c.ports {
-            match port_tls(p) {
-                Ok(t) => {
-                    tls.insert(key(name, pname), t);
-                }
-                Err((field, e)) => {
-                    errors.push(format!("clusters.{name}.ports.{pname}.{field}: {e}"));
-                }
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok(Prepared { new, settings, tls })
-    } else {
-        Err(errors.join("\n"))
     }
 }
 
@@ -435,212 +393,6 @@ impl App {
             );
         }
         self.admin_view.store(Arc::new(views));
-    }
-
-    /// Applies the config file by diff, in numbered steps; any failure
-    /// before step 4 keeps the old config untouched.
-    async fn reload(&mut self) -> ReloadReply {
-        // 1. Load and validate the whole file, build watcher clients and
-        //    port TLS, off this runtime.
-        let path = self.path.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&path))
-            .await
-            .map_err(|e| format!("reload failed: {e}"))
-            .and_then(|r| r);
-        let Prepared {
-            new,
-            settings,
-            tls: mut port_tls,
-        } = prepared.map_err(|text| {
-            tracing::error!("reload rejected, old configuration kept:\n{text}");
-            text
-        })?;
-        // 2. Diff against the running config.
-        let old = self.globals.load_full();
-        let diff = ConfigDiff::between(&old, &new);
-        // 3. Prepare what else can fail: new listeners.
-        let mut errors = Vec::new();
-        let mut bound = HashMap::new();
-        for k in diff.ports_added.iter().chain(&diff.ports_changed) {
-            let cfg = &new.clusters[&k.cluster].ports[&k.port];
-            let rebind = old
-                .clusters
-                .get(&k.cluster)
-                .and_then(|c| c.ports.get(&k.port))
-                .is_none_or(|o| o.listen != cfg.listen);
-            if rebind {
-                match listener::bind(cfg.listen) {
-                    Ok(l) => {
-                        bound.insert(k.clone(), l);
-                    }
-                    Err(e) => errors.push(format!(
-                        "clusters.{}.ports.{}.listen: cannot listen on {}: {e}",
-                        k.cluster, k.port, cfg.listen
-                    )),
-                }
-            }
-        }
-        if !errors.is_empty() {
-            let text = errors.join("\n");
-            tracing::error!("reload rejected, old configuration kept:\n{text}");
-            return Err(text);
-        }
-        // 4. Publish the new config.
-        self.globals.store(Arc::new(new.clone()));
-        let drain = new.drain_timeout;
-        // 5. Stop removed ports (drain) and removed clusters.
-        for k in &diff.ports_removed {
-            if let Some(p) = self
-                .clusters
-                .get_mut(&k.cluster)
-                .and_then(|c| c.ports.remove(&k.port))
-            {
-                self.drain_port(p, drain);
-            }
-        }
-        for name in &diff.clusters_removed {
-            if let Some(c) = self.clusters.remove(name) {
-                c.stop.cancel();
-            }
-        }
-        // 6. Start added clusters; give every other watcher its new settings
-        //    when its hosts, TLS or the poll timing changed.
-        let timing_changed = old.cluster_update_interval != new.cluster_update_interval
-            || old.api_timeout != new.api_timeout;
-        for (name, s) in settings {
-            if diff.clusters_added.contains(&name) {
-                self.start_cluster(&name, s);
-            } else if timing_changed || diff.watchers_changed.contains(&name) {
-                if let Some(c) = self.clusters.get(&name) {
-                    c.watcher.set_settings(s);
-                }
-            }
-            if diff.trackers_changed.contains(&name)
-                || old.connect_timeout != new.connect_timeout
-                || old.tcp != new.tcp
-            {
-                let t = Arc::new(self.tracker_settings(&name));
-                if let Some(c) = self.clusters.get(&name) {
-                    c.tracker.send_replace(t);
-                }
-            }
-        }
-        // 7. Changed ports keep their clients: swap settings, rebind if the
-        //    address moved, then evict clients that no longer qualify.
-        for k in &diff.ports_changed {
-            let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
-            let Some(p) = self
-                .clusters
-                .get_mut(&k.cluster)
-                .and_then(|c| c.ports.get_mut(&k.port))
-            else {
-                continue;
-            };
-            let old_cfg = p.shared.config.load_full();
-            // New backend TLS or login rules: new pools, so no backend
-            // opened under the old ones is handed out again.
-            let rebuild = old_cfg.mode != cfg.mode
-                || old_cfg.read_only_functions != cfg.read_only_functions
-                || old_cfg.max_classified_query_bytes != cfg.max_classified_query_bytes
-                || old_cfg.server_tls != cfg.server_tls
-                || old_cfg.server_require_auth != cfg.server_require_auth
-                || old_cfg.server_channel_binding != cfg.server_channel_binding;
-            p.shared.config.store(Arc::new(cfg));
-            if rebuild {
-                p.shared.rebuild();
-                // A port that became split takes its TLS before new clients come.
-                if let Some(t) = port_tls.get(k) {
-                    p.shared
-                        .set_security(t.client.clone(), Arc::clone(&t.backend));
-                }
-            }
-            if let Some(l) = bound.remove(k) {
-                p.stop_accept.cancel();
-                p.stop_accept = CancellationToken::new();
-                self.tasks.spawn(listener::serve(
-                    l,
-                    Arc::clone(&p.shared),
-                    p.stop_accept.clone(),
-                ));
-            }
-            p.shared.evict_unqualified();
-        }
-        // 8. Every kept port takes its TLS as read now (renewed files),
-        //    then added ports start.
-        for (cname, c) in &self.clusters {
-            for (pname, p) in &c.ports {
-                if let Some(t) = port_tls.remove(&key(cname, pname)) {
-                    p.shared.set_security(t.client, t.backend);
-                }
-            }
-        }
-        for k in &diff.ports_added {
-            if let Some(l) = bound.remove(k) {
-                let cfg = new.clusters[&k.cluster].ports[&k.port].clone();
-                if let Some(tls) = port_tls.remove(k) {
-                    self.start_port(&k.cluster, &k.port, &cfg, l, tls);
-                }
-            }
-        }
-        // 9. Publish the views admin and the evictors read.
-        self.publish_views();
-        // 10. Log.
-        if !diff.restart_needed.is_empty() {
-            tracing::warn!(fields = ?diff.restart_needed, "these fields change only on restart");
-        }
-        tracing::info!(%diff, "configuration reloaded");
-        Ok(diff.to_string())
-    }
-
-    fn drain_port(&self, p: PortRt, deadline: Duration) {
-        p.stop_accept.cancel();
-        let shared = p.shared;
-        tracing::info!(port = %shared.key, clients = shared.active(), "port removed; draining");
-        shared.clients.close();
-        shared.drain.cancel();
-        self.tasks.spawn(async move {
-            if tokio::time::timeout(deadline, shared.clients.wait()).await.is_err() {
-                tracing::info!(port = %shared.key, clients = shared.active(), "drain deadline passed; closing clients");
-                shared
-                    .metrics
-                    .evictions
-                    .with_label_values(&[&shared.key.cluster, &shared.key.port, "port_removed"])
-                    .inc_by(shared.active() as u64);
-                shared.close.cancel();
-            }
-        });
-    }
-
-    /// Stops accepting, waits for clients up to the drain deadline, closes
-    /// the rest, then stops the watchers.
-    async fn shutdown(self) {
-        let deadline = self.globals.load().drain_timeout;
-        let ports: Vec<Arc<PortShared>> = self
-            .clusters
-            .values()
-            .flat_map(|c| c.ports.values())
-            .map(|p| {
-                p.stop_accept.cancel();
-                p.shared.clients.close();
-                p.shared.drain.cancel();
-                Arc::clone(&p.shared)
-            })
-            .collect();
-        let clients: usize = ports.iter().map(|p| p.active()).sum();
-        tracing::info!(clients, ?deadline, "shutting down: draining clients");
-        let wait_all = futures_util::future::join_all(ports.iter().map(|p| p.clients.wait()));
-        if tokio::time::timeout(deadline, wait_all).await.is_err() {
-            for p in &ports {
-                p.close.cancel();
-            }
-            let wait_all = futures_util::future::join_all(ports.iter().map(|p| p.clients.wait()));
-            let _ = tokio::time::timeout(Duration::from_secs(2), wait_all).await;
-        }
-        for c in self.clusters.values() {
-            c.stop.cancel();
-        }
-        self.tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
     }
 }
 
