@@ -69,6 +69,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         ],
         "tls" => &["config"],
         "signals" => &["control"],
+        "notify" => &[],
         "listener" => &[
             "admission",
             "consistency",
