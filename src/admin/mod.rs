@@ -167,41 +167,46 @@ async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let headers = req.headers();
-    if let Some(refusal) = refuse_cross_site(headers) {
+    if let Some(refusal) = refuse_cross_site(req.headers()) {
         return refusal;
     }
-    let Some(token) = s.globals.load().admin_token.clone() else {
+    if let Some(refusal) = refuse_unauthorized(&s, &req) {
+        return refusal;
+    }
+    next.run(req).await
+}
+
+/// Why `/reload` is refused: a wrong or missing bearer token when
+/// `admin_token` is set, a peer other than loopback when it is not.
+fn refuse_unauthorized(s: &AdminState, req: &axum::extract::Request) -> Option<Response> {
+    let globals = s.globals.load();
+    let Some(token) = globals.admin_token.as_deref() else {
         let local = req
             .extensions()
             .get::<Peer>()
             .is_some_and(|p| p.0.ip().is_loopback());
-        if !local {
-            return (
+        return (!local).then(|| {
+            (
                 StatusCode::FORBIDDEN,
                 "pgvane: without `admin_token`, this admin request is taken only from loopback\n",
             )
-                .into_response();
-        }
-        return next.run(req).await;
+                .into_response()
+        });
     };
-    {
-        let token = token.as_str();
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                "pgvane: this admin request needs `Authorization: Bearer <admin_token>`\n",
-            )
-                .into_response();
-        }
-    }
-    next.run(req).await
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    (!constant_time_eq(given.as_bytes(), token.as_bytes())).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            "pgvane: this admin request needs `Authorization: Bearer <admin_token>`\n",
+        )
+            .into_response()
+    })
 }
 
 /// Compares without stopping at the first difference.

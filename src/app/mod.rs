@@ -189,9 +189,16 @@ pub async fn run(
     while let Some(cmd) = inbox.recv().await {
         match cmd {
             Command::Reload(reply) => {
-                crate::notify::reloading();
+                // Reloading and ready again only once start-up readiness
+                // was announced: READY=1 must not come before the maps.
+                let announced = readiness.is_finished();
+                if announced {
+                    crate::notify::reloading();
+                }
                 let result = app.reload().await;
-                crate::notify::ready("reloaded");
+                if announced {
+                    crate::notify::ready("reloaded");
+                }
                 app.metrics
                     .reloads
                     .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])

@@ -150,7 +150,8 @@ pub async fn serve_client(
         // with an empty map (Patroni unreachable since start, or listing no
         // member) refuse at once.
         let map = port.map.load();
-        let patience = if map.generation == 0 {
+        let first = map.generation == 0;
+        let patience = if first {
             Some(port.globals.load().api_timeout)
         } else {
             wait.filter(|_| !map.members.is_empty())
@@ -163,7 +164,7 @@ pub async fn serve_client(
             let (code, text) = refusal;
             return refuse(&mut client, &head, &port, code, &text).await;
         };
-        if port.link.generation.borrow().eq(&0) {
+        if first {
             tracing::debug!(port = %port.key, "no answer from Patroni yet; waiting for its first");
         } else {
             if !waited {
