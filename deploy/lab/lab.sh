@@ -229,10 +229,21 @@ ssl_is() { # on|off: every running node's PostgreSQL reports it
   done
 }
 
+ssl_report() { # what each running node says, errors included
+  local n out
+  for n in "${NODES[@]}"; do
+    pid_alive "$LAB/node$n/patroni.pid" || { printf 'node%s: stopped; ' "$n"; continue; }
+    out=$(sql "$n" "show ssl" 2>&1 | tr '\n' ' ')
+    printf 'node%s: %s; ' "$n" "$out"
+  done
+  printf 'DCS parameters: %s' "$(api 1 /config 2>/dev/null | tr -d '\n' | head -c 400)"
+}
+
 set_ssl() { # on|off
   ssl_is "$1" 2>/dev/null && return 0
   patronictl edit-config "$SCOPE" --force -s "postgresql.parameters.ssl=$1" >/dev/null
-  wait_for 60 "ssl=$1 on every node" ssl_is "$1"
+  wait_until 60 ssl_is "$1" ||
+    die "timed out after 60s waiting for ssl=$1 on every node ($(ssl_report); cluster: $(summary 2>/dev/null || echo unreachable))"
   log "PostgreSQL ssl=$1"
 }
 
@@ -342,13 +353,18 @@ import json,sys
 d=json.load(sys.stdin)
 print(next((m["name"] for m in d["members"] if m["role"] in ("leader","standby_leader")), ""))'; }
 
-wait_for() { # timeout description command...
-  local t=$1 what=$2; shift 2
-  local end=$((SECONDS + t))
+wait_until() { # timeout command...: true once the command succeeds, false at the deadline
+  local end=$((SECONDS + $1)); shift
   while [ $SECONDS -lt $end ]; do
     "$@" >/dev/null 2>&1 && return 0
     sleep 0.2
   done
+  return 1
+}
+
+wait_for() { # timeout description command...
+  local t=$1 what=$2; shift 2
+  wait_until "$t" "$@" && return 0
   die "timed out after ${t}s waiting for $what (cluster: $(summary 2>/dev/null || echo unreachable))"
 }
 
