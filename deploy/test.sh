@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test: format and lint checks,
 # unit tests, then the end-to-end tests against a real Patroni lab started
-# here (deploy/lab/lab.sh) and stopped afterwards by pid.
+# here (deploy/lab/lab.sh) and stopped afterwards by pid, then the package
+# (deploy/package: built, installed on a clean Debian, run against the lab).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
@@ -14,6 +15,7 @@ command -v psql >/dev/null || need+=(postgresql-client-15)
 [ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 command -v java >/dev/null || need+=(default-jdk-headless)
 command -v node >/dev/null || need+=(nodejs npm)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -44,5 +46,9 @@ deploy/lab/lab.sh up
 
 step "end-to-end tests against the lab (one at a time: they share one cluster)"
 cargo test --locked --test '*' -- --test-threads=1 --nocapture
+
+step "package: static binary and .deb built, installed on a clean Debian 12, run against the lab"
+deploy/package/build.sh
+deploy/package/test.sh
 
 step "all tests passed in $((SECONDS - t0)) s"

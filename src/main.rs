@@ -4,6 +4,12 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The static (musl) build's allocator: musl's own serialises every thread
+/// on one lock, which a relay allocating per message would feel.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A PostgreSQL router for Patroni clusters.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -23,9 +29,9 @@ struct Cli {
     /// Client worker threads, each a single-threaded runtime (default: one per core).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Log filter when RUST_LOG is unset.
-    #[arg(long, default_value = "info")]
-    log: String,
+    /// Log filter, over the config's `log_level` (RUST_LOG wins over both).
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
 }
 
 /// Where the config is read from when no path is given (the package's).
@@ -56,7 +62,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    pgvane::telemetry::init_logging(&cli.log);
+    let json = config.log_format == pgvane::config::LogFormat::Json;
+    let logs = pgvane::telemetry::init_logging(json, &config.log_level, cli.log.as_deref());
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
@@ -93,6 +100,7 @@ fn main() -> ExitCode {
         config,
         std::sync::Arc::clone(&workers),
         engine,
+        logs,
     ));
     workers.stop();
     match result {

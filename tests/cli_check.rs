@@ -78,16 +78,8 @@ fn patroni_proxy_config_passes_unchanged() {
         .replace("/etc/ssl/client.key", &key);
     let path = temp_path("patroni_proxy.yaml");
     std::fs::write(&path, &config).unwrap();
-    let out = Command::new(bin())
-        .arg("--check")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = check_file(&path, &[]);
+    assert!(ok, "{out}");
 
     let missing_ca = config.replace(&ca, "/nonexistent/ca.pem");
     let (ok, out) = check(&missing_ca);

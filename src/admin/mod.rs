@@ -335,7 +335,13 @@ async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
 async fn metrics(State(s): State<AdminState>) -> Response {
     for (name, v) in s.clusters.load().iter() {
         for p in &v.ports {
-            let Some(split) = p.split_context() else {
+            let split = p.split_context();
+            let mode = if split.is_some() { "split" } else { "tcp" };
+            s.metrics
+                .port_clients
+                .with_label_values(&[name, &p.key.port, mode])
+                .set(i64::try_from(p.active()).unwrap_or(i64::MAX));
+            let Some(split) = split else {
                 continue;
             };
             for (key, _role, open, idle, waiting) in split.pools.snapshot() {
@@ -354,10 +360,23 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             }
         }
         let map = v.watcher.map.load();
+        // Before Patroni's first answer: no age or timestamp series at all
+        // (a sentinel would read as a real value).
+        if let Some(a) = age(map.updated_at) {
+            s.metrics.map_age.with_label_values(&[name]).set(a);
+            let at = map
+                .updated_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            s.metrics.map_updated.with_label_values(&[name]).set(at);
+        }
+        let leader = map
+            .leader()
+            .is_some_and(|m| m.state == crate::topology::MemberState::Running);
         s.metrics
-            .map_age
+            .cluster_leader
             .with_label_values(&[name])
-            .set(age(map.updated_at).unwrap_or(-1.0));
+            .set(i64::from(leader));
     }
     (
         [("content-type", "text/plain; version=0.0.4")],

@@ -99,6 +99,7 @@ struct App {
     workers: Arc<Workers>,
     engine: Arc<Engine>,
     admissions: Arc<crate::admission::Admissions>,
+    logs: crate::telemetry::LogControl,
 }
 
 /// Runs pgvane until SIGTERM/SIGINT (or a [`Command::Shutdown`]); client
@@ -112,6 +113,7 @@ pub async fn run(
     config: Config,
     workers: Arc<Workers>,
     engine: Arc<Engine>,
+    logs: crate::telemetry::LogControl,
 ) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
@@ -131,6 +133,7 @@ pub async fn run(
         workers,
         engine,
         admissions: Arc::default(),
+        logs,
     };
     let mut listeners = HashMap::new();
     for (cname, c) in &config.clusters {

@@ -59,8 +59,15 @@ impl App {
             tracing::error!("reload rejected, old configuration kept:\n{text}");
             return Err(text);
         }
-        // 4. Publish the new config.
+        // 4. Publish the new config (and its log level).
         self.globals.store(Arc::new(new.clone()));
+        if diff.globals_changed.contains(&"log_level") {
+            // Said before the change: a quieter level would hide it after.
+            tracing::info!(log_level = %new.log_level, "log level changing");
+            if let Err(e) = self.logs.set_level(&new.log_level) {
+                tracing::warn!("{e}");
+            }
+        }
         let drain = new.drain_timeout;
         // 5. Stop removed ports (drain) and removed clusters.
         for k in &diff.ports_removed {

@@ -54,6 +54,9 @@ impl ConfigDiff {
         if old.io_uring != new.io_uring {
             d.restart_needed.push("io_uring");
         }
+        if old.log_format != new.log_format {
+            d.restart_needed.push("log_format");
+        }
         for (field, changed) in [
             (
                 "cluster_update_interval",
@@ -76,6 +79,9 @@ impl ConfigDiff {
                 old.max_clients_per_address != new.max_clients_per_address,
             ),
             ("tcp_*", old.tcp != new.tcp),
+            ("log_level", old.log_level != new.log_level),
+            ("peers", old.peers != new.peers),
+            ("peer_id", old.peer_id != new.peer_id),
         ] {
             if changed {
                 d.globals_changed.push(field);

@@ -63,6 +63,8 @@ struct RawTop {
     #[serde(default)]
     admin_token: Option<String>,
     #[serde(default)]
+    admin_token_file: Option<String>,
+    #[serde(default)]
     max_clients: Option<usize>,
     #[serde(default)]
     max_clients_per_address: Option<usize>,
@@ -76,6 +78,14 @@ struct RawTop {
     tcp_user_timeout_ms: Option<u64>,
     #[serde(default)]
     io_uring: IoUring,
+    #[serde(default)]
+    log_format: super::model::LogFormat,
+    #[serde(default)]
+    log_level: Option<String>,
+    #[serde(default)]
+    peer_id: Option<Value>,
+    #[serde(default)]
+    peers: BTreeMap<u16, String>,
     clusters: BTreeMap<String, Value>,
 }
 
@@ -87,7 +97,9 @@ struct RawCluster {
     tls: Option<super::model::TlsConfig>,
     ports: BTreeMap<String, Value>,
     #[serde(default)]
-    users: Vec<super::model::UserConfig>,
+    users: Vec<super::secrets::RawUser>,
+    #[serde(default)]
+    users_file: Option<String>,
     #[serde(default)]
     replica_position_poll_ms: Option<u64>,
     #[serde(default)]
@@ -110,14 +122,26 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text)
 }
 
-/// Loads a config from YAML text.
+/// Loads a config from YAML text: `${NAME}` references in its values are
+/// read from the environment, `*_file` fields and `users_file` from files.
 ///
 /// # Errors
 /// Every problem found, each naming its field path.
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let root: Value = serde_yaml::from_str(text).map_err(|e| one("", e.to_string()))?;
+    let mut root: Value = serde_yaml::from_str(text).map_err(|e| one("", e.to_string()))?;
+    super::secrets::expand_env(&mut root, "", &super::secrets::process_env, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
     let top: RawTop = typed(root, "", &mut errors).ok_or_else(|| ConfigErrors(errors.clone()))?;
+    let admin_token = super::secrets::inline_or_file(
+        top.admin_token.clone(),
+        top.admin_token_file.clone(),
+        "",
+        "admin_token",
+        &mut errors,
+    );
     let tcp = tcp_config(&top, &mut errors);
     let mut clusters = BTreeMap::new();
     for (name, value) in top.clusters {
@@ -138,13 +162,13 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             fast_poll_ms: raw.replica_position_fast_poll_ms,
             monitor_user: raw.monitor_user,
         };
-        let replica_positions =
-            super::positions::resolve(positions, &raw.users, &path, &mut errors);
+        let users = super::secrets::users(raw.users, raw.users_file.as_deref(), &path, &mut errors);
+        let replica_positions = super::positions::resolve(positions, &users, &path, &mut errors);
         let cluster = ClusterConfig {
             hosts: raw.hosts,
             tls: raw.tls,
             ports,
-            users: raw.users,
+            users,
             replica_positions,
         };
         clusters.insert(name, cluster);
@@ -164,11 +188,15 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         client_login_timeout: Duration::from_millis(
             top.client_login_timeout_ms.unwrap_or(60_000).max(1),
         ),
-        admin_token: top.admin_token,
+        admin_token,
         max_clients: top.max_clients,
         max_clients_per_address: top.max_clients_per_address,
         tcp,
         io_uring: top.io_uring,
+        log_format: top.log_format,
+        log_level: top.log_level.clone().unwrap_or_else(|| "info".to_owned()),
+        peer_id: peer_id(top.peer_id.as_ref(), &mut errors),
+        peers: top.peers.clone(),
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);
@@ -219,6 +247,30 @@ fn tcp_config(top: &RawTop, errors: &mut Vec<ConfigError>) -> TcpConfig {
     }
     tcp
 }
+
+/// `peer_id`: a number, or a string of digits (an `${ENV}` reference
+/// gives a string), from 1 to [`MAX_PEER_ID`].
+fn peer_id(v: Option<&Value>, errors: &mut Vec<ConfigError>) -> Option<u16> {
+    let v = v?;
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match n.and_then(|n| u16::try_from(n).ok()) {
+        Some(n) if (1..=MAX_PEER_ID).contains(&n) => Some(n),
+        _ => {
+            errors.push(ConfigError {
+                path: "peer_id".to_owned(),
+                message: format!("must be a number from 1 to {MAX_PEER_ID}"),
+            });
+            None
+        }
+    }
+}
+
+/// The highest `peer_id`: cancel keys give it 14 bits.
+pub const MAX_PEER_ID: u16 = 16_383;
 
 fn one(path: &str, message: String) -> ConfigErrors {
     ConfigErrors(vec![ConfigError {
@@ -276,6 +328,24 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
         if t.len() < 16 {
             push("admin_token".into(), "must be at least 16 characters");
         }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&config.log_level) {
+        push("log_level".into(), &format!("not a level or filter: {e}"));
+    }
+    for (id, host) in &config.peers {
+        let path = format!("peers.{id}");
+        if !(1..=MAX_PEER_ID).contains(id) {
+            push(
+                path.clone(),
+                &format!("a peer_id is from 1 to {MAX_PEER_ID}"),
+            );
+        }
+        if host.trim().is_empty() || host.contains('/') {
+            push(path, "must be a host name or an address");
+        }
+    }
+    if !config.peers.is_empty() && config.peer_id.is_none() {
+        push("peer_id".into(), "required when `peers` is set");
     }
     if config.api_timeout.is_zero() {
         push("api_timeout_ms".into(), "must be above 0");

@@ -29,7 +29,7 @@ pub struct Config {
     /// `authentication_timeout`; reload: new clients).
     pub client_login_timeout: Duration,
     /// Bearer token the admin API requires for `POST /reload`
-    /// (`admin_token`, default none: then `/reload` is taken from loopback
+    /// (`admin_token` or `admin_token_file`, default none: then `/reload` is taken from loopback
     /// only; `/update_clusters` never needs it; reload: at once).
     pub admin_token: Option<String>,
     /// Most clients all ports together accept at once (`max_clients`,
@@ -45,6 +45,25 @@ pub struct Config {
     /// The role ports' relay engine (`io_uring`, default `auto`; reload:
     /// needs a restart).
     pub io_uring: IoUring,
+    /// How log lines are written (`log_format`, default `text`; reload:
+    /// needs a restart).
+    pub log_format: LogFormat,
+    /// Which log lines are written: a level or a `tracing` filter such as
+    /// `info,pgvane::session=debug` (`log_level`, default `info`; `RUST_LOG`
+    /// or `--log` override it; reload: at once).
+    pub log_level: String,
+    /// This instance's number among pgvane instances behind one balancer
+    /// (`peer_id`, 1 to 16383, a number or a string of digits such as
+    /// `${PEER_ID}`; default none; reload: new sessions' keys; a key is
+    /// always looked up here first, so older keys still work). Split-port
+    /// cancel keys carry it.
+    pub peer_id: Option<u16>,
+    /// The other instances, by `peer_id` → host or address (`peers`,
+    /// default none; this instance's own entry is ignored, so every
+    /// instance can share the list; reload: at once). A split-port
+    /// CancelRequest whose key another instance issued is forwarded to
+    /// that instance, on the same port, as pgbouncer's `[peers]`.
+    pub peers: BTreeMap<u16, String>,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
 }
@@ -99,7 +118,10 @@ pub struct ClusterConfig {
     /// so that every port's errors are reported together.
     #[serde(skip)]
     pub ports: BTreeMap<String, PortConfig>,
-    /// Who may log in to split ports (reload: new logins).
+    /// Who may log in to split ports: `users` as written (each password
+    /// inline or in `password_file`), then those of `users_file`
+    /// (pgbouncer's `auth_file` format); files are read again at each
+    /// reload (reload: new logins).
     #[serde(default)]
     pub users: Vec<UserConfig>,
     /// How replica WAL positions are polled. Filled by the loader, with
@@ -275,6 +297,17 @@ pub enum IoUring {
     On,
     /// epoll (tokio's reactor).
     Off,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, its fields named (for log shippers).
+    Json,
 }
 
 /// How a port treats its clients.

@@ -193,6 +193,15 @@ impl PortShared {
     }
 
     fn role_context(&self) -> RoleContext {
+        // Eviction series start at 0, so `increase()` and alerts over
+        // them answer 0 rather than nothing before the first eviction.
+        for reason in router::policy::Ineligible::ALL {
+            self.metrics.evictions.with_label_values(&[
+                &self.key.cluster,
+                &self.key.port,
+                reason.label(),
+            ]);
+        }
         let labels = |dir: &str| {
             self.metrics
                 .bytes
@@ -212,6 +221,7 @@ impl PortShared {
             bytes: ByteCounters {
                 to_server: labels("to_server"),
                 to_client: labels("to_client"),
+                moved: Arc::default(),
             },
             engine: Arc::clone(&self.engine),
         }

@@ -21,8 +21,8 @@ const CHUNK: usize = 16 * 1024;
 /// connection, just as with a direct connection to PostgreSQL.
 /// Cancel safe: dropping it stops the copy (the caller drops the sockets).
 async fn copy(client: &TcpStream, server: &TcpStream, bytes: &ByteCounters) {
-    let up = pump(client, server, &bytes.to_server);
-    let down = pump(server, client, &bytes.to_client);
+    let up = pump(client, server, bytes.up());
+    let down = pump(server, client, bytes.down());
     tokio::pin!(up, down);
     tokio::select! {
         _ = &mut down => {}
@@ -35,11 +35,7 @@ async fn copy(client: &TcpStream, server: &TcpStream, bytes: &ByteCounters) {
 }
 
 /// One direction: `from` → `to`, propagating EOF as a half-close.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    counter: &prometheus::IntCounter,
-) -> io::Result<()> {
+async fn pump(from: &TcpStream, to: &TcpStream, counter: super::Counted<'_>) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     loop {
         if !pending.is_empty() {
@@ -63,7 +59,7 @@ async fn pump(
                 let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
                 return Ok(());
             }
-            Ok(n) => counter.inc_by(n as u64),
+            Ok(n) => counter.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

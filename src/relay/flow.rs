@@ -442,11 +442,31 @@ fn relay(
     gauge.inc();
     let evict = lease.evicted().clone();
     let ctx = Arc::clone(port);
+    let bytes = port.bytes.for_client();
+    let tally = bytes.clone();
+    let since = Instant::now();
+    // Role ports read no names: the line says the node, not the user.
+    tracing::info!(target: crate::telemetry::CONN, event = "connect", port = %port.key, node = %key.name, %peer, "connect");
     let done = move |end: RelayEnd| {
         gauge.dec();
-        if end == RelayEnd::Evicted {
-            tracing::debug!(port = %ctx.key, node = %lease.node().name, %peer, "client evicted");
-        }
+        let (to_server, to_client) = tally.moved();
+        let reason = match end {
+            RelayEnd::Closed => "closed",
+            RelayEnd::Evicted if ctx.close.is_cancelled() => "port_closed",
+            RelayEnd::Evicted => "evicted",
+        };
+        tracing::info!(
+            target: crate::telemetry::CONN,
+            event = "disconnect",
+            port = %ctx.key,
+            node = %lease.node().name,
+            %peer,
+            duration_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            bytes_in = to_server,
+            bytes_out = to_client,
+            reason,
+            "disconnect"
+        );
         drop((lease, keep));
     };
     port.engine.relay(Handoff {
@@ -454,7 +474,7 @@ fn relay(
         server,
         evict,
         close: port.close.clone(),
-        bytes: port.bytes.clone(),
+        bytes,
         done: Box::new(done),
     });
 }

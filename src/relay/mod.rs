@@ -27,13 +27,64 @@ pub enum RelayEnd {
     Evicted,
 }
 
-/// Counters a relay adds to as bytes move.
+/// Counters a relay adds to as bytes move: the port's, and the client's
+/// own totals for its disconnect line.
 #[derive(Debug, Clone)]
 pub struct ByteCounters {
     /// Client → server bytes.
     pub to_server: prometheus::IntCounter,
     /// Server → client bytes.
     pub to_client: prometheus::IntCounter,
+    /// This client's bytes, to the server and to the client.
+    pub moved: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl ByteCounters {
+    /// The port's counters with totals of the client's own.
+    #[must_use]
+    pub fn for_client(&self) -> Self {
+        Self {
+            to_server: self.to_server.clone(),
+            to_client: self.to_client.clone(),
+            moved: std::sync::Arc::default(),
+        }
+    }
+
+    /// The client → server direction.
+    fn up(&self) -> Counted<'_> {
+        Counted {
+            port: &self.to_server,
+            own: &self.moved[0],
+        }
+    }
+
+    /// The server → client direction.
+    fn down(&self) -> Counted<'_> {
+        Counted {
+            port: &self.to_client,
+            own: &self.moved[1],
+        }
+    }
+
+    /// The client's totals so far: (to the server, to the client).
+    #[must_use]
+    pub fn moved(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.moved[0].load(Relaxed), self.moved[1].load(Relaxed))
+    }
+}
+
+/// One direction's counters, as a pump adds to them.
+struct Counted<'a> {
+    port: &'a prometheus::IntCounter,
+    own: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Counted<'_> {
+    fn add(&self, n: u64) {
+        self.port.inc_by(n);
+        self.own.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A connected client handed to an engine: both sockets, what ends the

@@ -14,6 +14,7 @@ fn counters() -> ByteCounters {
     ByteCounters {
         to_server: prometheus::IntCounter::new("a", "a").unwrap(),
         to_client: prometheus::IntCounter::new("b", "b").unwrap(),
+        moved: std::sync::Arc::default(),
     }
 }
 

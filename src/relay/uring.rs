@@ -211,8 +211,8 @@ async fn run(job: Job) {
 async fn copy(client: TcpStream, server: TcpStream, bytes: &ByteCounters) {
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
-    let up = pin!(pump(client_r, server_w, &bytes.to_server));
-    let down = pin!(pump(server_r, client_w, &bytes.to_client));
+    let up = pin!(pump(client_r, server_w, bytes.up()));
+    let down = pin!(pump(server_r, client_w, bytes.down()));
     if let Either::Left((Ok(()), down)) = select(up, down).await {
         let _ = down.await;
     }
@@ -222,7 +222,7 @@ async fn copy(client: TcpStream, server: TcpStream, bytes: &ByteCounters) {
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
-    counter: &prometheus::IntCounter,
+    counter: super::Counted<'_>,
 ) -> io::Result<()> {
     let mut size = SMALL;
     let mut buf: Vec<u8> = Vec::with_capacity(size);
@@ -242,7 +242,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         let (written, b) = to.write_all(buf).await;
         buf = b;
         written?;
-        counter.inc_by(n as u64);
+        counter.add(n as u64);
         let next = if n >= size {
             (size * 4).min(LARGE)
         } else {

@@ -28,6 +28,16 @@ pub enum Ineligible {
 }
 
 impl Ineligible {
+    /// Every reason, for series that start at 0.
+    pub const ALL: [Self; 6] = [
+        Self::Role,
+        Self::State,
+        Self::NoLoadBalance,
+        Self::Lag,
+        Self::Unconfirmed,
+        Self::Removed,
+    ];
+
     /// Metric label (`pgvane_evictions_total{reason}`).
     #[must_use]
     pub fn label(self) -> &'static str {

@@ -435,6 +435,8 @@ impl Session {
     /// After a ReadyForQuery: the client state follows it, and the backend
     /// goes back when idle, unpinned and not in the middle of a batch.
     pub(super) fn after_ready(&mut self, status: u8) {
+        let was_idle = self.state == super::ClientState::Idle;
+        self.metrics.ready(&mut self.timing, was_idle, status);
         self.state = super::ClientState::from_status(status);
         let releasable = self
             .held

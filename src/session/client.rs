@@ -61,6 +61,10 @@ pub(super) struct ClientConn {
     /// this time: its client may have connected just before the listener
     /// closed and be about to send its first request.
     fresh_until: Option<tokio::time::Instant>,
+    /// Bytes read from the client (for its disconnect line).
+    pub(super) bytes_in: u64,
+    /// Bytes written to the client.
+    pub(super) bytes_out: u64,
 }
 
 /// How long a drain spares a session that has sent no request yet.
@@ -83,7 +87,14 @@ impl ClientConn {
             close,
             served: false,
             fresh_until: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }
+    }
+
+    /// Whether the client speaks TLS.
+    pub(super) fn is_tls(&self) -> bool {
+        matches!(self.stream, crate::tls::stream::MaybeTls::Tls(_))
     }
 
     /// Writes everything buffered.
@@ -100,6 +111,7 @@ impl ClientConn {
                 r = write => r.map_err(|_| SessionError::ClientGone)?,
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
             }
+            self.bytes_out += self.out.len() as u64;
             self.out.clear();
             if self.out.capacity() > OUT_LIMIT {
                 self.out = Vec::new();
@@ -206,7 +218,7 @@ impl ClientConn {
                 () = grace_over => return Err(SessionError::Shutdown),
                 r = self.stream.read_some(&mut self.buf) => match r {
                     Ok(0) => return Err(SessionError::ClientGone),
-                    Ok(_) => {}
+                    Ok(n) => self.bytes_in += n as u64,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if self.buf.is_empty() {
                             self.buf = BytesMut::new();

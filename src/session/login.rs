@@ -67,7 +67,14 @@ pub(super) async fn login(
     let params = loop {
         match handshake::handshake(client, offer).await {
             Ok(Handshake::Cancel(pid, key)) => {
-                ctx.cancels.cancel((pid, key)).await;
+                let globals = ctx.globals.load_full();
+                let peers = super::cancel::Peers {
+                    own: globals.peer_id,
+                    hosts: &globals.peers,
+                };
+                let port = ctx.port.load().listen.port();
+                let sent = ctx.cancels.cancel((pid, key), &peers, port).await;
+                tracing::debug!(port = %ctx.key, ?sent, "cancel request");
                 return None;
             }
             Ok(Handshake::Session(p)) => break p,

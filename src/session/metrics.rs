@@ -14,6 +14,19 @@ pub(super) struct SessionMetrics {
     pub(super) acquire_wait: prometheus::Histogram,
     /// `pgvane_ryw_wait_seconds` for this port.
     pub(super) ryw_wait: prometheus::Histogram,
+    /// `pgvane_request_duration_seconds` for this port.
+    request: prometheus::Histogram,
+    /// `pgvane_transaction_duration_seconds` for this port.
+    transaction: prometheus::Histogram,
+}
+
+/// When a session's current request and transaction block began.
+#[derive(Debug, Default)]
+pub(super) struct Timing {
+    /// The current request's first message.
+    pub(super) request: Option<std::time::Instant>,
+    /// The first request of the open transaction block.
+    transaction: Option<std::time::Instant>,
 }
 
 impl SessionMetrics {
@@ -25,6 +38,26 @@ impl SessionMetrics {
             reads: Vec::new(),
             acquire_wait: ctx.metrics.acquire_wait.with_label_values(&labels),
             ryw_wait: ctx.metrics.ryw_wait.with_label_values(&labels),
+            request: ctx.metrics.request_duration.with_label_values(&labels),
+            transaction: ctx.metrics.transaction_duration.with_label_values(&labels),
+        }
+    }
+
+    /// A ReadyForQuery with `status` reached the client: the request it
+    /// ends is timed, and a transaction block that began (the session
+    /// was idle) or ended (`I` again) is too.
+    pub(super) fn ready(&self, timing: &mut Timing, was_idle: bool, status: u8) {
+        let Some(began) = timing.request.take() else {
+            return;
+        };
+        self.request.observe(began.elapsed().as_secs_f64());
+        match (status, timing.transaction) {
+            (b'I', Some(t)) => {
+                self.transaction.observe(t.elapsed().as_secs_f64());
+                timing.transaction = None;
+            }
+            (b'T' | b'E', None) if was_idle => timing.transaction = Some(began),
+            _ => {}
         }
     }
 

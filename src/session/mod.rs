@@ -113,6 +113,11 @@ struct Session {
     /// Whether the current request may run again on the leader after a
     /// refusal or a shutdown.
     retry_armed: pipeline::Armed,
+    /// Why the session ended, for its disconnect line: `terminate` (the
+    /// client said so), `client_gone`, or the error that ended it.
+    ended: &'static str,
+    /// When the current request and transaction began.
+    timing: metrics::Timing,
 }
 
 /// Serves one split-port client until it leaves; `admitted` holds the
@@ -145,6 +150,16 @@ async fn serve_client(
     let Some(mut s) = Box::pin(start(client, &ctx, admitted, peer)).await else {
         return;
     };
+    let since = std::time::Instant::now();
+    tracing::info!(
+        target: crate::telemetry::CONN,
+        event = "login",
+        port = %ctx.key,
+        user = %s.creds.user,
+        database = %s.creds.database,
+        tls = s.client.is_tls(),
+        "login"
+    );
     // Boxed: the task of an idle session then holds only the small future
     // of the request loop, not the largest request's state machine.
     if Box::pin(s.greet()).await.is_ok() {
@@ -152,6 +167,30 @@ async fn serve_client(
     }
     s.release_held();
     ctx.cancels.remove(s.cancel_key);
+    // Split ports' bytes are counted as each session ends.
+    for (direction, n) in [
+        ("to_server", s.client.bytes_in),
+        ("to_client", s.client.bytes_out),
+    ] {
+        ctx.metrics
+            .bytes
+            .with_label_values(&[&ctx.key.cluster, &ctx.key.port, direction])
+            .inc_by(n);
+    }
+    let nodes: Vec<String> = s.pools.iter().map(|(n, _)| n.to_string()).collect();
+    tracing::info!(
+        target: crate::telemetry::CONN,
+        event = "disconnect",
+        port = %ctx.key,
+        user = %s.creds.user,
+        database = %s.creds.database,
+        nodes = %nodes.join(","),
+        duration_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX),
+        bytes_in = s.client.bytes_in,
+        bytes_out = s.client.bytes_out,
+        reason = s.ended,
+        "disconnect"
+    );
 }
 
 /// Logs the client in, bounded by `client_login_timeout_ms`: its session,
@@ -197,7 +236,7 @@ async fn start(
             return None;
         }
     };
-    let (cancel_key, cancel_slot) = ctx.cancels.register();
+    let (cancel_key, cancel_slot) = ctx.cancels.register(ctx.globals.load().peer_id);
     Some(Session {
         creds,
         settings: SessionSettings::new(startup),
@@ -217,6 +256,8 @@ async fn start(
         hold_ready: false,
         refused: None,
         retry_armed: pipeline::Armed::Off,
+        ended: "client_gone",
+        timing: metrics::Timing::default(),
     })
 }
 
@@ -276,17 +317,26 @@ impl Session {
                     return;
                 }
             };
+            // A request's time runs from its first message to its
+            // ReadyForQuery (`after_ready`).
+            self.timing
+                .request
+                .get_or_insert_with(std::time::Instant::now);
             if self.state == ClientState::AwaitingSync {
                 match m.tag() {
                     b'S' => {
                         let status = self.status();
+                        self.timing.request = None;
                         self.state = ClientState::from_status(status);
                         encode::ready_for_query(&mut self.client.out, status);
                         if self.client.flush().await.is_err() {
                             return;
                         }
                     }
-                    b'X' => return,
+                    b'X' => {
+                        self.ended = "terminate";
+                        return;
+                    }
                     _ => {}
                 }
                 continue;
@@ -331,7 +381,10 @@ impl Session {
                     let msgs = std::mem::take(&mut batch).msgs;
                     (Box::pin(self.extended(msgs, false)).await, ending)
                 }
-                b'X' => return,
+                b'X' => {
+                    self.ended = "terminate";
+                    return;
+                }
                 // CopyData/Done/Fail outside COPY: PostgreSQL ignores them.
                 b'd' | b'c' | b'f' => continue,
                 other => {
@@ -387,6 +440,7 @@ impl Session {
 
     /// Sends a fatal error (when it is one the client should see) and ends.
     async fn end_with(&mut self, e: SessionError) {
+        self.ended = e.label();
         if matches!(e, SessionError::ClientGone) {
             return;
         }
@@ -419,6 +473,7 @@ impl Session {
             Err(SessionError::ClientGone) => return false,
             Err(e) => e,
         };
+        self.ended = err.label();
         self.count_error(&err);
         self.hold_ready = false;
         self.client.hold = false;

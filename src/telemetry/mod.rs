@@ -1,20 +1,13 @@
 //! Logging setup and every Prometheus metric pgvane exports, defined in one
 //! place. Handles are created by `app` and passed down; nothing is global.
 
+mod logs;
+
+pub use logs::{CONN, LogControl, init as init_logging};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// Installs the tracing subscriber (`RUST_LOG` overrides `default_filter`).
-pub fn init_logging(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
 
 /// Every metric, registered in its own [`Registry`].
 #[derive(Debug)]
@@ -95,6 +88,23 @@ pub struct Metrics {
     pub leader_waits: IntCounterVec,
     /// `pgvane_leader_wait_seconds{cluster,port}`: how long they waited.
     pub leader_wait: HistogramVec,
+    /// `pgvane_build_info{version}`: 1, labelled with the running version.
+    pub build_info: IntGaugeVec,
+    /// `pgvane_port_clients{cluster,port,mode}`: clients of a port now,
+    /// from accept to close (role and split), refreshed at each scrape.
+    pub port_clients: IntGaugeVec,
+    /// `pgvane_request_duration_seconds{cluster,port}`: split ports, one
+    /// client request from its first message to the answer's last.
+    pub request_duration: HistogramVec,
+    /// `pgvane_transaction_duration_seconds{cluster,port}`: split ports, a
+    /// transaction block from its first statement to its end.
+    pub transaction_duration: HistogramVec,
+    /// `pgvane_map_updated_timestamp_seconds{cluster}`: Unix time of
+    /// Patroni's last good answer (no series before the first).
+    pub map_updated: prometheus::GaugeVec,
+    /// `pgvane_cluster_leader{cluster}`: 1 while the map names a running
+    /// leader, else 0; refreshed at each scrape.
+    pub cluster_leader: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -191,7 +201,58 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(classifier_misses.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let map_updated = prometheus::GaugeVec::new(
+            Opts::new(
+                "pgvane_map_updated_timestamp_seconds",
+                "Unix time of Patroni's last good answer",
+            ),
+            &["cluster"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(map_updated.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, … (from /proc).
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let build_info = gauge(
+            &r,
+            "pgvane_build_info",
+            "1, labelled with the running pgvane's version",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Self {
+            build_info,
+            port_clients: gauge(
+                &r,
+                "pgvane_port_clients",
+                "Clients of a port now, from accept to close",
+                &["cluster", "port", "mode"],
+            ),
+            request_duration: histogram(
+                &r,
+                "pgvane_request_duration_seconds",
+                "Split ports: one client request, first message to last answer byte",
+                &["cluster", "port"],
+            ),
+            transaction_duration: histogram(
+                &r,
+                "pgvane_transaction_duration_seconds",
+                "Split ports: a transaction block from its first statement to its end",
+                &["cluster", "port"],
+            ),
+            map_updated,
+            cluster_leader: gauge(
+                &r,
+                "pgvane_cluster_leader",
+                "1 while the map names a running leader",
+                &["cluster"],
+            ),
             clients: gauge(
                 &r,
                 "pgvane_clients",
@@ -372,7 +433,8 @@ impl Metrics {
             .set(i64::from(stale));
     }
 
-    /// Records one replica's replay and receive lag (-1: unknown) and
+    /// Records one replica's replay and receive lag (no series while
+    /// unknown, rather than a sentinel a query would average in) and
     /// whether its replay is paused.
     pub fn set_member(
         &self,
@@ -382,9 +444,17 @@ impl Metrics {
         paused: bool,
     ) {
         for (kind, value) in [("replay", lag.0), ("receive", lag.1)] {
-            self.member_lag
-                .with_label_values(&[cluster, member, kind])
-                .set(value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX)));
+            match value {
+                Some(v) => self
+                    .member_lag
+                    .with_label_values(&[cluster, member, kind])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX)),
+                None => {
+                    let _ = self
+                        .member_lag
+                        .remove_label_values(&[cluster, member, kind]);
+                }
+            }
         }
         self.member_paused
             .with_label_values(&[cluster, member])
@@ -440,7 +510,19 @@ mod tests {
             .map(|l| l.split(['{', ' ']).next().unwrap())
             .collect();
         assert!(names.len() >= 12, "{text}");
-        assert!(names.iter().all(|n| n.starts_with("pgvane_")), "{names:?}");
+        // pgvane's own, and the process collector's standard names.
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("pgvane_") || n.starts_with("process_")),
+            "{names:?}"
+        );
         assert!(text.contains("pgvane_map_stale{cluster=\"c\"} 1"));
+        let version = format!(
+            "pgvane_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 }

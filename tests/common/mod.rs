@@ -356,17 +356,26 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pgvane")
 }
 
+/// `pgvane --check PATH` with extra environment: (passed, what it printed).
+pub fn check_file(path: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--check").arg(path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 impl Pgvane {
     /// Starts pgvane on `yaml` and waits until /ready answers 200.
     pub fn start(yaml: &str, admin: u16) -> Self {
-        let me = Self::start_unready(yaml, admin);
-        let ok = wait_until(Duration::from_secs(15), || {
-            me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
-        });
-        if !ok {
-            panic!("pgvane not ready:\n{}", me.log_text());
-        }
-        me
+        Self::start_with_env(yaml, admin, &[])
     }
 
     /// Starts pgvane on `yaml` and waits only for its admin API (for a
@@ -408,6 +417,17 @@ impl Pgvane {
             admin,
             log,
         }
+    }
+
+    /// Starts pgvane on `yaml` with extra environment variables and waits
+    /// until /ready answers 200.
+    pub fn start_with_env(yaml: &str, admin: u16, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let me = Self::spawn(yaml, admin, env);
+        let ok = wait_until(Duration::from_secs(15), || {
+            me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(ok, "pgvane not ready:\n{}", me.log_text());
+        me
     }
 
     /// Starts pgvane as systemd would (`NOTIFY_SOCKET`) and waits for its
