@@ -36,6 +36,7 @@ struct Manifests {
     secret: Value,
     deployment: Value,
     service: Value,
+    admin_service: Value,
     pdb: Value,
     monitor: Value,
 }
@@ -46,6 +47,7 @@ fn load() -> Manifests {
         secret: manifest("secret.yaml"),
         deployment: manifest("deployment.yaml"),
         service: manifest("service.yaml"),
+        admin_service: manifest("service-admin.yaml"),
         pdb: manifest("poddisruptionbudget.yaml"),
         monitor: manifest("servicemonitor.yaml"),
     };
@@ -54,6 +56,7 @@ fn load() -> Manifests {
         (&m.secret, "Secret"),
         (&m.deployment, "Deployment"),
         (&m.service, "Service"),
+        (&m.admin_service, "Service"),
         (&m.pdb, "PodDisruptionBudget"),
         (&m.monitor, "ServiceMonitor"),
     ] {
@@ -112,11 +115,19 @@ fn ports_probes_mounts_and_selectors_agree_with_the_config() {
     // Every selector picks the pods.
     assert_eq!(&m.deployment["spec"]["selector"]["matchLabels"], labels);
     assert_eq!(&m.service["spec"]["selector"], labels);
+    assert_eq!(&m.admin_service["spec"]["selector"], labels);
     assert_eq!(&m.pdb["spec"]["selector"]["matchLabels"], labels);
-    assert_eq!(
-        &m.monitor["spec"]["selector"]["matchLabels"],
-        &m.service["metadata"]["labels"]
-    );
+    // The monitor picks the admin Service and not the applications' one.
+    let picks = |svc: &Value| {
+        m.monitor["spec"]["selector"]["matchLabels"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| svc["metadata"]["labels"].get(k) == Some(v))
+    };
+    assert!(picks(&m.admin_service) && !picks(&m.service));
+    // A client's cancel requests reach the pod of its session.
+    assert_eq!(s(&m.service["spec"]["sessionAffinity"]), "ClientIP");
     let replicas = m.deployment["spec"]["replicas"].as_u64().unwrap();
     assert!(m.pdb["spec"]["minAvailable"].as_u64().unwrap() < replicas);
 
@@ -149,23 +160,38 @@ fn ports_probes_mounts_and_selectors_agree_with_the_config() {
         assert_eq!(s(&container[probe]["httpGet"]["path"]), path);
         assert_eq!(s(&container[probe]["httpGet"]["port"]), "admin");
     }
-    // The Service targets named container ports; the monitor scrapes one.
-    let svc_ports: Vec<&str> = seq(&m.service["spec"]["ports"])
-        .iter()
-        .map(|p| s(&p["name"]))
-        .collect();
-    for p in seq(&m.service["spec"]["ports"]) {
-        assert!(named.contains_key(s(&p["targetPort"])), "{p:?}");
-    }
+    // The Services target named container ports: the applications' one
+    // every client port and not admin, the admin one admin alone, which
+    // the monitor scrapes.
+    let targets = |svc: &Value| -> BTreeSet<String> {
+        seq(&svc["spec"]["ports"])
+            .iter()
+            .map(|p| s(&p["targetPort"]).to_owned())
+            .collect()
+    };
+    let client_ports: BTreeSet<String> = named.keys().filter(|n| *n != "admin").cloned().collect();
+    assert_eq!(targets(&m.service), client_ports);
+    assert_eq!(
+        targets(&m.admin_service),
+        BTreeSet::from(["admin".to_owned()])
+    );
     let ep = &seq(&m.monitor["spec"]["endpoints"])[0];
-    assert!(svc_ports.contains(&s(&ep["port"])));
+    assert_eq!(
+        s(&ep["port"]),
+        s(&seq(&m.admin_service["spec"]["ports"])[0]["name"])
+    );
     assert_eq!(s(&ep["path"]), "/metrics");
 
-    // Mounts: the config file is the ConfigMap's key; args name it.
+    // Mounts: args name a key of the ConfigMap in its mounted directory
+    // (no subPath: an edited ConfigMap must reach the pod).
     let mounts = seq(&container["volumeMounts"]);
     let cfg_mount = mounts.iter().find(|v| s(&v["name"]) == "config").unwrap();
-    assert_eq!(s(&seq(&container["args"])[0]), s(&cfg_mount["mountPath"]));
-    assert!(m.config_map["data"].get(s(&cfg_mount["subPath"])).is_some());
+    assert!(cfg_mount.get("subPath").is_none());
+    let arg = s(&seq(&container["args"])[0]);
+    let file = arg
+        .strip_prefix(&format!("{}/", s(&cfg_mount["mountPath"])))
+        .unwrap_or_else(|| panic!("{arg} is not in the config mount"));
+    assert!(m.config_map["data"].get(file).is_some(), "{file}");
     let volumes = seq(&pod["spec"]["volumes"]);
     let vol = |n: &str| volumes.iter().find(|v| s(&v["name"]) == n).unwrap();
     assert_eq!(
@@ -176,6 +202,19 @@ fn ports_probes_mounts_and_selectors_agree_with_the_config() {
         s(&vol("secret")["secret"]["secretName"]),
         s(&m.secret["metadata"]["name"])
     );
+    // The pod's user can read the Secret's files: they are root-owned, so
+    // its group (fsGroup) or everyone must have read access.
+    let pod_sc = &pod["spec"]["securityContext"];
+    if pod_sc["runAsUser"].as_u64().is_some_and(|u| u != 0) {
+        let mode = vol("secret")["secret"]["defaultMode"]
+            .as_u64()
+            .unwrap_or(0o644);
+        let by_group = pod_sc["fsGroup"].as_u64().is_some() && mode & 0o040 != 0;
+        assert!(
+            by_group || mode & 0o004 != 0,
+            "the Secret is unreadable by the pod's user"
+        );
+    }
     // Every secret file the config names is a key of the Secret.
     let secret_dir = s(&mounts.iter().find(|v| s(&v["name"]) == "secret").unwrap()["mountPath"]);
     let text = config_text(&m);

@@ -87,14 +87,24 @@ fi
 
 # An upgrade (the same package over itself) keeps the user and the config.
 echo "# kept" >>"$root/etc/pgvane/pgvane.yaml"
+chmod 0600 "$root/etc/pgvane/pgvane.yaml"
 in_root dpkg -i --force-confold /tmp/pkg/pgvane.deb >>"$out/dpkg-install.log" 2>&1 || fail "reinstall"
 in_root grep -qx '# kept' /etc/pgvane/pgvane.yaml || fail "upgrade replaced an edited config"
-ok "installed again over itself: the edited config was kept"
+[ "$(in_root stat -c '%a' /etc/pgvane/pgvane.yaml)" = 600 ] || fail "upgrade reset the config's mode"
+ok "installed again over itself: the edited config and its mode were kept"
 
+# Enabled as `systemctl enable` would; the admin's own file in /etc/pgvane.
+in_root mkdir -p /etc/systemd/system/multi-user.target.wants
+in_root ln -sf /lib/systemd/system/pgvane.service /etc/systemd/system/multi-user.target.wants/pgvane.service
+echo "not ours" >"$root/etc/pgvane/admin-cert.pem"
 in_root dpkg --purge pgvane >"$out/dpkg-purge.log" 2>&1 || fail "purge (see $out/dpkg-purge.log)"
-for f in /usr/bin/pgvane /etc/pgvane /lib/systemd/system/pgvane.service; do
+[ -e "$root/etc/pgvane/admin-cert.pem" ] || fail "purge removed a file the admin put in /etc/pgvane"
+[ ! -e "$root/etc/pgvane/pgvane.yaml" ] || fail "purge left the conffile"
+[ ! -L "$root/etc/systemd/system/multi-user.target.wants/pgvane.service" ] || fail "purge left the unit enabled"
+rm -rf "$root/etc/pgvane"
+for f in /usr/bin/pgvane /lib/systemd/system/pgvane.service; do
   [ ! -e "$root$f" ] || fail "$f left after purge"
 done
 in_root getent passwd pgvane >/dev/null && fail "pgvane user left after purge"
-ok "purged: binary, config and user gone"
+ok "purged: binary, conffile, enablement and user gone; the admin's own file kept"
 rm -rf "$root/tmp/pkg"

@@ -333,6 +333,18 @@ async fn clusters(State(s): State<AdminState>) -> axum::Json<Value> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    // Gauges computed here from the running state start empty at each
+    // scrape: a port or cluster a reload removed (or a port whose mode
+    // changed) leaves no series behind.
+    for g in [
+        &s.metrics.port_clients,
+        &s.metrics.pool,
+        &s.metrics.cluster_leader,
+    ] {
+        g.reset();
+    }
+    s.metrics.map_age.reset();
+    s.metrics.map_updated.reset();
     for (name, v) in s.clusters.load().iter() {
         for p in &v.ports {
             let split = p.split_context();
@@ -370,9 +382,14 @@ async fn metrics(State(s): State<AdminState>) -> Response {
                 .map_or(0.0, |d| d.as_secs_f64());
             s.metrics.map_updated.with_label_values(&[name]).set(at);
         }
-        let leader = map
-            .leader()
-            .is_some_and(|m| m.state == crate::topology::MemberState::Running);
+        // A standby cluster's leader streams from its source (Patroni
+        // 3.0.4+ reports `streaming`): running, for this gauge.
+        let leader = map.leader().is_some_and(|m| {
+            matches!(
+                m.state,
+                crate::topology::MemberState::Running | crate::topology::MemberState::Streaming
+            )
+        });
         s.metrics
             .cluster_leader
             .with_label_values(&[name])

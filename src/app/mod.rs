@@ -230,11 +230,12 @@ async fn announce_ready(
     mut clusters: Vec<(String, watch::Receiver<u64>)>,
     draining: CancellationToken,
 ) {
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
     loop {
-        let waiting: Vec<&str> = clusters
+        let waiting: Vec<String> = clusters
             .iter()
             .filter(|(_, g)| *g.borrow() == 0)
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _)| n.clone())
             .collect();
         if waiting.is_empty() {
             break;
@@ -243,12 +244,26 @@ async fn announce_ready(
         let changes = clusters.iter_mut().map(|(_, g)| Box::pin(g.changed()));
         tokio::select! {
             () = draining.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => {
+                // One cluster's Patroni being down must not keep the
+                // others' ports from a started service (systemd would
+                // kill and restart it at TimeoutStartSec): ready, saying
+                // which clusters have no map; /ready stays 503 for them.
+                let text = format!("ready; no map yet for {}", waiting.join(", "));
+                tracing::warn!(clusters = %waiting.join(","), "{text}");
+                crate::notify::ready(&text);
+                return;
+            }
             _ = futures_util::future::select_all(changes) => {}
         }
     }
     tracing::info!("ready: every port listens and every cluster has a map");
     crate::notify::ready("ready");
 }
+
+/// Longest time start-up readiness (`READY=1`) waits for every cluster's
+/// first map.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn signals_task(
     commands: mpsc::Sender<Command>,

@@ -82,6 +82,9 @@ impl App {
         for name in &diff.clusters_removed {
             if let Some(c) = self.clusters.remove(name) {
                 c.stop.cancel();
+                let map = c.watcher.map.load();
+                self.metrics
+                    .remove_cluster(name, map.members.iter().map(|m| m.name.as_str()));
             }
         }
         // 6. Start added clusters; give every other watcher its new settings

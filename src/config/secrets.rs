@@ -89,9 +89,11 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
                 .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
                 && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
             if !valid {
-                return Err(format!(
-                    "`${{{name}}}` is not an environment variable name (write `$${{` for a literal `${{`)"
-                ));
+                // The text is not echoed: it may be part of a secret.
+                return Err(
+                    "`${` not followed by an environment variable name and `}` (write `$${` for a literal `${`)"
+                        .to_owned(),
+                );
             }
             let v =
                 lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
@@ -184,6 +186,11 @@ pub(super) fn users(
             errors,
         );
         match password {
+            Some(p) if p.is_empty() => errors.push(ConfigError {
+                path: format!("{upath}.password"),
+                message: "empty: an empty password is never accepted (as PostgreSQL and pgbouncer)"
+                    .to_owned(),
+            }),
             Some(password) => out.push(UserConfig {
                 name: u.name,
                 password,
@@ -232,6 +239,9 @@ pub(super) fn parse_auth_file(text: &str) -> Result<Vec<(String, String)>, Strin
             .ok_or_else(|| at("expected a quoted password after the name"))?;
         if name.is_empty() {
             return Err(at("empty user name"));
+        }
+        if password.is_empty() {
+            return Err(at("empty password (never accepted, as in pgbouncer)"));
         }
         users.push((name, password));
     }
@@ -301,7 +311,11 @@ mod tests {
         assert!(
             errors[1]
                 .message
-                .contains("not an environment variable name")
+                .contains("not followed by an environment variable name")
+        );
+        assert!(
+            !errors[1].message.contains("bad-name"),
+            "secrets are not echoed"
         );
         assert!(errors[2].message.contains("closing"));
     }
@@ -324,6 +338,7 @@ mod tests {
             ("app secret\n", 1),
             ("\"a\" \"b\"\n\"c\"\n", 2),
             ("\"\" \"x\"", 1),
+            ("\"a\" \"b\"\n\"u\" \"\"\n", 2),
         ] {
             let e = parse_auth_file(bad).err().unwrap_or_default();
             assert!(e.starts_with(&format!("line {line}:")), "{bad:?}: {e}");

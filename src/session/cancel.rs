@@ -65,7 +65,13 @@ impl CancelRegistry {
     /// this instance issued the key; else, when the key names another
     /// instance of `peers`, to that instance on `port`. Says where it went.
     pub(super) async fn cancel(&self, key: (u32, u32), peers: &Peers<'_>, port: u16) -> Sent {
-        let (known, target) = match self.lock().get(&key) {
+        // A forwarded key has hops taken off its TTL: look it up as issued.
+        let issued = (key.0 | TTL_MASK, key.1);
+        let found = {
+            let map = self.lock();
+            map.get(&key).or_else(|| map.get(&issued)).cloned()
+        };
+        let (known, target) = match found {
             Some(t) => (
                 true,
                 t.lock()
@@ -81,16 +87,17 @@ impl CancelRegistry {
         if known {
             return Sent::Idle;
         }
-        match peers.owner(key.0) {
-            Some(host) => {
+        match (peers.owner(key.0), hop(key.0)) {
+            (Some(host), Some(next)) => {
                 let peer = NodeAddr {
                     host: host.to_owned(),
                     port,
                 };
-                crate::backend::cancel(&peer, key).await;
+                crate::backend::cancel(&peer, (next, key.1)).await;
                 Sent::Peer
             }
-            None => Sent::Unknown,
+            (Some(_), None) => Sent::HopLimit,
+            (None, _) => Sent::Unknown,
         }
     }
 }
@@ -106,20 +113,38 @@ pub(super) enum Sent {
     Peer,
     /// Nowhere: no session here has the key, nor does it name a peer.
     Unknown,
+    /// Nowhere: the key names a peer but has been forwarded as often as
+    /// its TTL allows (a `peers` list that points back at itself).
+    HopLimit,
 }
 
 /// Bits of a key's process-id field below the peer id.
 const PEER_SHIFT: u32 = 17;
 
-/// `random` with `peer` in bits 17–30 (bit 31 stays clear: PostgreSQL's
-/// process ids are positive), or 31 random bits without a peer.
+/// The key's forwarding TTL (bits 15–16), as pgbouncer's: full when
+/// issued, one less at each forward, never forwarded at 0.
+const TTL_SHIFT: u32 = 15;
+const TTL_MASK: u32 = 0b11 << TTL_SHIFT;
+
+/// `random` with `peer` in bits 17–30 and a full TTL in bits 15–16 (bit
+/// 31 stays clear: PostgreSQL's process ids are positive), or 31 random
+/// bits without a peer.
 fn with_peer(random: u32, peer: Option<u16>) -> u32 {
     match peer {
         Some(id) => {
-            (u32::from(id) << PEER_SHIFT) & 0x7fff_ffff | (random & ((1 << PEER_SHIFT) - 1))
+            (u32::from(id) << PEER_SHIFT) & 0x7fff_ffff
+                | TTL_MASK
+                | (random & ((1 << TTL_SHIFT) - 1))
         }
         None => random & 0x7fff_ffff,
     }
+}
+
+/// The process id to forward with one hop taken off the TTL; None when no
+/// hop is left.
+fn hop(pid: u32) -> Option<u32> {
+    let ttl = (pid & TTL_MASK) >> TTL_SHIFT;
+    (ttl > 0).then(|| (pid & !TTL_MASK) | ((ttl - 1) << TTL_SHIFT))
 }
 
 /// This instance's `peer_id` and the `peers` list, as a cancel reads them.
@@ -186,6 +211,37 @@ mod tests {
         };
         assert_eq!(alone.owner(with_peer(7, Some(2))), None);
         assert!(with_peer(u32::MAX, None) <= 0x7fff_ffff);
+    }
+
+    #[test]
+    fn forwards_take_hops_off_the_ttl_until_none_is_left() {
+        let pid = with_peer(0, Some(2));
+        let mut hops = Vec::new();
+        let mut p = pid;
+        while let Some(next) = hop(p) {
+            assert_eq!(next >> PEER_SHIFT, 2, "the peer id stays");
+            hops.push(next);
+            p = next;
+        }
+        assert_eq!(hops.len(), 3);
+        // Whatever hops were taken, the issued key is the one with a full TTL.
+        assert!(hops.iter().all(|h| h | TTL_MASK == pid));
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_key_is_found_and_a_spent_one_goes_nowhere() {
+        let reg = CancelRegistry::default();
+        let hosts: BTreeMap<u16, String> = [(2, "127.0.0.1".to_owned())].into();
+        let peers = Peers {
+            own: Some(1),
+            hosts: &hosts,
+        };
+        let (key, _slot) = reg.register(Some(1));
+        let forwarded = (hop(hop(key.0).unwrap_or(0)).unwrap_or(0), key.1);
+        assert_eq!(reg.cancel(forwarded, &peers, 1).await, Sent::Idle);
+        // A key of peer 2 whose TTL is spent is not forwarded again.
+        let spent = with_peer(5, Some(2)) & !TTL_MASK;
+        assert_eq!(reg.cancel((spent, 9), &peers, 1).await, Sent::HopLimit);
     }
 
     #[tokio::test]

@@ -47,16 +47,20 @@ impl SessionMetrics {
     /// ends is timed, and a transaction block that began (the session
     /// was idle) or ended (`I` again) is too.
     pub(super) fn ready(&self, timing: &mut Timing, was_idle: bool, status: u8) {
-        let Some(began) = timing.request.take() else {
-            return;
-        };
-        self.request.observe(began.elapsed().as_secs_f64());
+        let now = std::time::Instant::now();
+        let began = timing.request.take();
+        if let Some(b) = began {
+            self.request.observe(now.duration_since(b).as_secs_f64());
+        }
+        // Transactions follow the statuses whether or not the request was
+        // timed (a pipeline's later ReadyForQuery messages are not).
         match (status, timing.transaction) {
             (b'I', Some(t)) => {
-                self.transaction.observe(t.elapsed().as_secs_f64());
+                self.transaction
+                    .observe(now.duration_since(t).as_secs_f64());
                 timing.transaction = None;
             }
-            (b'T' | b'E', None) if was_idle => timing.transaction = Some(began),
+            (b'T' | b'E', None) if was_idle => timing.transaction = Some(began.unwrap_or(now)),
             _ => {}
         }
     }

@@ -282,6 +282,7 @@ impl Session {
     /// tells the server's parameters; then BackendKeyData and ready.
     async fn greet(&mut self) -> Result<(), SessionError> {
         if let Err(e) = self.checkout_for_login().await {
+            self.ended = e.label();
             let fatal = match e {
                 SessionError::Server(m) => SessionError::Server(m),
                 other => SessionError::Protocol(other.to_string()).with_code(other.sqlstate()),
@@ -317,11 +318,17 @@ impl Session {
                     return;
                 }
             };
-            // A request's time runs from its first message to its
-            // ReadyForQuery (`after_ready`).
-            self.timing
-                .request
-                .get_or_insert_with(std::time::Instant::now);
+            // A request's time runs from its first message (a query, or
+            // the first message of an extended batch) to its ReadyForQuery
+            // (`after_ready`); each new request starts its own clock.
+            let starts = match m.tag() {
+                b'Q' | b'F' => true,
+                b'P' | b'B' | b'D' | b'C' | b'E' | b'S' | b'H' => batch.msgs.is_empty(),
+                _ => false,
+            };
+            if starts {
+                self.timing.request = Some(std::time::Instant::now());
+            }
             if self.state == ClientState::AwaitingSync {
                 match m.tag() {
                     b'S' => {
@@ -470,17 +477,23 @@ impl Session {
     async fn recover(&mut self, result: Result<(), SessionError>, ending: Ending) -> bool {
         let err = match result {
             Ok(()) => return true,
-            Err(SessionError::ClientGone) => return false,
+            Err(SessionError::ClientGone) => {
+                self.ended = SessionError::ClientGone.label();
+                return false;
+            }
             Err(e) => e,
         };
-        self.ended = err.label();
         self.count_error(&err);
+        // The request ends here; a transaction whose backend was lost is
+        // gone (and is not timed as one).
+        self.timing.request = None;
         self.hold_ready = false;
         self.client.hold = false;
         self.refused = None;
         self.retry_armed = pipeline::Armed::Off;
         let fatal = err.fatal(self.pin.is_some());
         if let SessionError::BackendLost { .. } = err {
+            self.timing = metrics::Timing::default();
             if let Some(h) = self.held.take() {
                 h.pooled.discard();
             }
@@ -491,6 +504,7 @@ impl Session {
         }
         err.encode(&mut self.client.out, self.pin.is_some());
         if fatal {
+            self.ended = err.label();
             let _ = self.client.flush().await;
             return false;
         }
@@ -502,7 +516,11 @@ impl Session {
             }
             Ending::NoReady => self.state = ClientState::AwaitingSync,
         }
-        self.client.flush().await.is_ok()
+        let flushed = self.client.flush().await.is_ok();
+        if !flushed {
+            self.ended = SessionError::ClientGone.label();
+        }
+        flushed
     }
 
     /// The transaction status the client is told: the held backend's.

@@ -461,6 +461,16 @@ impl Metrics {
             .set(i64::from(paused));
     }
 
+    /// Drops the series a removed cluster's watcher set (a reload took the
+    /// cluster away): its map and members no longer exist.
+    pub fn remove_cluster<'a>(&self, cluster: &str, members: impl Iterator<Item = &'a str>) {
+        let _ = self.map_generation.remove_label_values(&[cluster]);
+        let _ = self.map_stale.remove_label_values(&[cluster]);
+        for m in members {
+            self.remove_member(cluster, m);
+        }
+    }
+
     /// Drops a member's lag series (it left the cluster or became leader).
     pub fn remove_member(&self, cluster: &str, member: &str) {
         for kind in ["replay", "receive"] {
