@@ -21,7 +21,7 @@
 //! Module map: [`config`] (model, load, diff), [`topology`] (Patroni model,
 //! map, watcher, WAL positions), [`tracker`] (replica positions, read
 //! index), [`router`] (policy, balance, health), [`relay`] (role-port
-//! client flow, byte relay, refusals), [`listener`] (ports as a tagged type, accept), [`admission`] (client limits), [`admin`] (HTTP API),
+//! client flow, byte relay, refusals), [`listener`] (ports as a tagged type, accept), [`admission`] (client limits), [`admin`] (HTTP API and the PostgreSQL-protocol console), [`status`] (`pgvane status`),
 //! [`protocol`] (wire format), [`telemetry`] (logs, metrics), [`tls`],
 //! [`signals`], [`control`], [`notify`] (systemd readiness), [`workers`] (per-core client runtimes),
 //! [`app`] (composition root).
@@ -43,6 +43,7 @@ pub mod relay;
 pub mod router;
 pub mod session;
 pub mod signals;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;

@@ -12,8 +12,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A PostgreSQL router for Patroni clusters.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Something other than running the router.
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Configuration file (YAML, patroni_proxy compatible), as patroni_proxy
     /// takes it: `pgvane /etc/pgvane/pgvane.yaml`.
     #[arg(value_name = "CONFIG", conflicts_with = "config")]
@@ -34,11 +37,41 @@ struct Cli {
     log: Option<String>,
 }
 
+/// `pgvane <command>`.
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Print a running pgvane's map, ports and pool use (from its admin API).
+    Status {
+        /// Its admin API address [default: `listen_address` of the default
+        /// config, else 127.0.0.1:8009].
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
+}
+
 /// Where the config is read from when no path is given (the package's).
 const DEFAULT_CONFIG: &str = "/etc/pgvane/pgvane.yaml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Sub::Status { admin }) = cli.command {
+        let admin = admin.unwrap_or_else(|| {
+            pgvane::config::load_file(std::path::Path::new(DEFAULT_CONFIG)).map_or_else(
+                |_| "127.0.0.1:8009".to_owned(),
+                |c| c.listen_address.to_string(),
+            )
+        });
+        return match pgvane::status::fetch(&admin) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgvane status: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let path = cli
         .path
         .or(cli.config)

@@ -70,6 +70,8 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "tls" => &["config"],
         "signals" => &["control"],
         "notify" => &[],
+        // A client of the admin API over HTTP: it shares no code with pgvane.
+        "status" => &[],
         "listener" => &[
             "admission",
             "consistency",
@@ -87,7 +89,10 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "topology",
         ],
         // relay: its tests build a port, which names the relay engine.
+        // protocol, auth: the PostgreSQL-protocol console.
         "admin" => &[
+            "auth",
+            "protocol",
             "relay",
             "session",
             "tracker",

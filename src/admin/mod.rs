@@ -2,7 +2,10 @@
 //! `/metrics`, `/health`, `/ready`, `/reload`. Reads snapshots and stats;
 //! reload is a [`Command`] to `app`, never done here. State-changing
 //! requests need the configured bearer token and are refused when a
-//! browser marks them cross-site.
+//! browser marks them cross-site. The PostgreSQL-protocol console
+//! (`console`) reads the same state.
+
+pub mod console;
 
 use crate::control::{Command, ReloadReply};
 use crate::listener::PortShared;

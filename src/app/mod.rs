@@ -123,6 +123,14 @@ pub async fn run(
             what: "listen_address".into(),
             source,
         })?;
+    let console_listener = match &config.console {
+        Some(c) => Some(listener::bind(c.listen).map_err(|source| StartError::Bind {
+            addr: c.listen,
+            what: "console.listen".into(),
+            source,
+        })?),
+        None => None,
+    };
     let mut app = App {
         path,
         globals: Arc::new(ArcSwap::from_pointee(config.clone())),
@@ -174,6 +182,13 @@ pub async fn run(
         globals: Arc::clone(&app.globals),
         draining: draining.clone(),
     };
+    if let Some(l) = console_listener {
+        tokio::spawn(admin::console::serve(
+            l,
+            admin_state.clone(),
+            stop_admin.clone(),
+        ));
+    }
     let admin_task = tokio::spawn({
         let stop = stop_admin.clone();
         async move {

@@ -51,6 +51,9 @@ impl ConfigDiff {
         if old.listen_address != new.listen_address {
             d.restart_needed.push("listen_address");
         }
+        if old.console.as_ref().map(|c| c.listen) != new.console.as_ref().map(|c| c.listen) {
+            d.restart_needed.push("console.listen");
+        }
         if old.io_uring != new.io_uring {
             d.restart_needed.push("io_uring");
         }

@@ -86,7 +86,17 @@ struct RawTop {
     peer_id: Option<Value>,
     #[serde(default)]
     peers: BTreeMap<u16, String>,
+    #[serde(default)]
+    console: Option<RawConsole>,
     clusters: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    listen: SocketAddr,
+    #[serde(default)]
+    users: Vec<super::secrets::RawUser>,
 }
 
 #[derive(Deserialize)]
@@ -134,7 +144,12 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let top: RawTop = typed(root, "", &mut errors).ok_or_else(|| ConfigErrors(errors.clone()))?;
+    let mut top: RawTop =
+        typed(root, "", &mut errors).ok_or_else(|| ConfigErrors(errors.clone()))?;
+    let console = top.console.take().map(|c| super::model::ConsoleConfig {
+        listen: c.listen,
+        users: super::secrets::users(c.users, None, "console", &mut errors),
+    });
     let admin_token = super::secrets::inline_or_file(
         top.admin_token.clone(),
         top.admin_token_file.clone(),
@@ -197,6 +212,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         log_level: top.log_level.clone().unwrap_or_else(|| "info".to_owned()),
         peer_id: peer_id(top.peer_id.as_ref(), &mut errors),
         peers: top.peers.clone(),
+        console,
         clusters,
     };
     validate(&config, top.cluster_update_interval, &mut errors);
@@ -342,6 +358,16 @@ fn validate(config: &Config, interval: Option<u64>, errors: &mut Vec<ConfigError
         }
         if host.trim().is_empty() || host.contains('/') {
             push(path, "must be a host name or an address");
+        }
+    }
+    if let Some(c) = &config.console {
+        if c.users.is_empty() {
+            push("console.users".into(), "at least one user is required");
+        }
+        for (i, u) in c.users.iter().enumerate() {
+            if let Err(e) = crate::auth::Secret::from_config(&u.password) {
+                push(format!("console.users[{i}].password"), &e.to_string());
+            }
         }
     }
     if !config.peers.is_empty() && config.peer_id.is_none() {

@@ -12,8 +12,8 @@ mod secrets;
 pub use diff::{ConfigDiff, PortKey};
 pub use load::{ConfigError, ConfigErrors, MAX_PEER_ID, load_file, load_str};
 pub use model::{
-    AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, IoUring,
-    LogFormat, Mode, PortConfig, PortSettings, PortTls, RoleSel, RywScope, RywTimeout, ServerAuth,
-    ServerTlsConfig, ServerTlsMode, TcpConfig, TlsConfig, UserConfig,
+    AccessClient, AccessRule, ChannelBinding, ClientTlsMode, ClusterConfig, Config, ConsoleConfig,
+    IoUring, LogFormat, Mode, PortConfig, PortSettings, PortTls, RoleSel, RywScope, RywTimeout,
+    ServerAuth, ServerTlsConfig, ServerTlsMode, TcpConfig, TlsConfig, UserConfig,
 };
 pub use positions::{DEFAULT_FAST_POLL, DEFAULT_POLL, ReplicaPositions};

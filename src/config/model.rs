@@ -64,8 +64,21 @@ pub struct Config {
     /// CancelRequest whose key another instance issued is forwarded to
     /// that instance, on the same port, as pgbouncer's `[peers]`.
     pub peers: BTreeMap<u16, String>,
+    /// The PostgreSQL-protocol admin console (`console`, default none;
+    /// `listen` needs a restart, `users` apply to new logins).
+    pub console: Option<ConsoleConfig>,
     /// Clusters by name.
     pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// The admin console (`console`): where it listens and who may log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Its address (`console.listen`, e.g. `127.0.0.1:6499`).
+    pub listen: SocketAddr,
+    /// Who may log in (`console.users`, as cluster users: a password
+    /// inline, in `password_file` or as a verifier; at least one).
+    pub users: Vec<UserConfig>,
 }
 
 /// How pgvane notices a peer that vanished without a FIN, or stopped

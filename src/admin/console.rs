@@ -1,0 +1,480 @@
+//! The PostgreSQL-protocol admin console (`console.listen`), for the tools
+//! and habits pgbouncer's console built: `psql -p 6499 -U admin pgvane`
+//! logs in with SCRAM (`console.users`), then `SHOW POOLS`, `SHOW SERVERS`,
+//! `SHOW CLIENTS`, `SHOW STATS`, `SHOW CLUSTERS`, `SHOW VERSION` and
+//! `RELOAD` run in the simple protocol, with pgbouncer's column names
+//! where the meaning is the same. Reads the snapshots the HTTP admin API
+//! reads; changes nothing except through `RELOAD` on the command loop.
+
+use super::{AdminState, ClusterView};
+use crate::control::Command;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::message;
+use crate::protocol::sqlstate::{self, SqlState};
+use crate::session::handshake::{self, Handshake, Login, TlsOffer};
+use bytes::BytesMut;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The one database name the console answers to, as pgbouncer's.
+pub const DATABASE: &str = "pgvane";
+
+/// Longest a console client may take to log in.
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts console clients until `stop` fires.
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = client(stream, &state) => {}
+            }
+            tracing::debug!(%peer, "console client left");
+        });
+    }
+}
+
+/// One console client: log in, then answer queries until it leaves.
+async fn client(mut s: TcpStream, state: &AdminState) {
+    let Ok(Some(user)) = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut s, state)).await else {
+        return;
+    };
+    tracing::info!(target: crate::telemetry::CONN, event = "login", port = "console", %user, "console login");
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    loop {
+        let m = loop {
+            match message::try_cut(&mut buf) {
+                Ok(Some(m)) => break m,
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        match m.tag() {
+            b'X' => return,
+            b'Q' => {
+                let body = m.body();
+                let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body));
+                run(&sql, state, &mut out).await;
+            }
+            _ => error(
+                &mut out,
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "the pgvane console speaks the simple query protocol only",
+            ),
+        }
+        encode::ready_for_query(&mut out, b'I');
+        if s.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// The startup exchange: database `pgvane`, a `console.users` login.
+/// The user's name on success (AuthenticationOk and ready sent).
+async fn login(s: &mut TcpStream, state: &AdminState) -> Option<String> {
+    let params = match handshake::handshake(s, TlsOffer::Refuse).await.ok()? {
+        Handshake::Session(p) => p,
+        Handshake::Cancel(..) | Handshake::StartTls => return None,
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").unwrap_or_default();
+    let database = get("database").unwrap_or_else(|| user.clone());
+    let globals = state.globals.load_full();
+    let configured = globals
+        .console
+        .as_ref()
+        .and_then(|c| c.users.iter().find(|u| u.name == user))
+        .and_then(|u| crate::auth::Secret::from_config(&u.password).ok());
+    let mock = crate::auth::mock_secret(&user, false);
+    let login = configured
+        .as_ref()
+        .map_or(Login::Unknown(&mock), Login::Known);
+    handshake::authenticate(s, &user, login, None).await.ok()?;
+    let mut out = Vec::new();
+    if database != DATABASE {
+        let text =
+            format!("database \"{database}\" does not exist (the console's is \"{DATABASE}\")");
+        error_fatal(&mut out, sqlstate::INVALID_CATALOG_NAME, &text);
+        let _ = s.write_all(&out).await;
+        return None;
+    }
+    for (k, v) in [
+        (
+            "server_version",
+            concat!("15.0 (pgvane ", env!("CARGO_PKG_VERSION"), ")"),
+        ),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("standard_conforming_strings", "on"),
+        ("integer_datetimes", "on"),
+    ] {
+        encode::parameter_status(&mut out, k, v);
+    }
+    encode::ready_for_query(&mut out, b'I');
+    s.write_all(&out).await.ok()?;
+    Some(user)
+}
+
+fn error(out: &mut Vec<u8>, code: SqlState, text: &str) {
+    encode::error_response(out, Severity::Error, code, text);
+}
+
+fn error_fatal(out: &mut Vec<u8>, code: SqlState, text: &str) {
+    encode::error_response(out, Severity::Fatal, code, text);
+}
+
+/// A console command, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cmd {
+    Show(String),
+    Reload,
+    /// A command pgbouncer has that pgvane's console does not (yet).
+    Unsupported(String),
+    Unknown,
+}
+
+/// Parses one command: words in any case, an optional `;`.
+fn parse(sql: &str) -> Cmd {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    match words
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["SHOW", what] => Cmd::Show((*what).to_owned()),
+        ["RELOAD"] => Cmd::Reload,
+        [
+            w @ ("PAUSE" | "RESUME" | "KILL" | "DRAIN" | "SUSPEND" | "SHUTDOWN" | "DISABLE"
+            | "ENABLE" | "RECONNECT" | "WAIT_CLOSE" | "SET"),
+            ..,
+        ] => Cmd::Unsupported((*w).to_owned()),
+        _ => Cmd::Unknown,
+    }
+}
+
+/// Runs one command, appending its answer to `out`.
+async fn run(sql: &str, state: &AdminState, out: &mut Vec<u8>) {
+    match parse(sql) {
+        Cmd::Show(what) => match rows(&what, state) {
+            Some((columns, rows)) => table(out, &columns, &rows),
+            None => error(
+                out,
+                SqlState("42601"),
+                &format!(
+                    "unknown SHOW {what}: POOLS, SERVERS, CLIENTS, STATS, CLUSTERS and VERSION are known"
+                ),
+            ),
+        },
+        Cmd::Reload => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = state.commands.send(Command::Reload(Some(tx))).await.is_ok();
+            match (sent, rx.await) {
+                (true, Ok(Ok(_))) => encode::command_complete(out, "RELOAD"),
+                (true, Ok(Err(text))) => error(out, sqlstate::INVALID_PARAMETER_VALUE, &text),
+                _ => error(out, sqlstate::ADMIN_SHUTDOWN, "pgvane is shutting down"),
+            }
+        }
+        Cmd::Unsupported(w) => error(
+            out,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            &format!("{w} is not supported by pgvane's console yet"),
+        ),
+        Cmd::Unknown => error(
+            out,
+            SqlState("42601"),
+            "unknown command: SHOW POOLS|SERVERS|CLIENTS|STATS|CLUSTERS|VERSION or RELOAD",
+        ),
+    }
+}
+
+/// RowDescription, the rows and CommandComplete `SHOW`, as pgbouncer.
+fn table(out: &mut Vec<u8>, columns: &[&str], rows: &[Vec<String>]) {
+    encode::row_description(out, columns);
+    for r in rows {
+        let values: Vec<&str> = r.iter().map(String::as_str).collect();
+        encode::data_row(out, &values);
+    }
+    encode::command_complete(out, "SHOW");
+}
+
+type Table = (Vec<&'static str>, Vec<Vec<String>>);
+
+/// The columns and rows of `SHOW what`; None for an unknown `what`.
+fn rows(what: &str, state: &AdminState) -> Option<Table> {
+    let views = state.clusters.load();
+    Some(match what {
+        "VERSION" => (
+            vec!["version"],
+            vec![vec![format!("pgvane {}", env!("CARGO_PKG_VERSION"))]],
+        ),
+        "CLUSTERS" => clusters(&views),
+        "POOLS" => pools(&views, false),
+        "SERVERS" => pools(&views, true),
+        "CLIENTS" => clients(&views),
+        "STATS" => stats(&views, state),
+        _ => return None,
+    })
+}
+
+/// SHOW CLUSTERS: one row per member, with its eligibility per port.
+fn clusters(views: &BTreeMap<String, ClusterView>) -> Table {
+    let mut rows = Vec::new();
+    for (name, v) in views {
+        let j = super::cluster_json(v);
+        let text = |x: &Value| match x {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        for m in j["members"].as_array().into_iter().flatten() {
+            let eligible: Vec<String> = m["eligible"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(port, e)| match e {
+                    Value::Bool(true) => format!("{port}=yes"),
+                    other => format!("{port}={}", text(other)),
+                })
+                .collect();
+            rows.push(vec![
+                name.clone(),
+                text(&j["generation"]),
+                text(&j["stale"]),
+                text(&m["name"]),
+                text(&m["role"]),
+                text(&m["state"]),
+                text(&m["host"]),
+                text(&m["port"]),
+                text(&m["lag"]),
+                text(&m["receive_lag"]),
+                eligible.join(" "),
+            ]);
+        }
+    }
+    (
+        vec![
+            "cluster",
+            "generation",
+            "stale",
+            "member",
+            "role",
+            "state",
+            "host",
+            "port",
+            "lag",
+            "receive_lag",
+            "eligible",
+        ],
+        rows,
+    )
+}
+
+/// SHOW POOLS (one row per split-port pool: node, database, user) or SHOW
+/// SERVERS (`by_node`: the same summed per node).
+fn pools(views: &BTreeMap<String, ClusterView>, by_node: bool) -> Table {
+    let mut sums: BTreeMap<Vec<String>, [usize; 3]> = BTreeMap::new();
+    for (name, v) in views {
+        for p in &v.ports {
+            let Some(split) = p.split_context() else {
+                continue;
+            };
+            for (key, role, open, idle, waiting) in split.pools.snapshot() {
+                let mut k = vec![
+                    name.clone(),
+                    p.key.port.clone(),
+                    key.node.to_string(),
+                    role.to_owned(),
+                ];
+                if !by_node {
+                    k.push(key.creds.database.clone());
+                    k.push(key.creds.user.clone());
+                }
+                let e = sums.entry(k).or_default();
+                e[0] += waiting;
+                e[1] += open.saturating_sub(idle);
+                e[2] += idle;
+            }
+        }
+    }
+    let rows = sums
+        .into_iter()
+        .map(|(mut k, [waiting, active, idle])| {
+            k.extend([waiting, active, idle, active + idle].map(|n| n.to_string()));
+            k
+        })
+        .collect();
+    let mut columns = vec!["cluster", "port", "node", "role"];
+    if !by_node {
+        columns.extend(["database", "user"]);
+    }
+    columns.extend(["cl_waiting", "sv_active", "sv_idle", "sv_open"]);
+    (columns, rows)
+}
+
+/// SHOW CLIENTS: clients per port and node (role ports), per port (split).
+fn clients(views: &BTreeMap<String, ClusterView>) -> Table {
+    let mut rows = Vec::new();
+    for (name, v) in views {
+        for p in &v.ports {
+            let mode = if p.split_context().is_some() {
+                "split"
+            } else {
+                "tcp"
+            };
+            rows.push(vec![
+                name.clone(),
+                p.key.port.clone(),
+                mode.to_owned(),
+                String::new(),
+                p.active().to_string(),
+            ]);
+            for (node, n) in p.clients_by_node() {
+                rows.push(vec![
+                    name.clone(),
+                    p.key.port.clone(),
+                    mode.to_owned(),
+                    node.name,
+                    n.to_string(),
+                ]);
+            }
+        }
+    }
+    (vec!["cluster", "port", "mode", "node", "clients"], rows)
+}
+
+/// SHOW STATS: per port totals since start, from the metrics.
+fn stats(views: &BTreeMap<String, ClusterView>, state: &AdminState) -> Table {
+    let families = state.metrics.registry.gather();
+    // (family, cluster, port, extra label filter) → summed value.
+    let sum = |family: &str, cluster: &str, port: &str, filter: Option<(&str, &str)>| -> f64 {
+        families
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_owned())
+                };
+                label("cluster").as_deref() == Some(cluster)
+                    && label("port").as_deref() == Some(port)
+                    && filter.is_none_or(|(k, v)| label(k).as_deref() == Some(v))
+            })
+            .map(|m| m.get_counter().get_value() + m.get_histogram().get_sample_sum())
+            .sum()
+    };
+    let count = |family: &str, cluster: &str, port: &str| -> u64 {
+        families
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "cluster" && l.value() == cluster)
+                    && m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "port" && l.value() == port)
+            })
+            .map(|m| m.get_histogram().get_sample_count())
+            .sum()
+    };
+    let mut rows = Vec::new();
+    for (name, v) in views {
+        for p in &v.ports {
+            let port = p.key.port.as_str();
+            let requests = count("pgvane_request_duration_seconds", name, port);
+            let request_time = sum("pgvane_request_duration_seconds", name, port, None);
+            let avg_us = if requests == 0 {
+                0.0
+            } else {
+                request_time * 1e6 / requests as f64
+            };
+            let n = |x: f64| format!("{x:.0}");
+            rows.push(vec![
+                name.clone(),
+                port.to_owned(),
+                n(sum("pgvane_clients_accepted_total", name, port, None)),
+                n(sum("pgvane_client_errors_total", name, port, None)),
+                n(sum("pgvane_evictions_total", name, port, None)),
+                n(sum("pgvane_statements_routed_total", name, port, None)),
+                requests.to_string(),
+                count("pgvane_transaction_duration_seconds", name, port).to_string(),
+                n(sum(
+                    "pgvane_bytes_relayed_total",
+                    name,
+                    port,
+                    Some(("direction", "to_server")),
+                )),
+                n(sum(
+                    "pgvane_bytes_relayed_total",
+                    name,
+                    port,
+                    Some(("direction", "to_client")),
+                )),
+                n(avg_us),
+            ]);
+        }
+    }
+    (
+        vec![
+            "cluster",
+            "port",
+            "total_accepted",
+            "total_refused",
+            "total_evicted",
+            "total_routed",
+            "total_query_count",
+            "total_xact_count",
+            "total_received",
+            "total_sent",
+            "avg_query_time",
+        ],
+        rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_in_any_case_with_or_without_a_semicolon() {
+        assert_eq!(parse("show pools;"), Cmd::Show("POOLS".into()));
+        assert_eq!(parse("  SHOW   clusters  "), Cmd::Show("CLUSTERS".into()));
+        assert_eq!(parse("reload"), Cmd::Reload);
+        assert_eq!(parse("PAUSE app"), Cmd::Unsupported("PAUSE".into()));
+        assert_eq!(parse("select 1"), Cmd::Unknown);
+        assert_eq!(parse("show"), Cmd::Unknown);
+    }
+}
