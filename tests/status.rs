@@ -21,15 +21,28 @@ async fn status_prints_members_ports_and_pools() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.starts_with("cluster lab: generation "), "{text}");
     let leader = leader();
-    let line = text.lines().find(|l| l.trim_start().starts_with(&leader)).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&leader))
+        .unwrap();
     assert!(line.contains("leader") && line.contains(" rw"), "{line}");
-    let rw_line = text.lines().find(|l| l.trim_start().starts_with("rw ")).unwrap();
+    let rw_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("rw "))
+        .unwrap();
     assert!(rw_line.contains(&format!("{leader}=1")), "{rw_line}");
     // The split port's pool: one open backend at least (open/idle/waiting).
-    let app_line = text.lines().find(|l| l.trim_start().starts_with("app ")).unwrap();
+    let app_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("app "))
+        .unwrap();
     let pool = app_line.split_whitespace().last().unwrap();
     let open: f64 = pool.split('/').next().unwrap().parse().unwrap();
     assert!(open >= 1.0, "{app_line}");
@@ -41,5 +54,8 @@ async fn status_prints_members_ports_and_pools() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("127.0.0.1:{nobody}/clusters")), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{nobody}/clusters")),
+        "{err}"
+    );
 }
