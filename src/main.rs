@@ -88,13 +88,15 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match pgvane::config::load_file(&path) {
-        Ok(c) => c,
+    // The same preparation as --check and a reload: every file read here.
+    let prepared = match pgvane::app::prepare(&path) {
+        Ok(p) => p,
         Err(errors) => {
             eprintln!("{}: invalid configuration:\n{errors}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    let config = prepared.config().clone();
     let json = config.log_format == pgvane::config::LogFormat::Json;
     let logs = pgvane::telemetry::init_logging(json, &config.log_level, cli.log.as_deref());
     let threads = cli
@@ -130,7 +132,7 @@ fn main() -> ExitCode {
     );
     let result = runtime.block_on(pgvane::app::run(
         path,
-        config,
+        prepared,
         std::sync::Arc::clone(&workers),
         engine,
         logs,

@@ -29,8 +29,8 @@ mod prepare;
 mod reload;
 mod shutdown;
 
-pub use prepare::check;
-use prepare::{PortSecurity, port_tls, watch_settings};
+use prepare::PortSecurity;
+pub use prepare::{Prepared, check, prepare};
 
 /// Why pgvane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,28 +45,6 @@ pub enum StartError {
         /// The bind error.
         #[source]
         source: std::io::Error,
-    },
-    /// A cluster's TLS files are unusable.
-    #[error("clusters.{cluster}.tls: {source}")]
-    Tls {
-        /// Cluster name.
-        cluster: String,
-        /// The TLS error.
-        #[source]
-        source: tls::TlsError,
-    },
-    /// A split port's TLS files are unusable.
-    #[error("clusters.{cluster}.ports.{port}.{field}: {source}")]
-    PortTls {
-        /// Cluster name.
-        cluster: String,
-        /// Port name.
-        port: String,
-        /// `tls` or `server_tls`.
-        field: &'static str,
-        /// The TLS error.
-        #[source]
-        source: tls::TlsError,
     },
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
@@ -107,14 +85,19 @@ struct App {
 /// on the calling runtime.
 ///
 /// # Errors
-/// [`StartError`] when a listener cannot bind or TLS files are unusable.
+/// [`StartError`] when a listener cannot bind.
 pub async fn run(
     path: PathBuf,
-    config: Config,
+    prepared: Prepared,
     workers: Arc<Workers>,
     engine: Arc<Engine>,
     logs: crate::telemetry::LogControl,
 ) -> Result<(), StartError> {
+    let Prepared {
+        new: config,
+        settings: mut watch,
+        tls: mut port_security,
+    } = prepared;
     let metrics = Arc::new(Metrics::new());
     let (commands, mut inbox) = mpsc::channel(16);
     let admin_listener =
@@ -154,20 +137,14 @@ pub async fn run(
             listeners.insert(key(cname, pname), l);
         }
     }
+    // Everything fallible was read by `prepare`: only binding was left.
     for (name, c) in &config.clusters {
-        let settings = watch_settings(&config, name, c).map_err(|source| StartError::Tls {
-            cluster: name.clone(),
-            source,
-        })?;
-        app.start_cluster(name, settings);
+        if let Some(settings) = watch.remove(name) {
+            app.start_cluster(name, settings);
+        }
         for (pname, p) in &c.ports {
-            let tls = port_tls(p).map_err(|(field, source)| StartError::PortTls {
-                cluster: name.clone(),
-                port: pname.clone(),
-                field,
-                source,
-            })?;
-            if let Some(l) = listeners.remove(&key(name, pname)) {
+            let k = key(name, pname);
+            if let (Some(l), Some(tls)) = (listeners.remove(&k), port_security.remove(&k)) {
                 app.start_port(name, pname, p, l, tls);
             }
         }

@@ -11,11 +11,7 @@ use std::sync::Arc;
 
 use super::key;
 
-pub(super) fn watch_settings(
-    config: &Config,
-    _name: &str,
-    c: &ClusterConfig,
-) -> Result<WatchSettings, tls::TlsError> {
+fn watch_settings(config: &Config, c: &ClusterConfig) -> Result<WatchSettings, tls::TlsError> {
     let timeout = config.api_timeout.min(config.cluster_update_interval);
     Ok(WatchSettings {
         hosts: c.hosts.clone(),
@@ -35,7 +31,7 @@ pub(super) struct PortSecurity {
 
 /// A split port's client TLS from its `tls` block and its backend TLS from
 /// `server_tls` (files read now); the error names the block.
-pub(super) fn port_tls(p: &PortConfig) -> Result<PortSecurity, (&'static str, tls::TlsError)> {
+fn port_tls(p: &PortConfig) -> Result<PortSecurity, (&'static str, tls::TlsError)> {
     let split = p.mode == config::Mode::Split;
     let client = match &p.tls {
         Some(t) if split => Some(Arc::new(
@@ -59,23 +55,43 @@ pub(super) fn port_tls(p: &PortConfig) -> Result<PortSecurity, (&'static str, tl
     })
 }
 
-/// What a reload reads and computes before it changes anything: the new
-/// config (passwords hashed), watcher clients and port TLS (files read).
-pub(super) struct Prepared {
+/// What a start or a reload reads and computes before it changes
+/// anything: the config (passwords hashed), watcher clients and port TLS
+/// (files read).
+pub struct Prepared {
     pub(super) new: Config,
     pub(super) settings: BTreeMap<String, WatchSettings>,
     pub(super) tls: HashMap<PortKey, PortSecurity>,
 }
 
-/// The part of a reload that touches files and burns CPU; runs on a blocking
-/// thread so the runtime that accepts clients never waits on them.
-pub(super) fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
+impl Prepared {
+    /// The config that was read.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.new
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+/// The part of a start or reload that touches files and burns CPU (a
+/// reload runs it on a blocking thread so the runtime that accepts clients
+/// never waits on it); every problem found, one per line, each naming its
+/// field.
+///
+/// # Errors
+/// The problems, as text.
+pub fn prepare(path: &std::path::Path) -> Result<Prepared, String> {
     let new = config::load_file(path).map_err(|e| e.to_string())?;
     let mut settings = BTreeMap::new();
     let mut tls = HashMap::new();
     let mut errors = Vec::new();
     for (name, c) in &new.clusters {
-        match watch_settings(&new, name, c) {
+        match watch_settings(&new, c) {
             Ok(s) => {
                 settings.insert(name.clone(), s);
             }
