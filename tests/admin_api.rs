@@ -59,9 +59,17 @@ async fn admin_endpoints_answer_from_the_live_map() {
     }
     assert!(pg.metric("pgvane_bytes_relayed_total", &["port=\"ro\"", "to_client"]) > 0.0);
     assert_eq!(pg.metric("pgvane_clients{", &["port=\"ro\""]), 1.0);
+    // pgvane's own names, and the process collector's standard ones.
     for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        assert!(line.starts_with("pgvane_"), "{line}");
+        assert!(
+            line.starts_with("pgvane_") || line.starts_with("process_"),
+            "{line}"
+        );
     }
+    assert!(
+        metrics.contains("process_resident_memory_bytes "),
+        "{metrics}"
+    );
 }
 
 /// A client that sends half a request's headers and stops is closed after
