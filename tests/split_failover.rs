@@ -240,3 +240,79 @@ async fn read_is_retried_once_when_its_replica_vanishes_before_answering() {
     );
     assert!(c.alive().await);
 }
+
+/// A split session whose backend dies inside a transaction block ends, as
+/// a direct connection would: the rest of the transaction must not run in
+/// autocommit on another backend. (The chaos soak found the old behaviour:
+/// the first insert of a transaction lost with a killed leader, the second
+/// committed alone on the new one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_lost_inside_a_transaction_ends_the_session() {
+    healthy_lab();
+    let p = Ports::new();
+    let split = free_port();
+    let _pv = Pgvane::start(&split_config(&p, split), p.admin);
+    let direct = connect_node(&leader()).await;
+    direct
+        .batch_execute("drop table if exists lost_tx; create table lost_tx (id int)")
+        .await
+        .unwrap();
+    let c = connect(split).await.unwrap();
+    c.client.simple_query("begin").await.unwrap();
+    let pid: i32 = c
+        .client
+        .query_one(
+            "insert into lost_tx values (1) returning pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    direct
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let gone = wait_until_async(Duration::from_secs(10), || async {
+        direct
+            .query_one(
+                "select count(*) from pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await;
+    assert!(gone, "backend {pid} never ended");
+    // The statement that meets the loss fails; then the connection is closed.
+    assert!(c.client.simple_query("select 1").await.is_err());
+    let next = c
+        .client
+        .execute("insert into lost_tx values (2)", &[])
+        .await;
+    assert!(
+        next.is_err_and(|e| e.is_closed()),
+        "the session went on after losing its transaction"
+    );
+    let rows: i64 = direct
+        .query_one("select count(*) from lost_tx", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "a row of the lost transaction was committed");
+    // Outside a transaction the session survives a lost backend.
+    let c = connect(split).await.unwrap();
+    let row = c
+        .client
+        .query_one("select pg_backend_pid(), host(inet_server_addr())", &[])
+        .await
+        .unwrap();
+    let (pid, ip): (i32, String) = (row.get(0), row.get(1));
+    let node = connect_node(&node_of_ip(&ip)).await;
+    node.execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let _ = c.client.simple_query("select 1").await;
+    assert!(c.client.simple_query("select 2").await.is_ok());
+}

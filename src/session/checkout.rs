@@ -432,6 +432,17 @@ impl Session {
         })
     }
 
+    /// Whether the client was last told it is inside a transaction block
+    /// (`T` or `E`): then nothing of its may run on another backend, and
+    /// losing its backend ends the session, as it would end a direct
+    /// connection.
+    pub(super) fn in_transaction(&self) -> bool {
+        matches!(
+            self.state,
+            super::ClientState::InTransaction | super::ClientState::FailedTransaction
+        )
+    }
+
     /// After a ReadyForQuery: the client state follows it, and the backend
     /// goes back when idle, unpinned and not in the middle of a batch.
     pub(super) fn after_ready(&mut self, status: u8) {
@@ -451,6 +462,7 @@ impl Session {
     /// pins nothing, and no byte of its answer reached the client.
     pub(super) fn may_retry(&self, fresh: bool, class: &Classification) -> bool {
         fresh
+            && !self.in_transaction()
             && class.route == Route::Replica
             && class.pin.is_none()
             && self.pin.is_none()

@@ -324,6 +324,10 @@ impl Session {
                     self.note_parameter(&m);
                     self.client.out.extend_from_slice(m.raw());
                 }
+                b'N' => {
+                    self.note_reply(b'N');
+                    self.client.out.extend_from_slice(m.raw());
+                }
                 _ => self.client.out.extend_from_slice(m.raw()),
             }
         }

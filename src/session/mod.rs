@@ -491,7 +491,11 @@ impl Session {
         self.client.hold = false;
         self.refused = None;
         self.retry_armed = pipeline::Armed::Off;
-        let fatal = err.fatal(self.pin.is_some());
+        // A backend lost inside the client's transaction block took the
+        // transaction with it: the session ends, as a direct connection
+        // would, rather than go on in autocommit on another backend.
+        let fatal = err.fatal(self.pin.is_some())
+            || (matches!(err, SessionError::BackendLost { .. }) && self.in_transaction());
         if let SessionError::BackendLost { .. } = err {
             self.timing = metrics::Timing::default();
             if let Some(h) = self.held.take() {

@@ -179,6 +179,7 @@ impl Session {
         let class = &job.class;
         if !fresh
             || status_before != b'I'
+            || self.in_transaction()
             || class.begin.is_some()
             || class.pin.is_some()
             || self.pin.is_some()
@@ -305,9 +306,12 @@ impl Session {
     }
 
     /// Notes a message from the backend that may cancel a retry: once a
-    /// command completed on the leader, its work may be committed.
+    /// command completed on the leader, its work may be committed. So may
+    /// it be after a notice: a commit waiting for a synchronous standby
+    /// when a shutdown terminates it warns "already committed locally"
+    /// before its FATAL 57P01, and running it again would apply it twice.
     pub(super) fn note_reply(&mut self, tag: u8) {
-        if tag == b'C' && self.retry_armed == Armed::NothingDone {
+        if matches!(tag, b'C' | b'N') && self.retry_armed == Armed::NothingDone {
             self.retry_armed = Armed::Off;
         }
     }

@@ -118,6 +118,7 @@ impl Session {
             match m.tag() {
                 b'E' => self.note_error(&m),
                 b'C' | b'V' => self.note_reply(b'C'),
+                b'N' => self.note_reply(b'N'),
                 b'Z' => {
                     let status = m.body().first().copied().unwrap_or(b'I');
                     if !self.hold_ready {
