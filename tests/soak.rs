@@ -39,6 +39,11 @@ struct Ledger {
     ops: AtomicUsize,
     errors: AtomicUsize,
     stuck: AtomicUsize,
+    /// Transactions whose two inserts reported different transactions or
+    /// servers (the transaction was split).
+    splits: Mutex<Vec<String>>,
+    /// Writes refused as duplicate keys: an insert run twice.
+    duplicates: AtomicUsize,
 }
 
 impl Ledger {
@@ -107,6 +112,11 @@ async fn writer(port: u16, l: Arc<Ledger>, until: Arc<Mutex<Instant>>) {
             ),
         )
         .await;
+        if let Ok(Err(e)) = &r {
+            if e.code().is_some_and(|c| c.code() == "23505") {
+                l.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if outcome(r, &mut slot, &l) == Some(1) {
             l.acked.lock().unwrap().push(id);
         }
@@ -136,6 +146,14 @@ async fn transactions(port: u16, l: Arc<Ledger>, until: Arc<Mutex<Instant>>) {
             c.simple_query("commit").await.map(|_| (x, y))
         };
         let r = timeout(STUCK, steps).await;
+        if let Ok(Ok((x, y))) = &r {
+            if x != y {
+                l.splits
+                    .lock()
+                    .unwrap()
+                    .push(format!("{a}/{b}: {x} then {y}"));
+            }
+        }
         let seen = match &r {
             Ok(Ok((x, y))) => format!(
                 "committed at {:?}: {x} then {y}",
@@ -167,6 +185,15 @@ async fn reader(port: u16, l: Arc<Ledger>, until: Arc<Mutex<Instant>>) {
     }
 }
 
+/// Leaves abruptly: the connection task is aborted, so the socket closes
+/// with no Terminate and no draining of what the server still sends.
+fn leave(c: Option<Client>) {
+    if let Some(Client { client, task }) = c {
+        task.abort();
+        drop(client);
+    }
+}
+
 /// Opens a transaction, writes a row, and leaves without committing; then
 /// starts a large result and leaves after its first bytes.
 async fn walker(ports: [u16; 2], l: Arc<Ledger>, until: Arc<Mutex<Instant>>) {
@@ -192,14 +219,14 @@ async fn walker(ports: [u16; 2], l: Arc<Ledger>, until: Arc<Mutex<Instant>>) {
         // Recorded whatever the insert said: it must not be there at the end.
         l.abandoned.lock().unwrap().push(id);
         outcome(r, &mut slot, &l);
-        drop(slot.take());
+        leave(slot.take());
         if !ensure(&mut slot, port, &l).await {
             continue;
         }
         let c = &slot.as_ref().unwrap().client;
         let big = c.simple_query("select repeat('x', 200) from generate_series(1, 200000)");
         let _ = timeout(Duration::from_millis(30), big).await;
-        drop(slot.take());
+        leave(slot.take());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -247,6 +274,30 @@ async fn lab_owned(args: Vec<String>) -> String {
 async fn chaos(inst: Arc<Mutex<Instance>>) {
     let step =
         |what: &str, t0: Instant| eprintln!("soak: {what} ({:.1} s)", t0.elapsed().as_secs_f64());
+    // First, so the instance that survives goes through the rest.
+    let t0 = Instant::now();
+    let inst2 = Arc::clone(&inst);
+    tokio::task::spawn_blocking(move || {
+        let (yaml, admin) = {
+            let i = inst2.lock().unwrap();
+            (i.yaml.clone(), i.admin)
+        };
+        let (new, _) = Pgvane::start_notified(&yaml, admin);
+        let pid = new.child.id();
+        let baseline = (fds(pid), rss_kib(pid));
+        let old = {
+            let mut i = inst2.lock().unwrap();
+            i.baseline = baseline;
+            i.pv.replace(new)
+        };
+        let mut old = old.unwrap();
+        let st = old.stop();
+        assert!(st.success(), "old instance: {st:?}\n{}", old.log_text());
+    })
+    .await
+    .unwrap();
+    step("replaced by a new instance", t0);
+
     let t0 = Instant::now();
     lab_step(&["switchover"]).await;
     step("switchover", t0);
@@ -304,29 +355,6 @@ async fn chaos(inst: Arc<Mutex<Instance>>) {
     inst.lock().unwrap().pv.as_ref().unwrap().signal("HUP");
     tokio::time::sleep(Duration::from_secs(2)).await;
     step("reload", t0);
-
-    let t0 = Instant::now();
-    let inst2 = Arc::clone(&inst);
-    tokio::task::spawn_blocking(move || {
-        let (yaml, admin) = {
-            let i = inst2.lock().unwrap();
-            (i.yaml.clone(), i.admin)
-        };
-        let (new, _) = Pgvane::start_notified(&yaml, admin);
-        let pid = new.child.id();
-        let baseline = (fds(pid), rss_kib(pid));
-        let old = {
-            let mut i = inst2.lock().unwrap();
-            i.baseline = baseline;
-            i.pv.replace(new)
-        };
-        let mut old = old.unwrap();
-        let st = old.stop();
-        assert!(st.success(), "old instance: {st:?}\n{}", old.log_text());
-    })
-    .await
-    .unwrap();
-    step("replaced by a new instance", t0);
 }
 
 struct SyncOff;
@@ -498,6 +526,15 @@ async fn no_acknowledged_commit_lost_under_chaos() {
         "rows of abandoned transactions committed: {kept:?}"
     );
     assert!(half.is_empty(), "half-committed transactions: {half:?}");
+    let splits = l.splits.lock().unwrap().clone();
+    assert!(
+        splits.is_empty(),
+        "transactions split across backends: {splits:?}"
+    );
+    eprintln!(
+        "soak: {} writes refused as duplicate keys (an insert run twice)",
+        l.duplicates.load(Ordering::Relaxed)
+    );
     assert_eq!(
         l.stuck.load(Ordering::Relaxed),
         0,

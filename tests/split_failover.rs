@@ -241,20 +241,19 @@ async fn read_is_retried_once_when_its_replica_vanishes_before_answering() {
     assert!(c.alive().await);
 }
 
-/// A split session whose backend dies inside a transaction block ends, as
-/// a direct connection would: the rest of the transaction must not run in
-/// autocommit on another backend. (The chaos soak found the old behaviour:
-/// the first insert of a transaction lost with a killed leader, the second
-/// committed alone on the new one.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_lost_inside_a_transaction_ends_the_session() {
+/// pgvane with a split port; a fresh table `table` on the leader; a
+/// session through the split port inside a transaction block that inserted
+/// a row into it; that backend's pid.
+async fn open_transaction(table: &str) -> (Pgvane, u16, tokio_postgres::Client, Client, i32) {
     healthy_lab();
     let p = Ports::new();
     let split = free_port();
-    let _pv = Pgvane::start(&split_config(&p, split), p.admin);
+    let pv = Pgvane::start(&split_config(&p, split), p.admin);
     let direct = connect_node(&leader()).await;
     direct
-        .batch_execute("drop table if exists lost_tx; create table lost_tx (id int)")
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (id int)"
+        ))
         .await
         .unwrap();
     let c = connect(split).await.unwrap();
@@ -262,12 +261,23 @@ async fn a_backend_lost_inside_a_transaction_ends_the_session() {
     let pid: i32 = c
         .client
         .query_one(
-            "insert into lost_tx values (1) returning pg_backend_pid()",
+            &format!("insert into {table} values (1) returning pg_backend_pid()"),
             &[],
         )
         .await
         .unwrap()
         .get(0);
+    (pv, split, direct, c, pid)
+}
+
+/// A split session whose backend dies inside a transaction block ends, as
+/// a direct connection would: the rest of the transaction must not run in
+/// autocommit on another backend. (The chaos soak found the old behaviour:
+/// the first insert of a transaction lost with a killed leader, the second
+/// committed alone on the new one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_lost_inside_a_transaction_ends_the_session() {
+    let (_pv, split, direct, c, pid) = open_transaction("lost_tx").await;
     direct
         .execute("select pg_terminate_backend($1)", &[&pid])
         .await
@@ -315,4 +325,50 @@ async fn a_backend_lost_inside_a_transaction_ends_the_session() {
         .unwrap();
     let _ = c.client.simple_query("select 1").await;
     assert!(c.client.simple_query("select 2").await.is_ok());
+}
+
+/// The same inside a COPY FROM STDIN that a transaction block holds: the
+/// loss ends the session (pgvane's own state is "in COPY" then, not the
+/// block's, which must not hide it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_lost_in_copy_inside_a_transaction_ends_the_session() {
+    use futures_util::SinkExt;
+    let (_pv, _split, direct, c, pid) = open_transaction("lost_copy").await;
+    let sink = c
+        .client
+        .copy_in::<_, bytes::Bytes>("copy lost_copy from stdin")
+        .await
+        .unwrap();
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from_static(b"2\n")).await.unwrap();
+    direct
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let mut failed = false;
+    for _ in 0..50 {
+        if sink.send(bytes::Bytes::from_static(b"3\n")).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !failed {
+        failed = sink.as_mut().finish().await.is_err();
+    }
+    assert!(failed, "the COPY went on over a terminated backend");
+    let next = c
+        .client
+        .execute("insert into lost_copy values (4)", &[])
+        .await;
+    assert!(
+        next.is_err_and(|e| e.is_closed()),
+        "the session went on after losing its transaction in COPY"
+    );
+    let rows: i64 = direct
+        .query_one("select count(*) from lost_copy", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }

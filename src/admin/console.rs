@@ -25,34 +25,54 @@ pub const DATABASE: &str = "pgvane";
 /// Longest a console client may take to log in.
 const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Most console connections at once (each, until it logs in, is anyone's).
+const MAX_CONNECTIONS: usize = 32;
+
+/// Console users' parsed secrets by password text: a plaintext password
+/// is hashed once, not at every attempt (which would cost the control
+/// thread a PBKDF2 per anonymous startup packet, and change the salt a
+/// real user is offered while a mock user's stays the same).
+type Secrets = std::sync::Mutex<std::collections::HashMap<String, crate::auth::Secret>>;
+
 /// Accepts console clients until `stop` fires.
 pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let secrets = std::sync::Arc::new(Secrets::default());
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // Out of descriptors, say: do not spin on this thread.
                     tracing::warn!(error = %e, "console: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::info!(%peer, "console: {MAX_CONNECTIONS} connections already; closed");
+            continue;
+        };
         let state = state.clone();
         let stop = stop.clone();
+        let secrets = std::sync::Arc::clone(&secrets);
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = client(stream, &state) => {}
+                () = client(stream, &state, &secrets) => {}
             }
+            drop(slot);
             tracing::debug!(%peer, "console client left");
         });
     }
 }
 
 /// One console client: log in, then answer queries until it leaves.
-async fn client(mut s: TcpStream, state: &AdminState) {
-    let Ok(Some(user)) = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut s, state)).await else {
+async fn client(mut s: TcpStream, state: &AdminState, secrets: &Secrets) {
+    let login = login(&mut s, state, secrets);
+    let Ok(Some(user)) = tokio::time::timeout(LOGIN_TIMEOUT, login).await else {
         return;
     };
     tracing::info!(target: crate::telemetry::CONN, event = "login", port = "console", %user, "console login");
@@ -93,7 +113,7 @@ async fn client(mut s: TcpStream, state: &AdminState) {
 
 /// The startup exchange: database `pgvane`, a `console.users` login.
 /// The user's name on success (AuthenticationOk and ready sent).
-async fn login(s: &mut TcpStream, state: &AdminState) -> Option<String> {
+async fn login(s: &mut TcpStream, state: &AdminState, secrets: &Secrets) -> Option<String> {
     let params = match handshake::handshake(s, TlsOffer::Refuse).await.ok()? {
         Handshake::Session(p) => p,
         Handshake::Cancel(..) | Handshake::StartTls => return None,
@@ -106,7 +126,16 @@ async fn login(s: &mut TcpStream, state: &AdminState) -> Option<String> {
         .console
         .as_ref()
         .and_then(|c| c.users.iter().find(|u| u.name == user))
-        .and_then(|u| crate::auth::Secret::from_config(&u.password).ok());
+        .and_then(|u| {
+            let mut cache = secrets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !cache.contains_key(&u.password) {
+                let secret = crate::auth::Secret::from_config(&u.password).ok()?;
+                cache.insert(u.password.clone(), secret);
+            }
+            cache.get(&u.password).cloned()
+        });
     let mock = crate::auth::mock_secret(&user, false);
     let login = configured
         .as_ref()

@@ -437,8 +437,12 @@ impl Session {
     /// losing its backend ends the session, as it would end a direct
     /// connection.
     pub(super) fn in_transaction(&self) -> bool {
+        let state = match self.state {
+            super::ClientState::CopyIn => self.copy_outer,
+            other => other,
+        };
         matches!(
-            self.state,
+            state,
             super::ClientState::InTransaction | super::ClientState::FailedTransaction
         )
     }

@@ -118,6 +118,9 @@ struct Session {
     ended: &'static str,
     /// When the current request and transaction began.
     timing: metrics::Timing,
+    /// The client's state when its COPY FROM STDIN began (while in
+    /// `CopyIn`): whether a loss then ends a transaction block.
+    copy_outer: ClientState,
 }
 
 /// Serves one split-port client until it leaves; `admitted` holds the
@@ -258,6 +261,7 @@ async fn start(
         retry_armed: pipeline::Armed::Off,
         ended: "client_gone",
         timing: metrics::Timing::default(),
+        copy_outer: ClientState::Idle,
     })
 }
 
@@ -506,7 +510,9 @@ impl Session {
             self.consistency.maybe_async = false;
             cancel::set(&self.cancel_slot, None);
         }
-        err.encode(&mut self.client.out, self.pin.is_some());
+        // FATAL whenever the session ends here (`encode` alone knows of
+        // pins, not of transaction blocks).
+        err.encode(&mut self.client.out, self.pin.is_some() || fatal);
         if fatal {
             self.ended = err.label();
             let _ = self.client.flush().await;

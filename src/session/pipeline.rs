@@ -404,6 +404,9 @@ impl Session {
             if out.len() >= 6 && out[out.len() - 6] == b'Z' {
                 out.truncate(out.len() - 6);
             }
+            // The request left a transaction block open on the lost
+            // backend: the client is in it, so the loss ends the session.
+            self.state = super::ClientState::InTransaction;
             return Err(e);
         }
         tracing::info!(port = %self.ctx.key, error = %e, "backend lost during a commit capture; the session reads from the leader until its next capture");

@@ -157,6 +157,7 @@ impl Session {
         batch_synced: bool,
     ) -> Result<(), SessionError> {
         let outer = self.state;
+        self.copy_outer = outer;
         self.state = ClientState::CopyIn;
         let mut pending: Vec<u8> = Vec::new();
         let mut copy_done = false;
