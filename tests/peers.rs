@@ -47,6 +47,11 @@ fn instances(split: u16, with_peers: bool) -> (Pgvane, Pgvane) {
     (start(1, "127.0.0.1"), start(2, "127.0.0.2"))
 }
 
+/// Connections an instance's split port accepted (sessions and cancels).
+fn accepted(pv: &Pgvane) -> f64 {
+    pv.metric("pgvane_clients_accepted_total", &["port=\"app\""])
+}
+
 /// Runs `select pg_sleep(secs)` through the balancer (on A), cancels it
 /// through the balancer (which sends the cancel to B) once it runs;
 /// returns the query's SQLSTATE (None: it finished) and how long it took.
@@ -99,7 +104,6 @@ async fn a_cancel_reaching_the_other_instance_is_forwarded() {
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
     // The session was on A and the cancel reached B, which forwarded it.
-    let accepted = |pv: &Pgvane| pv.metric("pgvane_clients_accepted_total", &["port=\"app\""]);
     assert_eq!(accepted(&a), 2.0, "A: the session and the forwarded cancel");
     assert_eq!(accepted(&b), 1.0, "B: the cancel from the balancer");
 }
@@ -113,6 +117,5 @@ async fn negative_control_without_peers_the_cancel_is_lost() {
     let (code, took) = sleep_and_cancel(balancer, 4).await;
     assert_eq!(code, None, "cancelled without peers?");
     assert!(took >= Duration::from_millis(3900), "{took:?}");
-    let accepted = |pv: &Pgvane| pv.metric("pgvane_clients_accepted_total", &["port=\"app\""]);
     assert_eq!((accepted(&a), accepted(&b)), (1.0, 1.0));
 }

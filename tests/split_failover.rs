@@ -270,6 +270,33 @@ async fn open_transaction(table: &str) -> (Pgvane, u16, tokio_postgres::Client, 
     (pv, split, direct, c, pid)
 }
 
+/// The session `c` is closed (its next statement fails as closed, not
+/// with an error it could go on from) and no row of its transaction in
+/// `table` was committed.
+async fn assert_ended_with_nothing_committed(
+    c: &Client,
+    direct: &tokio_postgres::Client,
+    table: &str,
+) {
+    let next = c
+        .client
+        .execute(&format!("insert into {table} values (4)"), &[])
+        .await;
+    assert!(
+        next.is_err_and(|e| e.is_closed()),
+        "the session went on after losing its transaction ({table})"
+    );
+    let rows: i64 = direct
+        .query_one(&format!("select count(*) from {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows, 0,
+        "a row of the lost transaction was committed ({table})"
+    );
+}
+
 /// A split session whose backend dies inside a transaction block ends, as
 /// a direct connection would: the rest of the transaction must not run in
 /// autocommit on another backend. (The chaos soak found the old behaviour:
@@ -297,20 +324,7 @@ async fn a_backend_lost_inside_a_transaction_ends_the_session() {
     assert!(gone, "backend {pid} never ended");
     // The statement that meets the loss fails; then the connection is closed.
     assert!(c.client.simple_query("select 1").await.is_err());
-    let next = c
-        .client
-        .execute("insert into lost_tx values (2)", &[])
-        .await;
-    assert!(
-        next.is_err_and(|e| e.is_closed()),
-        "the session went on after losing its transaction"
-    );
-    let rows: i64 = direct
-        .query_one("select count(*) from lost_tx", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0, "a row of the lost transaction was committed");
+    assert_ended_with_nothing_committed(&c, &direct, "lost_tx").await;
     // Outside a transaction the session survives a lost backend.
     let c = connect(split).await.unwrap();
     let row = c
@@ -357,18 +371,5 @@ async fn a_backend_lost_in_copy_inside_a_transaction_ends_the_session() {
         failed = sink.as_mut().finish().await.is_err();
     }
     assert!(failed, "the COPY went on over a terminated backend");
-    let next = c
-        .client
-        .execute("insert into lost_copy values (4)", &[])
-        .await;
-    assert!(
-        next.is_err_and(|e| e.is_closed()),
-        "the session went on after losing its transaction in COPY"
-    );
-    let rows: i64 = direct
-        .query_one("select count(*) from lost_copy", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 0);
+    assert_ended_with_nothing_committed(&c, &direct, "lost_copy").await;
 }

@@ -404,37 +404,12 @@ fn stats(views: &BTreeMap<String, ClusterView>, state: &AdminState) -> Table {
     let families = state.metrics.registry.gather();
     // (family, cluster, port, extra label filter) → summed value.
     let sum = |family: &str, cluster: &str, port: &str, filter: Option<(&str, &str)>| -> f64 {
-        families
-            .iter()
-            .filter(|f| f.name() == family)
-            .flat_map(|f| f.get_metric())
-            .filter(|m| {
-                let label = |n: &str| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == n)
-                        .map(|l| l.value().to_owned())
-                };
-                label("cluster").as_deref() == Some(cluster)
-                    && label("port").as_deref() == Some(port)
-                    && filter.is_none_or(|(k, v)| label(k).as_deref() == Some(v))
-            })
+        series(&families, family, cluster, port, filter)
             .map(|m| m.get_counter().get_value() + m.get_histogram().get_sample_sum())
             .sum()
     };
     let count = |family: &str, cluster: &str, port: &str| -> u64 {
-        families
-            .iter()
-            .filter(|f| f.name() == family)
-            .flat_map(|f| f.get_metric())
-            .filter(|m| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == "cluster" && l.value() == cluster)
-                    && m.get_label()
-                        .iter()
-                        .any(|l| l.name() == "port" && l.value() == port)
-            })
+        series(&families, family, cluster, port, None)
             .map(|m| m.get_histogram().get_sample_count())
             .sum()
     };
@@ -491,6 +466,32 @@ fn stats(views: &BTreeMap<String, ClusterView>, state: &AdminState) -> Table {
         ],
         rows,
     )
+}
+
+/// The series of `family` labelled with `cluster` and `port` (and the
+/// `filter` label's value, when given).
+fn series<'a>(
+    families: &'a [prometheus::proto::MetricFamily],
+    family: &'a str,
+    cluster: &'a str,
+    port: &'a str,
+    filter: Option<(&'a str, &'a str)>,
+) -> impl Iterator<Item = &'a prometheus::proto::Metric> {
+    families
+        .iter()
+        .filter(move |f| f.name() == family)
+        .flat_map(|f| f.get_metric())
+        .filter(move |m| {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value())
+            };
+            label("cluster") == Some(cluster)
+                && label("port") == Some(port)
+                && filter.is_none_or(|(k, v)| label(k) == Some(v))
+        })
 }
 
 #[cfg(test)]
