@@ -35,6 +35,7 @@ pub mod classifier;
 pub mod config;
 pub mod consistency;
 pub mod control;
+pub mod gate;
 pub mod listener;
 pub mod notify;
 pub mod pool;

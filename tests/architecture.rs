@@ -31,9 +31,8 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// Modules each module may use (besides itself).
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
-        "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" | "admission" => {
-            &[]
-        }
+        "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" | "admission"
+        | "gate" => &[],
         "config" => &["auth"],
         "backend" => &["auth", "protocol", "topology", "config", "tls"],
         "pool" => &["backend", "topology", "tls"],
@@ -43,6 +42,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "classifier",
             "config",
             "consistency",
+            "gate",
             "pool",
             "protocol",
             "router",
@@ -62,6 +62,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "backend",
             "config",
             "consistency",
+            "gate",
             "protocol",
             "router",
             "telemetry",
@@ -75,6 +76,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "listener" => &[
             "admission",
             "consistency",
+            "gate",
             "backend",
             "pool",
             "session",
@@ -100,6 +102,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "pool",
             "workers",
             "control",
+            "gate",
             "listener",
             "router",
             "telemetry",

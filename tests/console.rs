@@ -6,49 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
-
-/// `psql` against the console: (exit success, stdout, stderr).
-fn psql(port: u16, password: &str, database: &str, sql: &str) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-F",
-            "|",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(["-U", "admin", "-d", database, "-c", sql])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .expect("psql (postgresql-client-15)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The rows of an unaligned psql answer as header → value maps.
-fn rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-    let mut lines = text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('('));
-    let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .zip(l.split('|'))
-                .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_shows_pools_clients_clusters_and_reloads() {
@@ -176,8 +133,8 @@ async fn psql_shows_pools_clients_clusters_and_reloads() {
     );
     let (ok, _, err) = psql(console, "console-secret", "pgvane", "SHOW NOTHING");
     assert!(!ok && err.contains("unknown SHOW NOTHING"), "{err}");
-    let (ok, _, err) = psql(console, "console-secret", "pgvane", "PAUSE app");
-    assert!(!ok && err.contains("PAUSE is not supported"), "{err}");
+    let (ok, _, err) = psql(console, "console-secret", "pgvane", "SHUTDOWN");
+    assert!(!ok && err.contains("SHUTDOWN is not supported"), "{err}");
     let (ok, _, err) = psql(console, "console-secret", "pgvane", "select 1");
     assert!(!ok && err.contains("unknown command"), "{err}");
     drop(app);

@@ -6,6 +6,7 @@
 //! where the meaning is the same. Reads the snapshots the HTTP admin API
 //! reads; changes nothing except through `RELOAD` on the command loop.
 
+use super::operate::{self, Op, Outcome};
 use super::{AdminState, ClusterView};
 use crate::control::Command;
 use crate::protocol::encode::{self, Severity};
@@ -180,6 +181,8 @@ fn error_fatal(out: &mut Vec<u8>, code: SqlState, text: &str) {
 enum Cmd {
     Show(String),
     Reload,
+    /// PAUSE, RESUME, KILL, DRAIN or UNDRAIN with its words as typed.
+    Operate(Op, Vec<String>),
     /// A command pgbouncer has that pgvane's console does not (yet).
     Unsupported(String),
     Unknown,
@@ -188,10 +191,12 @@ enum Cmd {
 /// Parses one command: words in any case, an optional `;`.
 fn parse(sql: &str) -> Cmd {
     let text = sql.trim().trim_end_matches(';').trim();
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(str::to_ascii_uppercase)
-        .collect();
+    let typed: Vec<&str> = text.split_whitespace().collect();
+    let words: Vec<String> = typed.iter().map(|w| w.to_ascii_uppercase()).collect();
+    if let Some(op) = words.first().and_then(|w| Op::of(w)) {
+        let args = typed[1..].iter().map(|w| w.trim_matches('"').to_owned());
+        return Cmd::Operate(op, args.collect());
+    }
     match words
         .iter()
         .map(String::as_str)
@@ -201,8 +206,8 @@ fn parse(sql: &str) -> Cmd {
         ["SHOW", what] => Cmd::Show((*what).to_owned()),
         ["RELOAD"] => Cmd::Reload,
         [
-            w @ ("PAUSE" | "RESUME" | "KILL" | "DRAIN" | "SUSPEND" | "SHUTDOWN" | "DISABLE"
-            | "ENABLE" | "RECONNECT" | "WAIT_CLOSE" | "SET"),
+            w
+            @ ("SUSPEND" | "SHUTDOWN" | "DISABLE" | "ENABLE" | "RECONNECT" | "WAIT_CLOSE" | "SET"),
             ..,
         ] => Cmd::Unsupported((*w).to_owned()),
         _ => Cmd::Unknown,
@@ -231,6 +236,18 @@ async fn run(sql: &str, state: &AdminState, out: &mut Vec<u8>) {
                 _ => error(out, sqlstate::ADMIN_SHUTDOWN, "pgvane is shutting down"),
             }
         }
+        Cmd::Operate(op, args) => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match operate::run(op, &args, state).await {
+                Outcome::Done(tag, warnings) => {
+                    for w in warnings {
+                        encode::warning(out, sqlstate::SUCCESSFUL_WITH_WARNING, &w);
+                    }
+                    encode::command_complete(out, tag);
+                }
+                Outcome::Failed(code, text) => error(out, code, &text),
+            }
+        }
         Cmd::Unsupported(w) => error(
             out,
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -239,7 +256,7 @@ async fn run(sql: &str, state: &AdminState, out: &mut Vec<u8>) {
         Cmd::Unknown => error(
             out,
             SqlState("42601"),
-            "unknown command: SHOW POOLS|SERVERS|CLIENTS|STATS|CLUSTERS|VERSION or RELOAD",
+            "unknown command: SHOW POOLS|SERVERS|CLIENTS|STATS|CLUSTERS|VERSION, RELOAD, PAUSE, RESUME, KILL, DRAIN or UNDRAIN",
         ),
     }
 }
@@ -304,6 +321,7 @@ fn clusters(views: &BTreeMap<String, ClusterView>) -> Table {
                 text(&m["port"]),
                 text(&m["lag"]),
                 text(&m["receive_lag"]),
+                text(&m["drained"]),
                 eligible.join(" "),
             ]);
         }
@@ -320,6 +338,7 @@ fn clusters(views: &BTreeMap<String, ClusterView>) -> Table {
             "port",
             "lag",
             "receive_lag",
+            "drained",
             "eligible",
         ],
         rows,
@@ -378,12 +397,14 @@ fn clients(views: &BTreeMap<String, ClusterView>) -> Table {
             } else {
                 "tcp"
             };
+            let paused = p.gate.is_paused().to_string();
             rows.push(vec![
                 name.clone(),
                 p.key.port.clone(),
                 mode.to_owned(),
                 String::new(),
                 p.active().to_string(),
+                paused.clone(),
             ]);
             for (node, n) in p.clients_by_node() {
                 rows.push(vec![
@@ -392,11 +413,15 @@ fn clients(views: &BTreeMap<String, ClusterView>) -> Table {
                     mode.to_owned(),
                     node.name,
                     n.to_string(),
+                    paused.clone(),
                 ]);
             }
         }
     }
-    (vec!["cluster", "port", "mode", "node", "clients"], rows)
+    (
+        vec!["cluster", "port", "mode", "node", "clients", "paused"],
+        rows,
+    )
 }
 
 /// SHOW STATS: per port totals since start, from the metrics.
@@ -503,7 +528,16 @@ mod tests {
         assert_eq!(parse("show pools;"), Cmd::Show("POOLS".into()));
         assert_eq!(parse("  SHOW   clusters  "), Cmd::Show("CLUSTERS".into()));
         assert_eq!(parse("reload"), Cmd::Reload);
-        assert_eq!(parse("PAUSE app"), Cmd::Unsupported("PAUSE".into()));
+        assert_eq!(
+            parse("pause main/app;"),
+            Cmd::Operate(Op::Pause, vec!["main/app".into()])
+        );
+        assert_eq!(
+            parse("DRAIN Node-B"),
+            Cmd::Operate(Op::Drain, vec!["Node-B".into()])
+        );
+        assert_eq!(parse("resume"), Cmd::Operate(Op::Resume, vec![]));
+        assert_eq!(parse("SHUTDOWN"), Cmd::Unsupported("SHUTDOWN".into()));
         assert_eq!(parse("select 1"), Cmd::Unknown);
         assert_eq!(parse("show"), Cmd::Unknown);
     }

@@ -6,6 +6,7 @@
 //! (`console`) reads the same state.
 
 pub mod console;
+mod operate;
 
 use crate::control::{Command, ReloadReply};
 use crate::listener::PortShared;
@@ -279,7 +280,7 @@ fn cluster_json(view: &ClusterView) -> Value {
                 "name": m.name, "role": m.role, "state": m.state, "host": m.addr.host,
                 "port": m.addr.port, "lag": m.lag, "receive_lag": m.receive_lag,
                 "replay_paused": m.replay_paused, "lag_source": m.lag_source,
-                "self_report": m.self_report, "noloadbalance": m.noloadbalance,
+                "self_report": m.self_report, "noloadbalance": m.noloadbalance, "drained": m.drained,
                 "nofailover": m.nofailover, "timeline": m.timeline, "eligible": eligible,
                 "position": position_json(
                     positions.get(&m.name).or(positions.leader.as_ref().filter(|l| l.member == m.name)),
@@ -304,7 +305,7 @@ fn cluster_json(view: &ClusterView) -> Value {
                 p.key.port.clone(),
                 json!({"listen": cfg.listen.to_string(), "mode": format!("{:?}", cfg.mode).to_lowercase(), "roles": roles,
                        "host_port": cfg.host_port, "max_lag_in_bytes": cfg.max_lag_in_bytes,
-                       "clients": p.active(), "clients_by_node": clients}),
+                       "clients": p.active(), "clients_by_node": clients, "paused": p.gate.is_paused()}),
             )
         })
         .collect();

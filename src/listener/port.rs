@@ -7,6 +7,7 @@ use crate::admission::{Admissions, Limits, Ticket};
 use crate::classifier::Classifier;
 use crate::config::{Config, Mode, PortConfig, PortKey};
 use crate::consistency::ClusterLink;
+use crate::gate::Gate;
 use crate::pool::PoolSet;
 use crate::relay::{ByteCounters, Engine, RoleContext};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NodeKey};
@@ -92,7 +93,7 @@ pub struct PortShared {
     /// Lag verdicts of the last observation (hysteresis), read by routing.
     pub lag: Arc<ArcSwap<LagView>>,
     /// The hysteresis state behind `lag`; only the evictor touches it.
-    gate: std::sync::Mutex<LagGate>,
+    lag_gate: std::sync::Mutex<LagGate>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Tracks client tasks for drain.
@@ -113,6 +114,8 @@ pub struct PortShared {
     pub link: Arc<ClusterLink>,
     /// This port's clients right now.
     active: Arc<AtomicUsize>,
+    /// The operator's switches: PAUSE/RESUME and KILL (the console).
+    pub gate: Arc<Gate>,
     /// The role or split part, swapped when reload changes `mode`; set
     /// by `new`, never empty after it.
     kind: ArcSwapOption<PortKind>,
@@ -144,10 +147,11 @@ impl PortShared {
             map,
             health,
             lag: Arc::default(),
-            gate: std::sync::Mutex::default(),
+            lag_gate: std::sync::Mutex::default(),
             metrics,
             clients: TaskTracker::new(),
             drain: close.child_token(),
+            gate: Arc::new(Gate::new(&close)),
             close,
             workers,
             admissions,
@@ -217,6 +221,7 @@ impl PortShared {
             link: Arc::clone(&self.link),
             metrics: Arc::clone(&self.metrics),
             close: self.close.clone(),
+            gate: Arc::clone(&self.gate),
             balancer: Arc::new(Balancer::default()),
             bytes: ByteCounters {
                 to_server: labels("to_server"),
@@ -246,6 +251,7 @@ impl PortShared {
             secrets: std::sync::Mutex::default(),
             drain: self.drain.clone(),
             close: self.close.clone(),
+            gate: Arc::clone(&self.gate),
             tls: Arc::clone(&split.tls),
             link: Arc::clone(&self.link),
         }
@@ -300,7 +306,7 @@ impl PortShared {
         let wake = match LagRules::of(&cfg) {
             Some(rules) => {
                 let mut gate = self
-                    .gate
+                    .lag_gate
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let (view, wake) = gate.observe(&map, &rules, Instant::now());
@@ -318,10 +324,12 @@ impl PortShared {
                 // Split ports disconnect nobody: pools of nodes that left the
                 // map or changed role are closed, reads simply avoid lagging
                 // replicas.
+                // Pools of drained replicas close too (reads avoid them).
                 split.context().pools.retain(|addr, role| {
                     map.members.iter().any(|m| {
                         router::policy::target_key(m, &cfg).addr == *addr
                             && (m.role.is_leader() == (role == "leader"))
+                            && !(role == "replica" && m.drained)
                     })
                 });
                 return wake;
@@ -331,6 +339,13 @@ impl PortShared {
         let out = role.balancer.evict_where(|k| {
             router::policy::still_qualifies(k, map.member(&k.name), &cfg, &lag).err()
         });
+        let drained = role.balancer.drain_where(|k| {
+            map.member(&k.name)
+                .is_some_and(|m| router::policy::drains(m, &cfg))
+        });
+        for (node, clients) in drained {
+            tracing::info!(port = %self.key, node = %node.name, clients, "draining: clients leave as their transactions end");
+        }
         for (node, reason, clients) in out {
             let m = map.member(&node.name);
             let why = m.map_or_else(

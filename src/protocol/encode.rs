@@ -26,12 +26,22 @@ impl Severity {
 /// (<https://www.postgresql.org/docs/15/protocol-error-fields.html>).
 /// Interior NUL bytes in `message` are dropped so the frame stays valid.
 pub fn error_response(buf: &mut Vec<u8>, severity: Severity, code: SqlState, message: &str) {
+    report(buf, bt::ERROR_RESPONSE, severity.as_str(), code, message);
+}
+
+/// Appends a `NoticeResponse` ('N') of severity WARNING, fields as
+/// [`error_response`]'s.
+pub fn warning(buf: &mut Vec<u8>, code: SqlState, message: &str) {
+    report(buf, bt::NOTICE_RESPONSE, "WARNING", code, message);
+}
+
+fn report(buf: &mut Vec<u8>, kind: u8, severity: &str, code: SqlState, message: &str) {
     let start = buf.len();
-    buf.push(bt::ERROR_RESPONSE);
+    buf.push(kind);
     buf.extend_from_slice(&[0, 0, 0, 0]);
     for (tag, value) in [
-        (field::SEVERITY, severity.as_str()),
-        (field::SEVERITY_RAW, severity.as_str()),
+        (field::SEVERITY, severity),
+        (field::SEVERITY_RAW, severity),
         (field::CODE, code.code()),
     ] {
         buf.push(tag);

@@ -42,6 +42,8 @@ pub const INVALID_AUTHORIZATION_SPECIFICATION: SqlState = SqlState("28000");
 pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
 /// `3D000 invalid_catalog_name`: unknown database.
 pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+/// `01000 warning`.
+pub const SUCCESSFUL_WITH_WARNING: SqlState = SqlState("01000");
 /// `0A000 feature_not_supported`.
 pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
 /// `53000 insufficient_resources`: a node out of memory or slots.

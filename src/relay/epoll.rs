@@ -5,37 +5,56 @@
 //! and writes straight on; only bytes the peer cannot take yet are copied
 //! into a per-direction `Vec`, freed as soon as it drains.
 
-use super::{ByteCounters, Handoff, RelayEnd};
+use super::{ByteCounters, Handoff, RelayEnd, Watch};
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes moved per wake-up at most, on the stack of the runtime thread.
 const CHUNK: usize = 16 * 1024;
 
-/// Copies both ways until the server side ends or the client side fails.
-/// A client's EOF is passed on as a half-close and the server may still
-/// answer; the server's EOF (its backend exited: terminated, idle timeout,
-/// shutdown) ends the copy once its last bytes reached the client, so an
-/// idle client that never reads or writes again does not hold the
-/// connection, just as with a direct connection to PostgreSQL.
+/// Copies both ways until the server side ends or the client side fails
+/// (`Closed`), or the node is drained and the connection is idle
+/// (`Drained`). A client's EOF is passed on as a half-close and the server
+/// may still answer; the server's EOF (its backend exited: terminated,
+/// idle timeout, shutdown) ends the copy once its last bytes reached the
+/// client, so an idle client that never reads or writes again does not
+/// hold the connection, just as with a direct connection to PostgreSQL.
 /// Cancel safe: dropping it stops the copy (the caller drops the sockets).
-async fn copy(client: &TcpStream, server: &TcpStream, bytes: &ByteCounters) {
-    let up = pump(client, server, bytes.up());
-    let down = pump(server, client, bytes.down());
+async fn copy(
+    client: &TcpStream,
+    server: &TcpStream,
+    bytes: &ByteCounters,
+    watch: &Watch,
+    drain: &CancellationToken,
+) -> RelayEnd {
+    let up = pump(client, server, bytes.up(), watch, None);
+    let down = pump(server, client, bytes.down(), watch, Some(drain));
     tokio::pin!(up, down);
     tokio::select! {
-        _ = &mut down => {}
+        r = &mut down => if matches!(r, Ok(true)) { return RelayEnd::Drained },
         r = &mut up => {
-            if r.is_ok() {
-                let _ = down.await;
+            if r.is_ok() && matches!(down.await, Ok(true)) {
+                return RelayEnd::Drained;
             }
         }
     }
+    RelayEnd::Closed
 }
 
-/// One direction: `from` → `to`, propagating EOF as a half-close.
-async fn pump(from: &TcpStream, to: &TcpStream, counter: super::Counted<'_>) -> io::Result<()> {
+/// One direction: `from` → `to`, propagating EOF as a half-close; the
+/// bytes are read by `watch` on their way. The server → client direction
+/// (given `drain`) returns `Ok(true)` once the node is drained and the
+/// connection idle.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: super::Counted<'_>,
+    watch: &Watch,
+    drain: Option<&CancellationToken>,
+) -> io::Result<bool> {
+    let down = drain.is_some();
     let mut pending: Vec<u8> = Vec::new();
     loop {
         if !pending.is_empty() {
@@ -52,12 +71,24 @@ async fn pump(from: &TcpStream, to: &TcpStream, counter: super::Counted<'_>) -> 
             }
             continue;
         }
-        from.readable().await?;
-        match move_once(from, to, &mut pending) {
+        match drain {
+            Some(d) if d.is_cancelled() => {
+                if watch.idle() {
+                    return Ok(true);
+                }
+                from.readable().await?;
+            }
+            Some(d) => tokio::select! {
+                r = from.readable() => r?,
+                () = d.cancelled() => continue,
+            },
+            None => from.readable().await?,
+        }
+        match move_once(from, to, &mut pending, watch, down) {
             Ok(0) => {
                 // EOF: tell the other side we will send no more, keep reading it.
                 let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(());
+                return Ok(false);
             }
             Ok(n) => counter.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -73,7 +104,13 @@ async fn pump(from: &TcpStream, to: &TcpStream, counter: super::Counted<'_>) -> 
 /// right away (the closure reports `WouldBlock` after keeping the bytes):
 /// this saves the extra `recv` that would only return `EAGAIN`. Tokio's
 /// readiness tick makes this safe if more data arrived meanwhile.
-fn move_once(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Result<usize> {
+fn move_once(
+    from: &TcpStream,
+    to: &TcpStream,
+    pending: &mut Vec<u8>,
+    watch: &Watch,
+    down: bool,
+) -> io::Result<usize> {
     let mut buf = [0u8; CHUNK];
     let sock = socket2::SockRef::from(from);
     let mut got = 0;
@@ -91,6 +128,13 @@ fn move_once(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Res
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
         Err(e) => return Err(e),
     };
+    watch.with(|f| {
+        if down {
+            f.down(&buf[..n]);
+        } else {
+            f.up(&buf[..n]);
+        }
+    });
     let mut off = 0;
     while off < n {
         match to.try_write(&buf[off..n]) {
@@ -114,15 +158,21 @@ pub(super) fn spawn(h: Handoff) {
             client,
             server,
             evict,
+            drain,
+            watch,
             close,
             bytes,
             done,
         } = h;
         let end = tokio::select! {
-            () = copy(&client, &server, &bytes) => RelayEnd::Closed,
+            end = copy(&client, &server, &bytes, &watch, &drain) => end,
             () = evict.cancelled() => RelayEnd::Evicted,
             () = close.cancelled() => RelayEnd::Evicted,
         };
+        if end == RelayEnd::Drained {
+            // Idle, so the socket's buffer has room: one try, no waiting.
+            let _ = client.try_write(super::farewell());
+        }
         drop((client, server));
         done(end);
     });

@@ -5,7 +5,8 @@
 //! the client leaves or is evicted; refuse with an `ErrorResponse` when no
 //! node can take it. Fed accepted, admitted sockets by `listener`.
 
-use super::{ByteCounters, Engine, Handoff, RelayEnd};
+use super::frames::Frames;
+use super::{ByteCounters, Engine, Handoff, RelayEnd, Watch};
 use crate::backend::SocketOptions;
 use crate::config::{AccessClient, Config, PortConfig, PortKey, RoleSel};
 use crate::consistency::ClusterLink;
@@ -52,6 +53,8 @@ pub struct RoleContext {
     pub metrics: Arc<Metrics>,
     /// Fires to disconnect every client of the port (removal, shutdown).
     pub close: CancellationToken,
+    /// The port's PAUSE/RESUME and KILL switches.
+    pub gate: Arc<crate::gate::Gate>,
     /// Least-connections counts and eviction tokens.
     pub balancer: Arc<Balancer>,
     /// Bytes relayed each way.
@@ -119,6 +122,13 @@ pub async fn serve_client(
     let Some(head) = whole_startup(&mut client, head, &port).await else {
         return;
     };
+    // A paused port holds new clients up to `leader_wait_ms`, as a
+    // leader being replaced does.
+    if port.gate.wait_open(cfg.resolved.leader_wait).await.is_err() {
+        let code = sqlstate::CANNOT_CONNECT_NOW;
+        let text = format!("pgvane: port \"{}\" is paused by an operator", port.key);
+        return refuse(&mut client, &head, &port, code, &text).await;
+    }
     // The leader port (`roles: [leader]`) waits for a leader while one is
     // replaced, up to `leader_wait_ms`, instead of refusing.
     let wait = (cfg.roles == [RoleSel::Leader])
@@ -140,7 +150,12 @@ pub async fn serve_client(
                 {
                     return;
                 }
-                return relay(client, connected, &port, peer, keep);
+                let frames = if is_startup(&head) {
+                    Frames::after_startup(&connected.early)
+                } else {
+                    Frames::after_request(&head)
+                };
+                return relay(client, connected, frames, &port, peer, keep);
             }
             Err(r) => r,
         };
@@ -423,6 +438,7 @@ pub(super) async fn first_reply(server: &mut TcpStream, timeout: Duration) -> io
 fn relay(
     client: TcpStream,
     connected: Connected,
+    frames: Frames,
     port: &Arc<RoleContext>,
     peer: SocketAddr,
     keep: Keep,
@@ -441,6 +457,7 @@ fn relay(
         .with_label_values(&[labels[0], labels[1], &key.name]);
     gauge.inc();
     let evict = lease.evicted().clone();
+    let drain = lease.drained().clone();
     let ctx = Arc::clone(port);
     let bytes = port.bytes.for_client();
     let tally = bytes.clone();
@@ -453,7 +470,9 @@ fn relay(
         let reason = match end {
             RelayEnd::Closed => "closed",
             RelayEnd::Evicted if ctx.close.is_cancelled() => "port_closed",
-            RelayEnd::Evicted => "evicted",
+            RelayEnd::Evicted if lease.evicted().is_cancelled() => "evicted",
+            RelayEnd::Evicted => "killed",
+            RelayEnd::Drained => "drained",
         };
         tracing::info!(
             target: crate::telemetry::CONN,
@@ -473,7 +492,9 @@ fn relay(
         client,
         server,
         evict,
-        close: port.close.clone(),
+        drain,
+        watch: Watch::new(frames),
+        close: port.gate.kill_token(),
         bytes,
         done: Box::new(done),
     });

@@ -7,6 +7,7 @@
 
 mod epoll;
 mod flow;
+pub mod frames;
 mod refuse;
 mod uring;
 
@@ -25,6 +26,49 @@ pub enum RelayEnd {
     Closed,
     /// The client's eviction token (or its port's close) fired.
     Evicted,
+    /// Its node was drained and the connection reached an idle point: the
+    /// client was told (FATAL 57P01) and both sides closed.
+    Drained,
+}
+
+/// What a drained client reads before its connection closes, as
+/// PostgreSQL's `pg_terminate_backend` answers: FATAL 57P01.
+fn farewell() -> &'static [u8] {
+    static BYTES: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut out = Vec::new();
+        crate::protocol::encode::error_response(
+            &mut out,
+            crate::protocol::encode::Severity::Fatal,
+            crate::protocol::sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because pgvane drained its node; reconnect to reach another",
+        );
+        out
+    });
+    &BYTES
+}
+
+/// A relay's protocol position, shared by its two directions (which run
+/// in one task; the lock is never contended).
+#[derive(Debug)]
+pub struct Watch(std::sync::Mutex<frames::Frames>);
+
+impl Watch {
+    /// Watches a relay starting at `frames`.
+    #[must_use]
+    pub fn new(frames: frames::Frames) -> Self {
+        Self(std::sync::Mutex::new(frames))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut frames::Frames) -> R) -> R {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn idle(&self) -> bool {
+        self.with(|f| f.idle())
+    }
 }
 
 /// Counters a relay adds to as bytes move: the port's, and the client's
@@ -96,6 +140,11 @@ pub struct Handoff {
     pub server: TcpStream,
     /// Fires when the client's node stops qualifying.
     pub evict: CancellationToken,
+    /// Fires when the client's node is drained: the relay ends at the
+    /// connection's next idle point ([`Watch`]).
+    pub drain: CancellationToken,
+    /// Where the connection stands, from the bytes pgvane passed already.
+    pub watch: Watch,
     /// Fires when the port closes (removal, shutdown past the drain).
     pub close: CancellationToken,
     /// Byte counters.

@@ -36,11 +36,26 @@ fn start(
     evict: &CancellationToken,
     bytes: &ByteCounters,
 ) -> tokio::sync::oneshot::Receiver<RelayEnd> {
+    let opaque = frames::Frames::after_request(&[]);
+    let never = CancellationToken::new();
+    start_watched(engine, (client, server), evict, (&never, opaque), bytes)
+}
+
+/// [`start`] with a drain token and the protocol position to watch from.
+fn start_watched(
+    engine: &Engine,
+    (client, server): (TcpStream, TcpStream),
+    evict: &CancellationToken,
+    (drain, frames): (&CancellationToken, frames::Frames),
+    bytes: &ByteCounters,
+) -> tokio::sync::oneshot::Receiver<RelayEnd> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     engine.relay(Handoff {
         client,
         server,
         evict: evict.clone(),
+        drain: drain.clone(),
+        watch: Watch::new(frames),
         close: CancellationToken::new(),
         bytes: bytes.clone(),
         done: Box::new(move |end| {
@@ -192,6 +207,111 @@ async fn eviction_ends_the_relay() {
             0,
             "{name}: server sees the close"
         );
+    }
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Reads exactly `want.len()` bytes and checks they are `want`.
+async fn expect(s: &mut TcpStream, want: &[u8], what: &str) {
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect(what)
+        .expect(what);
+    assert_eq!(got, want, "{what}");
+}
+
+#[tokio::test]
+async fn a_drained_relay_ends_when_its_transaction_does_and_says_why() {
+    for engine in engines() {
+        let name = engine.name();
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let (evict, drain) = (CancellationToken::new(), CancellationToken::new());
+        let frames = frames::Frames::after_startup(&[]);
+        let sockets = (client_side, server_side);
+        let mut ended = start_watched(&engine, sockets, &evict, (&drain, frames), &counters());
+        let login = [msg(b'R', &[0; 4]), msg(b'Z', b"I")].concat();
+        db.write_all(&login).await.unwrap();
+        expect(&mut app, &login, name).await;
+        let begin = msg(b'Q', b"begin\0");
+        app.write_all(&begin).await.unwrap();
+        expect(&mut db, &begin, name).await;
+        let open = [msg(b'C', b"BEGIN\0"), msg(b'Z', b"T")].concat();
+        db.write_all(&open).await.unwrap();
+        expect(&mut app, &open, name).await;
+        drain.cancel();
+        // Inside the transaction the relay goes on, both ways.
+        let commit = msg(b'Q', b"commit\0");
+        app.write_all(&commit).await.unwrap();
+        expect(&mut db, &commit, name).await;
+        assert!(
+            ended.try_recv().is_err(),
+            "{name}: a transaction is open: no end yet"
+        );
+        let done = [msg(b'C', b"COMMIT\0"), msg(b'Z', b"I")].concat();
+        db.write_all(&done).await.unwrap();
+        expect(&mut app, &done, name).await;
+        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(end.expect(name).unwrap(), RelayEnd::Drained, "{name}");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut rest))
+            .await
+            .expect(name)
+            .unwrap();
+        assert_eq!(rest, farewell(), "{name}: FATAL 57P01, then the close");
+        assert!(String::from_utf8_lossy(&rest).contains("57P01"));
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), db.read(&mut buf)).await;
+        assert_eq!(
+            read.expect(name).unwrap(),
+            0,
+            "{name}: server sees the close"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_relay_idle_when_drained_ends_at_once_and_an_encrypted_one_stays() {
+    for engine in engines() {
+        let name = engine.name();
+        let (mut app, client_side) = pair().await;
+        let (server_side, db) = pair().await;
+        let (evict, drain) = (CancellationToken::new(), CancellationToken::new());
+        let login = [msg(b'R', &[0; 4]), msg(b'Z', b"I")].concat();
+        let frames = frames::Frames::after_startup(&login);
+        let sockets = (client_side, server_side);
+        let ended = start_watched(&engine, sockets, &evict, (&drain, frames), &counters());
+        drain.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(end.expect(name).unwrap(), RelayEnd::Drained, "{name}");
+        expect(&mut app, farewell(), name).await;
+        drop(db);
+
+        // TLS negotiated with the node: pgvane cannot see transactions, so
+        // draining leaves the client be; eviction still ends it.
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let mut ssl = 8u32.to_be_bytes().to_vec();
+        ssl.extend_from_slice(&crate::protocol::SSL_REQUEST_CODE.to_be_bytes());
+        let frames = frames::Frames::after_request(&ssl);
+        let sockets = (client_side, server_side);
+        let mut ended = start_watched(&engine, sockets, &evict, (&drain, frames), &counters());
+        db.write_all(b"S").await.unwrap();
+        expect(&mut app, b"S", name).await;
+        let record = [msg(b'Z', b"I"), vec![0x17, 3, 3, 0, 1, 9]].concat();
+        db.write_all(&record).await.unwrap();
+        expect(&mut app, &record, name).await;
+        assert!(ended.try_recv().is_err(), "{name}: opaque streams stay");
+        evict.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert_eq!(end.expect(name).unwrap(), RelayEnd::Evicted, "{name}");
     }
 }
 

@@ -9,7 +9,7 @@
 //! bulk transfers (COPY, big results), back to small after the first short
 //! read: an idle client holds two small buffers, not two large ones.
 
-use super::{ByteCounters, Handoff, RelayEnd};
+use super::{ByteCounters, Handoff, RelayEnd, Watch};
 use futures_util::future::{Either, select};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
@@ -48,6 +48,8 @@ struct Job {
     client: std::net::TcpStream,
     server: std::net::TcpStream,
     evict: CancellationToken,
+    drain: CancellationToken,
+    watch: Watch,
     close: CancellationToken,
     bytes: ByteCounters,
     done: Box<dyn FnOnce(RelayEnd) + Send>,
@@ -110,6 +112,8 @@ impl Uring {
             client,
             server,
             evict,
+            drain,
+            watch,
             close,
             bytes,
             done,
@@ -134,6 +138,8 @@ impl Uring {
             client,
             server,
             evict,
+            drain,
+            watch,
             close,
             bytes,
             done,
@@ -186,16 +192,18 @@ async fn run(job: Job) {
         client,
         server,
         evict,
+        drain,
+        watch,
         close,
         bytes,
         done,
     } = job;
     let end = match (TcpStream::from_std(client), TcpStream::from_std(server)) {
         (Ok(client), Ok(server)) => {
-            let copy = pin!(copy(client, server, &bytes));
+            let copy = pin!(copy(client, server, &bytes, &watch, &drain));
             let (evicted, closed) = (pin!(evict.cancelled()), pin!(close.cancelled()));
             match select(copy, select(evicted, closed)).await {
-                Either::Left(_) => RelayEnd::Closed,
+                Either::Left((end, _)) => end,
                 Either::Right(_) => RelayEnd::Evicted,
             }
         }
@@ -204,41 +212,85 @@ async fn run(job: Job) {
     done(end);
 }
 
-/// Copies both ways until the server side ends or the client side fails;
-/// a client's EOF reaches the server as a half-close and the server may
-/// still answer, the server's EOF ends the copy. Dropping it closes both
-/// sockets (once the kernel has cancelled their reads).
-async fn copy(client: TcpStream, server: TcpStream, bytes: &ByteCounters) {
+/// Copies both ways until the server side ends or the client side fails
+/// (`Closed`), or the node is drained and the connection is idle
+/// (`Drained`, the client told so); a client's EOF reaches the server as
+/// a half-close and the server may still answer, the server's EOF ends the
+/// copy. Dropping it closes both sockets (once the kernel has cancelled
+/// their reads).
+async fn copy(
+    client: TcpStream,
+    server: TcpStream,
+    bytes: &ByteCounters,
+    watch: &Watch,
+    drain: &CancellationToken,
+) -> RelayEnd {
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
-    let up = pin!(pump(client_r, server_w, bytes.up()));
-    let down = pin!(pump(server_r, client_w, bytes.down()));
-    if let Either::Left((Ok(()), down)) = select(up, down).await {
-        let _ = down.await;
+    let up = pin!(pump(client_r, server_w, bytes.up(), watch, None));
+    let down = pin!(pump(server_r, client_w, bytes.down(), watch, Some(drain)));
+    let drained = match select(up, down).await {
+        Either::Left((Ok(_), down)) => down.await,
+        Either::Left((Err(e), _)) => Err(e),
+        Either::Right((r, _)) => r,
+    };
+    if matches!(drained, Ok(true)) {
+        RelayEnd::Drained
+    } else {
+        RelayEnd::Closed
     }
 }
 
-/// One direction: `from` → `to`, propagating EOF as a half-close.
+/// One direction: `from` → `to`, propagating EOF as a half-close; the
+/// bytes are read by `watch` on their way. The server → client direction
+/// (given `drain`) tells the client and returns `Ok(true)` once the node
+/// is drained and the connection idle. A read under way is never given
+/// up while bytes may be due (its bytes would be lost), only at an idle
+/// point where the connection ends anyway.
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
     counter: super::Counted<'_>,
-) -> io::Result<()> {
+    watch: &Watch,
+    drain: Option<&CancellationToken>,
+) -> io::Result<bool> {
     let mut size = SMALL;
     let mut buf: Vec<u8> = Vec::with_capacity(size);
     loop {
-        let (read, b) = from.read(buf).await;
+        if drain.is_some_and(CancellationToken::is_cancelled) && watch.idle() {
+            let _ = to.write_all(super::farewell()).await;
+            return Ok(true);
+        }
+        let mut read = pin!(from.read(buf));
+        let (read, b) = match drain.filter(|d| !d.is_cancelled()) {
+            Some(d) => match select(read.as_mut(), pin!(d.cancelled())).await {
+                Either::Left((r, _)) => r,
+                Either::Right(((), _)) if watch.idle() => {
+                    let _ = to.write_all(super::farewell()).await;
+                    return Ok(true);
+                }
+                Either::Right(((), _)) => read.await,
+            },
+            None => read.await,
+        };
         buf = b;
         let n = match read {
             Ok(0) => {
                 // EOF: tell the other side we will send no more, keep reading it.
                 let _ = to.shutdown().await;
-                return Ok(());
+                return Ok(false);
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        watch.with(|f| {
+            if drain.is_some() {
+                f.down(&buf[..n]);
+            } else {
+                f.up(&buf[..n]);
+            }
+        });
         let (written, b) = to.write_all(buf).await;
         buf = b;
         written?;

@@ -21,6 +21,9 @@ struct Slot {
     id: u64,
     active: usize,
     evict: CancellationToken,
+    /// Fired by [`Balancer::drain_where`]: clients leave as their
+    /// transactions end. Replaced for leases taken after it fired.
+    drain: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +45,7 @@ pub struct Lease {
     key: NodeKey,
     slot: u64,
     evict: CancellationToken,
+    drain: CancellationToken,
 }
 
 impl Lease {
@@ -55,6 +59,13 @@ impl Lease {
     #[must_use]
     pub fn evicted(&self) -> &CancellationToken {
         &self.evict
+    }
+
+    /// The token that fires when the node is drained: the client leaves
+    /// at its next idle point.
+    #[must_use]
+    pub fn drained(&self) -> &CancellationToken {
+        &self.drain
     }
 }
 
@@ -111,7 +122,7 @@ impl Balancer {
     /// Takes a lease on `key`.
     #[must_use]
     pub fn lease(self: &Arc<Self>, key: NodeKey) -> Lease {
-        let (slot, evict) = self.with(|s| {
+        let (slot, evict, drain) = self.with(|s| {
             let next = &mut s.next_id;
             let slot = s.by_node.entry(key.clone()).or_insert_with(|| {
                 *next += 1;
@@ -119,16 +130,22 @@ impl Balancer {
                     id: *next,
                     active: 0,
                     evict: CancellationToken::new(),
+                    drain: CancellationToken::new(),
                 }
             });
+            if slot.drain.is_cancelled() {
+                // Drained before and qualifying again: a new client stays.
+                slot.drain = CancellationToken::new();
+            }
             slot.active += 1;
-            (slot.id, slot.evict.clone())
+            (slot.id, slot.evict.clone(), slot.drain.clone())
         });
         Lease {
             balancer: Arc::clone(self),
             key,
             slot,
             evict,
+            drain,
         }
     }
 
@@ -148,6 +165,21 @@ impl Balancer {
                 }
                 None => true,
             });
+            out
+        })
+    }
+
+    /// Fires the drain token of every node `drains` names (once per
+    /// token); returns each newly drained node with its client count.
+    pub fn drain_where(&self, mut drains: impl FnMut(&NodeKey) -> bool) -> Vec<(NodeKey, usize)> {
+        self.with(|slots| {
+            let mut out = Vec::new();
+            for (key, slot) in &slots.by_node {
+                if !slot.drain.is_cancelled() && drains(key) {
+                    slot.drain.cancel();
+                    out.push((key.clone(), slot.active));
+                }
+            }
             out
         })
     }
@@ -222,5 +254,24 @@ mod tests {
         drop(a3);
         drop(c1);
         assert!(b.active().is_empty());
+    }
+
+    #[test]
+    fn draining_fires_once_and_a_later_client_gets_a_fresh_token() {
+        let b = Arc::new(Balancer::default());
+        let a1 = b.lease(key("a"));
+        let c1 = b.lease(key("c"));
+        let out = b.drain_where(|k| k.name == "a");
+        assert_eq!(out, vec![(key("a"), 1)]);
+        assert!(a1.drained().is_cancelled());
+        assert!(!c1.drained().is_cancelled());
+        assert!(!a1.evicted().is_cancelled(), "draining is not eviction");
+        assert!(
+            b.drain_where(|k| k.name == "a").is_empty(),
+            "once per token"
+        );
+        let a2 = b.lease(key("a"));
+        assert!(!a2.drained().is_cancelled());
+        assert_eq!(b.active(), vec![(key("a"), 2), (key("c"), 1)]);
     }
 }

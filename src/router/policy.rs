@@ -25,17 +25,21 @@ pub enum Ineligible {
     Unconfirmed,
     /// Gone from the map, or its address changed.
     Removed,
+    /// Drained by an operator (`DRAIN <node>`) and the port serves it as a
+    /// replica: no new clients; its clients leave as their transactions end.
+    Drained,
 }
 
 impl Ineligible {
     /// Every reason, for series that start at 0.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Role,
         Self::State,
         Self::NoLoadBalance,
         Self::Lag,
         Self::Unconfirmed,
         Self::Removed,
+        Self::Drained,
     ];
 
     /// Metric label (`pgvane_evictions_total{reason}`).
@@ -48,6 +52,7 @@ impl Ineligible {
             Self::Lag => "lag",
             Self::Unconfirmed => "unconfirmed",
             Self::Removed => "removed",
+            Self::Drained => "drained",
         }
     }
 
@@ -72,6 +77,7 @@ impl Ineligible {
                 "is listed leader but its own /patroni does not answer primary yet".to_owned()
             }
             Self::Removed => "left the cluster".to_owned(),
+            Self::Drained => "is drained by an operator".to_owned(),
         }
     }
 }
@@ -123,6 +129,9 @@ fn check_with(
         if m.noloadbalance {
             return Err(Ineligible::NoLoadBalance);
         }
+        if m.drained {
+            return Err(Ineligible::Drained);
+        }
         if lag.verdict(m, port) > worst {
             return Err(Ineligible::Lag);
         }
@@ -151,10 +160,11 @@ pub fn target_key(m: &Member, port: &PortConfig) -> NodeKey {
 }
 
 /// Whether a client connected to `key` may stay, given the member now
-/// listed under that name: lag evicts only on [`LagVerdict::Evict`], and a
+/// listed under that name: lag evicts only on [`LagVerdict::Evict`], a
 /// leader that lost its own confirmation keeps its clients (a failed
 /// status request is no reason to cut writers off; a demotion changes the
-/// role, which evicts).
+/// role, which evicts), and a drained node's clients stay to leave as
+/// their transactions end ([`drains`]).
 ///
 /// # Errors
 /// Why the client must be evicted.
@@ -169,7 +179,15 @@ pub fn still_qualifies(
         return Err(Ineligible::Removed);
     }
     match check_with(m, port, lag, LagVerdict::Hold) {
-        Err(Ineligible::Unconfirmed) => Ok(()),
+        Err(Ineligible::Unconfirmed | Ineligible::Drained) => Ok(()),
         other => other,
     }
+}
+
+/// Whether clients of `m` on `port` must leave as their transactions end:
+/// it is drained and the port serves it as a replica (a drained leader
+/// keeps its writers: there is nowhere else for them to go).
+#[must_use]
+pub fn drains(m: &Member, port: &PortConfig) -> bool {
+    m.drained && role_class(&m.role).is_some_and(|c| c != RoleSel::Leader && port.wants(c))
 }

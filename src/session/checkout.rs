@@ -156,6 +156,17 @@ impl Session {
         reason: &'static str,
         wait_leader: bool,
     ) -> Result<(), SessionError> {
+        if self.ctx.gate.is_paused() {
+            // PAUSE: new work waits for RESUME as for a new leader.
+            let patience = self.ctx.port.load().resolved.leader_wait;
+            tokio::select! {
+                r = self.ctx.gate.wait_open(patience) => if r.is_err() {
+                    let text = format!("pgvane: port \"{}\" is paused by an operator", self.ctx.key);
+                    return Err(SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, text));
+                },
+                () = self.client.close.cancelled() => return Err(SessionError::Shutdown),
+            }
+        }
         let started = Instant::now();
         let resolved = self.ctx.port.load().resolved.clone();
         let replica_deadline = started + resolved.read_your_writes_wait;
@@ -248,7 +259,7 @@ impl Session {
                                 patience.replica = false;
                             }
                         }
-                        () = self.ctx.close.cancelled() => return Err(SessionError::Shutdown),
+                        () = self.client.close.cancelled() => return Err(SessionError::Shutdown),
                     }
                 }
                 Decision::WaitLeader(why) => {
@@ -286,7 +297,7 @@ impl Session {
         let changed = tokio::time::timeout_at(tokio::time::Instant::from_std(until), rx.changed());
         tokio::select! {
             _ = changed => Ok(()),
-            () = self.ctx.close.cancelled() => Err(SessionError::Shutdown),
+            () = self.client.close.cancelled() => Err(SessionError::Shutdown),
         }
     }
 

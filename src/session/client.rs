@@ -53,7 +53,8 @@ pub(super) struct ClientConn {
     /// back (a replica's refusal that pgvane retries on the leader).
     pub(super) hold: bool,
     drain: CancellationToken,
-    close: CancellationToken,
+    /// Fires when the port closes or an operator kills its clients.
+    pub(super) close: CancellationToken,
     /// A request of this session has been read: a drain then ends it as
     /// soon as it is idle.
     served: bool,
@@ -190,12 +191,6 @@ impl ClientConn {
                 // About to wait on an idle client: hold no buffer meanwhile.
                 self.out = Vec::new();
             }
-            // `drain` is a child of `close`: one token covers both.
-            let stop = if idle && fresh.is_none() {
-                &self.drain
-            } else {
-                &self.close
-            };
             // Boxed, and only in a fresh session's grace: an idle wait
             // holds no timer.
             let grace = fresh.map(|at| Box::pin(tokio::time::sleep_until(at)));
@@ -205,12 +200,14 @@ impl ClientConn {
                     None => std::future::pending().await,
                 }
             };
+            let waits_for_drain = idle && fresh.is_none();
             tokio::select! {
                 biased;
-                () = stop.cancelled() => {
+                () = self.close.cancelled() => return Err(SessionError::Shutdown),
+                () = self.drain.cancelled(), if waits_for_drain => {
                     // The drain began during this wait: a session that has
                     // sent nothing yet goes round again, into its grace.
-                    if idle && !self.served && !self.close.is_cancelled() {
+                    if !self.served {
                         continue;
                     }
                     return Err(SessionError::Shutdown);

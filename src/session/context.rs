@@ -48,6 +48,8 @@ pub struct SessionContext {
     pub drain: CancellationToken,
     /// Fires when the port closes: every session ends now.
     pub close: CancellationToken,
+    /// The port's PAUSE/RESUME and KILL switches.
+    pub gate: Arc<crate::gate::Gate>,
     /// The port's client TLS, swapped by reload (`None`: answer `N`).
     pub tls: Arc<ArcSwapOption<ServerTls>>,
     /// The cluster's replica positions, shared floors and map generation.

@@ -243,7 +243,7 @@ async fn start(
     Some(Session {
         creds,
         settings: SessionSettings::new(startup),
-        client: ClientConn::new(client, ctx.drain.clone(), ctx.close.clone()),
+        client: ClientConn::new(client, ctx.drain.clone(), ctx.gate.kill_token()),
         state: ClientState::Idle,
         metrics: SessionMetrics::new(ctx),
         ctx: Arc::clone(ctx),

@@ -119,6 +119,10 @@ pub struct Member {
     pub noloadbalance: bool,
     /// Tag `nofailover`.
     pub nofailover: bool,
+    /// Drained by an operator (`DRAIN <node>` on the console): as a
+    /// replica it takes no new clients or reads, and its role-port clients
+    /// leave as their transactions end. pgvane's mark, not Patroni's.
+    pub drained: bool,
     /// Timeline, when reported.
     pub timeline: Option<u64>,
     /// WAL position from the member's own `GET /patroni` this round, when

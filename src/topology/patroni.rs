@@ -93,6 +93,7 @@ fn member(m: &Value) -> Option<Member> {
         self_report: SelfReport::Unasked,
         noloadbalance: truthy(tags.and_then(|t| t.get("noloadbalance"))),
         nofailover: truthy(tags.and_then(|t| t.get("nofailover"))),
+        drained: false,
         timeline: m.get("timeline").and_then(number),
         live: None,
     })

@@ -12,6 +12,7 @@ use crate::telemetry::Metrics;
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,6 +51,7 @@ pub struct WatcherHandle {
     pub generation: watch::Receiver<u64>,
     settings: watch::Sender<Arc<WatchSettings>>,
     trigger: mpsc::Sender<oneshot::Sender<PollReply>>,
+    drained: watch::Sender<Arc<BTreeSet<String>>>,
 }
 
 impl WatcherHandle {
@@ -70,6 +72,24 @@ impl WatcherHandle {
     pub fn set_settings(&self, settings: WatchSettings) {
         self.settings.send_replace(Arc::new(settings));
     }
+
+    /// Marks member `name` drained (or not); the map is republished with
+    /// the mark at once. Returns whether the mark changed.
+    pub fn set_drained(&self, name: &str, drained: bool) -> bool {
+        self.drained.send_if_modified(|set| {
+            if set.contains(name) == drained {
+                return false;
+            }
+            let mut next = (**set).clone();
+            if drained {
+                next.insert(name.to_owned());
+            } else {
+                next.remove(name);
+            }
+            *set = Arc::new(next);
+            true
+        })
+    }
 }
 
 /// Shortest time between two polls asked for by `/update_clusters`.
@@ -83,6 +103,7 @@ pub struct Watcher {
     generation: watch::Sender<u64>,
     settings: watch::Receiver<Arc<WatchSettings>>,
     trigger: mpsc::Receiver<oneshot::Sender<PollReply>>,
+    drained: watch::Receiver<Arc<BTreeSet<String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -98,12 +119,14 @@ impl Watcher {
         let (gen_tx, gen_rx) = watch::channel(0);
         let (set_tx, set_rx) = watch::channel(Arc::new(settings));
         let (trig_tx, trig_rx) = mpsc::channel(16);
+        let (drained_tx, drained_rx) = watch::channel(Arc::default());
         let watcher = Self {
             cluster: cluster.to_owned(),
             map: Arc::clone(&map),
             generation: gen_tx,
             settings: set_rx,
             trigger: trig_rx,
+            drained: drained_rx,
             metrics,
         };
         let handle = WatcherHandle {
@@ -111,6 +134,7 @@ impl Watcher {
             generation: gen_rx,
             settings: set_tx,
             trigger: trig_tx,
+            drained: drained_tx,
         };
         (watcher, handle)
     }
@@ -148,6 +172,15 @@ impl Watcher {
                 Ok(()) = self.settings.changed() => {
                     next = Instant::now();
                 }
+                Ok(()) = self.drained.changed() => {
+                    // An operator's mark: republish the map we have, now
+                    // (before Patroni's first answer there is none; the
+                    // first poll applies the mark).
+                    let old = self.map.load_full();
+                    if old.generation > 0 {
+                        self.store((*old).clone());
+                    }
+                }
             }
         }
     }
@@ -173,7 +206,7 @@ impl Watcher {
     /// Builds and stores the next map; returns its generation.
     fn publish(&mut self, result: Result<Round, String>) -> u64 {
         let old = self.map.load_full();
-        let mut new = match result {
+        let new = match result {
             Ok(Round {
                 info,
                 source,
@@ -200,6 +233,17 @@ impl Watcher {
                 m
             }
         };
+        self.store(new)
+    }
+
+    /// Applies the operator's marks to `new`, gives it a new generation
+    /// when its facts changed, stores it and updates the metrics.
+    fn store(&mut self, mut new: ClusterMap) -> u64 {
+        let old = self.map.load_full();
+        let drained = Arc::clone(&self.drained.borrow_and_update());
+        for m in &mut new.members {
+            m.drained = drained.contains(&m.name);
+        }
         if new.disagreement != old.disagreement && !new.stale {
             if let Some(why) = &new.disagreement {
                 tracing::warn!(cluster = %self.cluster, "Patroni hosts disagree: {why}");

@@ -1085,3 +1085,45 @@ pub async fn read_startup(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
         return Some(body);
     }
 }
+
+/// `psql` against the console: (exit success, stdout, stderr).
+pub fn psql(port: u16, password: &str, database: &str, sql: &str) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-F",
+            "|",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["-U", "admin", "-d", database, "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .expect("psql (postgresql-client-15)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The rows of an unaligned psql answer as header → value maps.
+pub fn rows(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('('));
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split('|'))
+                .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}

@@ -35,6 +35,31 @@ impl Raw {
     /// postgres/postgres; the ErrorResponse body when refused.
     pub async fn login_packet(port: u16, startup: &[u8]) -> Result<Self, Vec<u8>> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Self::login_on(stream, startup).await
+    }
+
+    /// Logs in as libpq does with `sslmode=prefer` against a server with
+    /// `ssl=off`: an SSLRequest, its `N`, then the startup packet.
+    pub async fn login_after_ssl_refused(port: u16) -> Self {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut out = Vec::new();
+        encode::ssl_request(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"N", "the lab runs with ssl=off");
+        let mut startup = Vec::new();
+        encode::startup(
+            &mut startup,
+            &[("user", "postgres"), ("database", "postgres")],
+        );
+        match Self::login_on(stream, &startup).await {
+            Ok(r) => r,
+            Err(body) => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+
+    async fn login_on(stream: TcpStream, startup: &[u8]) -> Result<Self, Vec<u8>> {
         let mut r = Self {
             stream,
             buf: BytesMut::new(),

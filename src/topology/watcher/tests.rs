@@ -251,3 +251,40 @@ async fn oversized_answers_are_refused_without_reading_them_whole() {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }
+
+#[tokio::test]
+async fn a_drain_mark_republishes_at_once_and_survives_polls() {
+    let f = fake(Answer::Json(HEALTHY)).await;
+    let (h, _c) = start(settings(&[&f]));
+    let generation = h.update_now().await.unwrap();
+    let mut rx = h.generation.clone();
+    rx.mark_unchanged();
+    assert!(h.set_drained("n2", true));
+    assert!(!h.set_drained("n2", true), "already marked");
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("republished without a poll")
+        .unwrap();
+    let map = h.map.load_full();
+    assert_eq!(map.generation, generation + 1);
+    assert!(map.member("n2").unwrap().drained);
+    assert!(!map.member("n1").unwrap().drained);
+    // The next poll of the same answer keeps the mark and the generation.
+    assert_eq!(h.update_now().await.unwrap(), generation + 1);
+    assert!(h.map.load().member("n2").unwrap().drained);
+    assert!(h.set_drained("n2", false));
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!h.map.load().member("n2").unwrap().drained);
+}
+
+#[tokio::test]
+async fn a_drain_mark_before_the_first_answer_publishes_no_map() {
+    let f = fake(Answer::Hang).await;
+    let (h, _c) = start(settings(&[&f]));
+    assert!(h.set_drained("n2", true));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.map.load().generation, 0, "no answer yet: still no map");
+}

@@ -27,6 +27,7 @@ pub(crate) fn member(name: &str, leader: bool) -> Member {
         },
         noloadbalance: false,
         nofailover: false,
+        drained: false,
         timeline: Some(1),
         live: None,
     }
