@@ -1,11 +1,18 @@
-//! Client worker runtimes: one single-threaded tokio runtime per core. Each
-//! client task lives on one thread for its whole life, so a relay's two
-//! directions never wake each other across threads (no work stealing, no
-//! cross-thread futex wake-ups on the hot path). Created by `main`, used by
-//! `listener`, which hands each accepted socket to the least busy worker.
+//! Client worker runtimes: one single-threaded tokio runtime per core. A
+//! client task runs on one thread at a time, so a relay's two directions
+//! never wake each other across threads (no work stealing, no cross-thread
+//! futex wake-ups on the hot path). Only as many workers as the load needs
+//! take clients (`pack`): each measures its busy share every heartbeat,
+//! the first turns those into the number of active workers, `listener`
+//! places each accepted socket on the active worker with the fewest
+//! clients, and a split session idle between requests moves when its
+//! worker stopped being active or holds two clients more than another.
+//! Created by `main`.
+
+pub mod pack;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,14 +27,66 @@ use tokio_util::sync::CancellationToken;
 /// next wake-up close, so bounds further out are filed without a wake-up.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Keeps a worker's timer wheel from being empty (see [`HEARTBEAT`]).
-async fn heartbeat(stop: CancellationToken) {
+/// Keeps a worker's timer wheel from being empty (see [`HEARTBEAT`]), and
+/// measures the worker's busy share each tick; worker 0 also decides how
+/// many workers are active.
+async fn heartbeat(index: usize, load: Arc<Load>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let metrics = Handle::current().metrics();
+    let mut last = (
+        std::time::Instant::now(),
+        metrics.worker_total_busy_duration(0),
+    );
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
+        }
+        let now = (
+            std::time::Instant::now(),
+            metrics.worker_total_busy_duration(0),
+        );
+        let share = (now.1.saturating_sub(last.1).as_secs_f64()
+            / now.0.duration_since(last.0).as_secs_f64().max(1e-3))
+        .clamp(0.0, 1.0);
+        last = now;
+        load.busy[index].store((share * 1000.0) as u32, Ordering::Relaxed);
+        if index == 0 {
+            load.decide();
+        }
+    }
+}
+
+/// What the workers measure of themselves and what worker 0 decides.
+#[derive(Debug)]
+struct Load {
+    /// Each worker's busy share of the last heartbeat, per mille.
+    busy: Vec<AtomicU32>,
+    /// How many workers take clients now (the first ones).
+    active: AtomicUsize,
+    /// Tests only (`PGVANE_TEST_ROTATE_WORKERS` set at start): every
+    /// heartbeat flips between one active worker and all of them, so idle
+    /// sessions keep moving.
+    rotate: bool,
+}
+
+impl Load {
+    fn decide(&self) {
+        let busy: Vec<f64> = self
+            .busy
+            .iter()
+            .map(|b| f64::from(b.load(Ordering::Relaxed)) / 1000.0)
+            .collect();
+        let active = self.active.load(Ordering::Relaxed);
+        let next = if self.rotate {
+            if active == 1 { busy.len() } else { 1 }
+        } else {
+            pack::wanted(&busy, active, busy.len())
+        };
+        if next != active {
+            tracing::debug!(active = next, ?busy, "client workers");
+            self.active.store(next, Ordering::Relaxed);
         }
     }
 }
@@ -43,16 +102,28 @@ struct Worker {
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<Worker>,
+    load: Arc<Load>,
     stop: CancellationToken,
 }
 
-/// Decrements a worker's task count when the task ends.
+/// A client counted on its worker; the count drops with it.
 #[derive(Debug)]
-pub struct Placement(Arc<AtomicUsize>);
+pub struct Placement {
+    tasks: Arc<AtomicUsize>,
+    index: usize,
+}
+
+impl Placement {
+    /// The worker's index.
+    #[must_use]
+    pub fn worker(&self) -> usize {
+        self.index
+    }
+}
 
 impl Drop for Placement {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.tasks.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -64,22 +135,32 @@ impl Workers {
     /// When a runtime or thread cannot be created.
     pub fn start(n: usize) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
+        let n = n.max(1);
+        let load = Arc::new(Load {
+            busy: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            active: AtomicUsize::new(1),
+            rotate: std::env::var_os("PGVANE_TEST_ROTATE_WORKERS").is_some(),
+        });
         let mut workers = Vec::new();
-        for i in 0..n.max(1) {
+        for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let handle = rt.handle().clone();
-            let stop = stop.clone();
+            let (stop, load) = (stop.clone(), Arc::clone(&load));
             std::thread::Builder::new()
                 .name(format!("pgvane-worker-{i}"))
-                .spawn(move || rt.block_on(heartbeat(stop)))?;
+                .spawn(move || rt.block_on(heartbeat(i, load, stop)))?;
             workers.push(Worker {
                 handle,
                 tasks: Arc::new(AtomicUsize::new(0)),
             });
         }
-        Ok(Self { workers, stop })
+        Ok(Self {
+            workers,
+            load,
+            stop,
+        })
     }
 
     /// Workers on the calling runtime only (tests and embedding): every task
@@ -94,20 +175,60 @@ impl Workers {
                 handle: Handle::current(),
                 tasks: Arc::new(AtomicUsize::new(0)),
             }],
+            load: Arc::new(Load {
+                busy: vec![AtomicU32::new(0)],
+                active: AtomicUsize::new(1),
+                rotate: false,
+            }),
             stop: CancellationToken::new(),
         }
     }
 
-    /// The least busy worker's handle and a placement guard to move into the task.
+    /// The active worker with the fewest clients: its handle and a
+    /// placement guard to move into the task.
     #[must_use]
     pub fn pick(&self) -> (Handle, Placement) {
-        let w = self
+        let active = self.active();
+        let (index, _) = self
             .workers
             .iter()
-            .min_by_key(|w| w.tasks.load(Ordering::Relaxed))
+            .take(active)
+            .enumerate()
+            .min_by_key(|(i, w)| (w.tasks.load(Ordering::Relaxed), *i))
             .unwrap_or_else(|| unreachable!("Workers always holds at least one worker"));
+        self.place(index)
+    }
+
+    /// Worker `index`'s handle and a placement on it.
+    fn place(&self, index: usize) -> (Handle, Placement) {
+        let w = &self.workers[index];
         w.tasks.fetch_add(1, Ordering::Relaxed);
-        (w.handle.clone(), Placement(Arc::clone(&w.tasks)))
+        let placement = Placement {
+            tasks: Arc::clone(&w.tasks),
+            index,
+        };
+        (w.handle.clone(), placement)
+    }
+
+    /// How many workers take clients now.
+    fn active(&self) -> usize {
+        self.load
+            .active
+            .load(Ordering::Relaxed)
+            .clamp(1, self.workers.len())
+    }
+
+    /// Where a client idle on `placement`'s worker should move now, if
+    /// anywhere ([`pack::destination`]): the new worker's handle and
+    /// placement. Cheap when the answer is no: a few atomic loads.
+    #[must_use]
+    pub fn move_from(&self, placement: &Placement) -> Option<(Handle, Placement)> {
+        if self.workers.len() == 1 {
+            return None;
+        }
+        let tasks = |i: usize| self.workers[i].tasks.load(Ordering::Relaxed);
+        let to = pack::destination(placement.index, self.active(), self.workers.len(), tasks)?;
+        (to != placement.index).then(|| self.place(to))
     }
 
     /// Number of worker threads.
@@ -133,16 +254,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn picks_least_busy_and_runs_tasks() {
+    fn clients_pack_onto_the_active_workers_and_move_off_the_others() {
         let w = Workers::start(2).unwrap();
         let (h1, p1) = w.pick();
-        let (h2, _p2) = w.pick();
-        assert_ne!(h1.id(), h2.id(), "second task goes to the idle worker");
+        let (h2, p2) = w.pick();
+        assert_eq!(h1.id(), h2.id(), "one worker is active at first");
+        assert_eq!((p1.worker(), p2.worker()), (0, 0));
+        assert!(w.move_from(&p1).is_none(), "nowhere else to go");
+        // The first worker runs hot: both become active, the next client
+        // goes to the empty one and an idle client of the first evens out.
+        w.load.busy[0].store(900, Ordering::Relaxed);
+        w.load.decide();
+        assert_eq!(w.active(), 2);
+        let (_, p3) = w.pick();
+        assert_eq!(p3.worker(), 1);
+        let (_, p4) = w.pick();
+        assert_eq!(p4.worker(), 1, "ties go to the first: 2 on each now");
+        let (_, p5) = w.pick();
+        assert_eq!(p5.worker(), 0);
+        assert!(w.move_from(&p5).is_none(), "3 against 2 is even enough");
+        drop(p4);
+        let (h, moved) = w.move_from(&p1).expect("3 against 1 moves one");
+        assert_eq!(moved.worker(), 1);
         drop(p1);
-        let (h3, _p3) = w.pick();
-        assert_eq!(h3.id(), h1.id());
+        // Light again: everything goes back to the first worker.
+        w.load.busy[0].store(200, Ordering::Relaxed);
+        w.load.busy[1].store(100, Ordering::Relaxed);
+        w.load.decide();
+        assert_eq!(w.active(), 1);
+        let (_, back) = w.move_from(&moved).expect("off the inactive worker");
+        assert_eq!(back.worker(), 0);
         let (tx, rx) = std::sync::mpsc::channel();
-        h3.spawn(async move {
+        h.spawn(async move {
             tx.send(std::thread::current().name().map(str::to_owned))
                 .unwrap()
         });
@@ -150,7 +293,28 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(5))
             .unwrap()
             .unwrap();
-        assert!(name.starts_with("pgvane-worker-"));
+        assert_eq!(name, "pgvane-worker-1");
+        drop((p2, p3, p5));
+        w.stop();
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain thread, not a runtime worker
+    fn a_worker_measures_its_busy_share() {
+        let w = Workers::start(1).unwrap();
+        let (h, _p) = w.pick();
+        // Half a second of solid work on the worker, then its heartbeat.
+        h.spawn(async {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(700);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        });
+        let seen = (0..40).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            w.load.busy[0].load(Ordering::Relaxed) > 500
+        });
+        assert!(seen, "a spinning worker reports over half busy");
         w.stop();
     }
 }

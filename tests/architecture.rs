@@ -50,6 +50,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
             "tls",
             "topology",
             "tracker",
+            "workers",
         ],
         "topology" => &["config", "telemetry"],
         "tracker" => &["backend", "config", "telemetry", "tls", "topology"],

@@ -9,6 +9,7 @@
 mod common;
 use common::raw::Raw;
 use common::*;
+use pgvane::protocol::encode;
 use std::time::Duration;
 
 /// A lab config with a console on `console` (user admin/secret).
@@ -58,19 +59,17 @@ fn code(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// Reads the FATAL a drained or killed client is told, then the close.
-async fn told_and_closed(r: &mut Raw, what: &str) {
+/// Reads the FATAL 57P01 a drained or killed client is told (its text
+/// containing `says`), then the close.
+async fn told_and_closed(r: &mut Raw, says: &str, what: &str) {
     let m = r
         .read()
         .await
         .unwrap_or_else(|| panic!("{what}: closed without a word"));
-    assert_eq!(m.0, b'E', "{what}: {:?}", String::from_utf8_lossy(&m.1));
-    assert_eq!(
-        code(&m.1),
-        "57P01",
-        "{what}: {:?}",
-        String::from_utf8_lossy(&m.1)
-    );
+    let text = String::from_utf8_lossy(&m.1).into_owned();
+    assert_eq!(m.0, b'E', "{what}: {text}");
+    assert_eq!(code(&m.1), "57P01", "{what}: {text}");
+    assert!(text.contains(says), "{what}: {text}");
     assert!(r.read().await.is_none(), "{what}: closed after the FATAL");
 }
 
@@ -111,16 +110,28 @@ async fn drain_moves_clients_off_a_replica_as_their_transactions_end() {
     healthy_lab();
     let p = Ports::new();
     let (split, port) = (free_port(), free_port());
-    let _pv = Pgvane::start(&with_console(port, &split_config(&p, split)), p.admin);
+    // The drain's grace: what is still there after it is evicted.
+    let yaml = format!("drain_timeout_ms: 4000\n{}", split_config(&p, split));
+    let _pv = Pgvane::start(&with_console(port, &yaml), p.admin);
     let target = replicas()[0].clone();
 
-    // Three clients of the replica port on the target: idle, idle after
-    // libpq's SSLRequest was refused, and one inside a transaction.
+    // Four clients of the replica port on the target: idle, idle after
+    // libpq's SSLRequest was refused, one inside a transaction that ends,
+    // and one whose extended-protocol batch waits for its Sync (an
+    // implicit transaction), which the client holds back.
     let mut idle = raw_on(p.ro, &target, false).await;
     let mut idle_ssl = raw_on(p.ro, &target, true).await;
     let mut busy = raw_on(p.ro, &target, false).await;
+    let mut unsynced = raw_on(p.ro, &target, false).await;
     no_error(&busy.simple("begin").await, "begin");
     no_error(&busy.simple("select 1").await, "in the transaction");
+    let mut batch = Vec::new();
+    encode::parse(&mut batch, "", "select 1", &[0, 0]);
+    encode::bind_raw(&mut batch, "", "", &[0, 0, 0, 0, 0, 0]);
+    encode::execute(&mut batch, "");
+    encode::frame(&mut batch, b'H', |_| {});
+    unsynced.send(&batch).await;
+    no_error(&unsynced.until(b'C').await, "the batch before its Sync");
     // Control: before DRAIN every one of them answers.
     no_error(&idle.simple("select 1").await, "idle before DRAIN");
     no_error(
@@ -131,15 +142,29 @@ async fn drain_moves_clients_off_a_replica_as_their_transactions_end() {
 
     let (ok, out, err) = console(port, &format!("DRAIN {target}"));
     assert!(ok && out.contains("DRAIN"), "{out}{err}");
-    told_and_closed(&mut idle, "idle client").await;
-    told_and_closed(&mut idle_ssl, "idle client after SSLRequest").await;
+    let drained_at = std::time::Instant::now();
+    told_and_closed(&mut idle, "drained its node", "idle client").await;
+    let what = "idle client after SSLRequest";
+    told_and_closed(&mut idle_ssl, "drained its node", what).await;
     // The open transaction goes on to its end, then the client is told.
     no_error(
         &busy.simple("select 2").await,
         "the transaction after DRAIN",
     );
     no_error(&busy.simple("commit").await, "commit after DRAIN");
-    told_and_closed(&mut busy, "client whose transaction ended").await;
+    let what = "client whose transaction ended";
+    told_and_closed(&mut busy, "drained its node", what).await;
+    // The batch waiting for its Sync is no idle point: it stays until the
+    // drain's grace ran out, then it is evicted.
+    assert!(
+        unsynced.read().await.is_none(),
+        "evicted at drain_timeout_ms"
+    );
+    assert!(
+        drained_at.elapsed() >= Duration::from_secs(3),
+        "not before the grace: {:?}",
+        drained_at.elapsed()
+    );
     assert_eq!(drained(port, &target), "true");
     let (_, out, _) = console(port, "SHOW CLUSTERS");
     let row = rows(&out)
@@ -266,6 +291,7 @@ async fn pause_holds_new_work_until_resume_and_kill_ends_the_ports_clients() {
 
     // KILL one port: its clients end, the other port's stay.
     let rw = connect(p.rw).await.unwrap();
+    let mut rw_raw = Raw::login(p.rw, &[]).await;
     let (ok, out, err) = console(port, "KILL lab/app");
     assert!(ok && out.contains("KILL"), "{out}{err}");
     assert!(
@@ -284,7 +310,12 @@ async fn pause_holds_new_work_until_resume_and_kill_ends_the_ports_clients() {
         all_gone(&[rw], Duration::from_secs(10)).await,
         "role-port client ends"
     );
+    let what = "killed role-port client";
+    told_and_closed(&mut rw_raw, "administrator command", what).await;
     assert!(fresh.alive().await);
+    let (ok, _, err) = console(port, "KILL");
+    assert!(!ok && err.contains("usage: KILL"), "{err}");
+    assert!(fresh.alive().await, "a bare KILL ends nothing");
 
     let (ok, _, err) = console(port, "PAUSE nosuch");
     assert!(

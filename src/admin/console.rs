@@ -191,11 +191,10 @@ enum Cmd {
 /// Parses one command: words in any case, an optional `;`.
 fn parse(sql: &str) -> Cmd {
     let text = sql.trim().trim_end_matches(';').trim();
-    let typed: Vec<&str> = text.split_whitespace().collect();
+    let typed = split_words(text);
     let words: Vec<String> = typed.iter().map(|w| w.to_ascii_uppercase()).collect();
     if let Some(op) = words.first().and_then(|w| Op::of(w)) {
-        let args = typed[1..].iter().map(|w| w.trim_matches('"').to_owned());
-        return Cmd::Operate(op, args.collect());
+        return Cmd::Operate(op, typed[1..].to_vec());
     }
     match words
         .iter()
@@ -212,6 +211,40 @@ fn parse(sql: &str) -> Cmd {
         ] => Cmd::Unsupported((*w).to_owned()),
         _ => Cmd::Unknown,
     }
+}
+
+/// Words split at white space; a double-quoted word keeps its spaces
+/// (`""` inside it is one quote), as PostgreSQL quotes names.
+fn split_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                word.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek().filter(|c| !c.is_whitespace()) {
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+    words
 }
 
 /// Runs one command, appending its answer to `out`.
@@ -538,6 +571,10 @@ mod tests {
         );
         assert_eq!(parse("resume"), Cmd::Operate(Op::Resume, vec![]));
         assert_eq!(parse("SHUTDOWN"), Cmd::Unsupported("SHUTDOWN".into()));
+        assert_eq!(
+            parse(r#"drain lab "node ""1""""#),
+            Cmd::Operate(Op::Drain, vec!["lab".into(), r#"node "1""#.into()])
+        );
         assert_eq!(parse("select 1"), Cmd::Unknown);
         assert_eq!(parse("show"), Cmd::Unknown);
     }

@@ -71,24 +71,37 @@ const NOT_NOW: SqlState = SqlState("55000");
 /// How often PAUSE looks whether split ports' transactions have ended.
 const PAUSE_POLL: Duration = Duration::from_millis(10);
 
+/// `42725 ambiguous_function`: a name that means two things.
+const AMBIGUOUS: SqlState = SqlState("42725");
+
 /// Runs `op` with its argument words (as typed, case kept).
 pub(super) async fn run(op: Op, args: &[&str], state: &AdminState) -> Outcome {
     let views = state.clusters.load_full();
     match op {
         Op::Pause | Op::Resume | Op::Kill => {
             let target = match args {
-                [] => None,
+                // A bare KILL would end every client: pgbouncer's needs a
+                // database too.
+                [] if op != Op::Kill => None,
                 [t] => Some(*t),
                 _ => {
+                    let optional = if op == Op::Kill {
+                        ""
+                    } else {
+                        " (none: every port)"
+                    };
                     return Outcome::Failed(
                         SYNTAX,
-                        format!("usage: {} [cluster | cluster/port | port]", op.tag()),
+                        format!(
+                            "usage: {} cluster | cluster/port | port{optional}",
+                            op.tag()
+                        ),
                     );
                 }
             };
             match ports(&views, target) {
                 Ok(ports) => on_ports(op, &ports, state).await,
-                Err(text) => Outcome::Failed(UNDEFINED, text),
+                Err((code, text)) => Outcome::Failed(code, text),
             }
         }
         Op::Drain | Op::Undrain => {
@@ -99,31 +112,53 @@ pub(super) async fn run(op: Op, args: &[&str], state: &AdminState) -> Outcome {
                     return Outcome::Failed(SYNTAX, format!("usage: {} [cluster] node", op.tag()));
                 }
             };
-            drain(op == Op::Drain, &views, cluster, node)
+            drain(op == Op::Drain, &views, (cluster, node), state).await
         }
     }
 }
 
 /// The ports `target` names: all (None), a cluster's, `cluster/port`, or
-/// every port of that name.
+/// every port of that name; a name that is a cluster's and another
+/// cluster's port's is ambiguous.
 fn ports(
     views: &BTreeMap<String, ClusterView>,
     target: Option<&str>,
-) -> Result<Vec<Arc<PortShared>>, String> {
-    let all = views
-        .iter()
-        .flat_map(|(name, v)| v.ports.iter().map(move |p| (name.as_str(), p)));
-    let chosen: Vec<Arc<PortShared>> = all
+) -> Result<Vec<Arc<PortShared>>, (SqlState, String)> {
+    let all = || {
+        views
+            .iter()
+            .flat_map(|(name, v)| v.ports.iter().map(move |p| (name.as_str(), p)))
+    };
+    if let Some(t) = target {
+        let cluster = views.contains_key(t);
+        let elsewhere: Vec<String> = all()
+            .filter(|(c, p)| p.key.port == t && *c != t)
+            .map(|(_, p)| p.key.to_string())
+            .collect();
+        if cluster && !elsewhere.is_empty() {
+            return Err((
+                AMBIGUOUS,
+                format!(
+                    "\"{t}\" names a cluster and the port {}: write cluster/port",
+                    elsewhere.join(", ")
+                ),
+            ));
+        }
+    }
+    let chosen: Vec<Arc<PortShared>> = all()
         .filter(|(cluster, p)| {
             target.is_none_or(|t| t == *cluster || t == p.key.port || t == p.key.to_string())
         })
         .map(|(_, p)| Arc::clone(p))
         .collect();
     if chosen.is_empty() {
-        return Err(match target {
-            Some(t) => format!("no cluster or port named \"{t}\""),
-            None => "no port is configured".to_owned(),
-        });
+        return Err((
+            UNDEFINED,
+            match target {
+                Some(t) => format!("no cluster or port named \"{t}\""),
+                None => "no port is configured".to_owned(),
+            },
+        ));
     }
     Ok(chosen)
 }
@@ -182,19 +217,24 @@ fn busy_backends(ports: &[Arc<PortShared>]) -> usize {
 }
 
 /// Marks `node` drained (or not) in `cluster`, or in the one cluster that
-/// lists it.
-fn drain(
+/// lists it (DRAIN) or has it marked (UNDRAIN, also once it left the
+/// map); answers once the map with the mark is published.
+async fn drain(
     on: bool,
     views: &BTreeMap<String, ClusterView>,
-    cluster: Option<&str>,
-    node: &str,
+    (cluster, node): (Option<&str>, &str),
+    state: &AdminState,
 ) -> Outcome {
     let op = if on { Op::Drain } else { Op::Undrain };
     let listing: Vec<(&String, &ClusterView)> = views
         .iter()
         .filter(|(name, v)| {
             cluster.is_none_or(|c| c == name.as_str())
-                && (!on && cluster.is_some() || v.watcher.map.load().member(node).is_some())
+                && if on {
+                    v.watcher.map.load().member(node).is_some()
+                } else {
+                    v.watcher.drained().contains(node)
+                }
         })
         .collect();
     let (name, view) = match listing.as_slice() {
@@ -202,17 +242,19 @@ fn drain(
         [] => {
             let text = match cluster {
                 Some(c) if !views.contains_key(c) => format!("no cluster named \"{c}\""),
-                Some(c) => format!("cluster \"{c}\" lists no member named \"{node}\""),
-                None => format!("no cluster lists a member named \"{node}\""),
+                Some(c) if on => format!("cluster \"{c}\" lists no member named \"{node}\""),
+                Some(c) => format!("cluster \"{c}\" has no member \"{node}\" drained"),
+                None if on => format!("no cluster lists a member named \"{node}\""),
+                None => format!("no cluster has a member \"{node}\" drained"),
             };
             return Outcome::Failed(UNDEFINED, text);
         }
         many => {
             let names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
             return Outcome::Failed(
-                SYNTAX,
+                AMBIGUOUS,
                 format!(
-                    "clusters {} each list \"{node}\": name one, {} <cluster> {node}",
+                    "clusters {} each have \"{node}\": name one, {} <cluster> {node}",
                     names.join(", "),
                     op.tag()
                 ),
@@ -230,15 +272,28 @@ fn drain(
             );
         }
     }
+    let mut generation = view.watcher.generation.clone();
+    generation.mark_unchanged();
     let changed = view.watcher.set_drained(node, on);
     tracing::warn!(cluster = %name, node, changed, "console: {}", op.tag());
-    let warnings = if changed {
-        Vec::new()
-    } else {
+    let mut warnings = Vec::new();
+    if !changed {
         let already = if on { "drained" } else { "not drained" };
-        vec![format!(
+        warnings.push(format!(
             "\"{node}\" in cluster \"{name}\" is {already} already"
-        )]
-    };
+        ));
+    } else if view.watcher.map.load().generation > 0 {
+        // The watcher republishes once a poll under way has ended.
+        let bound = state.globals.load().api_timeout * 2 + Duration::from_secs(1);
+        if tokio::time::timeout(bound, generation.changed())
+            .await
+            .is_err()
+        {
+            warnings.push(format!(
+                "the mark is set; the map showing it is published when the Patroni poll under way ends (over {} ms now)",
+                bound.as_millis()
+            ));
+        }
+    }
     Outcome::Done(op.tag(), warnings)
 }

@@ -115,8 +115,8 @@ async fn client_task(
     SocketOptions::for_clients(&port.globals.load().tcp).apply(&client);
     match &*kind {
         PortKind::Split(s) => {
-            session::run(client, s.context(), admitted, peer).await;
-            drop((ticket, placement));
+            session::run(client, s.context(), admitted, peer, placement).await;
+            drop(ticket);
         }
         PortKind::Role(ctx) => {
             use tracing::Instrument;

@@ -252,6 +252,7 @@ impl PortShared {
             drain: self.drain.clone(),
             close: self.close.clone(),
             gate: Arc::clone(&self.gate),
+            workers: Arc::clone(&self.workers),
             tls: Arc::clone(&split.tls),
             link: Arc::clone(&self.link),
         }
@@ -339,13 +340,29 @@ impl PortShared {
         let out = role.balancer.evict_where(|k| {
             router::policy::still_qualifies(k, map.member(&k.name), &cfg, &lag).err()
         });
-        let drained = role.balancer.drain_where(|k| {
+        let now = Instant::now();
+        let drains = |k: &NodeKey| {
             map.member(&k.name)
                 .is_some_and(|m| router::policy::drains(m, &cfg))
-        });
-        for (node, clients) in drained {
+        };
+        for (node, clients) in role.balancer.drain_where(now, drains) {
             tracing::info!(port = %self.key, node = %node.name, clients, "draining: clients leave as their transactions end");
         }
+        // What a drain's grace (`drain_timeout_ms`) did not see leave is
+        // evicted: TLS streams, long transactions, idle-in-transaction.
+        let grace = self.globals.load().drain_timeout;
+        let (overdue, next) = role.balancer.overdue(now, grace, drains);
+        for (node, clients) in overdue {
+            tracing::info!(port = %self.key, node = %node.name, clients, "drain_timeout_ms passed: evicting what is left of a drained node's clients");
+            self.metrics
+                .evictions
+                .with_label_values(&[&self.key.cluster, &self.key.port, "drained"])
+                .inc_by(clients as u64);
+        }
+        let wake = match (wake, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for (node, reason, clients) in out {
             let m = map.member(&node.name);
             let why = m.map_or_else(

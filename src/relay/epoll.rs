@@ -64,6 +64,11 @@ async fn pump(
                     pending.drain(..n);
                     if pending.is_empty() {
                         pending = Vec::new();
+                        if down {
+                            watch
+                                .owed
+                                .store(false, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -93,6 +98,11 @@ async fn pump(
             Ok(n) => counter.add(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
+        }
+        if down {
+            watch
+                .owed
+                .store(!pending.is_empty(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -164,14 +174,16 @@ pub(super) fn spawn(h: Handoff) {
             bytes,
             done,
         } = h;
-        let end = tokio::select! {
-            end = copy(&client, &server, &bytes, &watch, &drain) => end,
-            () = evict.cancelled() => RelayEnd::Evicted,
-            () = close.cancelled() => RelayEnd::Evicted,
+        let (end, tell) = tokio::select! {
+            end = copy(&client, &server, &bytes, &watch, &drain) => (end, true),
+            () = evict.cancelled() => (RelayEnd::Evicted, false),
+            // A kill or the port's close: the client is told when its
+            // stream is between messages.
+            () = close.cancelled() => (RelayEnd::Evicted, watch.may_tell()),
         };
-        if end == RelayEnd::Drained {
-            // Idle, so the socket's buffer has room: one try, no waiting.
-            let _ = client.try_write(super::farewell());
+        if let Some(bytes) = super::farewell_for(end).filter(|_| tell) {
+            // One try, no waiting: an idle socket's buffer has room.
+            let _ = client.try_write(bytes);
         }
         drop((client, server));
         done(end);

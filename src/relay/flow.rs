@@ -97,6 +97,8 @@ pub async fn serve_client(
     keep: Keep,
 ) {
     let port = Arc::clone(port);
+    // Taken first: a KILL from now on ends this client too.
+    let kill = port.gate.kill_token();
     let _ = client.set_nodelay(true);
     let cfg = port.config.load_full();
     if let Err(text) = admitted {
@@ -124,7 +126,11 @@ pub async fn serve_client(
     };
     // A paused port holds new clients up to `leader_wait_ms`, as a
     // leader being replaced does.
-    if port.gate.wait_open(cfg.resolved.leader_wait).await.is_err() {
+    let opened = tokio::select! {
+        r = port.gate.wait_open(cfg.resolved.leader_wait) => r.is_ok(),
+        () = kill.cancelled() => return,
+    };
+    if !opened {
         let code = sqlstate::CANNOT_CONNECT_NOW;
         let text = format!("pgvane: port \"{}\" is paused by an operator", port.key);
         return refuse(&mut client, &head, &port, code, &text).await;
@@ -155,7 +161,7 @@ pub async fn serve_client(
                 } else {
                     Frames::after_request(&head)
                 };
-                return relay(client, connected, frames, &port, peer, keep);
+                return relay(client, connected, (frames, kill), &port, peer, keep);
             }
             Err(r) => r,
         };
@@ -193,7 +199,7 @@ pub async fn serve_client(
             tokio::time::timeout_at(tokio::time::Instant::from_std(until), generation.changed());
         tokio::select! {
             _ = changed => {}
-            () = port.close.cancelled() => return,
+            () = kill.cancelled() => return,
         }
     }
 }
@@ -291,12 +297,16 @@ async fn choose_and_connect(
                 // The map may have changed since `choose`; a lease taken before
                 // an eviction is cancelled by it, one taken after sees the new map.
                 let current = port.map.load();
-                if let Err(reason) = router::policy::still_qualifies(
-                    &key,
-                    current.member(&key.name),
-                    &port.config.load(),
-                    &port.lag.load(),
-                ) {
+                let cfg = port.config.load();
+                let member = current.member(&key.name);
+                // A node drained meanwhile takes no new client (its old
+                // ones stay to leave at their idle point).
+                let verdict = if member.is_some_and(|m| router::policy::drains(m, &cfg)) {
+                    Err(router::Ineligible::Drained)
+                } else {
+                    router::policy::still_qualifies(&key, member, &cfg, &port.lag.load())
+                };
+                if let Err(reason) = verdict {
                     failures.push(format!(
                         "{} stopped qualifying ({})",
                         key.name,
@@ -304,7 +314,7 @@ async fn choose_and_connect(
                     ));
                     continue;
                 }
-                drop(current);
+                drop((current, cfg));
                 if tokio::io::AsyncWriteExt::write_all(&mut server, head)
                     .await
                     .is_err()
@@ -438,7 +448,7 @@ pub(super) async fn first_reply(server: &mut TcpStream, timeout: Duration) -> io
 fn relay(
     client: TcpStream,
     connected: Connected,
-    frames: Frames,
+    (frames, kill): (Frames, CancellationToken),
     port: &Arc<RoleContext>,
     peer: SocketAddr,
     keep: Keep,
@@ -494,7 +504,7 @@ fn relay(
         evict,
         drain,
         watch: Watch::new(frames),
-        close: port.gate.kill_token(),
+        close: kill,
         bytes,
         done: Box::new(done),
     });

@@ -48,6 +48,16 @@ pub struct Frames {
     status: u8,
     /// The stream is encrypted or not understood: never idle.
     opaque: bool,
+    /// Extended-protocol messages (Parse, Bind, Describe, Execute, Close,
+    /// Flush) were sent since the last Sync: the server may have run them
+    /// in an implicit transaction that only the Sync ends.
+    unsynced: bool,
+    /// Syncs the client sent since its last Execute (or Query): when that
+    /// Execute turns out to start COPY FROM STDIN, the server ignores them.
+    syncs_after_execute: u64,
+    /// Between the server's CopyInResponse and the client's CopyDone or
+    /// CopyFail: the server ignores Syncs.
+    copy_in: bool,
 }
 
 const NEW_MESSAGE: Down = Down::Message {
@@ -73,6 +83,9 @@ impl Frames {
             answered: 0,
             status: 0,
             opaque: false,
+            unsynced: false,
+            syncs_after_execute: 0,
+            copy_in: false,
         };
         f.down(early);
         f
@@ -102,15 +115,21 @@ impl Frames {
             answered: 0,
             status: 0,
             opaque: !request,
+            unsynced: false,
+            syncs_after_execute: 0,
+            copy_in: false,
         }
     }
 
     /// Whether the connection is between transactions with nothing in
-    /// flight: every message the client sent has had its `ReadyForQuery`,
-    /// the last one said idle, and neither direction is inside a message.
+    /// flight: every message the client sent has had its `ReadyForQuery`
+    /// (no extended-protocol message waits for its Sync, no COPY is under
+    /// way), the last one said idle, and neither direction is inside a
+    /// message.
     #[must_use]
     pub fn idle(&self) -> bool {
-        !self.opaque
+        !self.unsynced
+            && !self.copy_in
             && self.asked == self.answered
             && self.status == b'I'
             && matches!(
@@ -121,6 +140,14 @@ impl Frames {
                     ..
                 }
             )
+            && self.between_messages()
+    }
+
+    /// Whether the server → client direction sits between messages, so a
+    /// message of pgvane's own may be put there.
+    #[must_use]
+    pub fn between_messages(&self) -> bool {
+        !self.opaque
             && matches!(
                 self.down,
                 Down::Message {
@@ -166,8 +193,25 @@ impl Frames {
                         self.opaque = true;
                         continue;
                     }
-                    if matches!(tag, b'Q' | b'S' | b'F') {
-                        self.asked += 1;
+                    match tag {
+                        b'Q' | b'F' => {
+                            self.asked += 1;
+                            self.syncs_after_execute = 0;
+                        }
+                        b'S' => {
+                            self.unsynced = false;
+                            if !self.copy_in {
+                                self.asked += 1;
+                                self.syncs_after_execute += 1;
+                            }
+                        }
+                        b'E' => {
+                            self.unsynced = true;
+                            self.syncs_after_execute = 0;
+                        }
+                        b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
+                        b'c' | b'f' => self.copy_in = false,
+                        _ => {}
                     }
                     *skip = len - 4;
                 }
@@ -210,6 +254,19 @@ impl Frames {
                     }
                     *status = tag == b'Z';
                     *skip = len - 4;
+                    match tag {
+                        // CopyInResponse: the Syncs sent behind the Execute
+                        // that started it reach a server in copy-in mode,
+                        // which ignores them.
+                        b'G' => {
+                            self.copy_in = true;
+                            self.asked = self.asked.saturating_sub(self.syncs_after_execute);
+                            self.syncs_after_execute = 0;
+                        }
+                        // CopyBothResponse (replication): not followed.
+                        b'W' => self.opaque = true,
+                        _ => {}
+                    }
                 }
             }
         }

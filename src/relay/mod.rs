@@ -24,50 +24,85 @@ use tokio_util::sync::CancellationToken;
 pub enum RelayEnd {
     /// Both sides closed (or one failed): the normal end.
     Closed,
-    /// The client's eviction token (or its port's close) fired.
+    /// The client's eviction token, a KILL or its port's close fired.
     Evicted,
     /// Its node was drained and the connection reached an idle point: the
     /// client was told (FATAL 57P01) and both sides closed.
     Drained,
 }
 
-/// What a drained client reads before its connection closes, as
-/// PostgreSQL's `pg_terminate_backend` answers: FATAL 57P01.
-fn farewell() -> &'static [u8] {
-    static BYTES: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+/// What a client reads before pgvane closes its connection, by how the
+/// relay ended, as PostgreSQL's `pg_terminate_backend` answers: FATAL
+/// 57P01. None: nothing to say (the connection simply ended).
+fn farewell_for(end: RelayEnd) -> Option<&'static [u8]> {
+    fn fatal(text: &str) -> Vec<u8> {
         let mut out = Vec::new();
         crate::protocol::encode::error_response(
             &mut out,
             crate::protocol::encode::Severity::Fatal,
             crate::protocol::sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection because pgvane drained its node; reconnect to reach another",
+            text,
         );
         out
+    }
+    static DRAINED: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        fatal("terminating connection because pgvane drained its node; reconnect to reach another")
     });
-    &BYTES
+    static KILLED: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| fatal("terminating connection due to administrator command"));
+    match end {
+        RelayEnd::Drained => Some(&DRAINED),
+        RelayEnd::Evicted => Some(&KILLED),
+        RelayEnd::Closed => None,
+    }
 }
 
 /// A relay's protocol position, shared by its two directions (which run
-/// in one task; the lock is never contended).
+/// in one task; the lock is never contended), and whether the client is
+/// being told its connection ends (then nothing more is passed on).
 #[derive(Debug)]
-pub struct Watch(std::sync::Mutex<frames::Frames>);
+pub struct Watch {
+    frames: std::sync::Mutex<frames::Frames>,
+    closing: std::sync::atomic::AtomicBool,
+    /// The epoll engine holds server bytes the client has not taken yet.
+    owed: std::sync::atomic::AtomicBool,
+}
 
 impl Watch {
     /// Watches a relay starting at `frames`.
     #[must_use]
     pub fn new(frames: frames::Frames) -> Self {
-        Self(std::sync::Mutex::new(frames))
+        Self {
+            frames: std::sync::Mutex::new(frames),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            owed: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut frames::Frames) -> R) -> R {
         f(&mut self
-            .0
+            .frames
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn idle(&self) -> bool {
         self.with(|f| f.idle())
+    }
+
+    fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a message of pgvane's own may go to the client now: the
+    /// server's bytes read so far end between messages and all reached it.
+    fn may_tell(&self) -> bool {
+        !self.owed.load(std::sync::atomic::Ordering::Relaxed) && self.with(|f| f.between_messages())
     }
 }
 

@@ -41,6 +41,29 @@ fn start(
     start_watched(engine, (client, server), evict, (&never, opaque), bytes)
 }
 
+/// [`start_watched`] with the kill (port close) token given too.
+fn start_killable(
+    engine: &Engine,
+    sockets: (TcpStream, TcpStream),
+    kill: &CancellationToken,
+    frames: frames::Frames,
+) -> tokio::sync::oneshot::Receiver<RelayEnd> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    engine.relay(Handoff {
+        client: sockets.0,
+        server: sockets.1,
+        evict: CancellationToken::new(),
+        drain: CancellationToken::new(),
+        watch: Watch::new(frames),
+        close: kill.clone(),
+        bytes: counters(),
+        done: Box::new(move |end| {
+            let _ = tx.send(end);
+        }),
+    });
+    rx
+}
+
 /// [`start`] with a drain token and the protocol position to watch from.
 fn start_watched(
     engine: &Engine,
@@ -192,8 +215,7 @@ async fn eviction_ends_the_relay() {
         let mut ping = [0u8; 4];
         db.read_exact(&mut ping).await.unwrap();
         evict.cancel();
-        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
-        assert_eq!(end.expect(name).unwrap(), RelayEnd::Evicted, "{name}");
+        ends_as(ended, RelayEnd::Evicted, name).await;
         let mut buf = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), app.read(&mut buf)).await;
         assert_eq!(
@@ -227,6 +249,22 @@ async fn expect(s: &mut TcpStream, want: &[u8], what: &str) {
     assert_eq!(got, want, "{what}");
 }
 
+/// Everything the client reads until the close, within 5 s.
+async fn read_rest(app: &mut TcpStream, name: &str) -> Vec<u8> {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut rest))
+        .await
+        .expect(name)
+        .unwrap();
+    rest
+}
+
+/// Waits up to 5 s for the relay to end; checks how.
+async fn ends_as(ended: tokio::sync::oneshot::Receiver<RelayEnd>, want: RelayEnd, name: &str) {
+    let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
+    assert_eq!(end.expect(name).unwrap(), want, "{name}");
+}
+
 #[tokio::test]
 async fn a_drained_relay_ends_when_its_transaction_does_and_says_why() {
     for engine in engines() {
@@ -258,14 +296,13 @@ async fn a_drained_relay_ends_when_its_transaction_does_and_says_why() {
         let done = [msg(b'C', b"COMMIT\0"), msg(b'Z', b"I")].concat();
         db.write_all(&done).await.unwrap();
         expect(&mut app, &done, name).await;
-        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
-        assert_eq!(end.expect(name).unwrap(), RelayEnd::Drained, "{name}");
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut rest))
-            .await
-            .expect(name)
-            .unwrap();
-        assert_eq!(rest, farewell(), "{name}: FATAL 57P01, then the close");
+        ends_as(ended, RelayEnd::Drained, name).await;
+        let rest = read_rest(&mut app, name).await;
+        assert_eq!(
+            rest,
+            farewell_for(RelayEnd::Drained).unwrap(),
+            "{name}: FATAL 57P01, then the close"
+        );
         assert!(String::from_utf8_lossy(&rest).contains("57P01"));
         let mut buf = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), db.read(&mut buf)).await;
@@ -289,9 +326,8 @@ async fn a_relay_idle_when_drained_ends_at_once_and_an_encrypted_one_stays() {
         let sockets = (client_side, server_side);
         let ended = start_watched(&engine, sockets, &evict, (&drain, frames), &counters());
         drain.cancel();
-        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
-        assert_eq!(end.expect(name).unwrap(), RelayEnd::Drained, "{name}");
-        expect(&mut app, farewell(), name).await;
+        ends_as(ended, RelayEnd::Drained, name).await;
+        expect(&mut app, farewell_for(RelayEnd::Drained).unwrap(), name).await;
         drop(db);
 
         // TLS negotiated with the node: pgvane cannot see transactions, so
@@ -310,8 +346,44 @@ async fn a_relay_idle_when_drained_ends_at_once_and_an_encrypted_one_stays() {
         expect(&mut app, &record, name).await;
         assert!(ended.try_recv().is_err(), "{name}: opaque streams stay");
         evict.cancel();
-        let end = tokio::time::timeout(Duration::from_secs(5), ended).await;
-        assert_eq!(end.expect(name).unwrap(), RelayEnd::Evicted, "{name}");
+        ends_as(ended, RelayEnd::Evicted, name).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_relay_says_so_between_messages_and_only_then() {
+    for engine in engines() {
+        let name = engine.name();
+        // Between messages: FATAL 57P01 "administrator command", then the close.
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let kill = CancellationToken::new();
+        let login = [msg(b'R', &[0; 4]), msg(b'Z', b"I")].concat();
+        let frames = frames::Frames::after_startup(&login);
+        let ended = start_killable(&engine, (client_side, server_side), &kill, frames);
+        let row = msg(b'D', b"\0\0");
+        db.write_all(&row).await.unwrap();
+        expect(&mut app, &row, name).await;
+        kill.cancel();
+        ends_as(ended, RelayEnd::Evicted, name).await;
+        let rest = read_rest(&mut app, name).await;
+        assert_eq!(rest, farewell_for(RelayEnd::Evicted).unwrap(), "{name}");
+        assert!(String::from_utf8_lossy(&rest).contains("administrator command"));
+
+        // Half a message passed on: a message of pgvane's would corrupt the
+        // stream, so the client only sees the close.
+        let (mut app, client_side) = pair().await;
+        let (server_side, mut db) = pair().await;
+        let kill = CancellationToken::new();
+        let frames = frames::Frames::after_startup(&login);
+        let ended = start_killable(&engine, (client_side, server_side), &kill, frames);
+        let half = &msg(b'D', &[7; 40])[..20];
+        db.write_all(half).await.unwrap();
+        expect(&mut app, half, name).await;
+        kill.cancel();
+        ends_as(ended, RelayEnd::Evicted, name).await;
+        let rest = read_rest(&mut app, name).await;
+        assert!(rest.is_empty(), "{name}: nothing after half a message");
     }
 }
 

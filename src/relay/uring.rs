@@ -154,7 +154,10 @@ impl Uring {
 /// A runtime on a new ring; `fast` asks for completions to run only when
 /// the thread waits for them, without interrupts (`COOP_TASKRUN`,
 /// `SINGLE_ISSUER`, `DEFER_TASKRUN`: Linux 6.1+; older kernels get a plain ring).
-fn ring(fast: bool) -> io::Result<monoio::Runtime<monoio::IoUringDriver>> {
+/// Timers serve one bound only: the grace a killed relay has to say so.
+fn ring(
+    fast: bool,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
     let mut builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(ENTRIES);
     if fast {
         let mut flags = io_uring::IoUring::builder();
@@ -164,7 +167,7 @@ fn ring(fast: bool) -> io::Result<monoio::Runtime<monoio::IoUringDriver>> {
             .setup_defer_taskrun();
         builder = builder.uring_builder(flags);
     }
-    builder.build()
+    builder.enable_timer().build()
 }
 
 /// A tokio socket as a blocking std socket: io_uring waits inside the
@@ -200,8 +203,18 @@ async fn run(job: Job) {
     } = job;
     let end = match (TcpStream::from_std(client), TcpStream::from_std(server)) {
         (Ok(client), Ok(server)) => {
-            let copy = pin!(copy(client, server, &bytes, &watch, &drain));
-            let (evicted, closed) = (pin!(evict.cancelled()), pin!(close.cancelled()));
+            let stops = Stops {
+                drain: &drain,
+                kill: &close,
+            };
+            let copy = pin!(copy(client, server, &bytes, &watch, stops));
+            // A kill is the copy's to answer (the client is told when its
+            // stream is between messages); this bounds it.
+            let closed = async {
+                close.cancelled().await;
+                monoio::time::sleep(KILL_GRACE).await;
+            };
+            let (evicted, closed) = (pin!(evict.cancelled()), pin!(closed));
             match select(copy, select(evicted, closed)).await {
                 Either::Left((end, _)) => end,
                 Either::Right(_) => RelayEnd::Evicted,
@@ -212,85 +225,112 @@ async fn run(job: Job) {
     done(end);
 }
 
+/// What ends a relay from outside, as the server → client direction
+/// watches for it: a drain (at the next idle point) and a kill (now).
+#[derive(Clone, Copy)]
+struct Stops<'a> {
+    drain: &'a CancellationToken,
+    kill: &'a CancellationToken,
+}
+
+/// How long a killed relay may take to tell its client.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Copies both ways until the server side ends or the client side fails
-/// (`Closed`), or the node is drained and the connection is idle
-/// (`Drained`, the client told so); a client's EOF reaches the server as
-/// a half-close and the server may still answer, the server's EOF ends the
-/// copy. Dropping it closes both sockets (once the kernel has cancelled
-/// their reads).
+/// (`Closed`), the node is drained and the connection is idle (`Drained`,
+/// the client told so) or the relay is killed (`Evicted`, the client told
+/// so when its stream is between messages); a client's EOF reaches the
+/// server as a half-close and the server may still answer, the server's
+/// EOF ends the copy. Dropping it closes both sockets (once the kernel has
+/// cancelled their reads).
 async fn copy(
     client: TcpStream,
     server: TcpStream,
     bytes: &ByteCounters,
     watch: &Watch,
-    drain: &CancellationToken,
+    stops: Stops<'_>,
 ) -> RelayEnd {
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
     let up = pin!(pump(client_r, server_w, bytes.up(), watch, None));
-    let down = pin!(pump(server_r, client_w, bytes.down(), watch, Some(drain)));
-    let drained = match select(up, down).await {
+    let down = pin!(pump(server_r, client_w, bytes.down(), watch, Some(stops)));
+    let ended = match select(up, down).await {
         Either::Left((Ok(_), down)) => down.await,
         Either::Left((Err(e), _)) => Err(e),
         Either::Right((r, _)) => r,
     };
-    if matches!(drained, Ok(true)) {
-        RelayEnd::Drained
-    } else {
-        RelayEnd::Closed
+    match ended {
+        Ok(Some(end)) => end,
+        _ => RelayEnd::Closed,
     }
 }
 
 /// One direction: `from` → `to`, propagating EOF as a half-close; the
 /// bytes are read by `watch` on their way. The server → client direction
-/// (given `drain`) tells the client and returns `Ok(true)` once the node
-/// is drained and the connection idle. A read under way is never given
-/// up while bytes may be due (its bytes would be lost), only at an idle
-/// point where the connection ends anyway.
+/// (given `stops`) tells the client and ends the copy once the node is
+/// drained and the connection idle, or at a kill. A read under way is
+/// never given up while bytes may be due (its bytes would be lost), only
+/// where the connection ends anyway. Once the client is being told, the
+/// other direction passes nothing on.
 async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     mut from: R,
     mut to: W,
     counter: super::Counted<'_>,
     watch: &Watch,
-    drain: Option<&CancellationToken>,
-) -> io::Result<bool> {
+    stops: Option<Stops<'_>>,
+) -> io::Result<Option<RelayEnd>> {
     let mut size = SMALL;
     let mut buf: Vec<u8> = Vec::with_capacity(size);
     loop {
-        if drain.is_some_and(CancellationToken::is_cancelled) && watch.idle() {
-            let _ = to.write_all(super::farewell()).await;
-            return Ok(true);
+        if let Some(stops) = stops {
+            if let Some(end) = stopping(stops, watch) {
+                return Ok(Some(farewell(&mut to, end).await));
+            }
         }
         let mut read = pin!(from.read(buf));
-        let (read, b) = match drain.filter(|d| !d.is_cancelled()) {
-            Some(d) => match select(read.as_mut(), pin!(d.cancelled())).await {
-                Either::Left((r, _)) => r,
-                Either::Right(((), _)) if watch.idle() => {
-                    let _ = to.write_all(super::farewell()).await;
-                    return Ok(true);
+        let (read, b) = match stops {
+            Some(stops) if !stops.drain.is_cancelled() || !stops.kill.is_cancelled() => {
+                let drained = pin!(async {
+                    if stops.drain.is_cancelled() {
+                        std::future::pending::<()>().await;
+                    }
+                    stops.drain.cancelled().await;
+                });
+                let killed = pin!(stops.kill.cancelled());
+                let signal = select(drained, killed);
+                match select(read.as_mut(), signal).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(_) => match stopping(stops, watch) {
+                        Some(end) => return Ok(Some(farewell(&mut to, end).await)),
+                        None => read.await,
+                    },
                 }
-                Either::Right(((), _)) => read.await,
-            },
-            None => read.await,
+            }
+            _ => read.await,
         };
         buf = b;
         let n = match read {
             Ok(0) => {
                 // EOF: tell the other side we will send no more, keep reading it.
                 let _ = to.shutdown().await;
-                return Ok(false);
+                return Ok(None);
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         watch.with(|f| {
-            if drain.is_some() {
+            if stops.is_some() {
                 f.down(&buf[..n]);
             } else {
                 f.up(&buf[..n]);
             }
         });
+        if watch.closing() {
+            // The client is being told its connection ends: what it sent
+            // meanwhile is not run.
+            return Ok(None);
+        }
         let (written, b) = to.write_all(buf).await;
         buf = b;
         written?;
@@ -307,6 +347,34 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             buf = Vec::with_capacity(size);
         }
     }
+}
+
+/// Whether the relay ends now, and whether the client may be told: a
+/// kill (told when its stream is between messages), or a drain reaching
+/// an idle point (told). Marks the watch closing when so, before anything
+/// else can be passed on.
+fn stopping(stops: Stops<'_>, watch: &Watch) -> Option<(RelayEnd, bool)> {
+    let (killed, drained) = (stops.kill.is_cancelled(), stops.drain.is_cancelled());
+    let end = watch.with(|f| {
+        if killed {
+            Some((RelayEnd::Evicted, f.between_messages()))
+        } else if drained && f.idle() {
+            Some((RelayEnd::Drained, true))
+        } else {
+            None
+        }
+    })?;
+    watch.close();
+    Some(end)
+}
+
+/// Tells the client why its connection ends when it may; returns how the
+/// relay ended.
+async fn farewell<W: AsyncWriteRent>(to: &mut W, (end, tell): (RelayEnd, bool)) -> RelayEnd {
+    if let Some(bytes) = super::farewell_for(end).filter(|_| tell) {
+        let _ = to.write_all(bytes).await;
+    }
+    end
 }
 
 #[cfg(test)]

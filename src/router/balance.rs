@@ -5,6 +5,7 @@
 use crate::topology::NodeAddr;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// A node as a port connects to it: member name and target address.
@@ -24,6 +25,9 @@ struct Slot {
     /// Fired by [`Balancer::drain_where`]: clients leave as their
     /// transactions end. Replaced for leases taken after it fired.
     drain: CancellationToken,
+    /// When `drain` fired: clients still there after the drain's grace
+    /// are evicted.
+    drained_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -131,11 +135,14 @@ impl Balancer {
                     active: 0,
                     evict: CancellationToken::new(),
                     drain: CancellationToken::new(),
+                    drained_at: None,
                 }
             });
             if slot.drain.is_cancelled() {
-                // Drained before and qualifying again: a new client stays.
+                // Drained before and qualifying again: a new client stays
+                // (the earlier ones still leave at their idle point).
                 slot.drain = CancellationToken::new();
+                slot.drained_at = None;
             }
             slot.active += 1;
             (slot.id, slot.evict.clone(), slot.drain.clone())
@@ -171,16 +178,49 @@ impl Balancer {
 
     /// Fires the drain token of every node `drains` names (once per
     /// token); returns each newly drained node with its client count.
-    pub fn drain_where(&self, mut drains: impl FnMut(&NodeKey) -> bool) -> Vec<(NodeKey, usize)> {
+    pub fn drain_where(
+        &self,
+        now: Instant,
+        mut drains: impl FnMut(&NodeKey) -> bool,
+    ) -> Vec<(NodeKey, usize)> {
         self.with(|slots| {
             let mut out = Vec::new();
-            for (key, slot) in &slots.by_node {
+            for (key, slot) in &mut slots.by_node {
                 if !slot.drain.is_cancelled() && drains(key) {
                     slot.drain.cancel();
+                    slot.drained_at = Some(now);
                     out.push((key.clone(), slot.active));
                 }
             }
             out
+        })
+    }
+
+    /// Evicts the clients of nodes drained `grace` ago or more that
+    /// `drains` still names; returns them with their client count, and
+    /// when the next drain runs out.
+    pub fn overdue(
+        &self,
+        now: Instant,
+        grace: std::time::Duration,
+        mut drains: impl FnMut(&NodeKey) -> bool,
+    ) -> (Vec<(NodeKey, usize)>, Option<Instant>) {
+        self.with(|slots| {
+            let (mut out, mut next) = (Vec::new(), None::<Instant>);
+            slots.by_node.retain(|key, slot| {
+                let Some(at) = slot.drained_at.filter(|_| drains(key)) else {
+                    return true;
+                };
+                let due = at + grace;
+                if due > now {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    return true;
+                }
+                slot.evict.cancel();
+                out.push((key.clone(), slot.active));
+                false
+            });
+            (out, next)
         })
     }
 
@@ -261,17 +301,31 @@ mod tests {
         let b = Arc::new(Balancer::default());
         let a1 = b.lease(key("a"));
         let c1 = b.lease(key("c"));
-        let out = b.drain_where(|k| k.name == "a");
+        let t0 = Instant::now();
+        let out = b.drain_where(t0, |k| k.name == "a");
         assert_eq!(out, vec![(key("a"), 1)]);
         assert!(a1.drained().is_cancelled());
         assert!(!c1.drained().is_cancelled());
         assert!(!a1.evicted().is_cancelled(), "draining is not eviction");
         assert!(
-            b.drain_where(|k| k.name == "a").is_empty(),
+            b.drain_where(t0, |k| k.name == "a").is_empty(),
             "once per token"
         );
+        // Past the grace, what is left of a drained node is evicted.
+        let grace = std::time::Duration::from_secs(10);
+        let (gone, next) = b.overdue(t0 + grace / 2, grace, |_| true);
+        assert!(gone.is_empty());
+        assert_eq!(next, Some(t0 + grace));
+        let (gone, _) = b.overdue(t0 + grace, grace, |k| k.name == "c");
+        assert!(gone.is_empty(), "no longer drained: nothing evicted");
+        let (gone, next) = b.overdue(t0 + grace, grace, |_| true);
+        assert_eq!(gone, vec![(key("a"), 1)]);
+        assert_eq!(next, None);
+        assert!(a1.evicted().is_cancelled());
+        assert!(!c1.evicted().is_cancelled());
         let a2 = b.lease(key("a"));
         assert!(!a2.drained().is_cancelled());
-        assert_eq!(b.active(), vec![(key("a"), 2), (key("c"), 1)]);
+        assert!(!a2.evicted().is_cancelled());
+        assert_eq!(b.active(), vec![(key("a"), 1), (key("c"), 1)]);
     }
 }

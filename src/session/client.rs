@@ -93,6 +93,24 @@ impl ClientConn {
         }
     }
 
+    /// Takes the plain socket off this worker's reactor, for another
+    /// worker; None (the stream kept) for a TLS client.
+    pub(super) fn detach(&mut self) -> Option<std::net::TcpStream> {
+        match std::mem::replace(&mut self.stream, ClientStream::Closed) {
+            ClientStream::Plain(tcp) => tcp.into_std().ok(),
+            other => {
+                self.stream = other;
+                None
+            }
+        }
+    }
+
+    /// Registers a detached socket with the calling worker's reactor.
+    pub(super) fn attach(&mut self, socket: std::net::TcpStream) -> std::io::Result<()> {
+        self.stream = ClientStream::Plain(tokio::net::TcpStream::from_std(socket)?);
+        Ok(())
+    }
+
     /// Whether the client speaks TLS.
     pub(super) fn is_tls(&self) -> bool {
         matches!(self.stream, crate::tls::stream::MaybeTls::Tls(_))

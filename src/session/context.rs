@@ -50,6 +50,8 @@ pub struct SessionContext {
     pub close: CancellationToken,
     /// The port's PAUSE/RESUME and KILL switches.
     pub gate: Arc<crate::gate::Gate>,
+    /// The worker runtimes a session may move between.
+    pub workers: Arc<crate::workers::Workers>,
     /// The port's client TLS, swapped by reload (`None`: answer `N`).
     pub tls: Arc<ArcSwapOption<ServerTls>>,
     /// The cluster's replica positions, shared floors and map generation.

@@ -30,6 +30,7 @@ pub mod handshake;
 mod login;
 mod mentions;
 mod metrics;
+mod moves;
 mod pipeline;
 mod settings;
 mod simple;
@@ -53,6 +54,7 @@ use client::{ClientConn, ClientState};
 use consistency::Consistency;
 use error::SessionError;
 use metrics::SessionMetrics;
+use moves::Served;
 use settings::SessionSettings;
 use statements::Statements;
 use std::net::SocketAddr;
@@ -121,6 +123,8 @@ struct Session {
     /// The client's state when its COPY FROM STDIN began (while in
     /// `CopyIn`): whether a loss then ends a transaction block.
     copy_outer: ClientState,
+    /// The worker runtime the session runs on, counted there.
+    placement: crate::workers::Placement,
 }
 
 /// Serves one split-port client until it leaves; `admitted` holds the
@@ -132,11 +136,12 @@ pub async fn run(
     ctx: Arc<SessionContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
+    placement: crate::workers::Placement,
 ) {
     use tracing::Instrument;
     // Every log line of the session names the client's address.
     let span = tracing::info_span!("client", %peer);
-    serve_client(client, ctx, admitted, peer)
+    serve_client(client, ctx, admitted, peer, placement)
         .instrument(span)
         .await;
 }
@@ -146,11 +151,15 @@ async fn serve_client(
     ctx: Arc<SessionContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
+    placement: crate::workers::Placement,
 ) {
     // Login runs in a future of its own, boxed and gone once it ends: the
     // task of a logged-in session (most of them idle) is sized by the
     // session and its request loop alone.
-    let Some(mut s) = Box::pin(start(client, &ctx, admitted, peer)).await else {
+    // Taken before the login: a KILL from now on ends this session too.
+    let kill = ctx.gate.kill_token();
+    let started = start(client, &ctx, admitted, peer, (placement, kill));
+    let Some(mut s) = Box::pin(started).await else {
         return;
     };
     let since = std::time::Instant::now();
@@ -166,7 +175,10 @@ async fn serve_client(
     // Boxed: the task of an idle session then holds only the small future
     // of the request loop, not the largest request's state machine.
     if Box::pin(s.greet()).await.is_ok() {
-        s.serve().await;
+        match Box::pin(s.serve_anywhere()).await {
+            Some(back) => s = back,
+            None => return,
+        }
     }
     s.release_held();
     ctx.cancels.remove(s.cancel_key);
@@ -203,6 +215,10 @@ async fn start(
     ctx: &Arc<SessionContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
+    (placement, kill): (
+        crate::workers::Placement,
+        tokio_util::sync::CancellationToken,
+    ),
 ) -> Option<Session> {
     let _ = client.set_nodelay(true);
     let mut client = ClientStream::Plain(client);
@@ -243,7 +259,7 @@ async fn start(
     Some(Session {
         creds,
         settings: SessionSettings::new(startup),
-        client: ClientConn::new(client, ctx.drain.clone(), ctx.gate.kill_token()),
+        client: ClientConn::new(client, ctx.drain.clone(), kill),
         state: ClientState::Idle,
         metrics: SessionMetrics::new(ctx),
         ctx: Arc::clone(ctx),
@@ -258,6 +274,7 @@ async fn start(
         saw_error: false,
         hold_ready: false,
         refused: None,
+        placement,
         retry_armed: pipeline::Armed::Off,
         ended: "client_gone",
         timing: metrics::Timing::default(),
@@ -310,16 +327,21 @@ impl Session {
     }
 
     /// The request loop.
-    async fn serve(&mut self) {
+    async fn serve(&mut self) -> Served {
         let mut batch = Batch::default();
         loop {
             let idle = self.held.is_none() && batch.msgs.is_empty();
+            if idle && self.state == ClientState::Idle {
+                if let Some(worker) = self.wants_move() {
+                    return Served::Move(worker);
+                }
+            }
             let limit = self.idle_limit(&batch);
             let m = match self.client.read(idle, limit).await {
                 Ok(m) => m,
                 Err(e) => {
                     Box::pin(self.end_with(e)).await;
-                    return;
+                    return Served::Ended;
                 }
             };
             // A request's time runs from its first message (a query, or
@@ -341,12 +363,12 @@ impl Session {
                         self.state = ClientState::from_status(status);
                         encode::ready_for_query(&mut self.client.out, status);
                         if self.client.flush().await.is_err() {
-                            return;
+                            return Served::Ended;
                         }
                     }
                     b'X' => {
                         self.ended = "terminate";
-                        return;
+                        return Served::Ended;
                     }
                     _ => {}
                 }
@@ -360,7 +382,7 @@ impl Session {
                         let msgs = std::mem::take(&mut batch).msgs;
                         let r = Box::pin(self.extended(msgs, true)).await;
                         if r.is_err() && !Box::pin(self.recover(r, Ending::NoReady)).await {
-                            return;
+                            return Served::Ended;
                         }
                         if self.state == ClientState::AwaitingSync {
                             continue;
@@ -394,7 +416,7 @@ impl Session {
                 }
                 b'X' => {
                     self.ended = "terminate";
-                    return;
+                    return Served::Ended;
                 }
                 // CopyData/Done/Fail outside COPY: PostgreSQL ignores them.
                 b'd' | b'c' | b'f' => continue,
@@ -402,13 +424,13 @@ impl Session {
                     let e =
                         SessionError::Protocol(format!("invalid frontend message type {other}"));
                     Box::pin(self.end_with(e)).await;
-                    return;
+                    return Served::Ended;
                 }
             };
             // Boxed, and only on failure: the request loop's own future
             // stays small, since every idle session's task holds it.
             if result.is_err() && !Box::pin(self.recover(result, ending)).await {
-                return;
+                return Served::Ended;
             }
         }
     }

@@ -30,6 +30,9 @@ pub struct Metrics {
     /// `pgvane_relays_total{cluster,port,engine}`: role-port clients relayed,
     /// by the engine that copied their bytes (`epoll` or `io_uring`).
     pub relays: IntCounterVec,
+    /// `pgvane_session_moves_total{cluster,port}`: split sessions moved to
+    /// another worker between requests (worker packing).
+    pub session_moves: IntCounterVec,
     /// `pgvane_patroni_polls_total{cluster,result}`.
     pub polls: IntCounterVec,
     /// `pgvane_patroni_poll_duration_seconds{cluster}`.
@@ -294,6 +297,12 @@ impl Metrics {
                 "pgvane_relays_total",
                 "Role-port clients relayed, by relay engine",
                 &["cluster", "port", "engine"],
+            ),
+            session_moves: counter(
+                &r,
+                "pgvane_session_moves_total",
+                "Split sessions moved to another worker runtime between requests",
+                &["cluster", "port"],
             ),
             polls: counter(
                 &r,

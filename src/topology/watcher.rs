@@ -73,6 +73,12 @@ impl WatcherHandle {
         self.settings.send_replace(Arc::new(settings));
     }
 
+    /// The members marked drained, in the map or not.
+    #[must_use]
+    pub fn drained(&self) -> Arc<BTreeSet<String>> {
+        Arc::clone(&self.drained.borrow())
+    }
+
     /// Marks member `name` drained (or not); the map is republished with
     /// the mark at once. Returns whether the mark changed.
     pub fn set_drained(&self, name: &str, drained: bool) -> bool {

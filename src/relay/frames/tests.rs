@@ -195,3 +195,114 @@ fn a_large_data_row_split_anywhere_keeps_the_count() {
     }
     assert!(f.idle());
 }
+
+#[test]
+fn extended_messages_waiting_for_their_sync_are_not_idle() {
+    let mut f = Frames::after_startup(&login_answer());
+    // An insert run by Execute, its transaction open until the Sync.
+    f.up(&[
+        msg(b'P', b"\0insert\0\0\0"),
+        msg(b'B', &[0; 8]),
+        msg(b'E', &[0; 5]),
+    ]
+    .concat());
+    assert!(!f.idle());
+    f.up(&msg(b'H', b""));
+    f.down(&[msg(b'1', b""), msg(b'2', b""), msg(b'C', b"INSERT 0 1\0")].concat());
+    assert!(!f.idle(), "a Flush answered, the Sync still due");
+    f.up(&msg(b'S', b""));
+    assert!(!f.idle());
+    f.down(&ready(b'I'));
+    assert!(f.idle());
+}
+
+#[test]
+fn copy_in_by_the_extended_protocol_ignores_the_syncs_sent_during_it() {
+    // libpq's PQexecParams: Parse, Bind, Describe, Execute, Sync at once;
+    // the server enters copy-in mode at the Execute and ignores that Sync.
+    let mut f = Frames::after_startup(&login_answer());
+    let start = [
+        msg(b'P', b"\0copy t from stdin\0\0\0"),
+        msg(b'B', &[0; 8]),
+        msg(b'D', b"P\0"),
+        msg(b'E', &[0; 5]),
+        msg(b'S', b""),
+    ];
+    f.up(&start.concat());
+    f.down(&[msg(b'1', b""), msg(b'2', b""), msg(b'G', &[0, 0, 0])].concat());
+    assert!(!f.idle(), "copying");
+    f.up(&[msg(b'd', b"1\n"), msg(b'S', b""), msg(b'd', b"2\n")].concat());
+    assert!(!f.idle());
+    f.up(&[msg(b'c', b""), msg(b'S', b"")].concat());
+    assert!(!f.idle(), "the Sync after CopyDone is answered");
+    f.down(&msg(b'C', b"COPY 2\0"));
+    assert!(!f.idle());
+    f.down(&ready(b'I'));
+    assert!(f.idle(), "one ReadyForQuery settles it");
+}
+
+#[test]
+fn copy_in_by_a_query_and_a_failed_copy_settle_too() {
+    let mut f = Frames::after_startup(&login_answer());
+    f.up(&msg(b'Q', b"copy t from stdin\0"));
+    f.down(&msg(b'G', &[0, 0, 0]));
+    f.up(&[msg(b'd', b"x\n"), msg(b'f', b"no\0")].concat());
+    assert!(!f.idle());
+    f.down(&[msg(b'E', b"x\0"), ready(b'I')].concat());
+    assert!(f.idle());
+    // An extended batch answered before a later Query's COPY: its Sync
+    // was answered and is not taken back.
+    f.up(&[
+        msg(b'P', b"\0select 1\0\0\0"),
+        msg(b'E', &[0; 5]),
+        msg(b'S', b""),
+    ]
+    .concat());
+    f.down(&[msg(b'1', b""), msg(b'C', b"SELECT 1\0"), ready(b'I')].concat());
+    assert!(f.idle());
+    f.up(&msg(b'Q', b"copy t from stdin\0"));
+    f.down(&msg(b'G', &[0, 0, 0]));
+    f.up(&msg(b'c', b""));
+    assert!(!f.idle());
+    f.down(&[msg(b'C', b"COPY 0\0"), ready(b'I')].concat());
+    assert!(f.idle());
+}
+
+#[test]
+fn replication_copy_both_is_not_followed() {
+    let mut f = Frames::after_startup(&login_answer());
+    f.up(&msg(b'Q', b"START_REPLICATION 0/0\0"));
+    f.down(&msg(b'W', &[0, 0, 0]));
+    f.down(&ready(b'I'));
+    assert!(!f.idle());
+    assert!(!f.between_messages());
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    // A cheap xorshift: the same bytes every run.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..2000 {
+        let mut f = if round % 2 == 0 {
+            Frames::after_startup(&[])
+        } else {
+            Frames::after_request(&ssl_request())
+        };
+        for _ in 0..8 {
+            let n = (next() % 64) as usize;
+            let bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if next() % 2 == 0 {
+                f.up(&bytes);
+            } else {
+                f.down(&bytes);
+            }
+            let _ = f.idle();
+        }
+    }
+}
