@@ -332,7 +332,9 @@ def main():
     ap.add_argument("--split", action="store_true", help="split port vs pgbouncer instead of leader port vs HAProxy")
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--idle", type=int, default=1000, help="idle clients for the RSS figure (0: no RSS figure)")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the workloads whose name contains TEXT (repeatable)")
     ap.add_argument("--out")
     ap.add_argument("--idle-rounds", type=int, default=3, help="rounds of idle clients on the same processes, each measured against the RSS before the first (the worst is reported)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
@@ -362,6 +364,8 @@ def main():
         scripts[key] = os.path.join(tmp, f"{key}.sql"); open(scripts[key], "w").write(text)
     ref = "pgbouncer" if a.split else "haproxy"
     workloads = SPLIT_WORKLOADS if a.split else WORKLOADS
+    if a.only:
+        workloads = [w for w in workloads if any(t in w[0] for t in a.only)]
     procs = {}
     results = {}  # (workload, target) -> list of (tps, lat, cpu_us_per_txn); None = failed
     try:
@@ -389,12 +393,12 @@ def main():
                     results.setdefault((wname, tname), []).append((tps, lat, cpu))
                     print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
         rss, rounds, base = {}, {}, {}
-        for tname, host, port, pid in targets[1:3]:
+        for tname, host, port, pid in targets[1:3] if a.idle else []:
             # Warm-up: pools, thread caches and the first map are fixed
             # costs, not per client; the base is taken after them.
             idle_rss(pid, port, 20)
             base[tname] = rss_kib(pid)
-        for rnd in range(a.idle_rounds):
+        for rnd in range(a.idle_rounds if a.idle else 0):
             for tname, host, port, pid in targets[1:3]:
                 rounds.setdefault(tname, []).append(idle_rss(pid, port, a.idle, base[tname]))
                 print(f"idle RSS round {rnd+1} {tname}: {rounds[tname][-1]:.2f} KiB per client", flush=True)
@@ -434,9 +438,11 @@ def main():
         lines.append(row)
     lat = {t: med("SELECT 1, 1 client", t, 1) for t, *_ in targets}
     lines.append("")
-    lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
-                 f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
-    lines.append(f"RSS per idle client ({a.idle} clients, worst of {a.idle_rounds} rounds on one process): "
+    if all(lat.values()):
+        lines.append(f"Latency at 1 client (SELECT 1): direct {lat['direct']*1000:.0f} µs, pgvane {lat['pgvane']*1000:.0f} µs "
+                     f"(+{(lat['pgvane']-lat['direct'])*1000:.0f} µs), {R} {lat[ref]*1000:.0f} µs (+{(lat[ref]-lat['direct'])*1000:.0f} µs).")
+    if rss:
+        lines.append(f"RSS per idle client ({a.idle} clients, worst of {a.idle_rounds} rounds on one process): "
                  f"pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB (rounds: "
                  + "; ".join(f"{t} " + " / ".join(f"{x:.2f}" for x in v) for t, v in rounds.items()) + ").")
     lines.append(f"Medians of {a.repeats} interleaved repeats of {a.seconds} s each; machine: {os.cpu_count()} cores; "

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let started = pgvane::workers::Workers::start(threads).and_then(|w| {
+    let started = pgvane::workers::Workers::start(threads, config.worker_packing).and_then(|w| {
         // Control plane (watchers, admin API, accept loops, reload) on this thread.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -27,26 +27,36 @@ use tokio_util::sync::CancellationToken;
 /// next wake-up close, so bounds further out are filed without a wake-up.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The calling thread's CPU time (user and system) from
+/// `/proc/thread-self/stat`, in clock ticks of 10 ms; None where that is
+/// not readable.
+fn thread_cpu() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // third field of the line, utime the 14th and stime the 15th.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks: u64 = rest.next()?.parse::<u64>().ok()? + rest.next()?.parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
 /// Keeps a worker's timer wheel from being empty (see [`HEARTBEAT`]), and
-/// measures the worker's busy share each tick; worker 0 also decides how
-/// many workers are active.
+/// measures the worker's busy share each tick: the CPU time its thread
+/// used. (Tokio's own busy time also counts time spent runnable but
+/// waiting for a core, which would call for more workers exactly where
+/// the cores are already taken.) Worker 0 also decides how many workers
+/// are active.
 async fn heartbeat(index: usize, load: Arc<Load>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metrics = Handle::current().metrics();
-    let mut last = (
-        std::time::Instant::now(),
-        metrics.worker_total_busy_duration(0),
-    );
+    let busy = move || thread_cpu().unwrap_or_else(|| metrics.worker_total_busy_duration(0));
+    let mut last = (std::time::Instant::now(), busy());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let now = (
-            std::time::Instant::now(),
-            metrics.worker_total_busy_duration(0),
-        );
+        let now = (std::time::Instant::now(), busy());
         let share = (now.1.saturating_sub(last.1).as_secs_f64()
             / now.0.duration_since(last.0).as_secs_f64().max(1e-3))
         .clamp(0.0, 1.0);
@@ -65,6 +75,9 @@ struct Load {
     busy: Vec<AtomicU32>,
     /// How many workers take clients now (the first ones).
     active: AtomicUsize,
+    /// `worker_packing`: the load decides how many workers are active;
+    /// else all of them always are.
+    pack: bool,
     /// Tests only (`PGVANE_TEST_ROTATE_WORKERS` set at start): every
     /// heartbeat flips between one active worker and all of them, so idle
     /// sessions keep moving.
@@ -81,8 +94,10 @@ impl Load {
         let active = self.active.load(Ordering::Relaxed);
         let next = if self.rotate {
             if active == 1 { busy.len() } else { 1 }
-        } else {
+        } else if self.pack {
             pack::wanted(&busy, active, busy.len())
+        } else {
+            return;
         };
         if next != active {
             tracing::debug!(active = next, ?busy, "client workers");
@@ -129,16 +144,18 @@ impl Drop for Placement {
 
 impl Workers {
     /// Starts `n` worker threads (at least one), each running a
-    /// current-thread runtime until [`Workers::stop`].
+    /// current-thread runtime until [`Workers::stop`]; with `pack`, only as
+    /// many take clients as the load needs (one at first).
     ///
     /// # Errors
     /// When a runtime or thread cannot be created.
-    pub fn start(n: usize) -> std::io::Result<Self> {
+    pub fn start(n: usize, pack: bool) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
         let n = n.max(1);
         let load = Arc::new(Load {
             busy: (0..n).map(|_| AtomicU32::new(0)).collect(),
-            active: AtomicUsize::new(1),
+            active: AtomicUsize::new(if pack { 1 } else { n }),
+            pack,
             rotate: std::env::var_os("PGVANE_TEST_ROTATE_WORKERS").is_some(),
         });
         let mut workers = Vec::new();
@@ -178,6 +195,7 @@ impl Workers {
             load: Arc::new(Load {
                 busy: vec![AtomicU32::new(0)],
                 active: AtomicUsize::new(1),
+                pack: false,
                 rotate: false,
             }),
             stop: CancellationToken::new(),
@@ -255,7 +273,7 @@ mod tests {
 
     #[test]
     fn clients_pack_onto_the_active_workers_and_move_off_the_others() {
-        let w = Workers::start(2).unwrap();
+        let w = Workers::start(2, true).unwrap();
         let (h1, p1) = w.pick();
         let (h2, p2) = w.pick();
         assert_eq!(h1.id(), h2.id(), "one worker is active at first");
@@ -299,9 +317,21 @@ mod tests {
     }
 
     #[test]
+    fn without_packing_clients_spread_over_every_worker() {
+        let w = Workers::start(2, false).unwrap();
+        let (_, p1) = w.pick();
+        let (_, p2) = w.pick();
+        assert_ne!(p1.worker(), p2.worker());
+        w.load.decide();
+        assert_eq!(w.active(), 2, "the load decides nothing");
+        assert!(w.move_from(&p1).is_none());
+        w.stop();
+    }
+
+    #[test]
     #[allow(clippy::disallowed_methods)] // a plain thread, not a runtime worker
     fn a_worker_measures_its_busy_share() {
-        let w = Workers::start(1).unwrap();
+        let w = Workers::start(1, true).unwrap();
         let (h, _p) = w.pick();
         // Half a second of solid work on the worker, then its heartbeat.
         h.spawn(async {

@@ -57,6 +57,9 @@ impl ConfigDiff {
         if old.io_uring != new.io_uring {
             d.restart_needed.push("io_uring");
         }
+        if old.worker_packing != new.worker_packing {
+            d.restart_needed.push("worker_packing");
+        }
         if old.log_format != new.log_format {
             d.restart_needed.push("log_format");
         }

@@ -79,6 +79,8 @@ struct RawTop {
     #[serde(default)]
     io_uring: IoUring,
     #[serde(default)]
+    worker_packing: bool,
+    #[serde(default)]
     log_format: super::model::LogFormat,
     #[serde(default)]
     log_level: Option<String>,
@@ -208,6 +210,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         max_clients_per_address: top.max_clients_per_address,
         tcp,
         io_uring: top.io_uring,
+        worker_packing: top.worker_packing,
         log_format: top.log_format,
         log_level: top.log_level.clone().unwrap_or_else(|| "info".to_owned()),
         peer_id: peer_id(top.peer_id.as_ref(), &mut errors),

@@ -45,6 +45,10 @@ pub struct Config {
     /// The role ports' relay engine (`io_uring`, default `auto`; reload:
     /// needs a restart).
     pub io_uring: IoUring,
+    /// Only as many client workers take clients as the load needs, and
+    /// idle split sessions move between them (`worker_packing`, default
+    /// off; reload: needs a restart).
+    pub worker_packing: bool,
     /// How log lines are written (`log_format`, default `text`; reload:
     /// needs a restart).
     pub log_format: LogFormat,
