@@ -1,13 +1,13 @@
 //! Client worker runtimes: one single-threaded tokio runtime per core. A
 //! client task runs on one thread at a time, so a relay's two directions
 //! never wake each other across threads (no work stealing, no cross-thread
-//! futex wake-ups on the hot path). Only as many workers as the load needs
-//! take clients (`pack`): each measures its busy share every heartbeat,
-//! the first turns those into the number of active workers, `listener`
-//! places each accepted socket on the active worker with the fewest
-//! clients, and a split session idle between requests moves when its
-//! worker stopped being active or holds two clients more than another.
-//! Created by `main`.
+//! futex wake-ups on the hot path). `listener` places each accepted socket
+//! on the active worker with the fewest clients. Every worker is active,
+//! unless `worker_packing` is on: then only as many take clients as the
+//! load needs (`pack`): each measures its thread's CPU share every
+//! heartbeat, the first turns those into the number of active workers,
+//! and a split session idle between requests moves when its worker stopped
+//! being active or holds two clients more than another. Created by `main`.
 
 pub mod pack;
 
@@ -40,27 +40,30 @@ fn thread_cpu() -> Option<std::time::Duration> {
 }
 
 /// Keeps a worker's timer wheel from being empty (see [`HEARTBEAT`]), and
-/// measures the worker's busy share each tick: the CPU time its thread
-/// used. (Tokio's own busy time also counts time spent runnable but
+/// with packing measures the worker's busy share each tick: the CPU time
+/// its thread used. (Tokio's own busy time also counts time spent runnable but
 /// waiting for a core, which would call for more workers exactly where
 /// the cores are already taken.) Worker 0 also decides how many workers
 /// are active.
 async fn heartbeat(index: usize, load: Arc<Load>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without packing nothing decides by load: the timer only.
+    let measures = load.pack || load.rotate;
     let metrics = Handle::current().metrics();
     let busy = move || thread_cpu().unwrap_or_else(|| metrics.worker_total_busy_duration(0));
-    let mut last = (std::time::Instant::now(), busy());
+    let mut last = measures.then(|| (std::time::Instant::now(), busy()));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
+        let Some(then) = last else { continue };
         let now = (std::time::Instant::now(), busy());
-        let share = (now.1.saturating_sub(last.1).as_secs_f64()
-            / now.0.duration_since(last.0).as_secs_f64().max(1e-3))
+        let share = (now.1.saturating_sub(then.1).as_secs_f64()
+            / now.0.duration_since(then.0).as_secs_f64().max(1e-3))
         .clamp(0.0, 1.0);
-        last = now;
+        last = Some(now);
         load.busy[index].store((share * 1000.0) as u32, Ordering::Relaxed);
         if index == 0 {
             load.decide();
@@ -241,7 +244,8 @@ impl Workers {
     /// placement. Cheap when the answer is no: a few atomic loads.
     #[must_use]
     pub fn move_from(&self, placement: &Placement) -> Option<(Handle, Placement)> {
-        if self.workers.len() == 1 {
+        // Without packing clients stay where they were placed.
+        if self.workers.len() == 1 || !(self.load.pack || self.load.rotate) {
             return None;
         }
         let tasks = |i: usize| self.workers[i].tasks.load(Ordering::Relaxed);
@@ -321,10 +325,14 @@ mod tests {
         let w = Workers::start(2, false).unwrap();
         let (_, p1) = w.pick();
         let (_, p2) = w.pick();
-        assert_ne!(p1.worker(), p2.worker());
+        let (_, p3) = w.pick();
+        assert_eq!((p1.worker(), p2.worker(), p3.worker()), (0, 1, 0));
         w.load.decide();
         assert_eq!(w.active(), 2, "the load decides nothing");
+        // Two on the first worker, none on the second: nobody moves.
+        drop(p2);
         assert!(w.move_from(&p1).is_none());
+        assert!(w.move_from(&p3).is_none());
         w.stop();
     }
 
