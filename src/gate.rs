@@ -21,6 +21,15 @@ pub struct Gate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StillPaused;
 
+impl StillPaused {
+    /// What a client refused at paused `port` is told (with SQLSTATE
+    /// `57P03`, as while a leader is replaced).
+    #[must_use]
+    pub fn text(self, port: &dyn std::fmt::Display) -> String {
+        format!("pgvane: port \"{port}\" is paused by an operator")
+    }
+}
+
 impl Gate {
     /// Open switches for a port whose clients also end when `close` fires.
     #[must_use]

@@ -209,13 +209,7 @@ impl Workers {
     /// placement guard to move into the task.
     #[must_use]
     pub fn pick(&self) -> (Handle, Placement) {
-        let active = self.active();
-        let (index, _) = self
-            .workers
-            .iter()
-            .take(active)
-            .enumerate()
-            .min_by_key(|(i, w)| (w.tasks.load(Ordering::Relaxed), *i))
+        let index = pack::least(self.active(), |i| self.tasks(i))
             .unwrap_or_else(|| unreachable!("Workers always holds at least one worker"));
         self.place(index)
     }
@@ -229,6 +223,11 @@ impl Workers {
             index,
         };
         (w.handle.clone(), placement)
+    }
+
+    /// Worker `i`'s clients now.
+    fn tasks(&self, i: usize) -> usize {
+        self.workers[i].tasks.load(Ordering::Relaxed)
     }
 
     /// How many workers take clients now.
@@ -248,7 +247,7 @@ impl Workers {
         if self.workers.len() == 1 || !(self.load.pack || self.load.rotate) {
             return None;
         }
-        let tasks = |i: usize| self.workers[i].tasks.load(Ordering::Relaxed);
+        let tasks = |i| self.tasks(i);
         let to = pack::destination(placement.index, self.active(), self.workers.len(), tasks)?;
         (to != placement.index).then(|| self.place(to))
     }

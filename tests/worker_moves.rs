@@ -10,35 +10,12 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// pgvane on two worker threads, rotating them.
 fn start_rotating(yaml: &str, admin: u16) -> Pgvane {
-    let config = temp_path("pgvane.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let log = temp_path("pgvane.log");
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["--threads", "2"])
-        .env("RUST_LOG", "info")
-        .env("PGVANE_TEST_ROTATE_WORKERS", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pv = Pgvane {
-        child,
-        config,
-        admin,
-        log,
-    };
-    let ready = wait_until(Duration::from_secs(15), || {
-        pv.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
-    });
-    assert!(ready, "pgvane not ready:\n{}", pv.log_text());
-    pv
+    let env = [("PGVANE_TEST_ROTATE_WORKERS", std::ffi::OsStr::new("1"))];
+    Pgvane::start_args(yaml, admin, &env, &["--threads", "2"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

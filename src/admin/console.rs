@@ -254,7 +254,7 @@ async fn run(sql: &str, state: &AdminState, out: &mut Vec<u8>) {
             Some((columns, rows)) => table(out, &columns, &rows),
             None => error(
                 out,
-                SqlState("42601"),
+                sqlstate::SYNTAX_ERROR,
                 &format!(
                     "unknown SHOW {what}: POOLS, SERVERS, CLIENTS, STATS, CLUSTERS and VERSION are known"
                 ),
@@ -288,7 +288,7 @@ async fn run(sql: &str, state: &AdminState, out: &mut Vec<u8>) {
         ),
         Cmd::Unknown => error(
             out,
-            SqlState("42601"),
+            sqlstate::SYNTAX_ERROR,
             "unknown command: SHOW POOLS|SERVERS|CLIENTS|STATS|CLUSTERS|VERSION, RELOAD, PAUSE, RESUME, KILL, DRAIN or UNDRAIN",
         ),
     }

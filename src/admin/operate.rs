@@ -6,7 +6,7 @@
 
 use super::{AdminState, ClusterView};
 use crate::listener::PortShared;
-use crate::protocol::sqlstate::SqlState;
+use crate::protocol::sqlstate::{self, SqlState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,18 +61,17 @@ pub(super) enum Outcome {
     Failed(SqlState, String),
 }
 
-/// `42601`: the command's words are wrong.
-const SYNTAX: SqlState = SqlState("42601");
-/// `42704 undefined_object`: no such port, cluster or node.
-const UNDEFINED: SqlState = SqlState("42704");
-/// `55000 object_not_in_prerequisite_state`.
-const NOT_NOW: SqlState = SqlState("55000");
+/// The command's words are wrong.
+const SYNTAX: SqlState = sqlstate::SYNTAX_ERROR;
+/// No such port, cluster or node.
+const UNDEFINED: SqlState = sqlstate::UNDEFINED_OBJECT;
+/// The leader, which cannot be drained.
+const NOT_NOW: SqlState = sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE;
+/// A name that means two things.
+const AMBIGUOUS: SqlState = sqlstate::AMBIGUOUS_FUNCTION;
 
 /// How often PAUSE looks whether split ports' transactions have ended.
 const PAUSE_POLL: Duration = Duration::from_millis(10);
-
-/// `42725 ambiguous_function`: a name that means two things.
-const AMBIGUOUS: SqlState = SqlState("42725");
 
 /// Runs `op` with its argument words (as typed, case kept).
 pub(super) async fn run(op: Op, args: &[&str], state: &AdminState) -> Outcome {

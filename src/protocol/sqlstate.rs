@@ -44,6 +44,14 @@ pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
 pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
 /// `01000 warning`.
 pub const SUCCESSFUL_WITH_WARNING: SqlState = SqlState("01000");
+/// `42601 syntax_error`.
+pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+/// `42704 undefined_object`.
+pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+/// `42725 ambiguous_function`.
+pub const AMBIGUOUS_FUNCTION: SqlState = SqlState("42725");
+/// `55000 object_not_in_prerequisite_state`.
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
 /// `0A000 feature_not_supported`.
 pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
 /// `53000 insufficient_resources`: a node out of memory or slots.

@@ -138,13 +138,7 @@ fn move_once(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
         Err(e) => return Err(e),
     };
-    watch.with(|f| {
-        if down {
-            f.down(&buf[..n]);
-        } else {
-            f.up(&buf[..n]);
-        }
-    });
+    watch.saw(down, &buf[..n]);
     let mut off = 0;
     while off < n {
         match to.try_write(&buf[off..n]) {

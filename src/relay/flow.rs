@@ -127,13 +127,12 @@ pub async fn serve_client(
     // A paused port holds new clients up to `leader_wait_ms`, as a
     // leader being replaced does.
     let opened = tokio::select! {
-        r = port.gate.wait_open(cfg.resolved.leader_wait) => r.is_ok(),
+        r = port.gate.wait_open(cfg.resolved.leader_wait) => r,
         () = kill.cancelled() => return,
     };
-    if !opened {
+    if let Err(paused) = opened {
         let code = sqlstate::CANNOT_CONNECT_NOW;
-        let text = format!("pgvane: port \"{}\" is paused by an operator", port.key);
-        return refuse(&mut client, &head, &port, code, &text).await;
+        return refuse(&mut client, &head, &port, code, &paused.text(&port.key)).await;
     }
     // The leader port (`roles: [leader]`) waits for a leader while one is
     // replaced, up to `leader_wait_ms`, instead of refusing.
@@ -297,16 +296,12 @@ async fn choose_and_connect(
                 // The map may have changed since `choose`; a lease taken before
                 // an eviction is cancelled by it, one taken after sees the new map.
                 let current = port.map.load();
-                let cfg = port.config.load();
-                let member = current.member(&key.name);
-                // A node drained meanwhile takes no new client (its old
-                // ones stay to leave at their idle point).
-                let verdict = if member.is_some_and(|m| router::policy::drains(m, &cfg)) {
-                    Err(router::Ineligible::Drained)
-                } else {
-                    router::policy::still_qualifies(&key, member, &cfg, &port.lag.load())
-                };
-                if let Err(reason) = verdict {
+                if let Err(reason) = router::policy::takes_new_client(
+                    &key,
+                    current.member(&key.name),
+                    &port.config.load(),
+                    &port.lag.load(),
+                ) {
                     failures.push(format!(
                         "{} stopped qualifying ({})",
                         key.name,
@@ -314,7 +309,7 @@ async fn choose_and_connect(
                     ));
                     continue;
                 }
-                drop((current, cfg));
+                drop(current);
                 if tokio::io::AsyncWriteExt::write_all(&mut server, head)
                     .await
                     .is_err()

@@ -90,6 +90,17 @@ impl Watch {
         self.with(|f| f.idle())
     }
 
+    /// Reads bytes on their way: the server's (`down`) or the client's.
+    fn saw(&self, down: bool, bytes: &[u8]) {
+        self.with(|f| {
+            if down {
+                f.down(bytes);
+            } else {
+                f.up(bytes);
+            }
+        });
+    }
+
     fn close(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -289,7 +289,8 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
         }
         let mut read = pin!(from.read(buf));
         let (read, b) = match stops {
-            Some(stops) if !stops.drain.is_cancelled() || !stops.kill.is_cancelled() => {
+            // A kill already fired ended the loop above: it is still due.
+            Some(stops) => {
                 let drained = pin!(async {
                     if stops.drain.is_cancelled() {
                         std::future::pending::<()>().await;
@@ -306,7 +307,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
                     },
                 }
             }
-            _ => read.await,
+            None => read.await,
         };
         buf = b;
         let n = match read {
@@ -319,13 +320,7 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        watch.with(|f| {
-            if stops.is_some() {
-                f.down(&buf[..n]);
-            } else {
-                f.up(&buf[..n]);
-            }
-        });
+        watch.saw(stops.is_some(), &buf[..n]);
         if watch.closing() {
             // The client is being told its connection ends: what it sent
             // meanwhile is not run.

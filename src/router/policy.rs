@@ -184,6 +184,24 @@ pub fn still_qualifies(
     }
 }
 
+/// [`still_qualifies`] for a client that has just connected: it must not
+/// take a node drained meanwhile (that node's earlier clients stay to
+/// leave at their idle point; a new one would only be told to go).
+///
+/// # Errors
+/// Why the new client must try another node.
+pub fn takes_new_client(
+    key: &NodeKey,
+    m: Option<&Member>,
+    port: &PortConfig,
+    lag: &LagView,
+) -> Result<(), Ineligible> {
+    if m.is_some_and(|m| drains(m, port)) {
+        return Err(Ineligible::Drained);
+    }
+    still_qualifies(key, m, port, lag)
+}
+
 /// Whether clients of `m` on `port` must leave as their transactions end:
 /// it is drained and the port serves it as a replica (a drained leader
 /// keeps its writers: there is nowhere else for them to go).

@@ -160,8 +160,8 @@ impl Session {
             // PAUSE: new work waits for RESUME as for a new leader.
             let patience = self.ctx.port.load().resolved.leader_wait;
             tokio::select! {
-                r = self.ctx.gate.wait_open(patience) => if r.is_err() {
-                    let text = format!("pgvane: port \"{}\" is paused by an operator", self.ctx.key);
+                r = self.ctx.gate.wait_open(patience) => if let Err(paused) = r {
+                    let text = paused.text(&self.ctx.key);
                     return Err(SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, text));
                 },
                 () = self.client.close.cancelled() => return Err(SessionError::Shutdown),

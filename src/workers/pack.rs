@@ -30,6 +30,12 @@ pub fn wanted(busy: &[f64], active: usize, total: usize) -> usize {
     active
 }
 
+/// The first of workers `0..active` with the fewest clients (`tasks(i)`).
+#[must_use]
+pub fn least(active: usize, tasks: impl Fn(usize) -> usize) -> Option<usize> {
+    (0..active).min_by_key(|&i| (tasks(i), i))
+}
+
 /// Where a session idle on worker `at` should move, if anywhere: off a
 /// worker past the `active` ones, to the active one with the fewest
 /// clients; or, among active ones, from a worker with two or more clients
@@ -43,7 +49,8 @@ pub fn destination(
     tasks: impl Fn(usize) -> usize,
 ) -> Option<usize> {
     let active = active.clamp(1, len.max(1));
-    let (fewest, least) = (0..active.min(len)).map(|i| (tasks(i), i)).min()?;
+    let least = least(active.min(len), &tasks)?;
+    let fewest = tasks(least);
     if at >= active {
         return Some(least);
     }

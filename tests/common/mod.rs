@@ -395,12 +395,23 @@ impl Pgvane {
     /// Starts pgvane on `yaml` with extra environment variables; waits
     /// for nothing.
     pub fn spawn(yaml: &str, admin: u16, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        Self::spawn_args(yaml, admin, env, &[])
+    }
+
+    /// [`Pgvane::spawn`] with extra command-line arguments.
+    pub fn spawn_args(
+        yaml: &str,
+        admin: u16,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+    ) -> Self {
         let config = temp_path("pgvane.yaml");
         std::fs::write(&config, yaml).unwrap();
         let log = temp_path("pgvane.log");
         let mut cmd = Command::new(bin());
         cmd.arg("--config")
             .arg(&config)
+            .args(args)
             // PGVANE_TEST_LOG raises the level when chasing a failure.
             .env(
                 "RUST_LOG",
@@ -422,7 +433,17 @@ impl Pgvane {
     /// Starts pgvane on `yaml` with extra environment variables and waits
     /// until /ready answers 200.
     pub fn start_with_env(yaml: &str, admin: u16, env: &[(&str, &std::ffi::OsStr)]) -> Self {
-        let me = Self::spawn(yaml, admin, env);
+        Self::start_args(yaml, admin, env, &[])
+    }
+
+    /// [`Pgvane::start_with_env`] with extra command-line arguments.
+    pub fn start_args(
+        yaml: &str,
+        admin: u16,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+    ) -> Self {
+        let me = Self::spawn_args(yaml, admin, env, args);
         let ok = wait_until(Duration::from_secs(15), || {
             me.http("GET", "/ready").is_some_and(|(s, _)| s == 200)
         });
