@@ -267,6 +267,9 @@ async fn leader_changes_hold_requests_instead_of_failing() {
     let after_switchover = leader();
     assert_ne!(old, after_switchover);
     let settled = more_pairs(&pairs, 80, 60).await;
+    // A quick switchover leaves the probers little time: let them reach
+    // the count asserted below (at 20 a second, about a second more).
+    wait_until_async(Duration::from_secs(30), || async { probe.sessions() >= 20 }).await;
     let (report, report_control) = (probe.stop().await, probe_control.stop().await);
     let t_kill = t0.elapsed();
     assert!(

@@ -949,11 +949,14 @@ impl ProbeReport {
 pub struct Prober {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<ProbeReport>,
+    sessions: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Prober {
     pub fn start(port: u16) -> Self {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let sessions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&sessions);
         let task = tokio::spawn(async move {
             let mut report = ProbeReport::default();
             let t0 = Instant::now();
@@ -963,7 +966,10 @@ impl Prober {
                 // default) while the leader is replaced: longer is a hang.
                 match tokio::time::timeout(Duration::from_secs(40), connect(port)).await {
                     Ok(Ok(c)) => match c.whereami().await {
-                        Ok(w) => report.sessions.push(w),
+                        Ok(w) => {
+                            report.sessions.push(w);
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Err(_) => *report.errors.entry("query".into()).or_default() += 1,
                     },
                     Ok(Err(e)) => {
@@ -981,7 +987,16 @@ impl Prober {
             }
             report
         });
-        Self { stop, task }
+        Self {
+            stop,
+            task,
+            sessions,
+        }
+    }
+
+    /// Sessions that reached a node so far.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub async fn stop(self) -> ProbeReport {
