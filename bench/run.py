@@ -74,6 +74,8 @@ def wait_port(port, t=10):
 
 # Extra command-line arguments per pgvane instance name ("pgvane", "before").
 EXTRA_ARGS = {}
+# Top-level config lines per pgvane target name (e.g. worker_packing: true).
+EXTRA_TOP = {}
 
 
 def spawn_pgvane_ports(tmp, cluster_yaml, names=("port",), binary=None, name="pgvane"):
@@ -82,7 +84,8 @@ def spawn_pgvane_ports(tmp, cluster_yaml, names=("port",), binary=None, name="pg
     returns (process, {name: port}, admin port)."""
     ports, admin = {n: free_port() for n in names}, free_port()
     cfg = os.path.join(tmp, f"{name}.yaml")
-    open(cfg, "w").write(f"""cluster_update_interval: 3
+    top = "".join(line + "\n" for line in EXTRA_TOP.get(name, []))
+    open(cfg, "w").write(f"""{top}cluster_update_interval: 3
 listen_address: 127.0.0.1:{admin}
 clusters:
   lab:
@@ -341,6 +344,8 @@ def main():
     ap.add_argument("--pgbouncer", default=PGBOUNCER, help="pgbouncer binary (e.g. ../shared/anchors/pgbouncer-1.25/pgbouncer)")
     ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before')")
     ap.add_argument("--pgvane-arg", action="append", default=[], help="extra argument for pgvane (repeatable), e.g. --pgvane-arg=--threads=1")
+    ap.add_argument("--pgvane-config", action="append", default=[], metavar="LINE",
+                    help="top-level config line for pgvane (repeatable), e.g. --pgvane-config 'worker_packing: true'")
     ap.add_argument("--baseline-arg", action="append", default=[], help="extra argument for the baseline pgvane (repeatable)")
     ap.add_argument("--syscalls", action="store_true", help="count system calls per transaction (strace -c -f) instead of timing")
     ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
@@ -352,6 +357,7 @@ def main():
     counting.raise_nofile(max(a.busy_idle, a.idle) * 2 + 1000)
     globals()["PGBOUNCER"] = os.path.abspath(a.pgbouncer)
     EXTRA_ARGS.update(pgvane=a.pgvane_arg, before=a.baseline_arg)
+    EXTRA_TOP.update(pgvane=a.pgvane_config)
     if a.idle_only:
         a.repeats = 0
     tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
