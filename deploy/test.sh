@@ -42,6 +42,9 @@ started_lab=0
 if ! deploy/lab/lab.sh status >/dev/null 2>&1; then started_lab=1; fi
 cleanup() { [ "$started_lab" = 1 ] && deploy/lab/lab.sh down || true; }
 trap cleanup EXIT
+# No lab answering: clear what a run stopped without its cleanup left
+# (data and etcd state under the lab directory), so this run starts fresh.
+[ "$started_lab" = 0 ] || deploy/lab/lab.sh down
 deploy/lab/lab.sh up
 
 step "end-to-end tests against the lab (one at a time: they share one cluster)"

@@ -123,13 +123,22 @@ install() {
 }
 
 # ---------- process helpers ----------
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file's process, if it is alive and still the lab's own: its
+# command line names the lab directory (etcd, Patroni and PostgreSQL all
+# do). A pid file a stopped run left behind may name a reused pid.
+pid_alive() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(head -1 "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$LAB"
+}
 
 stop_pid() { # pidfile signal timeout
   local f=$1 sig=${2:-TERM} t=${3:-20} pid
   [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  pid=$(head -1 "$f")
+  if pid_alive "$f"; then
     kill "-$sig" "$pid" 2>/dev/null || true
     for _ in $(seq $((t * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
@@ -418,6 +427,7 @@ cmd_up() {
   undo_faults
   wait_for 120 "a healthy 3-node cluster" healthy
   set_timing "$LOOP_WAIT" "$TTL" "$RETRY_TIMEOUT"
+  set_baseline_dynamic
   set_ssl off
   log "cluster ready in $((SECONDS - t0)) s: $(summary)"
 }
@@ -542,6 +552,24 @@ timing_is() { # loop_wait ttl retry_timeout
 import json,sys
 c=json.load(sys.stdin)
 sys.exit(0 if [c.get("loop_wait"),c.get("ttl"),c.get("retry_timeout")]==[int(a) for a in sys.argv[1:]] else 1)' "$@"
+}
+
+# The dynamic settings tests change and a killed test run may leave in
+# etcd (the lab directory survives a run stopped without its cleanup):
+# synchronous_mode back off, and no apply delay (set_undelay).
+sync_is_off() {
+  config_json | /usr/bin/python3 -c '
+import json,sys
+sys.exit(0 if json.load(sys.stdin).get("synchronous_mode", False) in (False, "off", "false") else 1)'
+}
+
+set_baseline_dynamic() {
+  set_undelay
+  sync_is_off 2>/dev/null && return 0
+  patronictl edit-config "$SCOPE" --force -s "synchronous_mode=off" >/dev/null
+  wait_for 30 "synchronous_mode off in /config" sync_is_off
+  wait_for 30 "no sync standby" sh -c "! $0 summary | grep -Eq 'sync_standby|quorum_standby'"
+  log "synchronous_mode back off: $(summary)"
 }
 
 set_timing() { # loop_wait ttl retry_timeout
