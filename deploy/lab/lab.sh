@@ -421,13 +421,17 @@ cmd_up() {
   # connections queued on its closing listeners over to the new one only
   # with tcp_migrate_req (Linux 5.14+); without it the kernel resets them.
   if [ -w /proc/sys/net/ipv4/tcp_migrate_req ]; then echo 1 >/proc/sys/net/ipv4/tcp_migrate_req; fi
+  local fresh=0
+  pid_alive "$LAB/etcd.pid" || fresh=1
   start_etcd
   for n in "${NODES[@]}"; do start_node "$n"; done
   set_restapi_tls off
   undo_faults
   wait_for 120 "a healthy 3-node cluster" healthy
   set_timing "$LOOP_WAIT" "$TTL" "$RETRY_TIMEOUT"
-  set_baseline_dynamic
+  # Only when this call started etcd: a running lab keeps what a test set
+  # (tests call `up` to make sure of a healthy lab while holding a delay).
+  [ "$fresh" = 0 ] || set_baseline_dynamic
   set_ssl off
   log "cluster ready in $((SECONDS - t0)) s: $(summary)"
 }
@@ -555,8 +559,9 @@ sys.exit(0 if [c.get("loop_wait"),c.get("ttl"),c.get("retry_timeout")]==[int(a) 
 }
 
 # The dynamic settings tests change and a killed test run may leave in
-# etcd (the lab directory survives a run stopped without its cleanup):
-# synchronous_mode back off, and no apply delay (set_undelay).
+# etcd (the lab directory survives a run stopped without its cleanup),
+# put back when `up` finds the lab stopped: synchronous_mode off, and no
+# apply delay (set_undelay).
 sync_is_off() {
   config_json | /usr/bin/python3 -c '
 import json,sys
