@@ -43,21 +43,66 @@ pub fn apply_sql(wanted: &[Setting], reset_first: bool) -> String {
         sql.push_str("RESET ALL;");
     }
     for s in wanted {
-        match s {
-            Setting::Startup(name, value) => {
-                sql.push_str("SELECT pg_catalog.set_config(");
-                push_literal(&mut sql, name);
-                sql.push(',');
-                push_literal(&mut sql, value);
-                sql.push_str(",false);");
-            }
-            Setting::Set(_, stmt) => {
-                sql.push_str(stmt);
-                sql.push(';');
-            }
-        }
+        push_setting(&mut sql, s);
     }
     sql
+}
+
+/// The SQL that turns a backend that has `applied` (on top of its
+/// connection's own values) into one that has `wanted`, touching only what
+/// differs: each name's last entry decides its value, so a name whose last
+/// entry is the same in both is left alone, one only `applied` names is
+/// `RESET` (back to the connection's value, as `RESET ALL` would put it),
+/// and the others get their last `wanted` entry. `None` when a name to
+/// reset is not a plain lower-case identifier: the caller then resets all.
+///
+/// Pooled backends mostly differ from the next session in one or two
+/// values (`application_name`); this replaces `RESET ALL` and the whole
+/// list, several statements the server parses and answers, with those.
+#[must_use]
+pub fn diff_sql(applied: &[Setting], wanted: &[Setting]) -> Option<String> {
+    let last = |list: &[Setting], name: &str| list.iter().rev().find(|s| s.name() == name).cloned();
+    let mut sql = String::new();
+    for (i, s) in applied.iter().enumerate() {
+        let name = s.name();
+        let first = !applied[..i].iter().any(|p| p.name() == name);
+        if first && !wanted.iter().any(|w| w.name() == name) {
+            let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !plain {
+                return None;
+            }
+            sql.push_str("RESET ");
+            sql.push_str(name);
+            sql.push(';');
+        }
+    }
+    for (i, s) in wanted.iter().enumerate() {
+        let is_last = !wanted[i + 1..].iter().any(|w| w.name() == s.name());
+        if is_last && last(applied, s.name()).as_ref() != Some(s) {
+            push_setting(&mut sql, s);
+        }
+    }
+    Some(sql)
+}
+
+/// Appends the statement that applies one setting.
+fn push_setting(sql: &mut String, s: &Setting) {
+    match s {
+        Setting::Startup(name, value) => {
+            sql.push_str("SELECT pg_catalog.set_config(");
+            push_literal(sql, name);
+            sql.push(',');
+            push_literal(sql, value);
+            sql.push_str(",false);");
+        }
+        Setting::Set(_, stmt) => {
+            sql.push_str(stmt);
+            sql.push(';');
+        }
+    }
 }
 
 /// Appends `v` as an `E'...'` literal, whatever `standard_conforming_strings` is.
@@ -80,12 +125,16 @@ impl Backend {
     /// # Errors
     /// [`BackendError::Apply`] with the server's error, or an IO error.
     pub async fn apply(&mut self, wanted: &Settings) -> Result<(), BackendError> {
-        let reset_first = match &self.applied {
+        let sql = match &self.applied {
             Some(a) if Arc::ptr_eq(a, wanted) || **a == **wanted => return Ok(()),
-            Some(a) => !a.is_empty(),
-            None => true,
+            Some(a) => diff_sql(a, wanted).unwrap_or_else(|| apply_sql(wanted, true)),
+            None => apply_sql(wanted, true),
         };
-        let sql = apply_sql(wanted, reset_first);
+        if sql.is_empty() {
+            // Different lists with the same values (a value set twice).
+            self.applied = Some(Arc::clone(wanted));
+            return Ok(());
+        }
         let result = self.quiet(&sql).await;
         self.applied = result.is_ok().then(|| Arc::clone(wanted));
         result
@@ -172,5 +221,57 @@ mod tests {
         );
         assert_eq!(apply_sql(&[], false), "");
         assert_eq!(wanted[1].name(), "search_path");
+    }
+
+    fn startup(n: &str, v: &str) -> Setting {
+        Setting::Startup(n.into(), v.into())
+    }
+
+    fn set(n: &str, stmt: &str) -> Setting {
+        Setting::Set(n.into(), stmt.into())
+    }
+
+    #[test]
+    fn a_diff_touches_only_the_values_that_differ() {
+        let app = startup("application_name", "pgbench");
+        let mine = [
+            app.clone(),
+            set("application_name", "SET application_name = a1"),
+        ];
+        let theirs = [
+            app.clone(),
+            set("application_name", "SET application_name = a7"),
+        ];
+        // Another session's application_name: one SET, no RESET ALL.
+        assert_eq!(
+            diff_sql(&theirs, &mine).unwrap(),
+            "SET application_name = a1;"
+        );
+        // Only the last entry of a name counts, on both sides.
+        assert_eq!(diff_sql(&mine, &mine).unwrap(), "");
+        assert_eq!(
+            diff_sql(
+                &[set("application_name", "SET application_name = a1")],
+                &mine
+            )
+            .unwrap(),
+            ""
+        );
+        // A name only the backend has goes back to the connection's value;
+        // one only the session has is applied; the same value is left.
+        let backend = [app.clone(), set("search_path", "SET search_path = x")];
+        let session = [app, startup("timezone", "UTC")];
+        assert_eq!(
+            diff_sql(&backend, &session).unwrap(),
+            "RESET search_path;SELECT pg_catalog.set_config(E'timezone',E'UTC',false);"
+        );
+        // A startup name that is not a plain identifier: the caller resets all.
+        assert_eq!(diff_sql(&[startup("my.guc", "1")], &[]), None);
+        assert_eq!(diff_sql(&[startup("Odd", "1")], &[]), None);
+        // Applying one needs no RESET, whatever its name.
+        assert_eq!(
+            diff_sql(&[], &[startup("my.guc", "1")]).unwrap(),
+            "SELECT pg_catalog.set_config(E'my.guc',E'1',false);"
+        );
     }
 }
