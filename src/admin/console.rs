@@ -444,7 +444,7 @@ fn clients(views: &BTreeMap<String, ClusterView>) -> Table {
                     name.clone(),
                     p.key.port.clone(),
                     mode.to_owned(),
-                    node.name,
+                    node.name.to_string(),
                     n.to_string(),
                     paused.clone(),
                 ]);

@@ -283,7 +283,7 @@ fn cluster_json(view: &ClusterView) -> Value {
                 "self_report": m.self_report, "noloadbalance": m.noloadbalance, "drained": m.drained,
                 "nofailover": m.nofailover, "timeline": m.timeline, "eligible": eligible,
                 "position": position_json(
-                    positions.get(&m.name).or(positions.leader.as_ref().filter(|l| l.member == m.name)),
+                    positions.get(&m.name).or(positions.leader.as_ref().filter(|l| *l.member == *m.name)),
                 ),
             })
         })
@@ -294,7 +294,7 @@ fn cluster_json(view: &ClusterView) -> Value {
             let clients: serde_json::Map<String, Value> = p
                 .clients_by_node()
                 .into_iter()
-                .map(|(k, n)| (k.name, json!(n)))
+                .map(|(k, n)| (k.name.to_string(), json!(n)))
                 .collect();
             let roles: Vec<String> = cfg
                 .roles

@@ -84,7 +84,7 @@ impl App {
                 c.stop.cancel();
                 let map = c.watcher.map.load();
                 self.metrics
-                    .remove_cluster(name, map.members.iter().map(|m| m.name.as_str()));
+                    .remove_cluster(name, map.members.iter().map(|m| &*m.name));
             }
         }
         // 6. Start added clusters; give every other watcher its new settings

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 /// Sends a CancelRequest for backend `key` to `addr` (best effort).
 pub async fn cancel(addr: &NodeAddr, key: (u32, u32)) {
     let work = async {
-        let mut s = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        let mut s = TcpStream::connect((&*addr.host, addr.port)).await?;
         let mut out = Vec::new();
         encode::cancel_request(&mut out, key.0, key.1);
         s.write_all(&out).await?;

@@ -34,7 +34,7 @@ impl Backend {
         socket: SocketOptions,
     ) -> Result<Self, BackendError> {
         let work = async {
-            let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+            let tcp = TcpStream::connect((&*addr.host, addr.port))
                 .await
                 .map_err(|source| BackendError::Connect {
                     addr: addr.clone(),

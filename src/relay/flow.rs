@@ -348,7 +348,7 @@ async fn choose_and_connect(
                 port.health.failure(&key.addr, Instant::now());
                 port.metrics
                     .connect_failures
-                    .with_label_values(&[&port.key.cluster, &key.name])
+                    .with_label_values(&[&*port.key.cluster, &*key.name])
                     .inc();
                 tracing::warn!(port = %port.key, node = %key.name, addr = %key.addr, error = %e, "connect to node failed");
                 failures.push(format!("{} ({}): {e}", key.name, key.addr));
@@ -511,7 +511,7 @@ async fn connect(
     timeout: Duration,
     socket: SocketOptions,
 ) -> io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect((addr.host.as_str(), addr.port))).await {
+    match tokio::time::timeout(timeout, TcpStream::connect((&*addr.host, addr.port))).await {
         Ok(r) => {
             let s = r?;
             socket.apply(&s);

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeKey {
     /// Patroni member name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Address pgvane connects to.
     pub addr: NodeAddr,
 }
@@ -246,7 +246,7 @@ mod tests {
         NodeKey {
             name: name.into(),
             addr: NodeAddr {
-                host: format!("{name}.h"),
+                host: format!("{name}.h").into(),
                 port: 5432,
             },
         }
@@ -267,7 +267,7 @@ mod tests {
             b.order(nodes.clone(), |_| 0),
             vec![key("c"), key("b"), key("a")]
         );
-        let failures = |k: &NodeKey| u32::from(k.name == "c");
+        let failures = |k: &NodeKey| u32::from(&*k.name == "c");
         assert_eq!(
             b.order(vec![key("c"), key("d")], failures),
             vec![key("d"), key("c")]
@@ -280,7 +280,7 @@ mod tests {
         let a1 = b.lease(key("a"));
         let a2 = b.lease(key("a"));
         let c1 = b.lease(key("c"));
-        let out = b.evict_where(|k| (k.name == "a").then_some("lag"));
+        let out = b.evict_where(|k| (&*k.name == "a").then_some("lag"));
         assert_eq!(out, vec![(key("a"), "lag", 2)]);
         assert!(a1.evicted().is_cancelled() && a2.evicted().is_cancelled());
         assert!(!c1.evicted().is_cancelled());
@@ -302,13 +302,13 @@ mod tests {
         let a1 = b.lease(key("a"));
         let c1 = b.lease(key("c"));
         let t0 = Instant::now();
-        let out = b.drain_where(t0, |k| k.name == "a");
+        let out = b.drain_where(t0, |k| &*k.name == "a");
         assert_eq!(out, vec![(key("a"), 1)]);
         assert!(a1.drained().is_cancelled());
         assert!(!c1.drained().is_cancelled());
         assert!(!a1.evicted().is_cancelled(), "draining is not eviction");
         assert!(
-            b.drain_where(t0, |k| k.name == "a").is_empty(),
+            b.drain_where(t0, |k| &*k.name == "a").is_empty(),
             "once per token"
         );
         // Past the grace, what is left of a drained node is evicted.
@@ -316,7 +316,7 @@ mod tests {
         let (gone, next) = b.overdue(t0 + grace / 2, grace, |_| true);
         assert!(gone.is_empty());
         assert_eq!(next, Some(t0 + grace));
-        let (gone, _) = b.overdue(t0 + grace, grace, |k| k.name == "c");
+        let (gone, _) = b.overdue(t0 + grace, grace, |k| &*k.name == "c");
         assert!(gone.is_empty(), "no longer drained: nothing evicted");
         let (gone, next) = b.overdue(t0 + grace, grace, |_| true);
         assert_eq!(gone, vec![(key("a"), 1)]);

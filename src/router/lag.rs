@@ -86,7 +86,7 @@ impl LagView {
         };
         let now = rules.instant(m.lag);
         self.verdicts
-            .get(&m.name)
+            .get(&*m.name)
             .map_or(now, |&seen| seen.max(now))
     }
 }
@@ -115,11 +115,11 @@ impl LagGate {
         now: Instant,
     ) -> (LagView, Option<Instant>) {
         self.nodes
-            .retain(|name, _| map.members.iter().any(|m| m.name == *name));
+            .retain(|name, _| map.members.iter().any(|m| *m.name == **name));
         let mut view = LagView::default();
         let mut wake: Option<Instant> = None;
         for m in map.members.iter().filter(|m| !m.role.is_leader()) {
-            let gate = self.nodes.entry(m.name.clone()).or_default();
+            let gate = self.nodes.entry(m.name.to_string()).or_default();
             let verdict = match m.lag {
                 Some(l) if l <= rules.max => {
                     gate.over_since = None;
@@ -142,7 +142,7 @@ impl LagGate {
                     }
                 }
             };
-            view.verdicts.insert(m.name.clone(), verdict);
+            view.verdicts.insert(m.name.to_string(), verdict);
         }
         (view, wake)
     }

@@ -10,6 +10,7 @@ use crate::classifier::Route;
 use crate::config::{PortConfig, RywTimeout};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::topology::{ClusterMap, Floor, MemberState, NodeAddr, Positions};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A node's part on a split port (also its pools' role tag).
@@ -36,7 +37,7 @@ impl NodeRole {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Member name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Address to connect to.
     pub addr: NodeAddr,
     /// Leader or replica.
@@ -178,28 +179,30 @@ fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
 }
 
 /// Replicas that qualify for the port's reads, least busy first.
-fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Vec<(String, Target)> {
-    let mut reps: Vec<(usize, String, Target)> = v
+fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Vec<Target> {
+    // Per request: names and hosts are shared (`Arc<str>`), so this copies
+    // no text; the member name is the target's.
+    let mut reps: Vec<Target> = v
         .map
         .members
         .iter()
         .filter(|m| !m.role.is_leader() && policy::check(m, v.port, v.lag).is_ok())
-        .map(|m| (m.name.clone(), policy::target_key(m, v.port)))
-        .filter(|(_, k)| !v.health.cooling(&k.addr, v.now))
-        .map(|(member, k)| {
-            (
-                busy(&k.addr),
-                member,
-                Target {
-                    name: k.name,
-                    addr: k.addr,
-                    role: NodeRole::Replica,
-                },
-            )
+        .map(|m| policy::target_key(m, v.port))
+        .filter(|k| !v.health.cooling(&k.addr, v.now))
+        .map(|k| Target {
+            name: k.name,
+            addr: k.addr,
+            role: NodeRole::Replica,
         })
         .collect();
-    reps.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.name.cmp(&b.2.name)));
-    reps.into_iter().map(|(_, m, t)| (m, t)).collect()
+    if reps.len() > 1 {
+        reps.sort_by(|a, b| {
+            busy(&a.addr)
+                .cmp(&busy(&b.addr))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+    }
+    reps
 }
 
 /// Decides where `req` runs; `busy` counts a node's backends in use.
@@ -222,14 +225,11 @@ pub fn decide(v: &View<'_>, req: &Request, busy: impl Fn(&NodeAddr) -> usize) ->
         );
     }
     match req.need {
-        Need::Nothing => Decision::Run(reps.into_iter().map(|(_, t)| t).collect(), Why::NoFloor),
+        Need::Nothing => Decision::Run(reps, Why::NoFloor),
         Need::Leader => on_leader(v, req, Why::Fresh),
         Need::Replayed(floor) => {
-            let ready: Vec<Target> = reps
-                .into_iter()
-                .filter(|(m, _)| v.positions.replayed(m, &floor))
-                .map(|(_, t)| t)
-                .collect();
+            let mut ready = reps;
+            ready.retain(|t| v.positions.replayed(&t.name, &floor));
             if !ready.is_empty() {
                 return Decision::Run(ready, Why::Replayed);
             }

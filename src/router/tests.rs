@@ -34,7 +34,7 @@ fn eligible(name: &str, p: &PortConfig) -> Vec<String> {
         .members
         .iter()
         .filter(|m| ok(m, p))
-        .map(|m| m.name.clone())
+        .map(|m| m.name.to_string())
         .collect();
     v.sort();
     v
@@ -260,12 +260,12 @@ fn choose_orders_skips_cooling_and_explains() {
     let p = port(&[Async], None);
     let first = choose(&map, &p, &b, &h, &LagView::default(), now).unwrap();
     assert_eq!(
-        first.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+        first.iter().map(|k| &*k.name).collect::<Vec<_>>(),
         vec!["node2", "node3"]
     );
     let _lease = b.lease(first[0].clone());
     let second = choose(&map, &p, &b, &h, &LagView::default(), now).unwrap();
-    assert_eq!(second[0].name, "node3", "least connections");
+    assert_eq!(&*second[0].name, "node3", "least connections");
     h.failure(&second[0].addr, now);
     assert_eq!(
         choose(&map, &p, &b, &h, &LagView::default(), now)

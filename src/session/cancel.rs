@@ -90,7 +90,7 @@ impl CancelRegistry {
         match (peers.owner(key.0), hop(key.0)) {
             (Some(host), Some(next)) => {
                 let peer = NodeAddr {
-                    host: host.to_owned(),
+                    host: host.into(),
                     port,
                 };
                 crate::backend::cancel(&peer, (next, key.1)).await;

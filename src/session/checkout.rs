@@ -418,7 +418,7 @@ impl Session {
                     self.ctx
                         .metrics
                         .connect_failures
-                        .with_label_values(&[&self.ctx.key.cluster, &t.name])
+                        .with_label_values(&[&*self.ctx.key.cluster, &*t.name])
                         .inc();
                     failures.push(format!("{} ({}): {e}", t.name, t.addr));
                 }
@@ -506,7 +506,7 @@ impl Session {
             node: self
                 .held
                 .as_ref()
-                .map_or_else(String::new, |h| h.node.clone()),
+                .map_or_else(String::new, |h| h.node.to_string()),
             cause: cause.to_string(),
         }
     }

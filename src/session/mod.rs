@@ -77,7 +77,7 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// The backend a session holds, and where it came from.
 struct Held {
     pooled: Pooled,
-    node: String,
+    node: Arc<str>,
     role: NodeRole,
     /// pgvane's own SQL to run on it before the client's next request
     /// (startup values back after a `RESET` on a held backend).

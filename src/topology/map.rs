@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Patroni's role of a member.
@@ -72,8 +73,9 @@ impl MemberState {
 /// Where a member's PostgreSQL listens, as Patroni reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct NodeAddr {
-    /// Host name or IP literal (IPv6 without brackets).
-    pub host: String,
+    /// Host name or IP literal (IPv6 without brackets); shared, so the
+    /// per-request routing copies no text.
+    pub host: Arc<str>,
     /// TCP port.
     pub port: u16,
 }
@@ -91,8 +93,8 @@ impl fmt::Display for NodeAddr {
 /// One routable cluster member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Member {
-    /// Patroni member name (unique in a cluster).
-    pub name: String,
+    /// Patroni member name (unique in a cluster); shared, as `host`.
+    pub name: Arc<str>,
     /// Role.
     pub role: MemberRole,
     /// State.
@@ -224,7 +226,7 @@ impl ClusterMap {
     /// The member called `name`.
     #[must_use]
     pub fn member(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
+        self.members.iter().find(|m| &*m.name == name)
     }
 
     /// The current leader, if any.

@@ -5,6 +5,7 @@
 
 use super::map::{LagSource, Member, MemberRole, MemberState, NodeAddr, SelfReport};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// The parts of a `/cluster` answer pgvane uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,12 +58,9 @@ pub fn parse(body: &[u8]) -> Result<ClusterInfo, ParseError> {
 }
 
 fn member(m: &Value) -> Option<Member> {
-    let name = m.get("name")?.as_str()?.to_owned();
+    let name: Arc<str> = m.get("name")?.as_str()?.into();
     let host = m.get("host")?.as_str()?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return None;
     }
@@ -76,7 +74,10 @@ fn member(m: &Value) -> Option<Member> {
         name,
         role: MemberRole::from_patroni(m.get("role").and_then(Value::as_str).unwrap_or("")),
         state: MemberState::from_patroni(m.get("state").and_then(Value::as_str).unwrap_or("")),
-        addr: NodeAddr { host, port },
+        addr: NodeAddr {
+            host: host.into(),
+            port,
+        },
         lag,
         receive_lag: m.get("receive_lag").and_then(number),
         replay_paused: false,

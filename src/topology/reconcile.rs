@@ -16,7 +16,7 @@ fn leader_of(info: &ClusterInfo) -> Option<(&str, Option<u64>)> {
     info.members
         .iter()
         .find(|m| m.role.is_leader())
-        .map(|m| (m.name.as_str(), m.timeline))
+        .map(|m| (&*m.name, m.timeline))
 }
 
 fn confirmed(statuses: &Statuses, name: &str) -> bool {
@@ -76,12 +76,12 @@ pub fn apply_live(info: &mut ClusterInfo, statuses: &Statuses, previous: &Cluste
         .members
         .iter()
         .find(|m| m.role.is_leader())
-        .and_then(|m| match statuses.get(&m.name) {
+        .and_then(|m| match statuses.get(&*m.name) {
             Some(Ok(s)) if s.is_primary() => s.location,
             _ => None,
         });
     for m in &mut info.members {
-        let status = statuses.get(&m.name);
+        let status = statuses.get(&*m.name);
         m.self_report = self_report(m, status, previous);
         let Some(Ok(s)) = status else { continue };
         m.replay_paused = s.paused;

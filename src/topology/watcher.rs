@@ -248,7 +248,7 @@ impl Watcher {
         let old = self.map.load_full();
         let drained = Arc::clone(&self.drained.borrow_and_update());
         for m in &mut new.members {
-            m.drained = drained.contains(&m.name);
+            m.drained = drained.contains(&*m.name);
         }
         if new.disagreement != old.disagreement && !new.stale {
             if let Some(why) = &new.disagreement {
@@ -328,8 +328,8 @@ async fn poll(settings: &WatchSettings, previous: &ClusterMap) -> Result<Round, 
     for (_, info) in &answers {
         for m in &info.members {
             if let Some(url) = &m.api_url {
-                if !urls.iter().any(|(name, _)| *name == m.name) {
-                    urls.push((m.name.clone(), url.clone()));
+                if !urls.iter().any(|(name, _)| **name == *m.name) {
+                    urls.push((m.name.to_string(), url.clone()));
                 }
             }
         }

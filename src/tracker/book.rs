@@ -128,7 +128,7 @@ impl Book {
     pub fn positions(&mut self, map: &ClusterMap, now: Instant) -> Positions {
         let map_at = instant_of(map.updated_at, now);
         let leader = map.leader().and_then(|m| {
-            let t = self.tracks.get_mut(&m.name)?;
+            let t = self.tracks.get_mut(&*m.name)?;
             leader_position(m, t, map_at)
         });
         if let Some(l) = &leader {
@@ -154,7 +154,7 @@ impl Book {
         let epoch = self
             .epoch
             .as_ref()
-            .filter(|e| map.leader().is_some_and(|m| m.name == e.leader));
+            .filter(|e| map.leader().is_some_and(|m| *m.name == *e.leader));
         let Some(epoch) = epoch else {
             return Positions {
                 epoch: self.epoch.as_ref().map_or(0, |e| e.number),
@@ -166,7 +166,7 @@ impl Book {
             .iter()
             .filter(|m| !m.role.is_leader())
             .filter_map(|m| {
-                let t = self.tracks.get_mut(&m.name)?;
+                let t = self.tracks.get_mut(&*m.name)?;
                 replica_position(m, t, map_at)
                     .filter(|p| epoch.since.is_none_or(|since| p.polled_at >= since))
             })
@@ -197,7 +197,7 @@ fn leader_position(m: &Member, t: &mut Track, map_at: Instant) -> Option<Positio
             return None;
         }
         return Some(Position {
-            member: m.name.clone(),
+            member: m.name.to_string(),
             timeline: p.timeline?,
             lsn: p.lsn?,
             incarnation: t.incarnation,
@@ -217,7 +217,7 @@ fn leader_position(m: &Member, t: &mut Track, map_at: Instant) -> Option<Positio
 fn replica_position(m: &Member, t: &mut Track, map_at: Instant) -> Option<Position> {
     match &t.last {
         Some((sent, p)) if p.in_recovery && p.receiver != Receiver::Hidden => Some(Position {
-            member: m.name.clone(),
+            member: m.name.to_string(),
             timeline: p.timeline?,
             lsn: p.lsn?,
             incarnation: t.incarnation,
@@ -235,7 +235,7 @@ fn patroni_position(m: &Member, t: &mut Track, map_at: Instant) -> Option<Positi
     let live = m.live.as_ref()?;
     t.incarnate(0, live.postmaster_start_time.as_deref());
     Some(Position {
-        member: m.name.clone(),
+        member: m.name.to_string(),
         timeline: u32::try_from(live.timeline?).ok()?,
         lsn: Lsn(live.lsn),
         incarnation: t.incarnation,

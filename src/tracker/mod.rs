@@ -293,12 +293,12 @@ impl<C: Connect> Tracker<C> {
         });
         self.book.retain(&map);
         for m in &map.members {
-            if self.pollers.contains_key(&m.name) {
+            if self.pollers.contains_key(&*m.name) {
                 continue;
             }
             let token = stop.child_token();
             let poller = Poller {
-                member: Arc::from(m.name.as_str()),
+                member: Arc::clone(&m.name),
                 addr: m.addr.clone(),
                 connect: Arc::clone(&self.connect),
                 settings: self.inputs.settings.clone(),
@@ -307,7 +307,8 @@ impl<C: Connect> Tracker<C> {
                 conns: Arc::clone(&self.conns),
             };
             tokio::spawn(poller.run(token.clone()));
-            self.pollers.insert(m.name.clone(), (m.addr.clone(), token));
+            self.pollers
+                .insert(m.name.to_string(), (m.addr.clone(), token));
         }
     }
 

@@ -44,13 +44,20 @@ impl Connect for FakeConnect {
         addr: &NodeAddr,
         _settings: &TrackerSettings,
     ) -> Result<FakeConn, ConnectError> {
-        if self.0.refuse.lock().unwrap().contains(&addr.host) {
+        if self
+            .0
+            .refuse
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| **h == *addr.host)
+        {
             return Err(ConnectError::Login(
                 "28P01 password authentication failed".to_owned(),
             ));
         }
         Ok(FakeConn {
-            host: addr.host.clone(),
+            host: addr.host.to_string(),
             fake: Arc::clone(&self.0),
         })
     }

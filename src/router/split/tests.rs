@@ -80,7 +80,7 @@ fn run(
 
 fn names(d: &Decision) -> (Vec<&str>, Why) {
     match d {
-        Decision::Run(t, why) => (t.iter().map(|t| t.name.as_str()).collect(), *why),
+        Decision::Run(t, why) => (t.iter().map(|t| &*t.name).collect(), *why),
         other => panic!("expected targets, got {other:?}"),
     }
 }

@@ -98,14 +98,14 @@ fn healthy_replicas_are_streaming() {
 #[test]
 fn replay_lag_wins_over_lag() {
     let info = fixture("07-lag-replay");
-    let node1 = info.members.iter().find(|m| m.name == "node1").unwrap();
+    let node1 = info.members.iter().find(|m| &*m.name == "node1").unwrap();
     assert_eq!(node1.lag, Some(16_781_584));
 }
 
 #[test]
 fn receive_lag_is_seen() {
     let info = fixture("08-lag-receive");
-    let node2 = info.members.iter().find(|m| m.name == "node2").unwrap();
+    let node2 = info.members.iter().find(|m| &*m.name == "node2").unwrap();
     assert!(node2.lag.unwrap() >= 16 * 1024 * 1024);
 }
 
@@ -142,13 +142,13 @@ fn lenient_on_odd_members() {
     ], "pause": "on"}"#;
     let info = parse(body).unwrap();
     assert_eq!(info.members.len(), 3);
-    assert_eq!(info.members[0].addr.host, "::1");
+    assert_eq!(&*info.members[0].addr.host, "::1");
     assert_eq!(info.members[0].addr.to_string(), "[::1]:5433");
     assert_eq!(info.members[1].addr.port, 5432);
     assert_eq!(info.members[1].lag, None);
     assert!(info.members[1].noloadbalance);
     assert!(!info.members[1].nofailover);
-    assert_eq!(info.members[2].addr.host, "fe80::1");
+    assert_eq!(&*info.members[2].addr.host, "fe80::1");
     assert_eq!(info.members[2].role, MemberRole::StandbyLeader);
     assert_eq!(
         info.skipped,

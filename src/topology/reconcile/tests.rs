@@ -26,7 +26,7 @@ fn statuses(name: &str, info: &ClusterInfo) -> Statuses {
         } else {
             Err(answer["body"].to_string())
         };
-        out.insert(m.name.clone(), status);
+        out.insert(m.name.to_string(), status);
     }
     out
 }
@@ -39,7 +39,7 @@ fn live(name: &str, previous: &ClusterMap) -> ClusterInfo {
 }
 
 fn member<'a>(info: &'a ClusterInfo, name: &str) -> &'a Member {
-    info.members.iter().find(|m| m.name == name).unwrap()
+    info.members.iter().find(|m| &*m.name == name).unwrap()
 }
 
 #[test]

@@ -125,7 +125,7 @@ async fn polls_and_publishes_lenient_answer() {
     assert_eq!(h.update_now().await.unwrap(), generation);
     *f.answer.lock().unwrap() = Answer::Json(SWITCHED);
     assert_eq!(h.update_now().await.unwrap(), generation + 1);
-    assert_eq!(h.map.load().leader().unwrap().name, "n2");
+    assert_eq!(&*h.map.load().leader().unwrap().name, "n2");
 }
 
 #[tokio::test]
@@ -189,7 +189,7 @@ async fn settings_change_polls_new_hosts_at_once() {
     let mut gen_rx = h.generation.clone();
     h.set_settings(settings(&[&b]));
     tokio::time::timeout(Duration::from_secs(5), async {
-        while h.map.load().leader().map(|m| m.name.as_str()) != Some("n2") {
+        while h.map.load().leader().map(|m| &*m.name) != Some("n2") {
             gen_rx.changed().await.unwrap();
         }
     })
@@ -215,7 +215,7 @@ async fn an_old_view_answering_first_loses_to_the_majority() {
     let (h, _c) = start(settings(&[&old, &a, &b]));
     h.update_now().await.unwrap();
     let map = h.map.load();
-    assert_eq!(map.leader().unwrap().name, "n2", "{map:?}");
+    assert_eq!(&*map.leader().unwrap().name, "n2", "{map:?}");
     let why = map.disagreement.as_deref().unwrap();
     assert!(
         why.contains(&format!("{} lists leader n1", old.url)),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 pub(crate) fn member(name: &str, leader: bool) -> Member {
     Member {
-        name: name.to_owned(),
+        name: name.into(),
         role: if leader {
             MemberRole::Leader
         } else {
@@ -12,7 +12,7 @@ pub(crate) fn member(name: &str, leader: bool) -> Member {
         },
         state: MemberState::Running,
         addr: NodeAddr {
-            host: format!("host-{name}"),
+            host: format!("host-{name}").into(),
             port: 5432,
         },
         lag: None,
