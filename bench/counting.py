@@ -90,6 +90,53 @@ def count_syscalls(pid, host, port, args, per_client, script=None, tracer="perf"
     return per, errors, n
 
 
+MALLOC_EVENT = "probe_libc:malloc"
+
+
+def malloc_probe():
+    """Adds a perf uprobe on glibc's malloc unless one is there; returns its
+    event name. (pgvane's glibc build, pgbouncer and HAProxy all allocate
+    through it; a musl or mimalloc build would not be counted.)"""
+    listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    if MALLOC_EVENT not in listed:
+        libc = next(p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6")
+                    if os.path.exists(p))
+        subprocess.run(["perf", "probe", "-x", libc, "malloc"], check=True, capture_output=True)
+    return MALLOC_EVENT
+
+
+def count_allocs(pid, host, port, args, per_client, script=None):
+    """Counts glibc malloc calls in every thread of `pid` while pgbench runs
+    a fixed number of transactions; returns (calls per transaction,
+    transactions). Background work (topology polls) counts too, so the
+    figure is an upper bound on the per-request allocations."""
+    ev = malloc_probe()
+    out = tempfile.NamedTemporaryFile(prefix="allocs-", suffix=".csv", delete=False).name
+    st = subprocess.Popen(["perf", "stat", "-x,", "-e", ev, "-p", str(pid), "-o", out],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the first transaction
+    try:
+        n = pgbench_txns(host, port, args, per_client, script)
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=30)
+    calls = next((int(line.split(",")[0]) for line in open(out) if ev in line and line.split(",")[0].isdigit()), None)
+    os.unlink(out)
+    if not n or calls is None:
+        return None
+    return calls / n, n
+
+
+def alloc_table(results):
+    """results: {(workload, target): [(per, n) | None, ...]} → markdown."""
+    lines = ["| workload | target | malloc calls per transaction (min / median / max) |",
+             "| --- | --- | ---: |"]
+    for (w, t), runs in results.items():
+        xs = sorted(r[0] for r in runs if r)
+        lines.append(f"| {w} | {t} | " + (f"{xs[0]:.2f} / {statistics.median(xs):.2f} / {xs[-1]:.2f} |" if xs else "failed |"))
+    return "\n".join(lines)
+
+
 def syscall_table(results, targets, ref_name):
     """results: {(workload, target): [(per, errors, n), ...]} → markdown."""
     lines = []

@@ -6,6 +6,7 @@ build (cargo build --release). Stdlib only.
 
     bench/run.py [--split] [--repeats 4] [--seconds 5] [--idle 1000] [--out FILE]
     bench/run.py [--split] --syscalls [--txns 8000] [--clients 4] [--repeats 3]
+    bench/run.py [--split] --allocs [--txns 8000] [--clients 4] [--repeats 3]
     bench/run.py --split --busy-idle 5000 [--repeats 3] [--seconds 10]
 
 Default: role ports (pgvane's leader port vs HAProxy, Debian). --split:
@@ -15,7 +16,8 @@ default_pool_size = pgvane's pool_size).
 --syscalls counts system calls per transaction (perf trace -s, or
 strace -c -f with --tracer strace, on every thread of pgvane and of the
 reference proxy, the same fixed number of
-pgbench transactions for each) instead of timing; --busy-idle N measures
+pgbench transactions for each) instead of timing; --allocs counts calls
+to glibc's malloc the same way (a perf uprobe); --busy-idle N measures
 p50/p99 latency of 16 busy `-S` clients while N idle clients stay
 connected (split port vs pgbouncer). Both live in bench/trace.py.
 
@@ -284,11 +286,24 @@ sys.stdin.readline()
 
 
 def special(a, targets, scripts, ref):
-    """--syscalls and --busy-idle: interleaved over the proxies only."""
+    """--syscalls, --allocs and --busy-idle: interleaved over the proxies only."""
     R = "HAProxy" if ref == "haproxy" else "pgbouncer"
     version = '.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()
     results = {}
-    if a.syscalls:
+    if a.allocs:
+        per_client = max(1, a.txns // a.clients)
+        for r in range(a.repeats):
+            for wname, args, s1 in syscall_workloads(a.split, a.clients):
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for tname, host, port, pid in order:
+                    got = counting.count_allocs(pid, host, port, args, per_client, scripts.get(s1))
+                    results.setdefault((wname, tname), []).append(got)
+                    print(f"repeat {r+1} {wname:12} {tname:9} "
+                          + (f"{got[0]:6.2f} mallocs/txn over {got[1]} txns" if got else "FAILED"), flush=True)
+        text = (counting.alloc_table(results)
+                + f"\n\n{a.clients} pgbench clients, {per_client * a.clients} transactions per counted run, "
+                  f"{a.repeats} interleaved repeats, glibc malloc calls counted with a perf uprobe; {R} {version}.")
+    elif a.syscalls:
         per_client = max(1, a.txns // a.clients)
         for r in range(a.repeats):
             for wname, args, s1 in syscall_workloads(a.split, a.clients):
@@ -348,9 +363,10 @@ def main():
                     help="top-level config line for pgvane (repeatable), e.g. --pgvane-config 'worker_packing: true'")
     ap.add_argument("--baseline-arg", action="append", default=[], help="extra argument for the baseline pgvane (repeatable)")
     ap.add_argument("--syscalls", action="store_true", help="count system calls per transaction (strace -c -f) instead of timing")
+    ap.add_argument("--allocs", action="store_true", help="count glibc malloc calls per transaction (a perf uprobe) instead of timing")
     ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
-    ap.add_argument("--txns", type=int, default=8000, help="--syscalls: transactions per traced run")
-    ap.add_argument("--clients", type=int, default=4, help="--syscalls: pgbench clients")
+    ap.add_argument("--txns", type=int, default=8000, help="--syscalls, --allocs: transactions per counted run")
+    ap.add_argument("--clients", type=int, default=4, help="--syscalls, --allocs: pgbench clients")
     ap.add_argument("--busy-idle", type=int, default=0, metavar="N",
                     help="p50/p99 of 16 busy -S clients with N idle clients connected (split port vs pgbouncer)")
     a = ap.parse_args()
@@ -382,7 +398,7 @@ def main():
             bp, bp_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp, os.path.abspath(a.baseline), "before")
             procs["before"] = bp
             targets.append(("before", "127.0.0.1", bp_port, bp.pid))
-        if a.syscalls or a.busy_idle:
+        if a.syscalls or a.allocs or a.busy_idle:
             return special(a, targets[1:], scripts, ref)
         for r in range(a.repeats):
             for wname, args, s1 in workloads:

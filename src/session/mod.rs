@@ -159,9 +159,13 @@ async fn serve_client(
     // Taken before the login: a KILL from now on ends this session too.
     let kill = ctx.gate.kill_token();
     let started = start(client, &ctx, admitted, peer, (placement, kill));
-    let Some(mut s) = Box::pin(started).await else {
+    let Some(s) = Box::pin(started).await else {
         return;
     };
+    // On the heap once: the task and the request loop's future each hold
+    // a pointer to it, not a copy of their own (a session moving between
+    // workers travels as this pointer).
+    let mut s = Box::new(s);
     let since = std::time::Instant::now();
     tracing::info!(
         target: crate::telemetry::CONN,

@@ -31,7 +31,7 @@ impl Session {
     /// Serves the session to its end, following it to each worker it
     /// moves to; the session back once it ended, or None when it was lost
     /// on the way (the worker stopped: pgvane is exiting).
-    pub(super) async fn serve_anywhere(mut self) -> Option<Self> {
+    pub(super) async fn serve_anywhere(mut self: Box<Self>) -> Option<Box<Self>> {
         use tracing::Instrument;
         let mut served = self.serve().await;
         while let Served::Move(handle) = served {
