@@ -48,6 +48,18 @@ def pgbench_txns(host, port, args, per_client, script=None, cwd=None, extra=()):
     return int(n.group(1))
 
 
+def while_pgbench(counter, host, port, args, per_client, script=None):
+    """Runs pgbench (see pgbench_txns) with `counter` (perf, strace)
+    attached around it, stopped with SIGINT; returns pgbench's count."""
+    c = subprocess.Popen(counter, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the first transaction
+    try:
+        return pgbench_txns(host, port, args, per_client, script)
+    finally:
+        c.send_signal(signal.SIGINT)
+        c.wait(timeout=30)
+
+
 PERF_LINE = re.compile(r"^\s+([a-z_0-9]+)\s+(\d+)\s+(\d+)\s+[\d.]+")
 
 
@@ -73,13 +85,7 @@ def count_syscalls(pid, host, port, args, per_client, script=None, tracer="perf"
         cmd = ["strace", "-c", "-f", "-o", out]
         for t in threads(pid):
             cmd += ["-p", str(t)]
-    tr = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached before the first transaction
-    try:
-        n = pgbench_txns(host, port, args, per_client, script)
-    finally:
-        tr.send_signal(signal.SIGINT)
-        tr.wait(timeout=30)
+    n = while_pgbench(cmd, host, port, args, per_client, script)
     text = open(out).read()
     counts = parse_perf_trace(text) if tracer == "perf" else parse_strace(text)
     os.unlink(out)
@@ -112,14 +118,7 @@ def count_allocs(pid, host, port, args, per_client, script=None):
     figure is an upper bound on the per-request allocations."""
     ev = malloc_probe()
     out = tempfile.NamedTemporaryFile(prefix="allocs-", suffix=".csv", delete=False).name
-    st = subprocess.Popen(["perf", "stat", "-x,", "-e", ev, "-p", str(pid), "-o", out],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached before the first transaction
-    try:
-        n = pgbench_txns(host, port, args, per_client, script)
-    finally:
-        st.send_signal(signal.SIGINT)
-        st.wait(timeout=30)
+    n = while_pgbench(["perf", "stat", "-x,", "-e", ev, "-p", str(pid), "-o", out], host, port, args, per_client, script)
     calls = next((int(line.split(",")[0]) for line in open(out) if ev in line and line.split(",")[0].isdigit()), None)
     os.unlink(out)
     if not n or calls is None:

@@ -290,37 +290,36 @@ def special(a, targets, scripts, ref):
     R = "HAProxy" if ref == "haproxy" else "pgbouncer"
     version = '.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()
     results = {}
-    if a.allocs:
+    if a.allocs or a.syscalls:
         per_client = max(1, a.txns // a.clients)
+
+        def count(pid, host, port, args, script):
+            if a.allocs:
+                return counting.count_allocs(pid, host, port, args, per_client, script)
+            return counting.count_syscalls(pid, host, port, args, per_client, script, a.tracer)
+
+        def line(got):
+            if not got:
+                return "FAILED"
+            if a.allocs:
+                return f"{got[0]:6.2f} mallocs/txn over {got[1]} txns"
+            per, _, n = got
+            top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
+            return f"{sum(per.values()):6.2f} calls/txn over {n} txns: " + ", ".join(f"{k} {v:.2f}" for k, v in top)
+
         for r in range(a.repeats):
             for wname, args, s1 in syscall_workloads(a.split, a.clients):
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for tname, host, port, pid in order:
-                    got = counting.count_allocs(pid, host, port, args, per_client, scripts.get(s1))
+                    got = count(pid, host, port, args, scripts.get(s1))
                     results.setdefault((wname, tname), []).append(got)
-                    print(f"repeat {r+1} {wname:12} {tname:9} "
-                          + (f"{got[0]:6.2f} mallocs/txn over {got[1]} txns" if got else "FAILED"), flush=True)
-        text = (counting.alloc_table(results)
-                + f"\n\n{a.clients} pgbench clients, {per_client * a.clients} transactions per counted run, "
-                  f"{a.repeats} interleaved repeats, glibc malloc calls counted with a perf uprobe; {R} {version}.")
-    elif a.syscalls:
-        per_client = max(1, a.txns // a.clients)
-        for r in range(a.repeats):
-            for wname, args, s1 in syscall_workloads(a.split, a.clients):
-                order = targets if r % 2 == 0 else list(reversed(targets))
-                for tname, host, port, pid in order:
-                    got = counting.count_syscalls(pid, host, port, args, per_client, scripts.get(s1), a.tracer)
-                    results.setdefault((wname, tname), []).append(got)
-                    if got:
-                        per, err, n = got
-                        top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
-                        print(f"repeat {r+1} {wname:12} {tname:9} {sum(per.values()):6.2f} calls/txn over {n} txns: "
-                              + ", ".join(f"{k} {v:.2f}" for k, v in top), flush=True)
-                    else:
-                        print(f"repeat {r+1} {wname:12} {tname:9} FAILED", flush=True)
-        text = (counting.syscall_table(results, targets, ref)
-                + f"\n\n{a.clients} pgbench clients, {per_client * a.clients} transactions per traced run, "
-                  f"{a.repeats} interleaved repeats, counted with {'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'}; {R} {version}.")
+                    print(f"repeat {r+1} {wname:12} {tname:9} {line(got)}", flush=True)
+        runs = f"{a.clients} pgbench clients, {per_client * a.clients} transactions per counted run, {a.repeats} interleaved repeats"
+        if a.allocs:
+            text = counting.alloc_table(results) + f"\n\n{runs}, glibc malloc calls counted with a perf uprobe; {R} {version}."
+        else:
+            tracer = 'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'
+            text = counting.syscall_table(results, targets, ref) + f"\n\n{runs}, counted with {tracer}; {R} {version}."
     else:
         for r in range(a.repeats):
             order = targets if r % 2 == 0 else list(reversed(targets))
