@@ -158,8 +158,12 @@ async fn serve_client(
     // session and its request loop alone.
     // Taken before the login: a KILL from now on ends this session too.
     let kill = ctx.gate.kill_token();
-    let started = start(client, &ctx, admitted, peer, (placement, kill));
-    let Some(s) = Box::pin(started).await else {
+    // Boxed in its own statement: a future bound to a local and moved
+    // into the box later keeps its full size in this task's future (a
+    // moved-from local's storage lasts to the end of its scope), 2.4 KiB
+    // per idle session.
+    let started = Box::pin(start(client, &ctx, admitted, peer, (placement, kill)));
+    let Some(s) = started.await else {
         return;
     };
     // On the heap once: the task and the request loop's future each hold
