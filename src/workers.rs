@@ -49,7 +49,7 @@ async fn heartbeat(index: usize, load: Arc<Load>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Without packing nothing decides by load: the timer only.
-    let measures = load.pack || load.rotate;
+    let measures = load.decides();
     let metrics = Handle::current().metrics();
     let busy = move || thread_cpu().unwrap_or_else(|| metrics.worker_total_busy_duration(0));
     let mut last = measures.then(|| (std::time::Instant::now(), busy()));
@@ -88,6 +88,12 @@ struct Load {
 }
 
 impl Load {
+    /// Whether the load decides anything (packing, or the tests'
+    /// rotation): else every worker stays active and no session moves.
+    fn decides(&self) -> bool {
+        self.pack || self.rotate
+    }
+
     fn decide(&self) {
         let busy: Vec<f64> = self
             .busy
@@ -244,7 +250,7 @@ impl Workers {
     #[must_use]
     pub fn move_from(&self, placement: &Placement) -> Option<(Handle, Placement)> {
         // Without packing clients stay where they were placed.
-        if self.workers.len() == 1 || !(self.load.pack || self.load.rotate) {
+        if self.workers.len() == 1 || !self.load.decides() {
             return None;
         }
         let tasks = |i| self.tasks(i);

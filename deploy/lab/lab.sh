@@ -570,11 +570,7 @@ sys.exit(0 if json.load(sys.stdin).get("synchronous_mode", False) in (False, "of
 
 set_baseline_dynamic() {
   set_undelay
-  sync_is_off 2>/dev/null && return 0
-  patronictl edit-config "$SCOPE" --force -s "synchronous_mode=off" >/dev/null
-  wait_for 30 "synchronous_mode off in /config" sync_is_off
-  wait_for 30 "no sync standby" sh -c "! $0 summary | grep -Eq 'sync_standby|quorum_standby'"
-  log "synchronous_mode back off: $(summary)"
+  sync_is_off 2>/dev/null || cmd_sync off
 }
 
 set_timing() { # loop_wait ttl retry_timeout

@@ -61,7 +61,6 @@ pub fn apply_sql(wanted: &[Setting], reset_first: bool) -> String {
 /// list, several statements the server parses and answers, with those.
 #[must_use]
 pub fn diff_sql(applied: &[Setting], wanted: &[Setting]) -> Option<String> {
-    let last = |list: &[Setting], name: &str| list.iter().rev().find(|s| s.name() == name).cloned();
     let mut sql = String::new();
     for (i, s) in applied.iter().enumerate() {
         let name = s.name();
@@ -81,7 +80,9 @@ pub fn diff_sql(applied: &[Setting], wanted: &[Setting]) -> Option<String> {
     }
     for (i, s) in wanted.iter().enumerate() {
         let is_last = !wanted[i + 1..].iter().any(|w| w.name() == s.name());
-        if is_last && last(applied, s.name()).as_ref() != Some(s) {
+        // The backend's value of the name: its last entry there.
+        let theirs = applied.iter().rev().find(|a| a.name() == s.name());
+        if is_last && theirs != Some(s) {
             push_setting(&mut sql, s);
         }
     }
