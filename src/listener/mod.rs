@@ -66,9 +66,10 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
                 let (handle, placement) = port.workers.pick();
                 let port = Arc::clone(&port);
                 port.clients.clone().spawn_on(
-                    async move {
-                        client_task(std_client, peer, &port, placement).await;
-                    },
+                    // The future `on_worker` returns goes straight into the
+                    // await: bound to a local first, this task (alive as long
+                    // as the client) would hold it twice.
+                    async move { on_worker(std_client, peer, &port, placement).await },
                     &handle,
                 );
             }
@@ -82,14 +83,20 @@ pub async fn serve(listener: TcpListener, port: Arc<PortShared>, stop: Cancellat
 }
 
 /// One accepted client, on its worker runtime: counted for the limits
-/// from accept to close, then served by its port's kind. A relayed
-/// client's counts, placement and drain tracking move with its relay.
-async fn client_task(
+/// from accept to close, then served by its port's kind (the future). A relayed client's counts, placement and drain tracking move
+/// with its relay.
+///
+/// Not an `async fn`: what it computes here is moved into the future, so
+/// the client's task (alive as long as the client, mostly idle) keeps no
+/// copy of it.
+fn on_worker(
     std_client: std::net::TcpStream,
     peer: SocketAddr,
     port: &PortShared,
     placement: Placement,
-) {
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    use tokio_util::either::Either;
+    use tracing::Instrument;
     let limits = {
         let globals = port.globals.load();
         Limits {
@@ -101,7 +108,7 @@ async fn client_task(
     let ticket = port.admit(peer.ip(), limits);
     let kind = port.kind();
     let split = matches!(*kind, PortKind::Split(_));
-    let admitted = match ticket.full {
+    let admitted = match &ticket.full {
         None => Ok(()),
         Some(full) => Err(full.text(&port.key.to_string(), split, peer.ip())),
     };
@@ -109,26 +116,28 @@ async fn client_task(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(port = %port.key, error = %e, "worker could not take the client");
-            return;
+            return Either::Right(std::future::ready(()));
         }
     };
     SocketOptions::for_clients(&port.globals.load().tcp).apply(&client);
-    match &*kind {
-        PortKind::Split(s) => {
-            session::run(client, s.context(), admitted, peer, placement).await;
-            drop(ticket);
-        }
+    Either::Left(match &*kind {
+        PortKind::Split(s) => Either::Left(session::run(
+            client,
+            s.context(),
+            (admitted, ticket),
+            peer,
+            placement,
+        )),
         PortKind::Role(ctx) => {
-            use tracing::Instrument;
+            let ctx = Arc::clone(ctx);
             let keep: relay::Keep = Box::new((ticket, placement, port.clients.token()));
             // Every log line of the client names its address. Boxed: the
             // flow ends once its relay runs as a task of its own, and
             // inline it would size every split session's task too.
-            Box::pin(
-                relay::serve_client(client, ctx, admitted, peer, keep)
+            Either::Right(Box::pin(
+                async move { relay::serve_client(client, &ctx, admitted, peer, keep).await }
                     .instrument(tracing::info_span!("client", %peer)),
-            )
-            .await;
+            ))
         }
-    }
+    })
 }

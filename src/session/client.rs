@@ -62,6 +62,9 @@ pub(super) struct ClientConn {
     /// this time: its client may have connected just before the listener
     /// closed and be about to send its first request.
     fresh_until: Option<tokio::time::Instant>,
+    /// A message larger than a stashed buffer was read into `buf`: it goes
+    /// back to the allocator, not to the stash.
+    buf_grown: bool,
     /// Bytes read from the client (for its disconnect line).
     pub(super) bytes_in: u64,
     /// Bytes written to the client.
@@ -88,6 +91,7 @@ impl ClientConn {
             close,
             served: false,
             fresh_until: None,
+            buf_grown: false,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -155,26 +159,44 @@ impl ClientConn {
                 > u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize
     }
 
+    /// Gives the (empty) read buffer and the reply buffer back to the
+    /// worker's stash.
+    fn stash_buffers(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if !std::mem::take(&mut self.buf_grown) {
+            super::buffers::give_read(buf);
+        }
+        if self.out.capacity() > 0 && self.out.is_empty() {
+            super::buffers::give_reply(std::mem::take(&mut self.out));
+        }
+    }
+
     /// Reads one client message. `idle` says the session holds no backend:
     /// then a draining port ends it here. A partial message waits for the
     /// socket to become readable again. `limit` bounds how long the client
     /// may stay silent, and names the error that then ends the session.
-    pub(super) async fn read(
+    ///
+    /// Not an `async fn`: every idle session's request loop holds this
+    /// future, and an async fn would keep `limit` in it twice over.
+    pub(super) fn read(
         &mut self,
         idle: bool,
         limit: Option<(std::time::Duration, SessionError)>,
-    ) -> Result<Message, SessionError> {
+    ) -> impl std::future::Future<Output = Result<Message, SessionError>> + '_ {
+        use tokio_util::either::Either;
         match limit {
             // Boxed, and only with a limit (a held backend under
             // `idle_in_transaction_timeout_ms` or `pinned_idle_timeout_ms`):
-            // the common wait holds no timer, and every idle session's task
-            // is sized by this future.
+            // the common wait holds no timer.
             Some((after, e)) => {
                 let deadline = tokio::time::Instant::now() + after;
-                let timed = tokio::time::timeout_at(deadline, self.read_until_stopped(idle));
-                Box::pin(timed).await.unwrap_or(Err(e))
+                let timed = Box::pin(tokio::time::timeout_at(
+                    deadline,
+                    self.read_until_stopped(idle),
+                ));
+                Either::Left(async move { timed.await.unwrap_or(Err(e)) })
             }
-            None => self.read_until_stopped(idle).await,
+            None => Either::Right(self.read_until_stopped(idle)),
         }
     }
 
@@ -185,8 +207,10 @@ impl ClientConn {
             if let Some(m) = message::try_cut(&mut self.buf)
                 .map_err(|e| SessionError::Protocol(e.to_string()))?
             {
-                if self.buf.is_empty() {
-                    self.buf = BytesMut::new();
+                self.buf_grown |= m.raw().len() > super::buffers::READ_BYTES;
+                if self.out.capacity() == 0 {
+                    // A request starts: its replies go to a stashed buffer.
+                    self.out = super::buffers::take_reply();
                 }
                 self.served = true;
                 return Ok(m);
@@ -205,9 +229,10 @@ impl ClientConn {
             if idle && self.drain.is_cancelled() && fresh.is_none() {
                 return Err(SessionError::Shutdown);
             }
-            if self.buf.is_empty() && idle && self.out.capacity() > 0 {
-                // About to wait on an idle client: hold no buffer meanwhile.
-                self.out = Vec::new();
+            if self.buf.is_empty() && idle {
+                // About to wait on an idle client: hold no buffer meanwhile
+                // (the next request of this worker's sessions reuses them).
+                self.stash_buffers();
             }
             // Boxed, and only in a fresh session's grace: an idle wait
             // holds no timer.
@@ -235,8 +260,8 @@ impl ClientConn {
                     Ok(0) => return Err(SessionError::ClientGone),
                     Ok(n) => self.bytes_in += n as u64,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if self.buf.is_empty() {
-                            self.buf = BytesMut::new();
+                        if self.buf.is_empty() && idle {
+                            self.stash_buffers();
                         }
                     }
                     Err(_) => return Err(SessionError::ClientGone),

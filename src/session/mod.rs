@@ -15,9 +15,11 @@
 //! (pins, replayed settings), `simple` (Query, fast path, COPY), `extended`
 //! (batches, transparent prepared statements), `statements`, `metrics`,
 //! `token` (the causal token's commands), `client` (socket, buffers,
-//! [`client::ClientState`]), `cancel`,
-//! `settings`, `error`, `handshake`, `stream` (plain or TLS socket).
+//! [`client::ClientState`]), `buffers` (the per-worker stash of client
+//! buffers), `cancel`, `settings`, `error`, `handshake`, `stream` (plain
+//! or TLS socket).
 
+mod buffers;
 mod cancel;
 mod checkout;
 mod client;
@@ -129,41 +131,42 @@ struct Session {
 
 /// Serves one split-port client until it leaves; `admitted` holds the
 /// refusal text when a client limit is reached (the client is told so after
-/// its startup packet, as PostgreSQL does). Everything before the session starts is
+/// its startup packet, as PostgreSQL does), beside the client's place in
+/// the limits' counts, held until it leaves. Everything before the session starts is
 /// bounded by `client_login_timeout_ms`.
-pub async fn run(
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for
+/// as long as it runs, and every idle client's task would carry them. The
+/// login takes them into a boxed future of its own, gone once it ends, and
+/// what the task keeps is [`serve_client`]'s few pointers.
+pub fn run(
     client: TcpStream,
     ctx: Arc<SessionContext>,
-    admitted: Result<(), String>,
+    (admitted, ticket): (Result<(), String>, crate::admission::Ticket),
     peer: SocketAddr,
     placement: crate::workers::Placement,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     use tracing::Instrument;
     // Every log line of the session names the client's address.
     let span = tracing::info_span!("client", %peer);
-    serve_client(client, ctx, admitted, peer, placement)
-        .instrument(span)
-        .await;
+    // Taken before the login: a KILL from now on ends this session too.
+    let kill = ctx.gate.kill_token();
+    let login = Box::pin(start(
+        client,
+        Arc::clone(&ctx),
+        admitted,
+        peer,
+        (placement, kill),
+    ));
+    serve_client(login, ctx, ticket).instrument(span)
 }
 
 async fn serve_client(
-    client: TcpStream,
+    login: std::pin::Pin<Box<impl std::future::Future<Output = Option<Session>>>>,
     ctx: Arc<SessionContext>,
-    admitted: Result<(), String>,
-    peer: SocketAddr,
-    placement: crate::workers::Placement,
+    _ticket: crate::admission::Ticket,
 ) {
-    // Login runs in a future of its own, boxed and gone once it ends: the
-    // task of a logged-in session (most of them idle) is sized by the
-    // session and its request loop alone.
-    // Taken before the login: a KILL from now on ends this session too.
-    let kill = ctx.gate.kill_token();
-    // Boxed in its own statement: a future bound to a local and moved
-    // into the box later keeps its full size in this task's future (a
-    // moved-from local's storage lasts to the end of its scope), 2.4 KiB
-    // per idle session.
-    let started = Box::pin(start(client, &ctx, admitted, peer, (placement, kill)));
-    let Some(s) = started.await else {
+    let Some(s) = login.await else {
         return;
     };
     // On the heap once: the task and the request loop's future each hold
@@ -220,7 +223,7 @@ async fn serve_client(
 /// or None when it was refused or timed out (and was told so).
 async fn start(
     client: TcpStream,
-    ctx: &Arc<SessionContext>,
+    ctx: Arc<SessionContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
     (placement, kill): (
@@ -228,6 +231,7 @@ async fn start(
         tokio_util::sync::CancellationToken,
     ),
 ) -> Option<Session> {
+    let ctx = &ctx;
     let _ = client.set_nodelay(true);
     let mut client = ClientStream::Plain(client);
     let timeout = ctx.globals.load().client_login_timeout;

@@ -36,6 +36,9 @@ impl MaybeTls<TcpStream> {
                 // No buffer is reserved before the socket is readable, so
                 // an idle client holds none.
                 std::task::ready!(tcp.poll_read_ready(cx))?;
+                if buf.capacity() == 0 {
+                    *buf = super::buffers::take_read();
+                }
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(8192);
                 }
