@@ -35,8 +35,46 @@ pub struct PreparedCache {
 
 /// The server-side name of statement `id`.
 #[must_use]
-pub fn server_name(id: u64) -> String {
-    format!("pgv_{id}")
+pub fn server_name(id: u64) -> ServerName {
+    use std::io::Write;
+    let mut name = ServerName {
+        buf: [0; 24],
+        len: 0,
+    };
+    let mut at = &mut name.buf[..];
+    // "pgv_" and at most 20 digits: always fits.
+    let _ = write!(at, "pgv_{id}");
+    let left = at.len();
+    name.len = 24 - left;
+    name
+}
+
+/// A statement's server-side name, on the stack: one is written into
+/// every Bind of a prepared statement, so it costs no allocation.
+#[derive(Clone, Copy)]
+pub struct ServerName {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl std::ops::Deref for ServerName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Written from a `u64`'s digits and ASCII: always UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 impl PreparedCache {

@@ -112,7 +112,7 @@ impl Why {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Try these nodes, best first.
-    Run(Vec<Target>, Why),
+    Run(Targets, Why),
     /// Qualifying replicas exist but none has replayed the floor: wait for
     /// positions to change, then ask again (without replica patience once
     /// the wait runs out).
@@ -123,6 +123,10 @@ pub enum Decision {
     /// Nothing can serve it: the SQLSTATE and text for the client.
     Refuse(SqlState, String),
 }
+
+/// A decision's nodes: inline up to four (a leader and three replicas'
+/// worth), so routing a request allocates nothing.
+pub type Targets = smallvec::SmallVec<[Target; 4]>;
 
 /// Everything the decision reads, one snapshot each.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +174,7 @@ fn leader(v: &View<'_>) -> Result<Target, String> {
 
 fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
     match leader(v) {
-        Ok(t) => Decision::Run(vec![t], why),
+        Ok(t) => Decision::Run(smallvec::smallvec![t], why),
         // A leader being replaced is waited for; with no map at all
         // (Patroni unreachable since start) there is nothing to wait for.
         Err(text) if req.patience.leader && !v.map.members.is_empty() => Decision::WaitLeader(text),
@@ -179,10 +183,10 @@ fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
 }
 
 /// Replicas that qualify for the port's reads, least busy first.
-fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Vec<Target> {
+fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Targets {
     // Per request: names and hosts are shared (`Arc<str>`), so this copies
     // no text; the member name is the target's.
-    let mut reps: Vec<Target> = v
+    let mut reps: Targets = v
         .map
         .members
         .iter()

@@ -14,7 +14,7 @@ use crate::classifier::{Classification, Route};
 use crate::config::RywScope;
 use crate::pool::{PoolError, PoolKey};
 use crate::protocol::sqlstate;
-use crate::router::split::{self, Decision, Need, NodeRole, Patience, Target, View};
+use crate::router::split::{self, Decision, Need, NodeRole, Patience, Targets, View};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -312,7 +312,7 @@ impl Session {
     /// settings; the role of the node taken.
     async fn acquire(
         &mut self,
-        targets: Vec<Target>,
+        targets: Targets,
         reason: &'static str,
     ) -> Result<NodeRole, Failed> {
         let settings = self.ctx.pool_settings();

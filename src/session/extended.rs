@@ -58,7 +58,7 @@ struct BatchInfo {
     /// The merged verdict, `None` when the batch names no statement.
     class: Option<Classification>,
     /// Each Parse's own verdict, in order.
-    parses: Vec<Classification>,
+    parses: smallvec::SmallVec<[Classification; 4]>,
     /// The SQL of the statement the last Execute ran.
     exec_sql: Option<Arc<str>>,
     /// Execute messages.
@@ -75,7 +75,7 @@ impl Session {
     fn batch_info(&mut self, msgs: &[Message]) -> BatchInfo {
         let mut info = BatchInfo {
             class: None,
-            parses: Vec::new(),
+            parses: smallvec::SmallVec::new(),
             exec_sql: None,
             executes: 0,
             copy: false,
@@ -103,7 +103,13 @@ impl Session {
                     info.parses.push(c);
                     note(sql, &c, &mut info);
                     if name.is_empty() {
-                        unnamed = Some(Arc::from(sql));
+                        // The same text as the last unnamed Parse (a driver
+                        // running one statement over and over) is shared,
+                        // not copied.
+                        unnamed = Some(match &self.statements.unnamed {
+                            Some(st) if *st.text.sql == *sql => Arc::clone(&st.text.sql),
+                            _ => Arc::from(sql),
+                        });
                     }
                 }
                 Some(Frontend::Bind { statement, .. }) => {
@@ -149,6 +155,8 @@ impl Session {
         msgs: Vec<Message>,
         inject_flush: bool,
     ) -> Result<(), SessionError> {
+        // The list goes back to the worker's stash however this ends.
+        let msgs = super::buffers::BatchList(msgs);
         if self
             .held
             .as_ref()
@@ -169,7 +177,7 @@ impl Session {
             // Between transactions, a batch of Sync/Flush and Closes of named
             // statements needs no backend: pgvane keeps the server-side
             // statements for reuse and answers here.
-            for m in &msgs {
+            for m in msgs.iter() {
                 if let Some(name) = Self::named_close(m) {
                     self.statements.forget(&name);
                     encode::close_complete(&mut self.client.out);
@@ -254,6 +262,7 @@ impl Session {
             }
             h.pooled.backend.queue(&out);
         }
+        super::buffers::give_reply(out);
         let mut status = None;
         let mut failed = false;
         loop {
@@ -352,9 +361,11 @@ impl Session {
         parses: &[Classification],
     ) -> Result<(Vec<u8>, VecDeque<Expect>), SessionError> {
         let mut parses = parses.iter().copied();
-        let mut out = Vec::with_capacity(msgs.iter().map(|m| m.raw().len() + 24).sum());
+        // From the worker's stash: `run_batch` gives it back once queued.
+        let mut out = super::buffers::take_reply();
+        out.reserve(msgs.iter().map(|m| m.raw().len() + 24).sum());
         let mut queue = VecDeque::with_capacity(msgs.len() + 2);
-        let mut used: Vec<u64> = Vec::new();
+        let mut used = Used::new();
         let mut parsed_unnamed = false;
         let Some(held) = self.held.as_mut() else {
             return Err(SessionError::BackendLost {
@@ -382,13 +393,21 @@ impl Session {
                     let class = parses
                         .next()
                         .unwrap_or_else(|| self.ctx.classifier.classify(sql, self.scs).0);
-                    self.statements.unnamed = Some(Stmt {
-                        text: Arc::new(StmtText {
-                            sql: Arc::from(sql),
-                            types: Bytes::copy_from_slice(types),
-                        }),
-                        class,
-                    });
+                    match &mut self.statements.unnamed {
+                        // The same statement again: kept, nothing copied.
+                        Some(st) if *st.text.sql == *sql && st.text.types == types => {
+                            st.class = class;
+                        }
+                        unnamed => {
+                            *unnamed = Some(Stmt {
+                                text: Arc::new(StmtText {
+                                    sql: Arc::from(sql),
+                                    types: Bytes::copy_from_slice(types),
+                                }),
+                                class,
+                            });
+                        }
+                    }
                 }
                 Frontend::Parse { name, sql, types } => {
                     let class = parses
@@ -506,13 +525,17 @@ fn reparse_unnamed(
     }
 }
 
+/// Ids of the server-side statements a batch uses (kept from eviction
+/// while it runs); inline for the common few.
+type Used = smallvec::SmallVec<[u64; 8]>;
+
 /// Prepares `text` on the backend under a new name, closing the statement
 /// the LRU evicts first; returns the new id (its ParseComplete is owed).
 fn prepare(
     cache: &mut PreparedCache,
     out: &mut Vec<u8>,
     queue: &mut VecDeque<Expect>,
-    used: &mut Vec<u64>,
+    used: &mut Used,
     text: Arc<StmtText>,
 ) -> u64 {
     let (sql, types) = (Arc::clone(&text.sql), text.types.clone());
@@ -531,7 +554,7 @@ fn ensure(
     cache: &mut PreparedCache,
     out: &mut Vec<u8>,
     queue: &mut VecDeque<Expect>,
-    used: &mut Vec<u64>,
+    used: &mut Used,
     text: &Arc<StmtText>,
 ) -> u64 {
     if let Some(id) = cache.lookup(text) {

@@ -309,6 +309,17 @@ struct Batch {
     bytes: usize,
 }
 
+impl Batch {
+    /// Adds a message; the first takes a list from the worker's stash
+    /// (`extended` gives it back).
+    fn push(&mut self, m: Message) {
+        if self.msgs.capacity() == 0 {
+            self.msgs = buffers::take_batch();
+        }
+        self.msgs.push(m);
+    }
+}
+
 impl Session {
     /// Finishes the client's startup: a backend (the leader's, or a
     /// replica's while there is no leader) with the session's settings
@@ -409,7 +420,7 @@ impl Session {
                 }
                 b'P' | b'B' | b'D' | b'C' | b'E' => {
                     batch.bytes += m.raw().len();
-                    batch.msgs.push(m);
+                    batch.push(m);
                     if batch.msgs.len() < MAX_BATCH_MESSAGES && batch.bytes < MAX_BATCH_BYTES {
                         continue;
                     }
@@ -422,7 +433,7 @@ impl Session {
                     } else {
                         Ending::NoReady
                     };
-                    batch.msgs.push(m);
+                    batch.push(m);
                     let msgs = std::mem::take(&mut batch).msgs;
                     (Box::pin(self.extended(msgs, false)).await, ending)
                 }

@@ -40,7 +40,7 @@ impl Session {
     pub(super) fn batch_command(&mut self, msgs: &[Message]) -> bool {
         let mut cmd = None;
         let mut describe = Describe::None;
-        let mut shape = Vec::with_capacity(msgs.len());
+        let mut shape = smallvec::SmallVec::<[u8; 8]>::new();
         for m in msgs {
             match Frontend::parse(m) {
                 Some(Frontend::Parse { name: "", sql, .. }) if cmd.is_none() => {
@@ -67,10 +67,12 @@ impl Session {
             }
             shape.push(m.tag());
         }
-        if shape != [b'P', b'B', b'E', b'S']
-            && shape != [b'P', b'B', b'D', b'E', b'S']
-            && shape != [b'P', b'D', b'B', b'E', b'S']
-        {
+        if !matches!(
+            shape[..],
+            [b'P', b'B', b'E', b'S']
+                | [b'P', b'B', b'D', b'E', b'S']
+                | [b'P', b'D', b'B', b'E', b'S']
+        ) {
             return false;
         }
         let Some(cmd) = cmd else {

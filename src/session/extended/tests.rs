@@ -31,10 +31,10 @@ async fn sent(out: &[u8]) -> Vec<(u8, String)> {
 #[tokio::test]
 async fn a_new_statement_is_parsed_once_and_then_reused() {
     let mut cache = PreparedCache::new(2);
-    let (mut out, mut queue, mut used) = (Vec::new(), VecDeque::new(), Vec::new());
+    let (mut out, mut queue, mut used) = (Vec::new(), VecDeque::new(), Used::new());
     let a = text("select 1");
     let id = ensure(&mut cache, &mut out, &mut queue, &mut used, &a);
-    assert_eq!(sent(&out).await, vec![(b'P', server_name(id))]);
+    assert_eq!(sent(&out).await, vec![(b'P', server_name(id).to_string())]);
     // Injected by pgvane: its ParseComplete is swallowed.
     assert_eq!(queue, [Expect::Prepare { id, forward: false }]);
     // The server confirms it: the next use sends nothing.
@@ -55,7 +55,7 @@ async fn an_evicted_statement_is_closed_first_and_its_reply_swallowed() {
         &mut cache,
         &mut out,
         &mut queue,
-        &mut Vec::new(),
+        &mut Used::new(),
         &text("select 1"),
     );
     cache.confirm(first);
@@ -64,13 +64,16 @@ async fn an_evicted_statement_is_closed_first_and_its_reply_swallowed() {
         &mut cache,
         &mut out,
         &mut queue,
-        &mut Vec::new(),
+        &mut Used::new(),
         text("select 2"),
     );
     assert_ne!(first, second);
     assert_eq!(
         sent(&out).await,
-        vec![(b'C', server_name(first)), (b'P', server_name(second))]
+        vec![
+            (b'C', server_name(first).to_string()),
+            (b'P', server_name(second).to_string())
+        ]
     );
     assert_eq!(queue, [Expect::SwallowClose]);
 }
@@ -78,7 +81,7 @@ async fn an_evicted_statement_is_closed_first_and_its_reply_swallowed() {
 #[tokio::test]
 async fn statements_the_batch_still_uses_are_never_evicted() {
     let mut cache = PreparedCache::new(1);
-    let mut used = Vec::new();
+    let mut used = Used::new();
     let (mut out, mut queue) = (Vec::new(), VecDeque::new());
     let a = ensure(
         &mut cache,
@@ -98,6 +101,9 @@ async fn statements_the_batch_still_uses_are_never_evicted() {
         &text("select 2"),
     );
     let names: Vec<(u8, String)> = sent(&out).await;
-    assert!(!names.contains(&(b'C', server_name(a))), "{names:?}");
+    assert!(
+        !names.contains(&(b'C', server_name(a).to_string())),
+        "{names:?}"
+    );
     assert_ne!(a, b);
 }
