@@ -40,6 +40,17 @@ thread_local! {
     static STASH: RefCell<Stash> = RefCell::new(Stash::default());
 }
 
+/// Keeps `item` in the thread's list `list` picks, up to [`KEEP`].
+fn keep<T>(item: T, list: impl FnOnce(&mut Stash) -> &mut Vec<T>) {
+    STASH.with(|s| {
+        let mut s = s.borrow_mut();
+        let list = list(&mut s);
+        if list.len() < KEEP {
+            list.push(item);
+        }
+    });
+}
+
 /// An empty read buffer: a kept one, or a new one of [`READ_BYTES`].
 pub(super) fn take_read() -> BytesMut {
     STASH
@@ -55,12 +66,7 @@ pub(super) fn give_read(buf: BytesMut) {
     if buf.capacity() == 0 || buf.capacity() > KEEP_BYTES {
         return;
     }
-    STASH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.reads.len() < KEEP {
-            s.reads.push(buf);
-        }
-    });
+    keep(buf, |s| &mut s.reads);
 }
 
 /// An empty reply buffer: a kept one, or a new one of [`REPLY_BYTES`].
@@ -76,12 +82,7 @@ pub(super) fn give_reply(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    STASH.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.replies.len() < KEEP {
-            s.replies.push(buf);
-        }
-    });
+    keep(buf, |s| &mut s.replies);
 }
 
 /// An empty list for an extended-protocol batch's messages.
@@ -109,12 +110,7 @@ impl Drop for BatchList {
             return;
         }
         msgs.clear();
-        STASH.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.batches.len() < KEEP {
-                s.batches.push(msgs);
-            }
-        });
+        keep(msgs, |s| &mut s.batches);
     }
 }
 
