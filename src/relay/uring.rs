@@ -190,7 +190,10 @@ async fn serve(mut inbox: mpsc::UnboundedReceiver<Job>, load: Arc<AtomicUsize>) 
 }
 
 /// One relay: copy until it ends or eviction fires, close, run `done`.
-async fn run(job: Job) {
+///
+/// Not an `async fn`: the job's parts move into the future once (an
+/// async fn would keep the whole job beside them for the relay's life).
+fn run(job: Job) -> impl std::future::Future<Output = ()> {
     let Job {
         client,
         server,
@@ -201,28 +204,27 @@ async fn run(job: Job) {
         bytes,
         done,
     } = job;
-    let end = match (TcpStream::from_std(client), TcpStream::from_std(server)) {
-        (Ok(client), Ok(server)) => {
-            let stops = Stops {
-                drain: &drain,
-                kill: &close,
-            };
-            let copy = pin!(copy(client, server, &bytes, &watch, stops));
-            // A kill is the copy's to answer (the client is told when its
-            // stream is between messages); this bounds it.
-            let closed = async {
-                close.cancelled().await;
-                monoio::time::sleep(KILL_GRACE).await;
-            };
-            let (evicted, closed) = (pin!(evict.cancelled()), pin!(closed));
-            match select(copy, select(evicted, closed)).await {
-                Either::Left((end, _)) => end,
-                Either::Right(_) => RelayEnd::Evicted,
-            }
-        }
-        _ => RelayEnd::Closed,
-    };
-    done(end);
+    async move {
+        let stops = Stops {
+            drain: &drain,
+            kill: &close,
+        };
+        let copy = pin!(copy(client, server, &bytes, &watch, stops));
+        // A kill is the copy's to answer (the client is told when its
+        // stream is between messages); this bounds it. The timer is
+        // boxed: armed only after a kill, inline it would size (and
+        // align to 128 bytes) every relay's task.
+        let closed = async {
+            close.cancelled().await;
+            Box::pin(monoio::time::sleep(KILL_GRACE)).await;
+        };
+        let (evicted, closed) = (pin!(evict.cancelled()), pin!(closed));
+        let end = match select(copy, select(evicted, closed)).await {
+            Either::Left((end, _)) => end,
+            Either::Right(_) => RelayEnd::Evicted,
+        };
+        done(end);
+    }
 }
 
 /// What ends a relay from outside, as the server → client direction
@@ -244,14 +246,20 @@ const KILL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// EOF ends the copy. Dropping it closes both sockets (once the kernel has
 /// cancelled their reads).
 async fn copy(
-    client: TcpStream,
-    server: TcpStream,
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
     bytes: &ByteCounters,
     watch: &Watch,
     stops: Stops<'_>,
 ) -> RelayEnd {
-    let (client_r, client_w) = client.into_split();
-    let (server_r, server_w) = server.into_split();
+    // Split as they are taken: a named stream would keep its storage in
+    // this future after the split.
+    let (Ok((client_r, client_w)), Ok((server_r, server_w))) = (
+        TcpStream::from_std(client).map(TcpStream::into_split),
+        TcpStream::from_std(server).map(TcpStream::into_split),
+    ) else {
+        return RelayEnd::Closed;
+    };
     let up = pin!(pump(client_r, server_w, bytes.up(), watch, None));
     let down = pin!(pump(server_r, client_w, bytes.down(), watch, Some(stops)));
     let ended = match select(up, down).await {
