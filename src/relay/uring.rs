@@ -292,30 +292,35 @@ async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
     loop {
         if let Some(stops) = stops {
             if let Some(end) = stopping(stops, watch) {
-                return Ok(Some(farewell(&mut to, end).await));
+                return Ok(Some(Box::pin(farewell(&mut to, end)).await));
             }
         }
-        let mut read = pin!(from.read(buf));
-        let (read, b) = match stops {
-            // A kill already fired ended the loop above: it is still due.
-            Some(stops) => {
-                let drained = pin!(async {
-                    if stops.drain.is_cancelled() {
-                        std::future::pending::<()>().await;
+        // In a block of its own: the read's future ends here, so the
+        // write below reuses its room in this (per relay, mostly idle)
+        // future instead of sitting beside it.
+        let (read, b) = {
+            let mut read = pin!(from.read(buf));
+            match stops {
+                // A kill already fired ended the loop above: it is still due.
+                Some(stops) => {
+                    let drained = pin!(async {
+                        if stops.drain.is_cancelled() {
+                            std::future::pending::<()>().await;
+                        }
+                        stops.drain.cancelled().await;
+                    });
+                    let killed = pin!(stops.kill.cancelled());
+                    let signal = select(drained, killed);
+                    match select(read.as_mut(), signal).await {
+                        Either::Left((r, _)) => r,
+                        Either::Right(_) => match stopping(stops, watch) {
+                            Some(end) => return Ok(Some(Box::pin(farewell(&mut to, end)).await)),
+                            None => read.await,
+                        },
                     }
-                    stops.drain.cancelled().await;
-                });
-                let killed = pin!(stops.kill.cancelled());
-                let signal = select(drained, killed);
-                match select(read.as_mut(), signal).await {
-                    Either::Left((r, _)) => r,
-                    Either::Right(_) => match stopping(stops, watch) {
-                        Some(end) => return Ok(Some(farewell(&mut to, end).await)),
-                        None => read.await,
-                    },
                 }
+                None => read.await,
             }
-            None => read.await,
         };
         buf = b;
         let n = match read {
