@@ -356,7 +356,7 @@ def main():
     ap.add_argument("--idle-rounds", type=int, default=3, help="rounds of idle clients on the same processes, each measured against the RSS before the first (the worst is reported)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-client RSS measurement")
     ap.add_argument("--pgbouncer", default=PGBOUNCER, help="pgbouncer binary (e.g. ../shared/anchors/pgbouncer-1.25/pgbouncer)")
-    ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before')")
+    ap.add_argument("--baseline", help="an older pgvane release binary, run as a fourth interleaved target ('before'), idle-memory rounds included")
     ap.add_argument("--pgvane-arg", action="append", default=[], help="extra argument for pgvane (repeatable), e.g. --pgvane-arg=--threads=1")
     ap.add_argument("--pgvane-config", action="append", default=[], metavar="LINE",
                     help="top-level config line for pgvane (repeatable), e.g. --pgvane-config 'worker_packing: true'")
@@ -414,13 +414,15 @@ def main():
                     results.setdefault((wname, tname), []).append((tps, lat, cpu))
                     print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
         rss, rounds, base = {}, {}, {}
-        for tname, host, port, pid in targets[1:3] if a.idle else []:
+        # pgvane, the reference proxy and, with --baseline, the older build.
+        proxies = targets[1:]
+        for tname, host, port, pid in proxies if a.idle else []:
             # Warm-up: pools, thread caches and the first map are fixed
             # costs, not per client; the base is taken after them.
             idle_rss(pid, port, 20)
             base[tname] = rss_kib(pid)
         for rnd in range(a.idle_rounds if a.idle else 0):
-            for tname, host, port, pid in targets[1:3]:
+            for tname, host, port, pid in proxies:
                 rounds.setdefault(tname, []).append(idle_rss(pid, port, a.idle, base[tname]))
                 print(f"idle RSS round {rnd+1} {tname}: {rounds[tname][-1]:.2f} KiB per client", flush=True)
         rss = {t: max(v) for t, v in rounds.items()}
@@ -441,7 +443,8 @@ def main():
     if a.idle_only:
         print(f"RSS per idle client ({a.idle} clients, worst of {a.idle_rounds} rounds: "
               + "; ".join(f"{t} " + " / ".join(f"{x:.2f}" for x in v) for t, v in rounds.items()) + " KiB): "
-              f"pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB.")
+              f"pgvane {rss['pgvane']:.2f} KiB, {R} {rss[ref]:.2f} KiB"
+              + (f", before {rss['before']:.2f} KiB." if "before" in rss else "."))
         return
     B = bool(a.baseline)
     lines = [f"| workload | direct TPS | pgvane TPS (× direct) | {R} TPS (× direct) | pgvane / {R} | pgvane CPU µs/txn | {R} CPU µs/txn | CPU pgvane / {R} |"
