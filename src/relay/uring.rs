@@ -280,79 +280,88 @@ async fn copy(
 /// never given up while bytes may be due (its bytes would be lost), only
 /// where the connection ends anyway. Once the client is being told, the
 /// other direction passes nothing on.
-async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment below
+fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
     mut from: R,
     mut to: W,
-    counter: super::Counted<'_>,
-    watch: &Watch,
-    stops: Option<Stops<'_>>,
-) -> io::Result<Option<RelayEnd>> {
-    let mut size = SMALL;
-    let mut buf: Vec<u8> = Vec::with_capacity(size);
-    loop {
-        if let Some(stops) = stops {
-            if let Some(end) = stopping(stops, watch) {
-                return Ok(Some(Box::pin(farewell(&mut to, end)).await));
-            }
-        }
-        // In a block of its own: the read's future ends here, so the
-        // write below reuses its room in this (per relay, mostly idle)
-        // future instead of sitting beside it.
-        let (read, b) = {
-            let mut read = pin!(from.read(buf));
-            match stops {
-                // A kill already fired ended the loop above: it is still due.
-                Some(stops) => {
-                    let drained = pin!(async {
-                        if stops.drain.is_cancelled() {
-                            std::future::pending::<()>().await;
-                        }
-                        stops.drain.cancelled().await;
-                    });
-                    let killed = pin!(stops.kill.cancelled());
-                    let signal = select(drained, killed);
-                    match select(read.as_mut(), signal).await {
-                        Either::Left((r, _)) => r,
-                        Either::Right(_) => match stopping(stops, watch) {
-                            Some(end) => return Ok(Some(Box::pin(farewell(&mut to, end)).await)),
-                            None => read.await,
-                        },
-                    }
+    counter: super::Counted<'a>,
+    watch: &'a Watch,
+    stops: Option<Stops<'a>>,
+) -> impl std::future::Future<Output = io::Result<Option<RelayEnd>>> + 'a {
+    // Not an `async fn`: its arguments would be kept twice (as arguments
+    // and as the locals they are moved into), and the layout then puts
+    // them where the write could have reused the read's room; captured by
+    // this block they are kept once. Two of these live in every relay.
+    async move {
+        let mut size = SMALL;
+        let mut buf: Vec<u8> = Vec::with_capacity(size);
+        loop {
+            if let Some(stops) = stops {
+                if let Some(end) = stopping(stops, watch) {
+                    return Ok(Some(Box::pin(farewell(&mut to, end)).await));
                 }
-                None => read.await,
             }
-        };
-        buf = b;
-        let n = match read {
-            Ok(0) => {
-                // EOF: tell the other side we will send no more, keep reading it.
-                let _ = to.shutdown().await;
+            // In a block of its own: the read's future ends here, so the
+            // write below reuses its room in this (per relay, mostly idle)
+            // future instead of sitting beside it.
+            let (read, b) = {
+                let mut read = pin!(from.read(buf));
+                match stops {
+                    // A kill already fired ended the loop above: it is still due.
+                    Some(stops) => {
+                        let drained = pin!(async {
+                            if stops.drain.is_cancelled() {
+                                std::future::pending::<()>().await;
+                            }
+                            stops.drain.cancelled().await;
+                        });
+                        let killed = pin!(stops.kill.cancelled());
+                        let signal = select(drained, killed);
+                        match select(read.as_mut(), signal).await {
+                            Either::Left((r, _)) => r,
+                            Either::Right(_) => match stopping(stops, watch) {
+                                Some(end) => {
+                                    return Ok(Some(Box::pin(farewell(&mut to, end)).await));
+                                }
+                                None => read.await,
+                            },
+                        }
+                    }
+                    None => read.await,
+                }
+            };
+            buf = b;
+            let n = match read {
+                Ok(0) => {
+                    // EOF: tell the other side we will send no more, keep reading it.
+                    let _ = to.shutdown().await;
+                    return Ok(None);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            watch.saw(stops.is_some(), &buf[..n]);
+            if watch.closing() {
+                // The client is being told its connection ends: what it sent
+                // meanwhile is not run.
                 return Ok(None);
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        watch.saw(stops.is_some(), &buf[..n]);
-        if watch.closing() {
-            // The client is being told its connection ends: what it sent
-            // meanwhile is not run.
-            return Ok(None);
-        }
-        let (written, b) = to.write_all(buf).await;
-        buf = b;
-        written?;
-        counter.add(n as u64);
-        let next = if n >= size {
-            (size * 4).min(LARGE)
-        } else {
-            SMALL
-        };
-        if next == size {
-            buf.clear();
-        } else {
-            size = next;
-            buf = Vec::with_capacity(size);
+            let (written, b) = to.write_all(buf).await;
+            buf = b;
+            written?;
+            counter.add(n as u64);
+            let next = if n >= size {
+                (size * 4).min(LARGE)
+            } else {
+                SMALL
+            };
+            if next == size {
+                buf.clear();
+            } else {
+                size = next;
+                buf = Vec::with_capacity(size);
+            }
         }
     }
 }
