@@ -181,11 +181,10 @@ fn detach(s: tokio::net::TcpStream) -> io::Result<std::net::TcpStream> {
 /// An io_uring thread's main task: starts each relay sent to it.
 async fn serve(mut inbox: mpsc::UnboundedReceiver<Job>, load: Arc<AtomicUsize>) {
     while let Some(job) = inbox.recv().await {
-        let load = Arc::clone(&load);
-        monoio::spawn(async move {
-            run(job).await;
-            load.fetch_sub(1, Ordering::Relaxed);
-        });
+        // The relay's future is the task itself: wrapped in another
+        // block, the job (or the future, when made outside) would be kept
+        // twice for the relay's life.
+        monoio::spawn(run(job, LoadShare(Arc::clone(&load))));
     }
 }
 
@@ -193,7 +192,7 @@ async fn serve(mut inbox: mpsc::UnboundedReceiver<Job>, load: Arc<AtomicUsize>) 
 ///
 /// Not an `async fn`: the job's parts move into the future once (an
 /// async fn would keep the whole job beside them for the relay's life).
-fn run(job: Job) -> impl std::future::Future<Output = ()> {
+fn run(job: Job, share: LoadShare) -> impl std::future::Future<Output = ()> {
     let Job {
         client,
         server,
@@ -205,6 +204,8 @@ fn run(job: Job) -> impl std::future::Future<Output = ()> {
         done,
     } = job;
     async move {
+        // Uncounted when the relay ends, however it ends.
+        let _share = share;
         let stops = Stops {
             drain: &drain,
             kill: &close,
@@ -224,6 +225,15 @@ fn run(job: Job) -> impl std::future::Future<Output = ()> {
             Either::Right(_) => RelayEnd::Evicted,
         };
         done(end);
+    }
+}
+
+/// A relay counted in its thread's load until dropped.
+struct LoadShare(Arc<AtomicUsize>);
+
+impl Drop for LoadShare {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -276,10 +286,8 @@ async fn copy(
 /// One direction: `from` → `to`, propagating EOF as a half-close; the
 /// bytes are read by `watch` on their way. The server → client direction
 /// (given `stops`) tells the client and ends the copy once the node is
-/// drained and the connection idle, or at a kill. A read under way is
-/// never given up while bytes may be due (its bytes would be lost), only
-/// where the connection ends anyway. Once the client is being told, the
-/// other direction passes nothing on.
+/// drained and the connection idle, or at a kill. Once the client is being
+/// told, the other direction passes nothing on.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment below
 fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
     mut from: R,
@@ -289,9 +297,10 @@ fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
     stops: Option<Stops<'a>>,
 ) -> impl std::future::Future<Output = io::Result<Option<RelayEnd>>> + 'a {
     // Not an `async fn`: its arguments would be kept twice (as arguments
-    // and as the locals they are moved into), and the layout then puts
-    // them where the write could have reused the read's room; captured by
-    // this block they are kept once. Two of these live in every relay.
+    // and as the locals they are moved into); captured by this block they
+    // are kept once. Two of these live in every relay, mostly waiting for
+    // bytes: the wait is one future (`wait`) so that the write reuses its
+    // room; awaited in place, its parts were kept beside the write's.
     async move {
         let mut size = SMALL;
         let mut buf: Vec<u8> = Vec::with_capacity(size);
@@ -301,34 +310,9 @@ fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
                     return Ok(Some(Box::pin(farewell(&mut to, end)).await));
                 }
             }
-            // In a block of its own: the read's future ends here, so the
-            // write below reuses its room in this (per relay, mostly idle)
-            // future instead of sitting beside it.
-            let (read, b) = {
-                let mut read = pin!(from.read(buf));
-                match stops {
-                    // A kill already fired ended the loop above: it is still due.
-                    Some(stops) => {
-                        let drained = pin!(async {
-                            if stops.drain.is_cancelled() {
-                                std::future::pending::<()>().await;
-                            }
-                            stops.drain.cancelled().await;
-                        });
-                        let killed = pin!(stops.kill.cancelled());
-                        let signal = select(drained, killed);
-                        match select(read.as_mut(), signal).await {
-                            Either::Left((r, _)) => r,
-                            Either::Right(_) => match stopping(stops, watch) {
-                                Some(end) => {
-                                    return Ok(Some(Box::pin(farewell(&mut to, end)).await));
-                                }
-                                None => read.await,
-                            },
-                        }
-                    }
-                    None => read.await,
-                }
+            let (read, b) = match wait(&mut from, buf, stops, watch).await {
+                Waited::Read(read, b) => (read, b),
+                Waited::Stop(end) => return Ok(Some(Box::pin(farewell(&mut to, end)).await)),
             };
             buf = b;
             let n = match read {
@@ -363,6 +347,52 @@ fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
                 buf = Vec::with_capacity(size);
             }
         }
+    }
+}
+
+/// What a direction's wait for bytes came to.
+enum Waited {
+    /// The read ended: its result and the buffer back.
+    Read(io::Result<usize>, Vec<u8>),
+    /// The relay ends here (a drain at an idle point or a kill): how, and
+    /// whether the client may be told.
+    Stop((RelayEnd, bool)),
+}
+
+/// Waits for `from`'s next bytes into `buf`; given `stops`, also for a
+/// drain or a kill. A read under way is never given up while bytes may be
+/// due (its bytes would be lost), only where the connection ends anyway.
+///
+/// Not an `async fn`, for the reason `pump` gives.
+#[allow(clippy::manual_async_fn)]
+fn wait<'a, R: AsyncReadRent>(
+    from: &'a mut R,
+    buf: Vec<u8>,
+    stops: Option<Stops<'a>>,
+    watch: &'a Watch,
+) -> impl std::future::Future<Output = Waited> + 'a {
+    async move {
+        let mut read = pin!(from.read(buf));
+        // A kill already fired ended the loop before this: it is still due.
+        let Some(stops) = stops else {
+            let (r, b) = read.await;
+            return Waited::Read(r, b);
+        };
+        let drained = pin!(async {
+            if stops.drain.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
+            stops.drain.cancelled().await;
+        });
+        let killed = pin!(stops.kill.cancelled());
+        let (r, b) = match select(read.as_mut(), select(drained, killed)).await {
+            Either::Left((done, _)) => done,
+            Either::Right(_) => match stopping(stops, watch) {
+                Some(end) => return Waited::Stop(end),
+                None => read.await,
+            },
+        };
+        Waited::Read(r, b)
     }
 }
 

@@ -142,7 +142,7 @@ struct Session {
 pub fn run(
     client: TcpStream,
     ctx: Arc<SessionContext>,
-    (admitted, ticket): (Result<(), String>, crate::admission::Ticket),
+    (admitted, ticket): (Result<(), String>, impl Send + 'static),
     peer: SocketAddr,
     placement: crate::workers::Placement,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -164,7 +164,7 @@ pub fn run(
 async fn serve_client(
     login: std::pin::Pin<Box<impl std::future::Future<Output = Option<Session>>>>,
     ctx: Arc<SessionContext>,
-    _ticket: crate::admission::Ticket,
+    _ticket: impl Send,
 ) {
     let Some(s) = login.await else {
         return;
