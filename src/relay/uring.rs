@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Read size of a quiet direction, which a waiting read holds: most
 /// requests and short results fit.
-const SMALL: usize = 256;
+const SMALL: usize = 192;
 /// Largest read size, reached after a few full reads in a row.
 const LARGE: usize = 16 * 1024;
 /// Submission queue entries of each ring (completions: twice as many).
