@@ -1,5 +1,6 @@
 """bench/run.py's counting modes: system calls per transaction under strace,
-and p99 latency of busy clients beside thousands of idle ones. Stdlib only;
+user-space instructions per transaction under callgrind, and p99 latency of
+busy clients beside thousands of idle ones. Stdlib only;
 imported by run.py, not run on its own.
 
 System calls are counted, not timed: `perf trace -s` (default) or
@@ -11,7 +12,7 @@ proxy; under strace's ptrace every call costs tens of microseconds, which
 changes how often an `epoll_wait` finds work already waiting, so strace
 counts more `epoll_wait`s and fewer failed reads than happen untraced.
 """
-import os, re, resource, signal, statistics, subprocess, tempfile, time
+import os, pwd, re, resource, signal, statistics, subprocess, tempfile, time
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 ENV = dict(os.environ, PGPASSWORD="postgres")
@@ -126,13 +127,75 @@ def count_allocs(pid, host, port, args, per_client, script=None):
     return calls / n, n
 
 
-def alloc_table(results):
+WRAP = []  # a command the proxies are started under (--instructions: valgrind)
+
+
+def callgrind_wrap(tmp):
+    """The valgrind prefix for --instructions: callgrind counting every
+    instruction a proxy's threads execute in user space (the kernel's share
+    is not counted), no cache simulation, a dump file per process."""
+    return ["valgrind", "--tool=callgrind", "--quiet", "--fair-sched=yes",
+            f"--callgrind-out-file={tmp}/callgrind.%p"]
+
+
+def count_instructions(pid, host, port, args, per_client, script=None):
+    """Runs pgbench for `per_client` transactions per client and again for
+    one, each between a zeroing and a dump of the callgrind counters of
+    `pid` (a proxy started under callgrind_wrap); returns (instructions per
+    transaction, transactions), the difference of the two over the
+    difference of their transactions, so the clients' logins (SCRAM) do
+    not count. Unlike time, the count barely moves between runs: the A/B
+    of a code change."""
+    # Warm-up, not counted: the pool's backends log in (SCRAM) on first use.
+    instructions_of(pid, host, port, args, 50, script)
+    long = instructions_of(pid, host, port, args, per_client, script)
+    short = instructions_of(pid, host, port, args, 1, script)
+    if not long or not short or long[1] <= short[1]:
+        return None
+    return (long[0] - short[0]) / (long[1] - short[1]), long[1] - short[1]
+
+
+def instructions_of(pid, host, port, args, per_client, script=None):
+    """(instructions, transactions) of one pgbench run under callgrind."""
+    if open(f"/proc/{pid}/comm").read().strip() == "runuser":
+        pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])  # the proxy runuser started
+    # As the process's user (pgbouncer runs as postgres).
+    user = open(f"/proc/{pid}/status").read().split("Uid:")[1].split()[0]
+    as_user = [] if user == str(os.getuid()) else ["runuser", "-u", pwd.getpwuid(int(user)).pw_name, "--"]
+    ctl = lambda *o: subprocess.run(as_user + ["callgrind_control", *o, str(pid)], capture_output=True, text=True, timeout=120)
+    ctl("--zero")
+    n = pgbench_txns(host, port, args, per_client, script)
+    out = ctl("--dump=counted")
+    if not n:
+        return None
+    # The dump lands beside the process's out file, named after it.
+    d = next((a.split("=", 1)[1] for a in open(f"/proc/{pid}/cmdline").read().split("\0")
+              if a.startswith("--callgrind-out-file=")), None)
+    total = None
+    if d:
+        base = d.replace("%p", str(pid))
+        dumps = sorted((f for f in os.listdir(os.path.dirname(base)) if os.path.basename(f).startswith(os.path.basename(base) + ".")),
+                       key=lambda f: os.path.getmtime(os.path.join(os.path.dirname(base), f)))
+        if dumps:
+            path = os.path.join(os.path.dirname(base), dumps[-1])
+            for line in open(path):
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = int(line.split()[1])
+            os.unlink(path)
+    if total is None:
+        print(out.stdout[-300:], out.stderr[-300:], flush=True)
+        return None
+    return total, n
+
+
+def alloc_table(results, what="malloc calls per transaction", digits=2):
     """results: {(workload, target): [(per, n) | None, ...]} → markdown."""
-    lines = ["| workload | target | malloc calls per transaction (min / median / max) |",
+    lines = [f"| workload | target | {what} (min / median / max) |",
              "| --- | --- | ---: |"]
     for (w, t), runs in results.items():
         xs = sorted(r[0] for r in runs if r)
-        lines.append(f"| {w} | {t} | " + (f"{xs[0]:.2f} / {statistics.median(xs):.2f} / {xs[-1]:.2f} |" if xs else "failed |"))
+        lines.append(f"| {w} | {t} | " + (f"{xs[0]:,.{digits}f} / {statistics.median(xs):,.{digits}f} / {xs[-1]:,.{digits}f} |"
+                                           if xs else "failed |"))
     return "\n".join(lines)
 
 

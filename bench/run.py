@@ -57,6 +57,23 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / CLK
 
 
+def switches(pid):
+    """Context switches of every thread of `pid` so far (voluntary: it slept
+    and was woken; involuntary: it was preempted). A thread that sleeps in
+    epoll_wait and is woken by the next reply counts one voluntary switch."""
+    vol = invol = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{t}/status"):
+                if line.startswith("voluntary_ctxt_switches:"):
+                    vol += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    invol += int(line.split()[1])
+        except OSError:
+            pass  # the thread ended meanwhile
+    return vol, invol
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -96,12 +113,12 @@ clusters:
     log = os.path.join(tmp, f"{name}.log")
     # The caller stops it by pid in its finally block.
     extra = EXTRA_ARGS.get(name, [])
-    p = subprocess.Popen([binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg] + extra,
+    p = subprocess.Popen(counting.WRAP + [binary or os.path.join(ROOT, "target/release/pgvane"), "--config", cfg] + extra,
                          stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                          env=dict(os.environ, RUST_LOG="warn"))
     try:
         for port in ports.values():
-            wait_port(port)
+            wait_port(port, 60 if counting.WRAP else 10)
     except RuntimeError:
         p.kill(); p.wait()
         raise RuntimeError(f"pgvane did not listen; {log}: {open(log).read()[-2000:]}")
@@ -166,10 +183,17 @@ default_pool_size = {POOL_SIZE}
 max_client_conn = 6000
 logfile = {d}/pgbouncer.log
 """ + ("max_prepared_statements = 200\n" if pgbouncer_version(PGBOUNCER) >= (1, 21) else ""))
-    args = [PGBOUNCER, cfg] if os.getuid() else [PGBOUNCER, "-u", "postgres", cfg]
+    if counting.WRAP and not os.getuid():
+        # Under callgrind as postgres from the start: callgrind_control
+        # reaches a process through files named after its user, which a
+        # setuid after start (-u) would leave unreachable.
+        os.chmod(d, 0o777)
+        args = ["runuser", "-u", "postgres", "--"] + counting.callgrind_wrap(d) + [PGBOUNCER, cfg]
+    else:
+        args = counting.WRAP + ([PGBOUNCER, cfg] if os.getuid() else [PGBOUNCER, "-u", "postgres", cfg])
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        wait_port(port, 60 if counting.WRAP else 10)
     except RuntimeError:
         p.kill(); raise
     return p, port
@@ -191,7 +215,7 @@ listen rw
 """)
     p = subprocess.Popen(["/usr/sbin/haproxy", "-f", cfg, "-db"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "haproxy.log"), "w"))
     try:
-        wait_port(port)
+        wait_port(port, 60 if counting.WRAP else 10)
     except RuntimeError:
         p.kill(); raise
     return p, port
@@ -290,10 +314,12 @@ def special(a, targets, scripts, ref):
     R = "HAProxy" if ref == "haproxy" else "pgbouncer"
     version = '.'.join(map(str, pgbouncer_version(PGBOUNCER))) if ref == 'pgbouncer' else haproxy_version()
     results = {}
-    if a.allocs or a.syscalls:
+    if a.allocs or a.syscalls or a.instructions:
         per_client = max(1, a.txns // a.clients)
 
         def count(pid, host, port, args, script):
+            if a.instructions:
+                return counting.count_instructions(pid, host, port, args, per_client, script)
             if a.allocs:
                 return counting.count_allocs(pid, host, port, args, per_client, script)
             return counting.count_syscalls(pid, host, port, args, per_client, script, a.tracer)
@@ -301,6 +327,8 @@ def special(a, targets, scripts, ref):
         def line(got):
             if not got:
                 return "FAILED"
+            if a.instructions:
+                return f"{got[0]:9.0f} instructions/txn over {got[1]} txns"
             if a.allocs:
                 return f"{got[0]:6.2f} mallocs/txn over {got[1]} txns"
             per, _, n = got
@@ -315,7 +343,11 @@ def special(a, targets, scripts, ref):
                     results.setdefault((wname, tname), []).append(got)
                     print(f"repeat {r+1} {wname:12} {tname:9} {line(got)}", flush=True)
         runs = f"{a.clients} pgbench clients, {per_client * a.clients} transactions per counted run, {a.repeats} interleaved repeats"
-        if a.allocs:
+        if a.instructions:
+            text = counting.alloc_table(results, "user-space instructions per transaction", 0) + (
+                f"\n\n{runs}, each proxy under valgrind's callgrind (user space only; after a warm-up run, less a"
+                f" run of one transaction per client, so logins do not count); {R} {version}.")
+        elif a.allocs:
             text = counting.alloc_table(results) + f"\n\n{runs}, glibc malloc calls counted with a perf uprobe; {R} {version}."
         else:
             tracer = 'perf trace -s' if a.tracer == 'perf' else 'strace -c -f'
@@ -363,6 +395,8 @@ def main():
     ap.add_argument("--baseline-arg", action="append", default=[], help="extra argument for the baseline pgvane (repeatable)")
     ap.add_argument("--syscalls", action="store_true", help="count system calls per transaction (strace -c -f) instead of timing")
     ap.add_argument("--allocs", action="store_true", help="count glibc malloc calls per transaction (a perf uprobe) instead of timing")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count user-space instructions per transaction (each proxy under valgrind's callgrind, pgvane with io_uring: off) instead of timing")
     ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
     ap.add_argument("--txns", type=int, default=8000, help="--syscalls, --allocs: transactions per counted run")
     ap.add_argument("--clients", type=int, default=4, help="--syscalls, --allocs: pgbench clients")
@@ -376,6 +410,12 @@ def main():
     if a.idle_only:
         a.repeats = 0
     tmp = tempfile.mkdtemp(prefix="pgvane-bench-")
+    if a.instructions:
+        counting.WRAP[:] = counting.callgrind_wrap(tmp)
+        # Under valgrind the io_uring probe hangs: role ports relay with
+        # epoll here (split ports always do).
+        for name in ("pgvane", "before"):
+            EXTRA_TOP.setdefault(name, []).append("io_uring: off")
     leader_ip = leader()
     subprocess.run([f"{PGBIN}/pgbench", "-h", leader_ip, "-U", "postgres", "-i", "-q", "-s", "10", "postgres"],
                    env=ENV, check=True, capture_output=True)
@@ -397,13 +437,14 @@ def main():
             bp, bp_port = (start_pgvane_split if a.split else start_pgvane)(leader_ip, tmp, os.path.abspath(a.baseline), "before")
             procs["before"] = bp
             targets.append(("before", "127.0.0.1", bp_port, bp.pid))
-        if a.syscalls or a.allocs or a.busy_idle:
+        if a.syscalls or a.allocs or a.instructions or a.busy_idle:
             return special(a, targets[1:], scripts, ref)
         for r in range(a.repeats):
             for wname, args, s1 in workloads:
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for tname, host, port, pid in order:
                     c0 = cpu_seconds(pid) if pid else 0
+                    s0 = switches(pid) if pid else (0, 0)
                     got = pgbench(host, port, args, a.seconds, scripts.get(s1))
                     if got is None:
                         results.setdefault((wname, tname), []).append(None)
@@ -411,8 +452,10 @@ def main():
                         continue
                     tps, lat, n = got
                     cpu = (cpu_seconds(pid) - c0) * 1e6 / n if pid else None
-                    results.setdefault((wname, tname), []).append((tps, lat, cpu))
-                    print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)}", flush=True)
+                    s1_ = switches(pid) if pid else (0, 0)
+                    sw = (s1_[0] - s0[0]) / n if pid else None
+                    results.setdefault((wname, tname), []).append((tps, lat, cpu, sw))
+                    print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)} wakeups/txn={sw and round(sw,2)}", flush=True)
         rss, rounds, base = {}, {}, {}
         # pgvane, the reference proxy and, with --baseline, the older build.
         proxies = targets[1:]
@@ -460,6 +503,10 @@ def main():
             b, bc = med(wname, "before", 0), med(wname, "before", 2)
             row += f" {fmt(b, d)} | {f'{p_/b:.2f}×' if p_ and b else '—'} | {bc if bc is None else round(bc, 1)} |"
         lines.append(row)
+    lines.append("")
+    lines.append("Wake-ups per transaction (voluntary context switches of all the proxy's threads, median): "
+                 + "; ".join(f"{wname}: " + ", ".join(f"{t} {med(wname, t, 3):.2f}" for t, *_ in targets[1:] if med(wname, t, 3) is not None)
+                             for wname, _, _ in workloads) + ".")
     lat = {t: med("SELECT 1, 1 client", t, 1) for t, *_ in targets}
     lines.append("")
     if all(lat.values()):

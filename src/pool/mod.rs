@@ -129,19 +129,27 @@ impl Pool {
     /// [`PoolError`].
     pub async fn acquire(self: &Arc<Self>) -> Result<Pooled, PoolError> {
         let settings = **self.settings.load();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(
-            settings.acquire_timeout,
-            Arc::clone(&self.permits).acquire_owned(),
-        )
-        .await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let Ok(Ok(permit)) = permit else {
-            return Err(PoolError::Timeout {
-                node: self.key.node.clone(),
-                timeout: settings.acquire_timeout,
-                size: settings.size,
-            });
+        // A free slot is taken without a timer (the common case: no clock
+        // read, no timer entry); only a full pool waits, bounded.
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let permit = tokio::time::timeout(
+                    settings.acquire_timeout,
+                    Arc::clone(&self.permits).acquire_owned(),
+                )
+                .await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                let Ok(Ok(permit)) = permit else {
+                    return Err(PoolError::Timeout {
+                        node: self.key.node.clone(),
+                        timeout: settings.acquire_timeout,
+                        size: settings.size,
+                    });
+                };
+                permit
+            }
         };
         let now = Instant::now();
         let here = std::thread::current().id();
@@ -188,14 +196,17 @@ impl Pool {
             }
         }
         let security = self.security.load_full();
-        let backend = Backend::connect(
+        // Boxed: a login's state (TLS, SCRAM) is large and rarely needed;
+        // inline, every request's future would carry its room (and be
+        // copied with it onto the heap).
+        let backend = Box::pin(Backend::connect(
             &self.key.node,
             &self.key.creds,
             &security,
             settings.connect_timeout,
             settings.max_prepared,
             settings.socket,
-        )
+        ))
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Pooled {
@@ -250,12 +261,13 @@ impl Pooled {
             pool,
             _permit,
         } = self;
-        let usable = backend.created.elapsed() < pool.settings.load().lifetime
+        let now = Instant::now();
+        let usable = now.duration_since(backend.created) < pool.settings.load().lifetime
             && backend.drained()
             && !backend.has_unsent()
             && !pool.closed.load(Ordering::Relaxed);
         if usable && backend.state.clean() {
-            backend.idle_since = Instant::now();
+            backend.idle_since = now;
             pool.idle_list().push(backend);
         } else if usable && backend.state.at_rest() {
             tokio::spawn(async move {

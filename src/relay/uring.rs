@@ -305,11 +305,6 @@ fn pump<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
         let mut size = SMALL;
         let mut buf: Vec<u8> = Vec::with_capacity(size);
         loop {
-            if let Some(stops) = stops {
-                if let Some(end) = stopping(stops, watch) {
-                    return Ok(Some(Box::pin(farewell(&mut to, end)).await));
-                }
-            }
             let (read, b) = match wait(&mut from, buf, stops, watch).await {
                 Waited::Read(read, b) => (read, b),
                 Waited::Stop(end) => return Ok(Some(Box::pin(farewell(&mut to, end)).await)),
@@ -360,8 +355,9 @@ enum Waited {
 }
 
 /// Waits for `from`'s next bytes into `buf`; given `stops`, also for a
-/// drain or a kill. A read under way is never given up while bytes may be
-/// due (its bytes would be lost), only where the connection ends anyway.
+/// drain or a kill: every stop decision of a direction is made here. A
+/// read under way is never given up while bytes may be due (its bytes
+/// would be lost), only where the connection ends anyway.
 ///
 /// Not an `async fn`, for the reason `pump` gives.
 #[allow(clippy::manual_async_fn)]
@@ -372,12 +368,16 @@ fn wait<'a, R: AsyncReadRent>(
     watch: &'a Watch,
 ) -> impl std::future::Future<Output = Waited> + 'a {
     async move {
-        let mut read = pin!(from.read(buf));
-        // A kill already fired ended the loop before this: it is still due.
         let Some(stops) = stops else {
-            let (r, b) = read.await;
+            let (r, b) = from.read(buf).await;
             return Waited::Read(r, b);
         };
+        // A drain or a kill that fired while the last bytes were passed on
+        // is due now, before another read is made.
+        if let Some(end) = stopping(stops, watch) {
+            return Waited::Stop(end);
+        }
+        let mut read = pin!(from.read(buf));
         let drained = pin!(async {
             if stops.drain.is_cancelled() {
                 std::future::pending::<()>().await;

@@ -130,7 +130,10 @@ impl ClientConn {
                 stream.write_all(out).await?;
                 stream.flush().await
             };
+            // The write first: one that completes at once (the common
+            // case) never registers with the port's shared close token.
             tokio::select! {
+                biased;
                 r = write => r.map_err(|_| SessionError::ClientGone)?,
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
             }
@@ -244,8 +247,34 @@ impl ClientConn {
                 }
             };
             let waits_for_drain = idle && fresh.is_none();
+            if self.close.is_cancelled() {
+                return Err(SessionError::Shutdown);
+            }
+            // The read first: the wake-up that brings the client's bytes
+            // does not poll the port's shared tokens again (each poll of
+            // a registered wait takes the token's lock, which every
+            // session of the port shares); a close or drain that fired
+            // meanwhile still wins, checked once the bytes are in.
             tokio::select! {
                 biased;
+                r = self.stream.read_some(&mut self.buf) => match r {
+                    Ok(0) => return Err(SessionError::ClientGone),
+                    Ok(n) => {
+                        self.bytes_in += n as u64;
+                        if self.close.is_cancelled() {
+                            return Err(SessionError::Shutdown);
+                        }
+                        if waits_for_drain && self.drain.is_cancelled() && self.served {
+                            return Err(SessionError::Shutdown);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if self.buf.is_empty() && idle {
+                            self.stash_buffers();
+                        }
+                    }
+                    Err(_) => return Err(SessionError::ClientGone),
+                },
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
                 () = self.drain.cancelled(), if waits_for_drain => {
                     // The drain began during this wait: a session that has
@@ -256,16 +285,6 @@ impl ClientConn {
                     return Err(SessionError::Shutdown);
                 }
                 () = grace_over => return Err(SessionError::Shutdown),
-                r = self.stream.read_some(&mut self.buf) => match r {
-                    Ok(0) => return Err(SessionError::ClientGone),
-                    Ok(n) => self.bytes_in += n as u64,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if self.buf.is_empty() && idle {
-                            self.stash_buffers();
-                        }
-                    }
-                    Err(_) => return Err(SessionError::ClientGone),
-                },
             }
         }
     }
