@@ -226,6 +226,18 @@ pub(super) enum Command {
 /// optional trailing semicolon).
 pub(super) fn command(sql: &str) -> Option<Command> {
     let t = sql.trim().trim_end_matches(';').trim_end();
+    // Only a `SHOW …` or a `SET …` can be one: anything else (every
+    // ordinary statement) is told apart by its first word, before the
+    // scans below.
+    let b = t.as_bytes();
+    let starts = |w: &[u8]| {
+        b.len() > w.len()
+            && b[..w.len()].eq_ignore_ascii_case(w)
+            && b[w.len()].is_ascii_whitespace()
+    };
+    if !(starts(b"show") || starts(b"set")) {
+        return None;
+    }
     if t.len() < 8 || t.len() > 200 || !super::mentions::mentions(t, b"pgvane.") {
         return None;
     }
@@ -364,5 +376,11 @@ mod tests {
         assert_eq!(command("SET search_path = 'x'"), None);
         assert_eq!(command("SHOW search_path"), None);
         assert_eq!(command("select 1"), None);
+        assert_eq!(command("SELECT pgvane.min_lsn = 1"), None);
+        assert_eq!(command("settle pgvane.min_lsn = '0/1'"), None);
+        assert_eq!(
+            command("set\tpgvane.min_lsn = '0/1'"),
+            Some(Command::SetMinLsn("0/1".into()))
+        );
     }
 }
