@@ -134,7 +134,15 @@ impl ClientConn {
             // case) never registers with the port's shared close token.
             tokio::select! {
                 biased;
-                r = write => r.map_err(|_| SessionError::ClientGone)?,
+                r = write => if r.is_err() {
+                    // A write that failed as the port closed ends as a
+                    // shutdown, as when the token was polled first.
+                    return Err(if self.close.is_cancelled() {
+                        SessionError::Shutdown
+                    } else {
+                        SessionError::ClientGone
+                    });
+                },
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
             }
             self.bytes_out += self.out.len() as u64;
@@ -257,24 +265,25 @@ impl ClientConn {
             // meanwhile still wins, checked once the bytes are in.
             tokio::select! {
                 biased;
-                r = self.stream.read_some(&mut self.buf) => match r {
-                    Ok(0) => return Err(SessionError::ClientGone),
-                    Ok(n) => {
-                        self.bytes_in += n as u64;
-                        if self.close.is_cancelled() {
-                            return Err(SessionError::Shutdown);
-                        }
-                        if waits_for_drain && self.drain.is_cancelled() && self.served {
-                            return Err(SessionError::Shutdown);
-                        }
+                r = self.stream.read_some(&mut self.buf) => {
+                    // Whatever the read brought, as when the tokens were
+                    // polled first.
+                    if self.close.is_cancelled()
+                        || (waits_for_drain && self.drain.is_cancelled() && self.served)
+                    {
+                        return Err(SessionError::Shutdown);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if self.buf.is_empty() && idle {
-                            self.stash_buffers();
+                    match r {
+                        Ok(0) => return Err(SessionError::ClientGone),
+                        Ok(n) => self.bytes_in += n as u64,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if self.buf.is_empty() && idle {
+                                self.stash_buffers();
+                            }
                         }
+                        Err(_) => return Err(SessionError::ClientGone),
                     }
-                    Err(_) => return Err(SessionError::ClientGone),
-                },
+                }
                 () = self.close.cancelled() => return Err(SessionError::Shutdown),
                 () = self.drain.cancelled(), if waits_for_drain => {
                     // The drain began during this wait: a session that has
