@@ -144,8 +144,9 @@ def count_instructions(pid, host, port, args, per_client, script=None):
     `pid` (a proxy started under callgrind_wrap); returns (instructions per
     transaction, transactions), the difference of the two over the
     difference of their transactions, so the clients' logins (SCRAM) do
-    not count. Unlike time, the count barely moves between runs: the A/B
-    of a code change."""
+    not count. It moves less than time between runs (a few per cent: the
+    threads still race under valgrind), so the ratio of two builds in one
+    run is the A/B of a code change."""
     # Warm-up, not counted: the pool's backends log in (SCRAM) on first use.
     instructions_of(pid, host, port, args, 50, script)
     long = instructions_of(pid, host, port, args, per_client, script)

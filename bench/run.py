@@ -57,21 +57,18 @@ def cpu_seconds(pid):
     return (int(f[11]) + int(f[12])) / CLK
 
 
-def switches(pid):
-    """Context switches of every thread of `pid` so far (voluntary: it slept
-    and was woken; involuntary: it was preempted). A thread that sleeps in
-    epoll_wait and is woken by the next reply counts one voluntary switch."""
-    vol = invol = 0
+def wakeups(pid):
+    """Voluntary context switches of every thread of `pid` so far: a thread
+    that sleeps in epoll_wait and is woken by the next reply counts one."""
+    n = 0
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
             for line in open(f"/proc/{pid}/task/{t}/status"):
                 if line.startswith("voluntary_ctxt_switches:"):
-                    vol += int(line.split()[1])
-                elif line.startswith("nonvoluntary_ctxt_switches:"):
-                    invol += int(line.split()[1])
+                    n += int(line.split()[1])
         except OSError:
             pass  # the thread ended meanwhile
-    return vol, invol
+    return n
 
 
 def rss_kib(pid):
@@ -398,8 +395,8 @@ def main():
     ap.add_argument("--instructions", action="store_true",
                     help="count user-space instructions per transaction (each proxy under valgrind's callgrind, pgvane with io_uring: off) instead of timing")
     ap.add_argument("--tracer", choices=["perf", "strace"], default="perf", help="--syscalls: perf trace -s (default) or strace -c -f")
-    ap.add_argument("--txns", type=int, default=8000, help="--syscalls, --allocs: transactions per counted run")
-    ap.add_argument("--clients", type=int, default=4, help="--syscalls, --allocs: pgbench clients")
+    ap.add_argument("--txns", type=int, default=8000, help="--syscalls, --allocs, --instructions: transactions per counted run")
+    ap.add_argument("--clients", type=int, default=4, help="--syscalls, --allocs, --instructions: pgbench clients")
     ap.add_argument("--busy-idle", type=int, default=0, metavar="N",
                     help="p50/p99 of 16 busy -S clients with N idle clients connected (split port vs pgbouncer)")
     a = ap.parse_args()
@@ -444,7 +441,7 @@ def main():
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for tname, host, port, pid in order:
                     c0 = cpu_seconds(pid) if pid else 0
-                    s0 = switches(pid) if pid else (0, 0)
+                    w0 = wakeups(pid) if pid else 0
                     got = pgbench(host, port, args, a.seconds, scripts.get(s1))
                     if got is None:
                         results.setdefault((wname, tname), []).append(None)
@@ -452,8 +449,7 @@ def main():
                         continue
                     tps, lat, n = got
                     cpu = (cpu_seconds(pid) - c0) * 1e6 / n if pid else None
-                    s1_ = switches(pid) if pid else (0, 0)
-                    sw = (s1_[0] - s0[0]) / n if pid else None
+                    sw = (wakeups(pid) - w0) / n if pid else None
                     results.setdefault((wname, tname), []).append((tps, lat, cpu, sw))
                     print(f"repeat {r+1} {wname:42} {tname:9} tps={tps:9.0f} lat={lat} cpu_us/txn={cpu and round(cpu,1)} wakeups/txn={sw and round(sw,2)}", flush=True)
         rss, rounds, base = {}, {}, {}

@@ -228,14 +228,9 @@ pub(super) fn command(sql: &str) -> Option<Command> {
     let t = sql.trim().trim_end_matches(';').trim_end();
     // Only a `SHOW …` or a `SET …` can be one: anything else (every
     // ordinary statement) is told apart by its first word, before the
-    // scans below.
-    let b = t.as_bytes();
-    let starts = |w: &[u8]| {
-        b.len() > w.len()
-            && b[..w.len()].eq_ignore_ascii_case(w)
-            && b[w.len()].is_ascii_whitespace()
-    };
-    if !(starts(b"show") || starts(b"set")) {
+    // scans below (which still require the exact form).
+    let (first, _) = first_words(t);
+    if !(first.eq_ignore_ascii_case("show") || first.eq_ignore_ascii_case("set")) {
         return None;
     }
     if t.len() < 8 || t.len() > 200 || !super::mentions::mentions(t, b"pgvane.") {
