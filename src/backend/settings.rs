@@ -120,6 +120,16 @@ fn push_literal(out: &mut String, v: &str) {
 }
 
 impl Backend {
+    /// Whether the backend's session settings already are `wanted`: then
+    /// [`Self::apply`] has nothing to send (checked first, so the request
+    /// path carries no future for it in the usual case).
+    #[must_use]
+    pub fn has_applied(&self, wanted: &Settings) -> bool {
+        self.applied
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, wanted) || **a == **wanted)
+    }
+
     /// Makes the backend's session settings `wanted` (one round trip, its
     /// replies swallowed), unless they already are. Only at rest.
     ///

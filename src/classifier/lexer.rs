@@ -68,24 +68,68 @@ fn skip_token(b: &[u8], i: usize, scs: bool) -> usize {
         b'$' => skip_dollar(b, i),
         // An identifier is one token, so a `$` in it is never a quote.
         c if is_ident_start(c) => {
-            let mut j = i + 1;
-            while j < b.len() && (is_ident_byte(b[j]) || b[j] == b'$') {
-                j += 1;
-            }
-            j
+            let rest = &b[i + 1..];
+            i + 1
+                + rest
+                    .iter()
+                    .position(|c| !has(*c, IDENT_CONT))
+                    .unwrap_or(rest.len())
         }
         _ => i + 1,
     }
 }
 
 /// scan.l's `ident_start`: a letter, `_` or any byte of a non-ASCII character.
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+const IDENT_START: u8 = 1;
+/// scan.l's `dolq_cont` (`ident_cont` without `$`).
+const DOLQ_CONT: u8 = 2;
+/// scan.l's `ident_cont`: `dolq_cont` or `$`.
+const IDENT_CONT: u8 = 4;
+/// An ASCII letter or digit, `_` or `$`: a number after one is part of a
+/// word, not a literal.
+const WORDISH: u8 = 8;
+
+/// Each byte's classes, looked up once per byte: the lexer reads every
+/// byte of every statement (the classifier cache's key among others).
+static CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let start = c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+        let dolq = start || c.is_ascii_digit();
+        let mut v = 0;
+        if start {
+            v |= IDENT_START;
+        }
+        if dolq {
+            v |= DOLQ_CONT;
+        }
+        if dolq || c == b'$' {
+            v |= IDENT_CONT;
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' {
+            v |= WORDISH;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+/// Whether byte `c` is of class `class`.
+fn has(c: u8, class: u8) -> bool {
+    CLASSES[usize::from(c)] & class != 0
 }
 
-/// scan.l's `dolq_cont` (`ident_cont` without `$`).
+/// scan.l's `ident_start`.
+fn is_ident_start(c: u8) -> bool {
+    has(c, IDENT_START)
+}
+
+/// scan.l's `dolq_cont`.
 fn is_ident_byte(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit()
+    has(c, DOLQ_CONT)
 }
 
 fn is_e_prefix(b: &[u8], i: usize) -> bool {
@@ -255,8 +299,7 @@ pub fn normalize_with(sql: &str, scs: bool, mut f: impl FnMut(&str)) {
     let mut copied = 0;
     while i < b.len() {
         let c = b[i];
-        let prev_word =
-            i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'$');
+        let prev_word = i > 0 && has(b[i - 1], WORDISH);
         let literal_end = match c {
             b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
             b'$' if !prev_word

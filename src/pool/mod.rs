@@ -86,6 +86,9 @@ pub struct Pool {
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Backend>>>,
     permits: Arc<Semaphore>,
+    /// Backends of every pool of this node in use or waited for (see
+    /// [`Pool::node_busy`]), shared with the node's other pools.
+    load: Arc<AtomicUsize>,
     open: AtomicUsize,
     waiting: AtomicUsize,
     closed: AtomicBool,
@@ -98,7 +101,30 @@ pub struct Pooled {
     /// the session on every request, a pointer instead of its ~300 bytes.
     pub backend: Box<Backend>,
     pool: Arc<Pool>,
+    _permit: Loan,
+}
+
+/// A pool permit, counted in its node's load while held.
+#[derive(Debug)]
+struct Loan {
     _permit: OwnedSemaphorePermit,
+    load: Arc<AtomicUsize>,
+}
+
+impl Loan {
+    fn new(permit: OwnedSemaphorePermit, load: &Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            load: Arc::clone(load),
+        }
+    }
+}
+
+impl Drop for Loan {
+    fn drop(&mut self) {
+        self.load.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -107,11 +133,13 @@ impl Pool {
         role: &'static str,
         settings: PoolSettings,
         security: Arc<ArcSwap<BackendSecurity>>,
+        load: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             key,
             role,
             permits: Arc::new(Semaphore::new(settings.size.max(1))),
+            load,
             settings: ArcSwap::from_pointee(settings),
             security,
             idle: Mutex::new(Vec::new()),
@@ -140,11 +168,13 @@ impl Pool {
             Ok(permit) => permit,
             Err(_) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
+                self.load.fetch_add(1, Ordering::Relaxed);
                 let permit = tokio::time::timeout(
                     settings.acquire_timeout,
                     Arc::clone(&self.permits).acquire_owned(),
                 )
                 .await;
+                self.load.fetch_sub(1, Ordering::Relaxed);
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
                 let Ok(Ok(permit)) = permit else {
                     return Err(PoolError::Timeout {
@@ -156,49 +186,13 @@ impl Pool {
                 permit
             }
         };
-        let now = Instant::now();
-        let here = std::thread::current().id();
-        loop {
-            // The most recently used backend this worker already drives,
-            // else the most recently used one (moved here below).
-            let candidate = {
-                let mut idle = self.idle_list();
-                match idle.iter().rposition(|b| b.home() == here) {
-                    Some(i) => Some(idle.remove(i)),
-                    None => idle.pop(),
-                }
-            };
-            match candidate {
-                Some(b)
-                    if now.duration_since(b.idle_since) > settings.idle_timeout
-                        || now.duration_since(b.created) > settings.lifetime =>
-                {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                    tokio::spawn(b.close());
-                }
-                // A backend idle for a while may have been closed by its
-                // server (shutdown, restart): it then has data or EOF waiting.
-                Some(backend)
-                    if now.duration_since(backend.idle_since) > IDLE_CHECK_AFTER
-                        && !backend.idle_and_open() =>
-                {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                    drop(backend);
-                }
-                Some(mut backend) => {
-                    if let Err(e) = backend.rehome() {
-                        tracing::debug!(node = %self.key.node, error = %e, "pooled backend lost moving workers");
-                        self.open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    return Ok(Pooled {
-                        backend,
-                        pool: Arc::clone(self),
-                        _permit: permit,
-                    });
-                }
-                None => break,
-            }
+        let permit = Loan::new(permit, &self.load);
+        if let Some(backend) = self.idle_backend(&settings) {
+            return Ok(Pooled {
+                backend,
+                pool: Arc::clone(self),
+                _permit: permit,
+            });
         }
         let security = self.security.load_full();
         // Boxed: a login's state (TLS, SCRAM) is large and rarely needed;
@@ -221,6 +215,70 @@ impl Pool {
         })
     }
 
+    /// An idle backend fit for use, moved to this worker: the one this
+    /// worker drove most recently, else the most recently used; stale ones
+    /// met on the way are closed. For a caller holding a permit.
+    fn idle_backend(&self, settings: &PoolSettings) -> Option<Box<Backend>> {
+        let now = Instant::now();
+        let here = std::thread::current().id();
+        loop {
+            // The most recently used backend this worker already drives,
+            // else the most recently used one (moved here below).
+            let candidate = {
+                let mut idle = self.idle_list();
+                match idle.iter().rposition(|b| b.home() == here) {
+                    Some(i) => Some(idle.remove(i)),
+                    None => idle.pop(),
+                }
+            };
+            // Each age read once (a clock subtraction is not free).
+            let idle = candidate
+                .as_ref()
+                .map(|b| now.saturating_duration_since(b.idle_since));
+            match candidate {
+                Some(b)
+                    if idle > Some(settings.idle_timeout)
+                        || now.saturating_duration_since(b.created) > settings.lifetime =>
+                {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    tokio::spawn(b.close());
+                }
+                // A backend idle for a while may have been closed by its
+                // server (shutdown, restart): it then has data or EOF waiting.
+                Some(backend) if idle > Some(IDLE_CHECK_AFTER) && !backend.idle_and_open() => {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(backend);
+                }
+                Some(mut backend) => {
+                    if let Err(e) = backend.rehome() {
+                        tracing::debug!(node = %self.key.node, error = %e, "pooled backend lost moving workers");
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Some(backend);
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// An idle backend at once, without waiting or connecting: a free
+    /// permit and an idle backend, or nothing (then [`Self::acquire`]).
+    /// Not async, so the request path that takes a pooled backend (almost
+    /// every request) carries no future for the rare wait or login.
+    #[must_use]
+    pub fn try_take(self: &Arc<Self>) -> Option<Pooled> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let permit = Loan::new(permit, &self.load);
+        let settings = **self.settings.load();
+        let backend = self.idle_backend(&settings)?;
+        Some(Pooled {
+            backend,
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
     /// Drops every idle backend (its server said it is shutting down, so
     /// the others are going too): the next checkout connects afresh and
     /// learns whether the node still takes connections.
@@ -234,6 +292,14 @@ impl Pool {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Backends of this pool's node in use (lent, resetting or logging
+    /// in) or waited for, across every pool of the node: read without a
+    /// lock, for balancing reads on every request.
+    #[must_use]
+    pub fn node_busy(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
     }
 
     /// (open, idle, waiting) right now.
@@ -307,8 +373,15 @@ impl Pooled {
 /// Every pool of a split port.
 #[derive(Debug, Default)]
 pub struct PoolSet {
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    pools: Mutex<Pools>,
     security: Arc<ArcSwap<BackendSecurity>>,
+}
+
+/// The pools by key, and each node's load counter their loans share.
+#[derive(Debug, Default)]
+struct Pools {
+    by_key: HashMap<PoolKey, Arc<Pool>>,
+    loads: HashMap<NodeAddr, Arc<AtomicUsize>>,
 }
 
 impl PoolSet {
@@ -322,7 +395,7 @@ impl PoolSet {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Pools> {
         self.pools
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -333,7 +406,8 @@ impl PoolSet {
     /// reload's timeouts and socket options apply at once), all but `size`.
     #[must_use]
     pub fn get(&self, key: &PoolKey, role: &'static str, settings: PoolSettings) -> Arc<Pool> {
-        let mut m = self.map();
+        let mut guard = self.map();
+        let Pools { by_key: m, loads } = &mut *guard;
         if let Some(p) = m.get(key) {
             if p.role == role {
                 let current = p.settings.load();
@@ -355,11 +429,13 @@ impl PoolSet {
                 open + idle + waiting > 0 || Arc::strong_count(p) > 1
             });
         }
+        let load = loads.entry(key.node.clone()).or_default();
         let p = Arc::new(Pool::new(
             key.clone(),
             role,
             settings,
             Arc::clone(&self.security),
+            Arc::clone(load),
         ));
         m.insert(key.clone(), Arc::clone(&p));
         p
@@ -367,7 +443,9 @@ impl PoolSet {
 
     /// Closes pools whose node no longer exists or has another role class.
     pub fn retain(&self, keep: impl Fn(&NodeAddr, &'static str) -> bool) {
-        self.map().retain(|k, p| {
+        let mut guard = self.map();
+        let Pools { by_key, loads } = &mut *guard;
+        by_key.retain(|k, p| {
             let ok = keep(&k.node, p.role);
             if !ok {
                 tracing::info!(node = %k.node, role = p.role, "closing pool: node left the map or changed role");
@@ -375,25 +453,26 @@ impl PoolSet {
             }
             ok
         });
+        // A node with no pool left starts its count afresh when it returns
+        // (its closed pools' loans still hold the old counter).
+        loads.retain(|node, _| by_key.keys().any(|k| &k.node == node));
     }
 
-    /// Active backends on `node` across this set (for balancing reads).
+    /// Backends of `node` in use or waited for across this set (for
+    /// balancing reads when a session has no pool of the node yet).
     #[must_use]
     pub fn busy(&self, node: &NodeAddr) -> usize {
         self.map()
-            .iter()
-            .filter(|(k, _)| &k.node == node)
-            .map(|(_, p)| {
-                let (open, idle, waiting) = p.stats();
-                open.saturating_sub(idle) + waiting
-            })
-            .sum()
+            .loads
+            .get(node)
+            .map_or(0, |l| l.load(Ordering::Relaxed))
     }
 
     /// Every pool with its stats: (key, role, open, idle, waiting).
     #[must_use]
     pub fn snapshot(&self) -> Vec<(PoolKey, &'static str, usize, usize, usize)> {
         self.map()
+            .by_key
             .iter()
             .map(|(k, p)| {
                 let (o, i, w) = p.stats();
@@ -440,5 +519,44 @@ mod tests {
         let now = **again.settings.load();
         assert_eq!(now, settings(2, 100), "timeouts new, size as created");
         assert_eq!(again.permits.available_permits(), 2);
+    }
+
+    #[test]
+    fn a_node_counts_the_loans_of_all_its_pools_without_a_lock() {
+        let set = PoolSet::new(Arc::default());
+        let node = NodeAddr {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        };
+        let key = |user: &str| PoolKey {
+            node: node.clone(),
+            creds: Credentials {
+                user: user.into(),
+                secret: BackendSecret::None,
+                database: "d".into(),
+            },
+        };
+        let a = set.get(&key("a"), "replica", settings(2, 5000));
+        let b = set.get(&key("b"), "replica", settings(2, 5000));
+        let loan = |p: &Arc<Pool>| {
+            let permit = Arc::clone(&p.permits).try_acquire_owned().unwrap();
+            Loan::new(permit, &p.load)
+        };
+        let one = loan(&a);
+        let two = loan(&b);
+        assert_eq!((a.node_busy(), b.node_busy(), set.busy(&node)), (2, 2, 2));
+        drop(one);
+        assert_eq!((a.node_busy(), set.busy(&node)), (1, 1));
+        drop(two);
+        assert_eq!(set.busy(&node), 0);
+        // The node leaves: its count goes; a loan of a closed pool does not
+        // reach the count of the node's next pools.
+        let old = loan(&a);
+        set.retain(|_, _| false);
+        assert_eq!(set.busy(&node), 0);
+        let c = set.get(&key("a"), "replica", settings(2, 5000));
+        assert_eq!((c.node_busy(), a.node_busy()), (0, 1));
+        drop(old);
+        assert_eq!(c.node_busy(), 0);
     }
 }

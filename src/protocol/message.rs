@@ -144,7 +144,8 @@ pub async fn read_message_max<R: AsyncRead + Unpin>(
 #[must_use]
 pub fn cstr<'a>(body: &'a [u8], pos: &mut usize) -> Option<&'a str> {
     let rest = body.get(*pos..)?;
-    let end = rest.iter().position(|b| *b == 0)?;
+    // A vector search: a query's whole text is read here.
+    let end = memchr::memchr(0, rest)?;
     let s = std::str::from_utf8(&rest[..end]).ok()?;
     *pos += end + 1;
     Some(s)

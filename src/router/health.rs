@@ -5,6 +5,7 @@
 use crate::topology::NodeAddr;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// First back-off after a failed connect.
@@ -22,6 +23,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct HealthBook {
     entries: Mutex<HashMap<NodeAddr, Entry>>,
+    /// Entries held, kept under the lock: every request asks about its
+    /// nodes, and while none failed (the usual case) that is one atomic
+    /// load, no lock and no hash.
+    held: AtomicUsize,
 }
 
 impl HealthBook {
@@ -30,7 +35,13 @@ impl HealthBook {
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut guard)
+        let r = f(&mut guard);
+        self.held.store(guard.len(), Ordering::Relaxed);
+        r
+    }
+
+    fn none(&self) -> bool {
+        self.held.load(Ordering::Relaxed) == 0
     }
 
     /// Records a failed connect: back off `500 ms × 2^(n-1)`, at most 5 s.
@@ -50,18 +61,27 @@ impl HealthBook {
 
     /// Records a successful connect: the node is healthy again.
     pub fn success(&self, addr: &NodeAddr) {
+        if self.none() {
+            return;
+        }
         self.with(|e| e.remove(addr));
     }
 
     /// True while the node is backing off.
     #[must_use]
     pub fn cooling(&self, addr: &NodeAddr, now: Instant) -> bool {
+        if self.none() {
+            return false;
+        }
         self.with(|e| e.get(addr).is_some_and(|x| now < x.until))
     }
 
     /// Consecutive failures since the last success.
     #[must_use]
     pub fn failures(&self, addr: &NodeAddr) -> u32 {
+        if self.none() {
+            return 0;
+        }
         self.with(|e| e.get(addr).map_or(0, |x| x.failures))
     }
 }
@@ -88,8 +108,17 @@ mod tests {
         assert_eq!(book.failures(&a), 11);
         assert!(book.cooling(&a, t + Duration::from_millis(4999)));
         assert!(!book.cooling(&a, t + MAX_BACKOFF));
+        let b = NodeAddr {
+            host: "h".into(),
+            port: 2,
+        };
+        book.failure(&b, t);
         book.success(&a);
         assert!(!book.cooling(&a, t));
         assert_eq!(book.failures(&a), 0);
+        assert!(book.cooling(&b, t), "another node's back-off stands");
+        book.success(&b);
+        assert_eq!(book.held.load(Ordering::Relaxed), 0);
+        assert!(!book.cooling(&b, t));
     }
 }

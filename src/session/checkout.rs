@@ -65,6 +65,14 @@ impl Session {
             }
             return Ok(());
         }
+        // Boxed: a checkout's future is most of a request's; separate, it
+        // is allocated only when one is needed, and both fit the
+        // allocator's per-thread cache.
+        Box::pin(self.backend_for_new(class)).await
+    }
+
+    /// A backend for `class` when the session holds none.
+    async fn backend_for_new(&mut self, class: &Classification) -> Result<(), SessionError> {
         let route = if self.pin.is_some() || class.pin.is_some() {
             Route::Leader
         } else {
@@ -156,26 +164,24 @@ impl Session {
         reason: &'static str,
         wait_leader: bool,
     ) -> Result<(), SessionError> {
+        // The waits below are boxed: rare, and inline they would make the
+        // future of every request larger (it is allocated per request).
         if self.ctx.gate.is_paused() {
-            // PAUSE: new work waits for RESUME as for a new leader.
-            let patience = self.ctx.port.load().resolved.leader_wait;
-            tokio::select! {
-                r = self.ctx.gate.wait_open(patience) => if let Err(paused) = r {
-                    let text = paused.text(&self.ctx.key);
-                    return Err(SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, text));
-                },
-                () = self.client.close.cancelled() => return Err(SessionError::Shutdown),
-            }
+            Box::pin(self.wait_unpaused()).await?;
         }
         let started = Instant::now();
-        let resolved = self.ctx.port.load().resolved.clone();
-        let replica_deadline = started + resolved.read_your_writes_wait;
-        let leader_deadline = started + resolved.leader_wait;
-        let mut patience = Patience {
-            replica: !resolved.read_your_writes_wait.is_zero()
-                && self.ctx.link.replica_waits_pay(started),
-            leader: wait_leader && !resolved.leader_wait.is_zero(),
+        let (ryw_wait, leader_wait) = {
+            let r = &self.ctx.port.load().resolved;
+            (r.read_your_writes_wait, r.leader_wait)
         };
+        let replica_deadline = started + ryw_wait;
+        let leader_deadline = started + leader_wait;
+        let mut patience = Patience {
+            replica: !ryw_wait.is_zero() && self.ctx.link.replica_waits_pay(started),
+            leader: wait_leader && !leader_wait.is_zero(),
+        };
+        // The first decision's clock is the one just read.
+        let mut now = Some(started);
         let mut waited_replica = false;
         let mut waited_leader = false;
         let mut positions = None;
@@ -193,18 +199,24 @@ impl Session {
                     health: &self.ctx.health,
                     lag: &lag,
                     positions: &pos,
-                    now: Instant::now(),
+                    now: now.take().unwrap_or_else(Instant::now),
                 };
                 let req = split::Request {
                     route,
                     need,
                     patience,
                 };
-                let pools = &self.ctx.pools;
-                split::decide(&view, &req, |a| pools.busy(a))
+                let (pools, mine) = (&self.ctx.pools, &self.pools);
+                // A node this session has a pool of: its shared counter,
+                // read without the pool set's lock.
+                split::decide(&view, &req, |a| {
+                    mine.iter()
+                        .find(|(n, p)| n == a && !p.is_closed())
+                        .map_or_else(|| pools.busy(a), |(_, p)| p.node_busy())
+                })
             };
             match decision {
-                Decision::Run(targets, why) => {
+                Decision::Run(ref targets, why) => {
                     let leader = targets.iter().all(|t| t.role == NodeRole::Leader);
                     match self.acquire(targets, reason).await {
                         Ok(role) => {
@@ -235,7 +247,7 @@ impl Session {
                                 return Err(f.error);
                             }
                             waited_leader = true;
-                            self.wait_for_map(&mut generation, leader_deadline).await?;
+                            Box::pin(self.wait_for_map(&mut generation, leader_deadline)).await?;
                         }
                         Err(f) => return Err(f.error),
                     }
@@ -253,13 +265,16 @@ impl Session {
                         tokio::time::Instant::from_std(replica_deadline),
                         rx.changed(),
                     );
-                    tokio::select! {
-                        r = changed => {
-                            if !matches!(r, Ok(Ok(()))) {
-                                patience.replica = false;
-                            }
+                    let close = &self.client.close;
+                    let moved = Box::pin(async move {
+                        tokio::select! {
+                            r = changed => Ok(matches!(r, Ok(Ok(())))),
+                            () = close.cancelled() => Err(SessionError::Shutdown),
                         }
-                        () = self.client.close.cancelled() => return Err(SessionError::Shutdown),
+                    })
+                    .await?;
+                    if !moved {
+                        patience.replica = false;
                     }
                 }
                 Decision::WaitLeader(why) => {
@@ -274,10 +289,23 @@ impl Session {
                         tracing::info!(port = %self.ctx.key, "{why}; waiting up to leader_wait_ms for a leader");
                     }
                     waited_leader = true;
-                    self.wait_for_map(&mut generation, leader_deadline).await?;
+                    Box::pin(self.wait_for_map(&mut generation, leader_deadline)).await?;
                 }
                 Decision::Refuse(code, text) => return Err(SessionError::NoBackend(code, text)),
             }
+        }
+    }
+
+    /// PAUSE: new work waits for RESUME as for a new leader, up to
+    /// `leader_wait_ms`.
+    async fn wait_unpaused(&self) -> Result<(), SessionError> {
+        let patience = self.ctx.port.load().resolved.leader_wait;
+        tokio::select! {
+            r = self.ctx.gate.wait_open(patience) => r.map_err(|paused| {
+                let text = paused.text(&self.ctx.key);
+                SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, text)
+            }),
+            () = self.client.close.cancelled() => Err(SessionError::Shutdown),
         }
     }
 
@@ -310,12 +338,15 @@ impl Session {
 
     /// Acquires from `targets`, best first, and applies the session's
     /// settings; the role of the node taken.
+    ///
+    /// The pool's wait or login and the settings' round trip are boxed:
+    /// the usual request takes an idle backend whose settings stand, and
+    /// its future (allocated per request) stays small.
     async fn acquire(
         &mut self,
-        targets: Targets,
+        targets: &Targets,
         reason: &'static str,
     ) -> Result<NodeRole, Failed> {
-        let settings = self.ctx.pool_settings();
         let mut failures = Vec::new();
         let mut refused = None;
         let mut transient = true;
@@ -333,7 +364,7 @@ impl Session {
                         node: t.addr.clone(),
                         creds: self.creds.clone(),
                     };
-                    let p = self.ctx.pools.get(&key, role, settings);
+                    let p = self.ctx.pools.get(&key, role, self.ctx.pool_settings());
                     self.pools.retain(|(a, _)| *a != t.addr);
                     if self.pools.capacity() == 0 {
                         // Room for one (see SessionMetrics::statement).
@@ -344,13 +375,23 @@ impl Session {
                 }
             };
             let started = Instant::now();
-            match pool.acquire().await {
+            let taken = match pool.try_take() {
+                Some(p) => Ok(p),
+                None => Box::pin(pool.acquire()).await,
+            };
+            match taken {
                 Ok(mut p) => {
                     self.ctx.health.success(&t.addr);
                     self.metrics
                         .acquire_wait
                         .observe(started.elapsed().as_secs_f64());
-                    match p.backend.apply(&self.settings.wanted).await {
+                    let wanted = &self.settings.wanted;
+                    let applied = if p.backend.has_applied(wanted) {
+                        Ok(())
+                    } else {
+                        Box::pin(p.backend.apply(wanted)).await
+                    };
+                    match applied {
                         Ok(()) => {}
                         // The node is shutting down under a pooled backend
                         // (a switchover): like a refused login, try on.
@@ -377,7 +418,7 @@ impl Session {
                     self.metrics.statement(&self.ctx, &t.name, t.role, reason);
                     self.held = Some(Box::new(Held {
                         pooled: p,
-                        node: t.name,
+                        node: Arc::clone(&t.name),
                         role: t.role,
                         fixup: None,
                     }));

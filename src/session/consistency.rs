@@ -94,33 +94,60 @@ impl Captured {
     }
 }
 
-/// The first two words of `sql`, after whitespace and comments (`--`
-/// and `/* */`, as a hint is written); compare them ignoring case.
-pub(super) fn first_words(sql: &str) -> (&str, &str) {
-    let mut rest = sql;
-    let mut words = ["", ""];
-    let mut n = 0;
-    while n < 2 {
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map_or("", |(_, after)| after);
-            continue;
+/// Bytes PostgreSQL's scanner takes for whitespace.
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Bytes of an unquoted word (ASCII letters, digits, `_`), by table: a
+/// word is read for every statement.
+static WORD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_';
+        c += 1;
+    }
+    t
+};
+
+/// The first word of `sql` after whitespace and comments (`--` and
+/// `/* */`, as a hint is written), and the text after it; the word is
+/// empty when none starts there.
+fn next_word(sql: &str) -> (&str, &str) {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    loop {
+        while b.get(i).is_some_and(|c| is_space(*c)) {
+            i += 1;
         }
-        if let Some(r) = rest.strip_prefix("/*") {
-            rest = r.split_once("*/").map_or("", |(_, after)| after);
-            continue;
-        }
-        let end = rest
-            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .unwrap_or(rest.len());
-        if end == 0 {
+        let rest = &b[i..];
+        if rest.starts_with(b"--") {
+            i = memchr::memchr(b'\n', rest).map_or(b.len(), |j| i + j + 1);
+        } else if rest.starts_with(b"/*") {
+            i = memchr::memmem::find(&rest[2..], b"*/").map_or(b.len(), |j| i + 2 + j + 2);
+        } else {
             break;
         }
-        words[n] = &rest[..end];
-        rest = &rest[end..];
-        n += 1;
     }
-    (words[0], words[1])
+    let len = b[i..]
+        .iter()
+        .position(|c| !WORD_BYTE[usize::from(*c)])
+        .unwrap_or(b.len() - i);
+    // ASCII on both sides: char boundaries.
+    (&sql[i..i + len], &sql[i + len..])
+}
+
+/// The first two words of `sql` (see [`next_word`]); compare them
+/// ignoring case.
+#[cfg(test)]
+pub(super) fn first_words(sql: &str) -> (&str, &str) {
+    let (first, rest) = next_word(sql);
+    if first.is_empty() {
+        return ("", "");
+    }
+    (first, next_word(rest).0)
 }
 
 /// What one request means for read-your-writes, from its verdict and text.
@@ -150,8 +177,15 @@ impl Effect {
                 ..Self::default()
             };
         }
-        let (first, second) = first_words(sql);
         let is = |w: &str, any: &[&str]| any.iter().any(|a| w.eq_ignore_ascii_case(a));
+        let (first, rest) = next_word(sql);
+        // The second word matters only after these (most statements are
+        // told by their first).
+        let second = if is(first, &["commit", "rollback", "abort"]) {
+            next_word(rest).0
+        } else {
+            ""
+        };
         let prepared = is(second, &["prepared"]);
         Self {
             writes: writes(class) || (is(first, &["commit"]) && prepared),
@@ -225,11 +259,21 @@ pub(super) enum Command {
 /// Recognises the token commands (case-insensitive, one statement, an
 /// optional trailing semicolon).
 pub(super) fn command(sql: &str) -> Option<Command> {
-    let t = sql.trim().trim_end_matches(';').trim_end();
     // Only a `SHOW …` or a `SET …` can be one: anything else (every
-    // ordinary statement) is told apart by its first word, before the
-    // scans below (which still require the exact form).
-    let (first, _) = first_words(t);
+    // ordinary statement) is told apart by its first letters, then its
+    // first word, before the scans below (which still require the exact
+    // form).
+    let head = sql.trim_start_matches(|c: char| c.is_ascii() && is_space(c as u8));
+    let h = head.as_bytes();
+    let maybe = h.starts_with(b"--")
+        || h.starts_with(b"/*")
+        || h.get(..3).is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+        || h.get(..4).is_some_and(|w| w.eq_ignore_ascii_case(b"show"));
+    if !maybe {
+        return None;
+    }
+    let t = sql.trim().trim_end_matches(';').trim_end();
+    let (first, _) = next_word(t);
     if !(first.eq_ignore_ascii_case("show") || first.eq_ignore_ascii_case("set")) {
         return None;
     }
@@ -343,6 +387,11 @@ mod tests {
             first_words("-- x\n /* y */ Commit  Prepared 'a'"),
             ("Commit", "Prepared")
         );
+        assert_eq!(first_words("\x0b\tselect\x0c1"), ("select", "1"));
+        assert_eq!(first_words("-- only a comment"), ("", ""));
+        assert_eq!(first_words("/* open"), ("", ""));
+        assert_eq!(first_words("é select"), ("", ""));
+        assert_eq!(first_words("end;commit"), ("end", ""));
         assert!(eff("COMMIT PREPARED 'x'").writes && eff("Insert into t values (1)").rerunnable);
     }
 

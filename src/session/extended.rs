@@ -63,10 +63,8 @@ struct BatchInfo {
     exec_sql: Option<Arc<str>>,
     /// Execute messages.
     executes: usize,
-    /// A statement it parses or binds mentions COPY.
-    copy: bool,
-    /// A statement it parses or binds names `synchronous_commit`.
-    async_commit: bool,
+    /// The words the statements it parses or binds mention, together.
+    words: Mentions,
     /// What its statements mean for read-your-writes, together.
     effect: Option<Effect>,
 }
@@ -78,14 +76,11 @@ impl Session {
             parses: smallvec::SmallVec::new(),
             exec_sql: None,
             executes: 0,
-            copy: false,
-            async_commit: false,
+            words: Mentions::default(),
             effect: None,
         };
-        let note = |sql: &str, c: &Classification, info: &mut BatchInfo| {
-            let words = Mentions::of(sql);
-            info.copy |= words.copy;
-            info.async_commit |= words.synchronous_commit;
+        let note = |sql: &str, c: &Classification, words: Mentions, info: &mut BatchInfo| {
+            info.words = info.words.or(words);
             let e = Effect::of(c, sql, 1);
             info.effect = Some(info.effect.map_or(e, |prev| prev.and(e)));
         };
@@ -101,7 +96,13 @@ impl Session {
                     self.count_cache(hit);
                     merge(c, &mut info.class);
                     info.parses.push(c);
-                    note(sql, &c, &mut info);
+                    // The same text as the unnamed statement's (a driver
+                    // running one statement over and over): its words.
+                    let words = match &self.statements.unnamed {
+                        Some(st) if name.is_empty() && *st.text.sql == *sql => st.words,
+                        _ => Mentions::of(sql),
+                    };
+                    note(sql, &c, words, &mut info);
                     if name.is_empty() {
                         // The same text as the last unnamed Parse (a driver
                         // running one statement over and over) is shared,
@@ -119,14 +120,14 @@ impl Session {
                             None => {
                                 if let Some(st) = &self.statements.unnamed {
                                     merge(st.class, &mut info.class);
-                                    note(&st.text.sql, &st.class, &mut info);
+                                    note(&st.text.sql, &st.class, st.words, &mut info);
                                     bound = Some(Arc::clone(&st.text.sql));
                                 }
                             }
                         }
                     } else if let Some(st) = self.statements.get(statement) {
                         merge(st.class, &mut info.class);
-                        note(&st.text.sql, &st.class, &mut info);
+                        note(&st.text.sql, &st.class, st.words, &mut info);
                         bound = Some(Arc::clone(&st.text.sql));
                     }
                 }
@@ -199,8 +200,7 @@ impl Session {
             class,
             sql: sql.as_deref().unwrap_or(""),
             statements: info.executes,
-            copy: info.copy,
-            async_commit: info.async_commit,
+            words: Some(info.words),
             effect: info.effect.unwrap_or_default(),
         };
         let work = Work::Batch {
@@ -405,6 +405,7 @@ impl Session {
                                     types: Bytes::copy_from_slice(types),
                                 }),
                                 class,
+                                words: Mentions::of(sql),
                             });
                         }
                     }
@@ -422,6 +423,7 @@ impl Session {
                         Stmt {
                             text: Arc::clone(&text),
                             class,
+                            words: Mentions::of(sql),
                         },
                     )?;
                     match cache.lookup(&text) {

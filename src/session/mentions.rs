@@ -18,32 +18,32 @@ pub(super) struct Mentions {
 }
 
 impl Mentions {
-    /// Scans `sql` once for every word (ASCII, any case, anywhere).
-    pub(super) fn of(sql: &str) -> Self {
-        const COPY: &[u8] = b"copy";
-        const SYNC: &[u8] = b"synchronous_commit";
-        let b = sql.as_bytes();
-        let mut m = Self::default();
-        for (i, c) in b.iter().enumerate() {
-            match c | 0x20 {
-                b'c' if !m.copy => {
-                    m.copy = b
-                        .get(i..i + COPY.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(COPY));
-                }
-                b's' if !m.synchronous_commit => {
-                    m.synchronous_commit = b
-                        .get(i..i + SYNC.len())
-                        .is_some_and(|w| w.eq_ignore_ascii_case(SYNC));
-                }
-                _ => {}
-            }
-            if m.copy && m.synchronous_commit {
-                break;
-            }
+    /// Either's words: a batch of both.
+    pub(super) fn or(self, other: Self) -> Self {
+        Self {
+            copy: self.copy || other.copy,
+            synchronous_commit: self.synchronous_commit || other.synchronous_commit,
         }
-        m
     }
+
+    /// Scans `sql` for every word (ASCII, any case, anywhere): a vector
+    /// search for each word's first letter, then a compare where it is.
+    pub(super) fn of(sql: &str) -> Self {
+        let b = sql.as_bytes();
+        Self {
+            copy: has(b, b"copy"),
+            synchronous_commit: has(b, b"synchronous_commit"),
+        }
+    }
+}
+
+/// Whether `b` contains `word` (lowercase ASCII), any case.
+fn has(b: &[u8], word: &[u8]) -> bool {
+    let first = word[0];
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), b).any(|i| {
+        b.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use super::Session;
 use super::consistency::{self, Captured};
 use super::error::SessionError;
+use super::mentions::Mentions;
 use crate::classifier::Classification;
 use crate::protocol::message::Message;
 use crate::router::split::NodeRole;
@@ -46,13 +47,22 @@ pub(super) struct Job<'a> {
     pub(super) sql: &'a str,
     /// Statements it runs.
     pub(super) statements: usize,
-    /// Its text mentions COPY: nothing may follow it in the same write
-    /// (a COPY FROM would read pgvane's capture as its data).
-    pub(super) copy: bool,
-    /// Its text names `synchronous_commit`: the commit may be asynchronous.
-    pub(super) async_commit: bool,
+    /// The words its text mentions (COPY: nothing may follow it in the
+    /// same write, as a COPY FROM would read pgvane's capture as its data;
+    /// `synchronous_commit`: the commit may be asynchronous); `None` until
+    /// needed, then scanned from `sql` (a Query's whole text). Only a
+    /// request on the leader needs them.
+    pub(super) words: Option<Mentions>,
     /// What it means for read-your-writes (writes, ends, may run again).
     pub(super) effect: consistency::Effect,
+}
+
+impl Job<'_> {
+    /// The words its text mentions, scanned the first time they are asked.
+    fn words(&mut self) -> Mentions {
+        let sql = self.sql;
+        *self.words.get_or_insert_with(|| Mentions::of(sql))
+    }
 }
 
 /// Longest pgvane waits for the commit capture's answer behind a commit.
@@ -106,7 +116,7 @@ impl Session {
     pub(super) async fn request(
         &mut self,
         work: Work<'_>,
-        job: Job<'_>,
+        mut job: Job<'_>,
     ) -> Result<(), SessionError> {
         let class = job.class;
         let fresh = self.held.is_none();
@@ -115,13 +125,13 @@ impl Session {
         self.backend_for(&class).await?;
         self.client.forwarded = false;
         let before = self.before_request(&class);
-        let mut may_capture = self.capture_possible(&job);
+        let mut may_capture = self.capture_possible(&mut job);
         // Pipelined only behind a request that ends the transaction it may
         // have written in: an autocommit request, or a lone COMMIT. Anything
         // else that turns out to end one gets its capture afterwards.
         let mut pipelined = may_capture
             && work.synced()
-            && !job.copy
+            && !job.words().copy
             && (status_before == b'I' || job.effect.commits);
         self.hold_ready = may_capture;
         self.retry_armed = self.arm(fresh, status_before, &job);
@@ -137,14 +147,16 @@ impl Session {
             self.client.hold = false;
             self.retry_armed = Armed::Off;
             let hidden_write = matches!(&why, Retry::Refused(code) if code == "25006");
-            self.retry_on(why, &class).await?;
+            // Boxed: rare, and its checkout would make every request's
+            // future larger.
+            Box::pin(self.retry_on(why, &class)).await?;
             let _ = self.before_request(&class);
             if hidden_write {
                 // The replica refused a write hidden in the read (a view
                 // over a writing function): on the leader it commits, so
                 // its position is captured like any write's.
                 self.consistency.wrote = true;
-                may_capture = self.capture_possible(&job);
+                may_capture = self.capture_possible(&mut job);
                 self.hold_ready = may_capture;
             }
             self.retry_armed = self.arm(true, status_before, &job);
@@ -228,7 +240,7 @@ impl Session {
     /// Whether this request may end a transaction that wrote on the
     /// leader, in a scope that captures commits: its ReadyForQuery is then
     /// held until the capture is read. Notes what it may have written.
-    fn capture_possible(&mut self, job: &Job<'_>) -> bool {
+    fn capture_possible(&mut self, job: &mut Job<'_>) -> bool {
         let on_leader = self
             .held
             .as_ref()
@@ -240,7 +252,7 @@ impl Session {
         c.wrote |= job.effect.writes;
         // `SET LOCAL synchronous_commit = off` has reverted by COMMIT: the
         // whole transaction remembers it.
-        c.maybe_async |= job.async_commit;
+        c.maybe_async |= job.words().synchronous_commit;
         c.wrote && self.ctx.port.load().resolved.read_your_writes.captures()
     }
 

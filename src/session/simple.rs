@@ -29,13 +29,12 @@ impl Session {
         // with the verdict, so the text is not split again here.
         let v = self.ctx.classifier.classify_query(sql, self.scs);
         self.count_cache(v.source != classifier::Source::Full);
-        let words = Mentions::of(sql);
         let job = Job {
             class: v.class,
             sql,
             statements: v.statements,
-            copy: words.copy,
-            async_commit: words.synchronous_commit,
+            // Scanned from `sql` only if it runs on the leader.
+            words: None,
             effect: Effect::of(&v.class, sql, v.statements),
         };
         self.request(Work::Simple(m), job).await
@@ -57,8 +56,7 @@ impl Session {
             class,
             sql: "",
             statements: 1,
-            copy: false,
-            async_commit: false,
+            words: Some(Mentions::default()),
             // Any function by OID: it may write, and may not run twice.
             effect: Effect {
                 writes: true,

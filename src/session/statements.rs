@@ -3,6 +3,7 @@
 //! pgvane re-parses on whichever backend binds it.
 
 use super::error::SessionError;
+use super::mentions::Mentions;
 use super::{MAX_SESSION_STATEMENT_BYTES, MAX_SESSION_STATEMENTS};
 use crate::backend::prepared::StmtText;
 use crate::classifier::Classification;
@@ -17,6 +18,8 @@ pub(super) struct Stmt {
     pub(super) text: Arc<StmtText>,
     /// The classifier's verdict.
     pub(super) class: Classification,
+    /// The words its text mentions, scanned once at Parse.
+    pub(super) words: Mentions,
 }
 
 /// Every statement one client prepared.
