@@ -3,6 +3,7 @@
 //! now). Sessions and role-port flows read them; only the console sets
 //! them. A leaf: it knows nothing of ports, sessions or relays.
 
+use crate::beacon::Beacon;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -12,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct Gate {
     paused: watch::Sender<bool>,
-    /// The token clients started now end on; a child of the port's close.
-    kill: Mutex<CancellationToken>,
+    /// What clients started now end on: a child token of the port's
+    /// close, and the beacon sessions watch it by.
+    kill: Mutex<Beacon>,
     close: CancellationToken,
 }
 
@@ -36,7 +38,7 @@ impl Gate {
     pub fn new(close: &CancellationToken) -> Self {
         Self {
             paused: watch::Sender::new(false),
-            kill: Mutex::new(close.child_token()),
+            kill: Mutex::new(Beacon::following(&close.child_token())),
             close: close.clone(),
         }
     }
@@ -79,6 +81,13 @@ impl Gate {
     /// and by the port's close.
     #[must_use]
     pub fn kill_token(&self) -> CancellationToken {
+        self.lock().token().clone()
+    }
+
+    /// [`Self::kill_token`] as a beacon, for sessions that read it on
+    /// every request.
+    #[must_use]
+    pub fn kill_beacon(&self) -> Beacon {
         self.lock().clone()
     }
 
@@ -86,12 +95,12 @@ impl Gate {
     /// fresh token.
     pub fn kill(&self) {
         let mut current = self.lock();
-        let old = std::mem::replace(&mut *current, self.close.child_token());
+        let old = std::mem::replace(&mut *current, Beacon::following(&self.close.child_token()));
         drop(current);
-        old.cancel();
+        old.token().cancel();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Beacon> {
         self.kill
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

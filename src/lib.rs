@@ -31,6 +31,7 @@ pub mod admission;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod beacon;
 pub mod classifier;
 pub mod config;
 pub mod consistency;

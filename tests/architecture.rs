@@ -32,13 +32,15 @@ fn module_of(src: &Path, file: &Path) -> String {
 fn allowed(module: &str) -> Option<&'static [&'static str]> {
     Some(match module {
         "protocol" | "classifier" | "telemetry" | "control" | "workers" | "auth" | "admission"
-        | "gate" => &[],
+        | "beacon" => &[],
+        "gate" => &["beacon"],
         "config" => &["auth"],
         "backend" => &["auth", "protocol", "topology", "config", "tls"],
         "pool" => &["backend", "topology", "tls"],
         "session" => &[
             "auth",
             "backend",
+            "beacon",
             "classifier",
             "config",
             "consistency",
@@ -76,6 +78,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "status" => &[],
         "listener" => &[
             "admission",
+            "beacon",
             "consistency",
             "gate",
             "backend",

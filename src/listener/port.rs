@@ -104,6 +104,8 @@ pub struct PortShared {
     /// others after their transaction. A child of `close`, so it fires
     /// with it too and an idle session waits on this token alone.
     pub drain: CancellationToken,
+    /// `drain` as split sessions watch it (see [`crate::beacon`]).
+    pub drain_beacon: crate::beacon::Beacon,
     /// Runtimes client tasks run on.
     pub workers: Arc<Workers>,
     /// Client counts of every port, for the global and per-address limits.
@@ -140,6 +142,7 @@ impl PortShared {
             engine,
         } = process;
         let close = CancellationToken::new();
+        let drain = close.child_token();
         let port = Self {
             key,
             config: Arc::new(ArcSwap::from_pointee(config)),
@@ -150,7 +153,8 @@ impl PortShared {
             lag_gate: std::sync::Mutex::default(),
             metrics,
             clients: TaskTracker::new(),
-            drain: close.child_token(),
+            drain_beacon: crate::beacon::Beacon::following(&drain),
+            drain,
             gate: Arc::new(Gate::new(&close)),
             close,
             workers,
@@ -249,7 +253,7 @@ impl PortShared {
             cancels: Arc::clone(&split.cancels),
             metrics: Arc::clone(&self.metrics),
             secrets: std::sync::Mutex::default(),
-            drain: self.drain.clone(),
+            drain: self.drain_beacon.clone(),
             close: self.close.clone(),
             gate: Arc::clone(&self.gate),
             workers: Arc::clone(&self.workers),

@@ -269,7 +269,7 @@ impl Session {
                     let moved = Box::pin(async move {
                         tokio::select! {
                             r = changed => Ok(matches!(r, Ok(Ok(())))),
-                            () = close.cancelled() => Err(SessionError::Shutdown),
+                            () = close.fired() => Err(SessionError::Shutdown),
                         }
                     })
                     .await?;
@@ -305,7 +305,7 @@ impl Session {
                 let text = paused.text(&self.ctx.key);
                 SessionError::NoBackend(sqlstate::CANNOT_CONNECT_NOW, text)
             }),
-            () = self.client.close.cancelled() => Err(SessionError::Shutdown),
+            () = self.client.close.fired() => Err(SessionError::Shutdown),
         }
     }
 
@@ -325,7 +325,7 @@ impl Session {
         let changed = tokio::time::timeout_at(tokio::time::Instant::from_std(until), rx.changed());
         tokio::select! {
             _ = changed => Ok(()),
-            () = self.client.close.cancelled() => Err(SessionError::Shutdown),
+            () = self.client.close.fired() => Err(SessionError::Shutdown),
         }
     }
 
@@ -374,17 +374,20 @@ impl Session {
                     p
                 }
             };
-            let started = Instant::now();
-            let taken = match pool.try_take() {
-                Some(p) => Ok(p),
-                None => Box::pin(pool.acquire()).await,
+            // An idle backend taken at once waited for nothing: no clock
+            // is read for it.
+            let (taken, waited) = match pool.try_take() {
+                Some(p) => (Ok(p), 0.0),
+                None => {
+                    let started = Instant::now();
+                    let r = Box::pin(pool.acquire()).await;
+                    (r, started.elapsed().as_secs_f64())
+                }
             };
             match taken {
                 Ok(mut p) => {
                     self.ctx.health.success(&t.addr);
-                    self.metrics
-                        .acquire_wait
-                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.acquire_wait.observe(waited);
                     let wanted = &self.settings.wanted;
                     let applied = if p.backend.has_applied(wanted) {
                         Ok(())

@@ -5,10 +5,10 @@
 
 use super::error::SessionError;
 use super::stream::ClientStream;
+use crate::beacon::{Beacon, Watch};
 use crate::protocol::message::{self, Message};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 
 /// Output is written to the client once this much is buffered.
 pub(super) const OUT_LIMIT: usize = 64 * 1024;
@@ -52,9 +52,9 @@ pub(super) struct ClientConn {
     /// Nothing is written while set: what is buffered may yet be taken
     /// back (a replica's refusal that pgvane retries on the leader).
     pub(super) hold: bool,
-    drain: CancellationToken,
+    drain: Watch,
     /// Fires when the port closes or an operator kills its clients.
-    pub(super) close: CancellationToken,
+    pub(super) close: Watch,
     /// A request of this session has been read: a drain then ends it as
     /// soon as it is idle.
     served: bool,
@@ -76,11 +76,10 @@ pub(super) const FRESH_GRACE: std::time::Duration = std::time::Duration::from_se
 
 impl ClientConn {
     /// Wraps an accepted socket.
-    pub(super) fn new(
-        stream: ClientStream,
-        drain: CancellationToken,
-        close: CancellationToken,
-    ) -> Self {
+    pub(super) fn new(stream: ClientStream, drain: &Beacon, close: &Beacon) -> Self {
+        // One waker slot for both: the session's task waits on both at once.
+        let slot = std::sync::Arc::new(futures_util::task::AtomicWaker::new());
+        let (drain, close) = (drain.watch(&slot), close.watch(&slot));
         Self {
             stream,
             buf: BytesMut::new(),
@@ -137,13 +136,13 @@ impl ClientConn {
                 r = write => if r.is_err() {
                     // A write that failed as the port closed ends as a
                     // shutdown, as when the token was polled first.
-                    return Err(if self.close.is_cancelled() {
+                    return Err(if self.close.is_fired() {
                         SessionError::Shutdown
                     } else {
                         SessionError::ClientGone
                     });
                 },
-                () = self.close.cancelled() => return Err(SessionError::Shutdown),
+                () = self.close.fired() => return Err(SessionError::Shutdown),
             }
             self.bytes_out += self.out.len() as u64;
             self.out.clear();
@@ -229,7 +228,7 @@ impl ClientConn {
             // A draining port ends a session that holds no backend, even
             // with half a message buffered: no request of it has started.
             // One that has sent nothing yet gets FRESH_GRACE to send it.
-            let fresh = if idle && !self.served && self.drain.is_cancelled() {
+            let fresh = if idle && !self.served && self.drain.is_fired() {
                 let until = *self
                     .fresh_until
                     .get_or_insert_with(|| tokio::time::Instant::now() + FRESH_GRACE);
@@ -237,7 +236,7 @@ impl ClientConn {
             } else {
                 None
             };
-            if idle && self.drain.is_cancelled() && fresh.is_none() {
+            if idle && self.drain.is_fired() && fresh.is_none() {
                 return Err(SessionError::Shutdown);
             }
             if self.buf.is_empty() && idle {
@@ -255,7 +254,7 @@ impl ClientConn {
                 }
             };
             let waits_for_drain = idle && fresh.is_none();
-            if self.close.is_cancelled() {
+            if self.close.is_fired() {
                 return Err(SessionError::Shutdown);
             }
             // The read first: the wake-up that brings the client's bytes
@@ -268,8 +267,8 @@ impl ClientConn {
                 r = self.stream.read_some(&mut self.buf) => {
                     // Whatever the read brought, as when the tokens were
                     // polled first.
-                    if self.close.is_cancelled()
-                        || (waits_for_drain && self.drain.is_cancelled() && self.served)
+                    if self.close.is_fired()
+                        || (waits_for_drain && self.drain.is_fired() && self.served)
                     {
                         return Err(SessionError::Shutdown);
                     }
@@ -284,8 +283,8 @@ impl ClientConn {
                         Err(_) => return Err(SessionError::ClientGone),
                     }
                 }
-                () = self.close.cancelled() => return Err(SessionError::Shutdown),
-                () = self.drain.cancelled(), if waits_for_drain => {
+                () = self.close.fired() => return Err(SessionError::Shutdown),
+                () = self.drain.fired(), if waits_for_drain => {
                     // The drain began during this wait: a session that has
                     // sent nothing yet goes round again, into its grace.
                     if !self.served {

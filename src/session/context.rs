@@ -43,9 +43,9 @@ pub struct SessionContext {
     /// Parsed user secrets by configured password text.
     pub secrets: Mutex<HashMap<String, Secret>>,
     /// Fires when the port drains: idle sessions end, others after their
-    /// transaction. Must be a child of `close` (an idle session waits on
-    /// this token alone).
-    pub drain: CancellationToken,
+    /// transaction. Follows a child of `close` (an idle session waits on
+    /// this one alone), as a beacon: read on every request.
+    pub drain: crate::beacon::Beacon,
     /// Fires when the port closes: every session ends now.
     pub close: CancellationToken,
     /// The port's PAUSE/RESUME and KILL switches.

@@ -150,7 +150,7 @@ pub fn run(
     // Every log line of the session names the client's address.
     let span = tracing::info_span!("client", %peer);
     // Taken before the login: a KILL from now on ends this session too.
-    let kill = ctx.gate.kill_token();
+    let kill = ctx.gate.kill_beacon();
     let login = Box::pin(start(
         client,
         Arc::clone(&ctx),
@@ -226,10 +226,7 @@ async fn start(
     ctx: Arc<SessionContext>,
     admitted: Result<(), String>,
     peer: SocketAddr,
-    (placement, kill): (
-        crate::workers::Placement,
-        tokio_util::sync::CancellationToken,
-    ),
+    (placement, kill): (crate::workers::Placement, crate::beacon::Beacon),
 ) -> Option<Session> {
     let ctx = &ctx;
     let _ = client.set_nodelay(true);
@@ -271,7 +268,7 @@ async fn start(
     Some(Session {
         creds,
         settings: SessionSettings::new(startup),
-        client: ClientConn::new(client, ctx.drain.clone(), kill),
+        client: ClientConn::new(client, &ctx.drain, &kill),
         state: ClientState::Idle,
         metrics: SessionMetrics::new(ctx),
         ctx: Arc::clone(ctx),
