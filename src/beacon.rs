@@ -139,55 +139,44 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_cancelled_token_wakes_every_watcher_and_later_ones_see_it() {
-        runtime().block_on(async {
-            let token = CancellationToken::new();
-            let beacon = Beacon::following(&token);
-            let a = Arc::new(AtomicWaker::new());
-            let b = Arc::new(AtomicWaker::new());
-            let (wa, wb) = (beacon.watch(&a), beacon.watch(&b));
-            assert!(!wa.is_fired());
-            let t = token.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                t.cancel();
-            });
-            tokio::time::timeout(Duration::from_secs(5), async {
-                wa.fired().await;
-                wb.fired().await;
-            })
-            .await
-            .expect("both watchers woken");
-            let late = beacon.watch(&Arc::new(AtomicWaker::new()));
-            assert!(late.is_fired());
+    #[tokio::test]
+    async fn a_cancelled_token_wakes_every_watcher_and_later_ones_see_it() {
+        let token = CancellationToken::new();
+        let beacon = Beacon::following(&token);
+        let a = Arc::new(AtomicWaker::new());
+        let b = Arc::new(AtomicWaker::new());
+        let (wa, wb) = (beacon.watch(&a), beacon.watch(&b));
+        assert!(!wa.is_fired());
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            t.cancel();
         });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            wa.fired().await;
+            wb.fired().await;
+        })
+        .await
+        .expect("both watchers woken");
+        let late = beacon.watch(&Arc::new(AtomicWaker::new()));
+        assert!(late.is_fired());
     }
 
-    #[test]
-    fn a_beacon_of_a_cancelled_token_has_fired_and_dead_slots_go() {
+    #[tokio::test]
+    async fn a_beacon_of_a_cancelled_token_has_fired_and_dead_slots_go() {
         let token = CancellationToken::new();
         token.cancel();
         assert!(Beacon::following(&token).inner.fired());
-        runtime().block_on(async {
-            let beacon = Beacon::following(&CancellationToken::new());
-            for _ in 0..100 {
-                let slot = Arc::new(AtomicWaker::new());
-                drop(beacon.watch(&slot));
-            }
-            let kept = Arc::new(AtomicWaker::new());
-            let _w = beacon.watch(&kept);
-            assert!(
-                beacon.inner.lock().len() <= 64,
-                "dead slots dropped as more come"
-            );
-        });
+        let beacon = Beacon::following(&CancellationToken::new());
+        for _ in 0..100 {
+            let slot = Arc::new(AtomicWaker::new());
+            drop(beacon.watch(&slot));
+        }
+        let kept = Arc::new(AtomicWaker::new());
+        let _w = beacon.watch(&kept);
+        assert!(
+            beacon.inner.lock().len() <= 64,
+            "dead slots dropped as more come"
+        );
     }
 }
