@@ -27,7 +27,10 @@ struct Inner {
     /// The token it follows.
     token: CancellationToken,
     /// The task that fires it when the token is cancelled, started by the
-    /// first watcher (on a runtime, where a session always is).
+    /// first watcher (on a runtime, where a session always is): a cancel
+    /// reaches every watcher once that worker runs the task. It ends when
+    /// the token is cancelled (a removed port's close is cancelled once
+    /// its clients are gone).
     bridge: OnceLock<()>,
 }
 
@@ -68,6 +71,12 @@ impl Beacon {
             let mut slots = inner.lock();
             if slots.len() == slots.capacity() {
                 slots.retain(|s| s.strong_count() > 0);
+                // Mostly live: room to grow, so the next sweep is as far
+                // off as this one was (not one per login near the top).
+                if slots.len() > slots.capacity() / 2 {
+                    let more = slots.len();
+                    slots.reserve(more);
+                }
             }
             slots.push(Arc::downgrade(slot));
         }

@@ -22,8 +22,11 @@ impl App {
                     .evictions
                     .with_label_values(&[&shared.key.cluster, &shared.key.port, "port_removed"])
                     .inc_by(shared.active() as u64);
-                shared.close.cancel();
             }
+            // Every client has gone (or goes now): the close also ends
+            // what still follows the port's tokens (the tasks of its
+            // beacons), which would otherwise wait for the process's end.
+            shared.close.cancel();
         });
     }
 

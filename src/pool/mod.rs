@@ -104,6 +104,25 @@ pub struct Pooled {
     _permit: Loan,
 }
 
+/// A wait for a pool permit, counted in the pool's `waiting` and its
+/// node's load until it ends, however it ends (a dropped wait too).
+struct Waiter<'a>(&'a Pool);
+
+impl<'a> Waiter<'a> {
+    fn new(pool: &'a Pool) -> Self {
+        pool.waiting.fetch_add(1, Ordering::Relaxed);
+        pool.load.fetch_add(1, Ordering::Relaxed);
+        Self(pool)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A pool permit, counted in its node's load while held.
 #[derive(Debug)]
 struct Loan {
@@ -167,15 +186,13 @@ impl Pool {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                self.waiting.fetch_add(1, Ordering::Relaxed);
-                self.load.fetch_add(1, Ordering::Relaxed);
+                let waiter = Waiter::new(self);
                 let permit = tokio::time::timeout(
                     settings.acquire_timeout,
                     Arc::clone(&self.permits).acquire_owned(),
                 )
                 .await;
-                self.load.fetch_sub(1, Ordering::Relaxed);
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                drop(waiter);
                 let Ok(Ok(permit)) = permit else {
                     return Err(PoolError::Timeout {
                         node: self.key.node.clone(),
@@ -558,5 +575,32 @@ mod tests {
         assert_eq!((c.node_busy(), a.node_busy()), (0, 1));
         drop(old);
         assert_eq!(c.node_busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_wait_leaves_no_waiter_counted() {
+        let set = PoolSet::new(Arc::default());
+        let key = PoolKey {
+            node: NodeAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            creds: Credentials {
+                user: "u".into(),
+                secret: BackendSecret::None,
+                database: "d".into(),
+            },
+        };
+        let p = set.get(&key, "replica", settings(1, 5000));
+        let held = Loan::new(Arc::clone(&p.permits).try_acquire_owned().unwrap(), &p.load);
+        {
+            let wait = p.acquire();
+            tokio::pin!(wait);
+            assert!(futures_util::poll!(wait.as_mut()).is_pending());
+            assert_eq!((p.stats().2, p.node_busy()), (1, 2), "a waiter counted");
+        }
+        assert_eq!((p.stats().2, p.node_busy()), (0, 1), "its wait dropped");
+        drop(held);
+        assert_eq!(p.node_busy(), 0);
     }
 }
