@@ -516,20 +516,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_existing_pool_takes_new_settings_but_keeps_its_size() {
-        let set = PoolSet::new(Arc::default());
-        let key = PoolKey {
+    fn key(user: &str) -> PoolKey {
+        PoolKey {
             node: NodeAddr {
                 host: "127.0.0.1".into(),
                 port: 5432,
             },
             creds: Credentials {
-                user: "u".into(),
+                user: user.into(),
                 secret: BackendSecret::None,
                 database: "d".into(),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn an_existing_pool_takes_new_settings_but_keeps_its_size() {
+        let set = PoolSet::new(Arc::default());
+        let key = key("u");
         let first = set.get(&key, "leader", settings(2, 5000));
         let again = set.get(&key, "leader", settings(9, 100));
         assert!(Arc::ptr_eq(&first, &again));
@@ -541,18 +545,7 @@ mod tests {
     #[test]
     fn a_node_counts_the_loans_of_all_its_pools_without_a_lock() {
         let set = PoolSet::new(Arc::default());
-        let node = NodeAddr {
-            host: "127.0.0.1".into(),
-            port: 5432,
-        };
-        let key = |user: &str| PoolKey {
-            node: node.clone(),
-            creds: Credentials {
-                user: user.into(),
-                secret: BackendSecret::None,
-                database: "d".into(),
-            },
-        };
+        let node = key("a").node;
         let a = set.get(&key("a"), "replica", settings(2, 5000));
         let b = set.get(&key("b"), "replica", settings(2, 5000));
         let loan = |p: &Arc<Pool>| {
@@ -580,18 +573,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_wait_leaves_no_waiter_counted() {
         let set = PoolSet::new(Arc::default());
-        let key = PoolKey {
-            node: NodeAddr {
-                host: "127.0.0.1".into(),
-                port: 5432,
-            },
-            creds: Credentials {
-                user: "u".into(),
-                secret: BackendSecret::None,
-                database: "d".into(),
-            },
-        };
-        let p = set.get(&key, "replica", settings(1, 5000));
+        let p = set.get(&key("u"), "replica", settings(1, 5000));
         let held = Loan::new(Arc::clone(&p.permits).try_acquire_owned().unwrap(), &p.load);
         {
             let wait = p.acquire();
