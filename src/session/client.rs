@@ -130,12 +130,12 @@ impl ClientConn {
                 stream.flush().await
             };
             // The write first: one that completes at once (the common
-            // case) never registers with the port's shared close token.
+            // case) never polls the close beacon.
             tokio::select! {
                 biased;
                 r = write => if r.is_err() {
                     // A write that failed as the port closed ends as a
-                    // shutdown, as when the token was polled first.
+                    // shutdown, as when the beacon was polled first.
                     return Err(if self.close.is_fired() {
                         SessionError::Shutdown
                     } else {
@@ -258,14 +258,13 @@ impl ClientConn {
                 return Err(SessionError::Shutdown);
             }
             // The read first: the wake-up that brings the client's bytes
-            // does not poll the port's shared tokens again (each poll of
-            // a registered wait takes the token's lock, which every
-            // session of the port shares); a close or drain that fired
-            // meanwhile still wins, checked once the bytes are in.
+            // does not poll the close and drain beacons again; a close or
+            // drain that fired meanwhile still wins, checked once the
+            // bytes are in.
             tokio::select! {
                 biased;
                 r = self.stream.read_some(&mut self.buf) => {
-                    // Whatever the read brought, as when the tokens were
+                    // Whatever the read brought, as when the beacons were
                     // polled first.
                     if self.close.is_fired()
                         || (waits_for_drain && self.drain.is_fired() && self.served)
