@@ -11,6 +11,7 @@
 
 pub mod pack;
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
@@ -26,6 +27,19 @@ use tokio_util::sync::CancellationToken;
 /// under `strace`. A timer that always fires within this period keeps the
 /// next wake-up close, so bounds further out are filed without a wake-up.
 pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+
+thread_local! {
+    /// The index of the client worker this thread runs, if it runs one.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the client worker running on the calling thread; None on
+/// any other thread (the main runtime, tests). The pools keep each
+/// worker's idle backends apart by it.
+#[must_use]
+pub fn current_index() -> Option<usize> {
+    INDEX.with(Cell::get)
+}
 
 /// The calling thread's CPU time (user and system) from
 /// `/proc/thread-self/stat`, in clock ticks of 10 ms; None where that is
@@ -176,7 +190,10 @@ impl Workers {
             let (stop, load) = (stop.clone(), Arc::clone(&load));
             std::thread::Builder::new()
                 .name(format!("pgvane-worker-{i}"))
-                .spawn(move || rt.block_on(heartbeat(i, load, stop)))?;
+                .spawn(move || {
+                    INDEX.with(|c| c.set(Some(i)));
+                    rt.block_on(heartbeat(i, load, stop));
+                })?;
             workers.push(Worker {
                 handle,
                 tasks: Arc::new(AtomicUsize::new(0)),

@@ -36,7 +36,7 @@ fn allowed(module: &str) -> Option<&'static [&'static str]> {
         "gate" => &["beacon"],
         "config" => &["auth"],
         "backend" => &["auth", "protocol", "topology", "config", "tls"],
-        "pool" => &["backend", "topology", "tls"],
+        "pool" => &["backend", "topology", "tls", "workers"],
         "session" => &[
             "auth",
             "backend",

@@ -8,7 +8,7 @@ use crate::classifier::Classifier;
 use crate::config::{Config, Mode, PortConfig, PortKey};
 use crate::consistency::ClusterLink;
 use crate::gate::Gate;
-use crate::pool::PoolSet;
+use crate::pool::{MoveCounter, PoolSet};
 use crate::relay::{ByteCounters, Engine, RoleContext};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NodeKey};
 use crate::session::{CancelRegistry, SessionContext};
@@ -245,7 +245,13 @@ impl PortShared {
             map: Arc::clone(&self.map),
             lag: Arc::clone(&self.lag),
             health: Arc::clone(&self.health),
-            pools: Arc::new(PoolSet::new(Arc::clone(&split.backend_security))),
+            pools: Arc::new(
+                PoolSet::new(Arc::clone(&split.backend_security)).counting_moves(MoveCounter {
+                    counter: self.metrics.pool_moves.clone(),
+                    cluster: self.key.cluster.clone(),
+                    port: self.key.port.clone(),
+                }),
+            ),
             classifier: Arc::new(
                 Classifier::new(cfg.read_only_functions.clone())
                     .with_max_query_len(cfg.resolved.max_classified_query_bytes),

@@ -3,17 +3,24 @@
 //! and closing whole pools when their node leaves the map or changes role.
 //! A backend returns only when its own protocol state says it is clean;
 //! one at rest but holding session state is reset with `DISCARD ALL`
-//! (bounded in time) first; anything else is closed.
+//! (bounded in time) first; anything else is closed. Idle backends are
+//! kept per client worker (`idle`); a port's pools by key in `set`.
 
 use crate::backend::{Backend, BackendError, Credentials, SocketOptions};
 use crate::tls::BackendSecurity;
 use crate::topology::NodeAddr;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use idle::IdleLists;
+use prometheus::IntCounter;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+mod idle;
+mod set;
+
+pub use set::{MoveCounter, PoolSet};
 
 /// Backends idle longer than this are checked for a server-side close before reuse.
 pub const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
@@ -49,9 +56,6 @@ pub struct PoolSettings {
 /// Longest time a `DISCARD ALL` reset may take before the backend is closed.
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pools kept without any backend before empty ones are dropped.
-const EMPTY_POOLS_KEPT: usize = 64;
-
 /// Why no backend could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -81,17 +85,18 @@ pub struct Pool {
     /// only `size` stays as the pool was created with.
     settings: ArcSwap<PoolSettings>,
     security: Arc<ArcSwap<BackendSecurity>>,
-    // Boxed on purpose: a backend moves between this list, the loan and
-    // the session on every request; a pointer moves, not ~300 bytes.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<Backend>>>,
+    /// Idle backends, one list per worker.
+    idle: IdleLists,
     permits: Arc<Semaphore>,
     /// Backends of every pool of this node in use or waited for (see
     /// [`Pool::node_busy`]), shared with the node's other pools.
     load: Arc<AtomicUsize>,
+    /// Backends open or opening (idle, lent, resetting, logging in).
     open: AtomicUsize,
     waiting: AtomicUsize,
     closed: AtomicBool,
+    /// Counts idle backends taken from another worker's list.
+    moves: Option<IntCounter>,
 }
 
 /// A backend on loan with its pool permit.
@@ -146,6 +151,26 @@ impl Drop for Loan {
     }
 }
 
+/// A backend being opened, counted in the pool's `open` from before the
+/// login until it is lent; the count drops again when the login fails or
+/// is dropped midway (the client left).
+struct Opening<'a>(Option<&'a Pool>);
+
+impl Opening<'_> {
+    /// The login succeeded: the backend stays counted.
+    fn opened(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Pool {
     fn new(
         key: PoolKey,
@@ -153,29 +178,29 @@ impl Pool {
         settings: PoolSettings,
         security: Arc<ArcSwap<BackendSecurity>>,
         load: Arc<AtomicUsize>,
+        moves: Option<IntCounter>,
     ) -> Self {
         Self {
+            moves,
             key,
             role,
             permits: Arc::new(Semaphore::new(settings.size.max(1))),
             load,
             settings: ArcSwap::from_pointee(settings),
             security,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleLists::default(),
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         }
     }
 
-    #[allow(clippy::vec_box)] // see `idle`
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Box<Backend>>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Takes an idle backend or opens one, waiting up to the acquire timeout.
+    ///
+    /// An idle backend of this worker first; else a new one while the pool
+    /// has fewer than `pool_size` open (each worker comes to drive its own,
+    /// so none moves between workers on later requests); else another
+    /// worker's idle one, moved here.
     ///
     /// # Errors
     /// [`PoolError`].
@@ -204,13 +229,30 @@ impl Pool {
             }
         };
         let permit = Loan::new(permit, &self.load);
-        if let Some(backend) = self.idle_backend(&settings) {
-            return Ok(Pooled {
-                backend,
-                pool: Arc::clone(self),
-                _permit: permit,
-            });
+        let own = IdleLists::here();
+        let lend = |backend| Pooled {
+            backend,
+            pool: Arc::clone(self),
+            _permit: permit,
+        };
+        if let Some(backend) = self.take_idle(own, &settings) {
+            return Ok(lend(backend));
         }
+        let opening = if self.reserve(settings.size.max(1)) {
+            Opening(Some(self))
+        } else {
+            if let Some(backend) = IdleLists::others(own).find_map(|i| self.take_idle(i, &settings))
+            {
+                if let Some(moves) = &self.moves {
+                    moves.inc();
+                }
+                return Ok(lend(backend));
+            }
+            // Every backend is lent or on its way back: open one as
+            // before there were lists per worker (the permit bounds it).
+            self.open.fetch_add(1, Ordering::Relaxed);
+            Opening(Some(self))
+        };
         let security = self.security.load_full();
         // Boxed: a login's state (TLS, SCRAM) is large and rarely needed;
         // inline, every request's future would carry its room (and be
@@ -224,71 +266,81 @@ impl Pool {
             settings.socket,
         ))
         .await?;
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Pooled {
-            backend: Box::new(backend),
-            pool: Arc::clone(self),
-            _permit: permit,
-        })
+        opening.opened();
+        Ok(lend(Box::new(backend)))
     }
 
-    /// An idle backend fit for use, moved to this worker: the one this
-    /// worker drove most recently, else the most recently used; stale ones
-    /// met on the way are closed. For a caller holding a permit.
-    fn idle_backend(&self, settings: &PoolSettings) -> Option<Box<Backend>> {
-        let now = Instant::now();
-        let here = std::thread::current().id();
+    /// Counts one more backend open if fewer than `size` are.
+    fn reserve(&self, size: usize) -> bool {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < size).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// An idle backend of list `i` fit for use, moved to this worker if
+    /// another drove it: the most recently used; stale ones met on the way
+    /// are closed. For a caller holding a permit.
+    fn take_idle(&self, i: usize, settings: &PoolSettings) -> Option<Box<Backend>> {
         loop {
-            // The most recently used backend this worker already drives,
-            // else the most recently used one (moved here below).
-            let candidate = {
-                let mut idle = self.idle_list();
-                match idle.iter().rposition(|b| b.home() == here) {
-                    Some(i) => Some(idle.remove(i)),
-                    None => idle.pop(),
-                }
-            };
+            let candidate = self.idle.list(i).pop()?;
             // Each age read once (a clock subtraction is not free).
-            let idle = candidate
-                .as_ref()
-                .map(|b| now.saturating_duration_since(b.idle_since));
-            match candidate {
-                Some(b)
-                    if idle > Some(settings.idle_timeout)
-                        || now.saturating_duration_since(b.created) > settings.lifetime =>
-                {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                    tokio::spawn(b.close());
-                }
-                // A backend idle for a while may have been closed by its
-                // server (shutdown, restart): it then has data or EOF waiting.
-                Some(backend) if idle > Some(IDLE_CHECK_AFTER) && !backend.idle_and_open() => {
-                    self.open.fetch_sub(1, Ordering::Relaxed);
-                    drop(backend);
-                }
-                Some(mut backend) => {
-                    if let Err(e) = backend.rehome() {
-                        tracing::debug!(node = %self.key.node, error = %e, "pooled backend lost moving workers");
-                        self.open.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    return Some(backend);
-                }
-                None => return None,
+            let now = Instant::now();
+            let idle = now.saturating_duration_since(candidate.idle_since);
+            if idle > settings.idle_timeout
+                || now.saturating_duration_since(candidate.created) > settings.lifetime
+            {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                tokio::spawn(candidate.close());
+                continue;
             }
+            // A backend idle for a while may have been closed by its
+            // server (shutdown, restart): it then has data or EOF waiting.
+            if idle > IDLE_CHECK_AFTER && !candidate.idle_and_open() {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let mut backend = candidate;
+            if let Err(e) = backend.rehome() {
+                tracing::debug!(node = %self.key.node, error = %e, "pooled backend lost moving workers");
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            return Some(backend);
         }
     }
 
-    /// An idle backend at once, without waiting or connecting: a free
-    /// permit and an idle backend, or nothing (then [`Self::acquire`]).
-    /// Not async, so the request path that takes a pooled backend (almost
-    /// every request) carries no future for the rare wait or login.
+    /// Puts a backend back on this worker's idle list, and closes the
+    /// list's oldest when it has been idle past the idle timeout (the
+    /// list is taken from its recent end, so nothing else reaches it).
+    fn put_back(&self, mut backend: Box<Backend>, now: Instant, idle_timeout: Duration) {
+        backend.idle_since = now;
+        let stale = {
+            let mut list = self.idle.list(IdleLists::here());
+            list.push(backend);
+            let old = list
+                .first()
+                .is_some_and(|b| now.saturating_duration_since(b.idle_since) > idle_timeout);
+            (old && list.len() > 1).then(|| list.remove(0))
+        };
+        if let Some(b) = stale {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tokio::spawn(b.close());
+        }
+    }
+
+    /// An idle backend of this worker at once, without waiting or
+    /// connecting: a free permit and an idle backend, or nothing (then
+    /// [`Self::acquire`]). Not async, so the request path that takes a
+    /// pooled backend (almost every request) carries no future for the
+    /// rare wait or login.
     #[must_use]
     pub fn try_take(self: &Arc<Self>) -> Option<Pooled> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         let permit = Loan::new(permit, &self.load);
         let settings = **self.settings.load();
-        let backend = self.idle_backend(&settings)?;
+        let backend = self.take_idle(IdleLists::here(), &settings)?;
         Some(Pooled {
             backend,
             pool: Arc::clone(self),
@@ -300,7 +352,7 @@ impl Pool {
     /// the others are going too): the next checkout connects afresh and
     /// learns whether the node still takes connections.
     pub fn drop_idle(&self) {
-        let idle = std::mem::take(&mut *self.idle_list());
+        let idle = self.idle.drain();
         self.open.fetch_sub(idle.len(), Ordering::Relaxed);
         drop(idle);
     }
@@ -324,14 +376,14 @@ impl Pool {
     pub fn stats(&self) -> (usize, usize, usize) {
         (
             self.open.load(Ordering::Relaxed),
-            self.idle_list().len(),
+            self.idle.len(),
             self.waiting.load(Ordering::Relaxed),
         )
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        let drained: Vec<Box<Backend>> = std::mem::take(&mut *self.idle_list());
+        let drained = self.idle.drain();
         self.open.fetch_sub(drained.len(), Ordering::Relaxed);
         for b in drained {
             tokio::spawn(b.close());
@@ -350,18 +402,21 @@ impl Pooled {
             _permit,
         } = self;
         let now = Instant::now();
-        let usable = now.duration_since(backend.created) < pool.settings.load().lifetime
+        let (lifetime, idle_timeout) = {
+            let s = pool.settings.load();
+            (s.lifetime, s.idle_timeout)
+        };
+        let usable = now.duration_since(backend.created) < lifetime
             && backend.drained()
             && !backend.has_unsent()
             && !pool.closed.load(Ordering::Relaxed);
         if usable && backend.state.clean() {
-            backend.idle_since = now;
-            pool.idle_list().push(backend);
+            pool.put_back(backend, now, idle_timeout);
         } else if usable && backend.state.at_rest() {
+            // Spawned on this worker: the backend returns to its list.
             tokio::spawn(async move {
                 if backend.reset(RESET_TIMEOUT).await && !pool.closed.load(Ordering::Relaxed) {
-                    backend.idle_since = Instant::now();
-                    pool.idle_list().push(backend);
+                    pool.put_back(backend, Instant::now(), idle_timeout);
                 } else {
                     pool.open.fetch_sub(1, Ordering::Relaxed);
                     backend.close().await;
@@ -387,202 +442,5 @@ impl Pooled {
     }
 }
 
-/// Every pool of a split port.
-#[derive(Debug, Default)]
-pub struct PoolSet {
-    pools: Mutex<Pools>,
-    security: Arc<ArcSwap<BackendSecurity>>,
-}
-
-/// The pools by key, and each node's load counter their loans share.
-#[derive(Debug, Default)]
-struct Pools {
-    by_key: HashMap<PoolKey, Arc<Pool>>,
-    loads: HashMap<NodeAddr, Arc<AtomicUsize>>,
-}
-
-impl PoolSet {
-    /// An empty set whose backends log in under `security` as it is when
-    /// each one opens (a reload with renewed CA files reaches new ones).
-    #[must_use]
-    pub fn new(security: Arc<ArcSwap<BackendSecurity>>) -> Self {
-        Self {
-            pools: Mutex::default(),
-            security,
-        }
-    }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, Pools> {
-        self.pools
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The pool for `key`, created on first use with `settings`. An
-    /// existing pool takes `settings` for its next acquire and connect (a
-    /// reload's timeouts and socket options apply at once), all but `size`.
-    #[must_use]
-    pub fn get(&self, key: &PoolKey, role: &'static str, settings: PoolSettings) -> Arc<Pool> {
-        let mut guard = self.map();
-        let Pools { by_key: m, loads } = &mut *guard;
-        if let Some(p) = m.get(key) {
-            if p.role == role {
-                let current = p.settings.load();
-                let wanted = PoolSettings {
-                    size: current.size,
-                    ..settings
-                };
-                if **current != wanted {
-                    p.settings.store(Arc::new(wanted));
-                }
-                return Arc::clone(p);
-            }
-            p.close();
-        }
-        if m.len() >= EMPTY_POOLS_KEPT {
-            // Pools of databases that do not exist, or long unused: drop the empty ones.
-            m.retain(|_, p| {
-                let (open, idle, waiting) = p.stats();
-                open + idle + waiting > 0 || Arc::strong_count(p) > 1
-            });
-        }
-        let load = loads.entry(key.node.clone()).or_default();
-        let p = Arc::new(Pool::new(
-            key.clone(),
-            role,
-            settings,
-            Arc::clone(&self.security),
-            Arc::clone(load),
-        ));
-        m.insert(key.clone(), Arc::clone(&p));
-        p
-    }
-
-    /// Closes pools whose node no longer exists or has another role class.
-    pub fn retain(&self, keep: impl Fn(&NodeAddr, &'static str) -> bool) {
-        let mut guard = self.map();
-        let Pools { by_key, loads } = &mut *guard;
-        by_key.retain(|k, p| {
-            let ok = keep(&k.node, p.role);
-            if !ok {
-                tracing::info!(node = %k.node, role = p.role, "closing pool: node left the map or changed role");
-                p.close();
-            }
-            ok
-        });
-        // A node with no pool left starts its count afresh when it returns
-        // (its closed pools' loans still hold the old counter).
-        loads.retain(|node, _| by_key.keys().any(|k| &k.node == node));
-    }
-
-    /// Backends of `node` in use or waited for across this set (for
-    /// balancing reads when a session has no pool of the node yet).
-    #[must_use]
-    pub fn busy(&self, node: &NodeAddr) -> usize {
-        self.map()
-            .loads
-            .get(node)
-            .map_or(0, |l| l.load(Ordering::Relaxed))
-    }
-
-    /// Every pool with its stats: (key, role, open, idle, waiting).
-    #[must_use]
-    pub fn snapshot(&self) -> Vec<(PoolKey, &'static str, usize, usize, usize)> {
-        self.map()
-            .by_key
-            .iter()
-            .map(|(k, p)| {
-                let (o, i, w) = p.stats();
-                (k.clone(), p.role, o, i, w)
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backend::BackendSecret;
-
-    fn settings(size: usize, acquire_ms: u64) -> PoolSettings {
-        PoolSettings {
-            size,
-            acquire_timeout: Duration::from_millis(acquire_ms),
-            idle_timeout: Duration::from_secs(600),
-            lifetime: Duration::from_secs(3600),
-            connect_timeout: Duration::from_secs(3),
-            max_prepared: 200,
-            socket: SocketOptions::default(),
-        }
-    }
-
-    fn key(user: &str) -> PoolKey {
-        PoolKey {
-            node: NodeAddr {
-                host: "127.0.0.1".into(),
-                port: 5432,
-            },
-            creds: Credentials {
-                user: user.into(),
-                secret: BackendSecret::None,
-                database: "d".into(),
-            },
-        }
-    }
-
-    #[test]
-    fn an_existing_pool_takes_new_settings_but_keeps_its_size() {
-        let set = PoolSet::new(Arc::default());
-        let key = key("u");
-        let first = set.get(&key, "leader", settings(2, 5000));
-        let again = set.get(&key, "leader", settings(9, 100));
-        assert!(Arc::ptr_eq(&first, &again));
-        let now = **again.settings.load();
-        assert_eq!(now, settings(2, 100), "timeouts new, size as created");
-        assert_eq!(again.permits.available_permits(), 2);
-    }
-
-    #[test]
-    fn a_node_counts_the_loans_of_all_its_pools_without_a_lock() {
-        let set = PoolSet::new(Arc::default());
-        let node = key("a").node;
-        let a = set.get(&key("a"), "replica", settings(2, 5000));
-        let b = set.get(&key("b"), "replica", settings(2, 5000));
-        let loan = |p: &Arc<Pool>| {
-            let permit = Arc::clone(&p.permits).try_acquire_owned().unwrap();
-            Loan::new(permit, &p.load)
-        };
-        let one = loan(&a);
-        let two = loan(&b);
-        assert_eq!((a.node_busy(), b.node_busy(), set.busy(&node)), (2, 2, 2));
-        drop(one);
-        assert_eq!((a.node_busy(), set.busy(&node)), (1, 1));
-        drop(two);
-        assert_eq!(set.busy(&node), 0);
-        // The node leaves: its count goes; a loan of a closed pool does not
-        // reach the count of the node's next pools.
-        let old = loan(&a);
-        set.retain(|_, _| false);
-        assert_eq!(set.busy(&node), 0);
-        let c = set.get(&key("a"), "replica", settings(2, 5000));
-        assert_eq!((c.node_busy(), a.node_busy()), (0, 1));
-        drop(old);
-        assert_eq!(c.node_busy(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_dropped_wait_leaves_no_waiter_counted() {
-        let set = PoolSet::new(Arc::default());
-        let p = set.get(&key("u"), "replica", settings(1, 5000));
-        let held = Loan::new(Arc::clone(&p.permits).try_acquire_owned().unwrap(), &p.load);
-        {
-            let wait = p.acquire();
-            tokio::pin!(wait);
-            assert!(futures_util::poll!(wait.as_mut()).is_pending());
-            assert_eq!((p.stats().2, p.node_busy()), (1, 2), "a waiter counted");
-        }
-        assert_eq!((p.stats().2, p.node_busy()), (0, 1), "its wait dropped");
-        drop(held);
-        assert_eq!(p.node_busy(), 0);
-    }
-}
+mod tests;

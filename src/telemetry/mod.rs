@@ -61,6 +61,10 @@ pub struct Metrics {
     /// `pgvane_pool_backends{cluster,port,node,state}`: open, idle, active and
     /// waiting, refreshed at each scrape.
     pub pool: IntGaugeVec,
+    /// `pgvane_pool_backend_moves_total{cluster,port,node}`: idle backends
+    /// one client worker took from another worker's list (their sockets
+    /// move between the workers' reactors).
+    pub pool_moves: IntCounterVec,
     /// `pgvane_replica_position_polls_total{cluster,member,outcome}`: WAL
     /// position polls by the tracker (`outcome`: ok, not_streaming,
     /// hidden, error, connect_error, login_refused, no_credentials).
@@ -351,6 +355,12 @@ impl Metrics {
                 "pgvane_pins_total",
                 "Split sessions pinned to the leader, by reason",
                 &["cluster", "port", "reason"],
+            ),
+            pool_moves: counter(
+                &r,
+                "pgvane_pool_backend_moves_total",
+                "Split-port idle backends taken from another client worker's list",
+                &["cluster", "port", "node"],
             ),
             pool: gauge(
                 &r,
