@@ -25,7 +25,7 @@ pub use settings::{Setting, Settings, apply_sql};
 pub use socket::SocketOptions;
 
 use crate::protocol::encode;
-use crate::protocol::message::{self, Backend as B, Message, ReadError};
+use crate::protocol::message::{self, Backend as B, Message, ReadError, Relay};
 use crate::protocol::tag::backend as bt;
 use crate::topology::NodeAddr;
 use bytes::{Buf, BytesMut};
@@ -37,6 +37,29 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use stream::ServerStream;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// What a message from the server teaches about the connection: its
+/// protocol state, prepared statements gone, settings made unknown or
+/// reset. (ParameterStatus values are learned by [`Backend::read`] only.)
+fn learn(
+    state: &mut ConnState,
+    prepared: &mut PreparedCache,
+    applied: &mut Option<Settings>,
+    tag: u8,
+    body: &[u8],
+) {
+    if state.on_recv_parts(tag, body) == PreparedEffect::AllGone {
+        prepared.clear();
+    }
+    if tag == bt::COMMAND_COMPLETE && state.settings_changed {
+        state.settings_changed = false;
+        *applied = if state.last_tag == state::Tag::DiscardAll {
+            Some(Arc::default())
+        } else {
+            None
+        };
+    }
+}
 
 /// An open, authenticated backend.
 #[derive(Debug)]
@@ -173,27 +196,54 @@ impl Backend {
     }
 
     fn note(&mut self, m: &Message) {
-        if self.state.on_recv(m) == PreparedEffect::AllGone {
-            self.prepared.clear();
-        }
-        match m.tag() {
-            bt::PARAMETER_STATUS => {
-                if let Some(B::ParameterStatus(k, v)) = B::parse(m) {
-                    match self.params.iter_mut().find(|(n, _)| n == k) {
-                        Some(slot) => v.clone_into(&mut slot.1),
-                        None => self.params.push((k.to_owned(), v.to_owned())),
-                    }
+        learn(
+            &mut self.state,
+            &mut self.prepared,
+            &mut self.applied,
+            m.tag(),
+            m.body(),
+        );
+        if m.tag() == bt::PARAMETER_STATUS {
+            if let Some(B::ParameterStatus(k, v)) = B::parse(m) {
+                match self.params.iter_mut().find(|(n, _)| n == k) {
+                    Some(slot) => v.clone_into(&mut slot.1),
+                    None => self.params.push((k.to_owned(), v.to_owned())),
                 }
             }
-            bt::COMMAND_COMPLETE if self.state.settings_changed => {
-                self.state.settings_changed = false;
-                self.applied = if self.state.last_tag == state::Tag::DiscardAll {
-                    Some(Arc::default())
+        }
+    }
+
+    /// Moves the whole messages already buffered from the server to `out`
+    /// in place, noting each as [`Self::read`] does, while `relay` says
+    /// [`Relay::Pass`] for their tags and `out` holds less than `limit`;
+    /// stops after a [`Relay::Last`] one. The first message it keeps (a
+    /// [`Relay::Keep`], a ParameterStatus, one not whole yet or of an
+    /// impossible length) stays buffered for [`Self::read`]. No message
+    /// is cut out of the buffer and the run is copied at once: a reply's
+    /// rows cost a header read each.
+    pub fn relay_buffered(
+        &mut self,
+        out: &mut Vec<u8>,
+        limit: usize,
+        mut relay: impl FnMut(u8) -> Relay,
+    ) {
+        let (state, prepared, applied) = (&mut self.state, &mut self.prepared, &mut self.applied);
+        let end = message::relay_run(
+            &self.buf,
+            limit.saturating_sub(out.len()),
+            // ParameterStatus values are learned by `read` (`note`).
+            |tag| {
+                if tag == bt::PARAMETER_STATUS {
+                    Relay::Keep
                 } else {
-                    None
-                };
-            }
-            _ => {}
+                    relay(tag)
+                }
+            },
+            |tag, body| learn(state, prepared, applied, tag, body),
+        );
+        if end > 0 {
+            out.extend_from_slice(&self.buf[..end]);
+            self.buf.advance(end);
         }
     }
 

@@ -147,10 +147,15 @@ impl ConnState {
 
     /// Notes a message the server sent; says what it did to prepared statements.
     pub fn on_recv(&mut self, m: &Message) -> PreparedEffect {
-        match m.tag() {
+        self.on_recv_parts(m.tag(), m.body())
+    }
+
+    /// [`Self::on_recv`] for a message read in place: its tag and body.
+    pub fn on_recv_parts(&mut self, tag: u8, body: &[u8]) -> PreparedEffect {
+        match tag {
             bt::READY_FOR_QUERY => {
                 self.ready_owed = self.ready_owed.saturating_sub(1);
-                self.status = m.body().first().copied().unwrap_or(status::IDLE);
+                self.status = body.first().copied().unwrap_or(status::IDLE);
                 self.skipping = false;
                 self.copy = CopyState::None;
             }
@@ -165,7 +170,7 @@ impl ConnState {
                 self.copy = CopyState::None;
             }
             bt::COMMAND_COMPLETE => {
-                let tag = Tag::of(m.body());
+                let tag = Tag::of(body);
                 self.last_tag = tag;
                 if self.copy == CopyState::In {
                     self.copy = CopyState::None;

@@ -101,6 +101,52 @@ pub fn try_cut_max(buf: &mut BytesMut, max: usize) -> Result<Option<Message>, Re
     }))
 }
 
+/// What [`relay_run`] does with a message, by its tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Relays it and goes on.
+    Pass,
+    /// Relays it and stops after it.
+    Last,
+    /// Leaves it (the caller reads it as a message) and stops.
+    Keep,
+}
+
+/// The length of the run of whole messages at the start of `buf` to relay
+/// as they are, at least `room` bytes long only by its last message:
+/// each message `decide` passes, up to one it keeps, one after a
+/// [`Relay::Last`], one not whole yet, or one of an impossible length
+/// (left for [`try_cut`] to refuse). `each` sees every relayed message's
+/// tag and body, in order. Nothing is cut or copied.
+pub fn relay_run(
+    buf: &[u8],
+    room: usize,
+    mut decide: impl FnMut(u8) -> Relay,
+    mut each: impl FnMut(u8, &[u8]),
+) -> usize {
+    let mut end = 0;
+    while end < room {
+        let Some(&[tag, a, b, c, d]) = buf.get(end..end + 5) else {
+            break;
+        };
+        let len = u32::from_be_bytes([a, b, c, d]) as usize;
+        let total = len + 1;
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) || buf.len() - end < total {
+            break;
+        }
+        let then = decide(tag);
+        if then == Relay::Keep {
+            break;
+        }
+        each(tag, &buf[end + 5..end + total]);
+        end += total;
+        if then == Relay::Last {
+            break;
+        }
+    }
+    end
+}
+
 /// Reads the next message from `r`, buffering in `buf`.
 /// Not cancel safe across the buffer: keep `buf` with the stream.
 ///
@@ -341,6 +387,61 @@ mod tests {
             try_cut_max(&mut buf, MAX_AUTH_MESSAGE_LEN),
             Err(ReadError::BadLength(200_000_000))
         ));
+    }
+
+    /// A reply: RowDescription, two DataRows, CommandComplete, ReadyForQuery.
+    fn reply() -> Vec<u8> {
+        let mut b = Vec::new();
+        encode::frame(&mut b, b'T', |b| b.extend_from_slice(&[0, 0]));
+        encode::frame(&mut b, b'D', |b| b.extend_from_slice(b"row1"));
+        encode::frame(&mut b, b'D', |b| b.extend_from_slice(b"row2"));
+        encode::frame(&mut b, b'C', |b| b.extend_from_slice(b"SELECT 2\0"));
+        encode::frame(&mut b, b'Z', |b| b.push(b'I'));
+        b
+    }
+
+    #[test]
+    fn a_run_ends_where_the_caller_says_or_a_message_is_not_whole() {
+        let b = reply();
+        let mut seen = Vec::new();
+        let all = relay_run(
+            &b,
+            usize::MAX,
+            |_| Relay::Pass,
+            |t, body| seen.push((t, body.len())),
+        );
+        assert_eq!(all, b.len());
+        assert_eq!(
+            seen,
+            [(b'T', 2), (b'D', 4), (b'D', 4), (b'C', 9), (b'Z', 1)]
+        );
+        // Up to a kept message, which stays out of the run.
+        let to_c = relay_run(
+            &b,
+            usize::MAX,
+            |t| if t == b'C' { Relay::Keep } else { Relay::Pass },
+            |_, _| {},
+        );
+        assert_eq!(to_c, 7 + 9 + 9);
+        // Through a last one.
+        let through_c = relay_run(
+            &b,
+            usize::MAX,
+            |t| if t == b'C' { Relay::Last } else { Relay::Pass },
+            |_, _| {},
+        );
+        assert_eq!(through_c, 7 + 9 + 9 + 14);
+        // A message not whole yet ends it; so does a run past the room.
+        assert_eq!(
+            relay_run(&b[..b.len() - 1], usize::MAX, |_| Relay::Pass, |_, _| {}),
+            b.len() - 6
+        );
+        assert_eq!(relay_run(&b, 8, |_| Relay::Pass, |_, _| {}), 7 + 9);
+        assert_eq!(relay_run(&b, 0, |_| Relay::Pass, |_, _| {}), 0);
+        // An impossible length is left for try_cut to refuse.
+        let mut bad = b[..7].to_vec();
+        bad.extend_from_slice(&[b'D', 0, 0, 0, 3]);
+        assert_eq!(relay_run(&bad, usize::MAX, |_| Relay::Pass, |_, _| {}), 7);
     }
 
     #[test]

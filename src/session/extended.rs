@@ -8,6 +8,7 @@
 //! after a server error the queue skips to Sync exactly as the server does.
 
 use super::Session;
+use super::client::OUT_LIMIT;
 use super::consistency::Effect;
 use super::error::SessionError;
 use super::mentions::Mentions;
@@ -16,7 +17,7 @@ use super::statements::Stmt;
 use crate::backend::prepared::{PreparedCache, StmtText, server_name};
 use crate::classifier::{Classification, Reason, Route};
 use crate::protocol::encode;
-use crate::protocol::message::{Frontend, Message};
+use crate::protocol::message::{Frontend, Message, Relay};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -338,6 +339,19 @@ impl Session {
                     self.client.out.extend_from_slice(m.raw());
                 }
                 _ => self.client.out.extend_from_slice(m.raw()),
+            }
+            // The rows already buffered, in place (they change nothing
+            // the loop tracks).
+            if let Some(h) = self.held.as_mut() {
+                h.pooled
+                    .backend
+                    .relay_buffered(&mut self.client.out, OUT_LIMIT, |tag| {
+                        if tag == b'D' {
+                            Relay::Pass
+                        } else {
+                            Relay::Keep
+                        }
+                    });
             }
         }
         if let Some(h) = self.held.as_mut() {

@@ -4,13 +4,13 @@
 //! both directions, relayed with bounded buffers.
 
 use super::Session;
-use super::client::ClientState;
+use super::client::{ClientState, OUT_LIMIT};
 use super::consistency::Effect;
 use super::error::SessionError;
 use super::mentions::Mentions;
 use super::pipeline::{Job, Work};
 use crate::classifier::{self, Classification, Reason, Route};
-use crate::protocol::message::{self, Frontend, Message, ReadError};
+use crate::protocol::message::{self, Frontend, Message, ReadError, Relay};
 
 impl Session {
     pub(super) async fn simple(&mut self, m: &Message) -> Result<(), SessionError> {
@@ -131,7 +131,48 @@ impl Session {
                 b'S' => self.note_parameter(&m),
                 _ => {}
             }
+            if let Some(status) = self.relay_in_place() {
+                if !self.hold_ready {
+                    self.client.flush().await?;
+                }
+                return Ok(status);
+            }
         }
+    }
+
+    /// Moves the replies already buffered from the server to the client's
+    /// output in place, up to ReadyForQuery (its status returned) or a
+    /// message [`Self::pump_until_ready`] must read (an error, COPY FROM
+    /// STDIN, a ParameterStatus), noting what it passed as the pump does.
+    fn relay_in_place(&mut self) -> Option<u8> {
+        let h = self.held.as_mut()?;
+        let (mut completed, mut notice, mut ready) = (false, false, false);
+        h.pooled
+            .backend
+            .relay_buffered(&mut self.client.out, OUT_LIMIT, |tag| match tag {
+                b'E' | b'G' | b'S' => Relay::Keep,
+                b'Z' => {
+                    ready = true;
+                    Relay::Last
+                }
+                b'C' | b'V' => {
+                    completed = true;
+                    Relay::Pass
+                }
+                b'N' => {
+                    notice = true;
+                    Relay::Pass
+                }
+                _ => Relay::Pass,
+            });
+        let status = h.pooled.backend.state.status;
+        if completed {
+            self.note_reply(b'C');
+        }
+        if notice {
+            self.note_reply(b'N');
+        }
+        ready.then_some(status)
     }
 
     pub(super) fn note_parameter(&mut self, m: &Message) {
