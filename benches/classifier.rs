@@ -9,7 +9,6 @@
 
 use pgvane::classifier::{Classifier, classify_uncached};
 use std::hint::black_box;
-use std::io::Read;
 use std::time::Instant;
 
 /// Repetitions of each timing.
@@ -55,22 +54,15 @@ const STATEMENTS: &[(&str, &str)] = &[
     ("nextval", "SELECT nextval('s')"),
 ];
 
+/// The regression corpus as the classifier's unit tests read it.
+#[path = "../src/classifier/corpus.rs"]
+#[allow(dead_code)] // `record` is for the unit tests
+mod regress;
+
 fn corpus() -> Vec<(String, bool)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let scs = v
-                .get("standard_conforming_strings")
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(true);
-            (v["sql"].as_str().unwrap().to_owned(), scs)
-        })
+    regress::statements()
+        .into_iter()
+        .map(|e| (e.sql, e.scs))
         .collect()
 }
 

@@ -552,27 +552,14 @@ mod tests {
     /// The keys of the regression corpus, in either scs setting.
     #[test]
     fn normalizes_the_corpus_as_the_token_by_token_reference() {
-        use std::io::Read;
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz");
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-            .read_to_string(&mut text)
-            .unwrap();
-        let mut n = 0;
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let sql = v["sql"].as_str().unwrap();
+        let corpus = super::super::corpus::statements();
+        for e in &corpus {
             for scs in [true, false] {
-                assert_eq!(
-                    normalize(sql, scs),
-                    normalize_reference(sql, scs),
-                    "{sql:?}"
-                );
+                let (sql, got) = (&e.sql, normalize(&e.sql, scs));
+                assert_eq!(got, normalize_reference(sql, scs), "{sql:?}");
             }
-            n += 1;
         }
-        assert!(n > 1000, "{n} statements");
+        assert!(corpus.len() > 1000, "{} statements", corpus.len());
     }
 
     proptest::proptest! {

@@ -460,4 +460,6 @@ fn parse_and_walk(stmt: &str, allow: &[String], hint: Option<Hint>) -> Classific
 }
 
 #[cfg(test)]
+mod corpus;
+#[cfg(test)]
 mod tests;

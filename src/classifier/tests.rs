@@ -275,22 +275,10 @@ fn too_long_goes_to_the_leader() {
 /// statement to the leader, nothing the real grammar calls a write to a replica.
 #[test]
 fn regression_corpus() {
-    use std::io::Read;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
     let reads = ["SelectStmt", "ExplainStmt", "TransactionStmt"];
     let (mut n, mut parsed, mut replica, mut bad) = (0, 0, 0, Vec::new());
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let sql = v["sql"].as_str().unwrap();
-        let scs = v
-            .get("standard_conforming_strings")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(true);
+    for e in super::corpus::statements() {
+        let (sql, scs, v) = (e.sql.as_str(), e.scs, &e.record);
         let got = classify_uncached(sql, scs, &[]);
         n += 1;
         parsed += usize::from(got.parsed);

@@ -109,21 +109,9 @@ fn string_literals(src: &str) -> Vec<String> {
 /// full pipeline does.
 #[test]
 fn agrees_with_the_full_pipeline_on_the_corpus_and_the_tests() {
-    use std::io::Read;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sqlcorpus/pg15-regress-statements.jsonl.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
     let (mut n, mut decided, mut decided_off, mut reads) = (0, 0, 0, 0);
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let sql = v["sql"].as_str().unwrap();
-        let scs = v
-            .get("standard_conforming_strings")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(true);
+    for e in super::super::corpus::statements() {
+        let (sql, scs) = (e.sql.as_str(), e.scs);
         n += 1;
         decided += usize::from(agrees(sql, scs));
         reads += usize::from(classify(sql, scs).is_some_and(|c| c.route == Route::Replica));
