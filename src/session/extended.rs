@@ -340,9 +340,12 @@ impl Session {
                 }
                 _ => self.client.out.extend_from_slice(m.raw()),
             }
-            // The rows already buffered, in place (they change nothing
-            // the loop tracks).
-            if let Some(h) = self.held.as_mut() {
+            // The rows of the Execute now answered, already buffered, in
+            // place (they change nothing the loop tracks). Not while a
+            // reply pgvane makes up is due first: it goes out before them.
+            if queue.front() == Some(&Expect::Real(Kind::Execute))
+                && let Some(h) = self.held.as_mut()
+            {
                 h.pooled
                     .backend
                     .relay_buffered(&mut self.client.out, OUT_LIMIT, |tag| {
