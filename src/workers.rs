@@ -33,12 +33,22 @@ thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
+/// How many client workers run (0 before [`Workers::start`]).
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
 /// The index of the client worker running on the calling thread; None on
 /// any other thread (the main runtime, tests). The pools keep each
 /// worker's idle backends apart by it.
 #[must_use]
 pub fn current_index() -> Option<usize> {
     INDEX.with(Cell::get)
+}
+
+/// How many client workers run: a pool keeps one idle list for each (at
+/// least one, also before they start and in tests).
+#[must_use]
+pub fn count() -> usize {
+    COUNT.load(Ordering::Relaxed).max(1)
 }
 
 /// The calling thread's CPU time (user and system) from
@@ -175,6 +185,7 @@ impl Workers {
     pub fn start(n: usize, pack: bool) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
         let n = n.max(1);
+        COUNT.store(n, Ordering::Relaxed);
         let load = Arc::new(Load {
             busy: (0..n).map(|_| AtomicU32::new(0)).collect(),
             active: AtomicUsize::new(if pack { 1 } else { n }),

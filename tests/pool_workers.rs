@@ -5,6 +5,8 @@
 //! (`pgvane_pool_backend_moves_total` stays at zero). The control: with
 //! `pool_size: 1` the two workers share each node's only backend, which
 //! must move, and the counter shows it (so the first check can fail).
+//! Backends left idle on a worker whose clients are gone still close
+//! after `server_idle_timeout_ms` (nothing takes from that list again).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
@@ -96,5 +98,58 @@ async fn workers_keep_their_own_backends_while_the_pool_has_room() {
     assert!(
         moved >= 1.0,
         "no move counted over {served} requests with pool_size 1"
+    );
+}
+
+/// Open backends of the port's pools, all nodes.
+fn open_backends(pv: &Pgvane) -> f64 {
+    pv.metric("pgvane_pool_backends", &["state=\"open\""])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_clients_keeps_no_backend_past_the_idle_timeout() {
+    healthy_lab();
+    let p = Ports::new();
+    let split = free_port();
+    let yaml = split_config(&p, split).replace(
+        "pool_size: 8,",
+        "pool_size: 8, server_idle_timeout_ms: 500,",
+    );
+    let mut pv = Pgvane::start_args(&yaml, p.admin, &[], &["--threads", "2"]);
+    // Four clients (two per worker) reading at once: each worker opens
+    // backends of its own.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(split).await.unwrap());
+    }
+    for _ in 0..10 {
+        let reads = clients.iter().map(|c| c.client.simple_query("select 1"));
+        for r in futures_util::future::join_all(reads).await {
+            r.unwrap();
+        }
+    }
+    let before = open_backends(&pv);
+    assert!(
+        before >= 4.0,
+        "only {before} backends opened by four clients"
+    );
+    // One client stays (on one worker); the other worker's lists are
+    // used no more.
+    let last = clients.remove(0);
+    drop(clients);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut open = before;
+    while std::time::Instant::now() < deadline {
+        last.client.simple_query("select 1").await.unwrap();
+        open = open_backends(&pv);
+        if open <= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pv.stop();
+    assert!(
+        open <= 2.0,
+        "{open} backends still open of {before}, one client left"
     );
 }

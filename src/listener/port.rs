@@ -9,6 +9,7 @@ use crate::config::{Config, Mode, PortConfig, PortKey};
 use crate::consistency::ClusterLink;
 use crate::gate::Gate;
 use crate::pool::{MoveCounter, PoolSet};
+
 use crate::relay::{ByteCounters, Engine, RoleContext};
 use crate::router::{self, Balancer, HealthBook, LagGate, LagRules, LagView, NodeKey};
 use crate::session::{CancelRegistry, SessionContext};
@@ -23,6 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// How often a split port's pools close backends idle past their timeout.
+const POOL_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every port of the process shares.
 #[derive(Debug, Clone)]
@@ -238,6 +242,18 @@ impl PortShared {
 
     fn session_context(&self, split: &SplitParts) -> SessionContext {
         let cfg = self.config.load();
+        let pools = Arc::new(
+            PoolSet::new(Arc::clone(&split.backend_security)).counting_moves(MoveCounter {
+                counter: self.metrics.pool_moves.clone(),
+                cluster: self.key.cluster.clone(),
+                port: self.key.port.clone(),
+            }),
+        );
+        // Idle backends past server_idle_timeout_ms close even in pools no
+        // request uses any more; the task ends with the set.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(PoolSet::sweep_every(Arc::downgrade(&pools), POOL_SWEEP));
+        }
         SessionContext {
             key: self.key.clone(),
             port: Arc::clone(&self.config),
@@ -245,13 +261,7 @@ impl PortShared {
             map: Arc::clone(&self.map),
             lag: Arc::clone(&self.lag),
             health: Arc::clone(&self.health),
-            pools: Arc::new(
-                PoolSet::new(Arc::clone(&split.backend_security)).counting_moves(MoveCounter {
-                    counter: self.metrics.pool_moves.clone(),
-                    cluster: self.key.cluster.clone(),
-                    port: self.key.port.clone(),
-                }),
-            ),
+            pools,
             classifier: Arc::new(
                 Classifier::new(cfg.read_only_functions.clone())
                     .with_max_query_len(cfg.resolved.max_classified_query_bytes),

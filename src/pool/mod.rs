@@ -22,6 +22,10 @@ mod set;
 
 pub use set::{MoveCounter, PoolSet};
 
+/// Longest a full pool's checkout scans the other workers' lists for the
+/// idle backend its count promises before it opens one anyway.
+const STEAL_SCANS: usize = 4;
+
 /// Backends idle longer than this are checked for a server-side close before reuse.
 pub const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
 
@@ -229,7 +233,7 @@ impl Pool {
             }
         };
         let permit = Loan::new(permit, &self.load);
-        let own = IdleLists::here();
+        let own = self.idle.here();
         let lend = |backend| Pooled {
             backend,
             pool: Arc::clone(self),
@@ -238,20 +242,32 @@ impl Pool {
         if let Some(backend) = self.take_idle(own, &settings) {
             return Ok(lend(backend));
         }
-        let opening = if self.reserve(settings.size.max(1)) {
-            Opening(Some(self))
-        } else {
-            if let Some(backend) = IdleLists::others(own).find_map(|i| self.take_idle(i, &settings))
-            {
+        let mut scans = 0;
+        let opening = loop {
+            if self.reserve(settings.size.max(1)) {
+                break Opening(Some(self));
+            }
+            // The pool is full and this caller holds a permit without a
+            // backend, so one is idle in some list: take it. A scan can
+            // miss it (it moves between lists behind the scan): again,
+            // a few times, while any list holds one.
+            let stolen = self
+                .idle
+                .others(own)
+                .find_map(|i| self.take_idle(i, &settings));
+            if let Some(backend) = stolen {
                 if let Some(moves) = &self.moves {
                     moves.inc();
                 }
                 return Ok(lend(backend));
             }
-            // Every backend is lent or on its way back: open one as
-            // before there were lists per worker (the permit bounds it).
-            self.open.fetch_add(1, Ordering::Relaxed);
-            Opening(Some(self))
+            scans += 1;
+            if scans >= STEAL_SCANS || self.idle.len() == 0 {
+                // None idle anywhere although the count says full (a
+                // backend between a list and a close): open one.
+                self.open.fetch_add(1, Ordering::Relaxed);
+                break Opening(Some(self));
+            }
         };
         let security = self.security.load_full();
         // Boxed: a login's state (TLS, SCRAM) is large and rarely needed;
@@ -311,21 +327,37 @@ impl Pool {
         }
     }
 
-    /// Puts a backend back on this worker's idle list, and closes the
-    /// list's oldest when it has been idle past the idle timeout (the
-    /// list is taken from its recent end, so nothing else reaches it).
-    fn put_back(&self, mut backend: Box<Backend>, now: Instant, idle_timeout: Duration) {
+    /// Puts a backend back on this worker's idle list, or closes it when
+    /// the pool closed meanwhile.
+    fn put_back(&self, mut backend: Box<Backend>, now: Instant) {
         backend.idle_since = now;
-        let stale = {
-            let mut list = self.idle.list(IdleLists::here());
-            list.push(backend);
-            let old = list
-                .first()
-                .is_some_and(|b| now.saturating_duration_since(b.idle_since) > idle_timeout);
-            (old && list.len() > 1).then(|| list.remove(0))
+        let refused = {
+            let mut list = self.idle.list(self.idle.here());
+            // Under the list's lock: `close` marks the pool closed before
+            // it drains the lists, so a backend pushed here after the drain
+            // sees the mark.
+            if self.closed.load(Ordering::Relaxed) {
+                Some(backend)
+            } else {
+                list.push(backend);
+                None
+            }
         };
-        if let Some(b) = stale {
+        if let Some(b) = refused {
             self.open.fetch_sub(1, Ordering::Relaxed);
+            tokio::spawn(b.close());
+        }
+    }
+
+    /// Closes the backends idle past the idle timeout in every worker's
+    /// list: a list is taken from its recent end, and one whose worker has
+    /// no client left, or a pool no request uses any more, is taken from
+    /// no more (see [`PoolSet::sweep`]).
+    fn close_stale(&self, now: Instant) {
+        let timeout = self.settings.load().idle_timeout;
+        let stale = self.idle.take_stale(now, timeout);
+        self.open.fetch_sub(stale.len(), Ordering::Relaxed);
+        for b in stale {
             tokio::spawn(b.close());
         }
     }
@@ -340,7 +372,7 @@ impl Pool {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         let permit = Loan::new(permit, &self.load);
         let settings = **self.settings.load();
-        let backend = self.take_idle(IdleLists::here(), &settings)?;
+        let backend = self.take_idle(self.idle.here(), &settings)?;
         Some(Pooled {
             backend,
             pool: Arc::clone(self),
@@ -402,21 +434,18 @@ impl Pooled {
             _permit,
         } = self;
         let now = Instant::now();
-        let (lifetime, idle_timeout) = {
-            let s = pool.settings.load();
-            (s.lifetime, s.idle_timeout)
-        };
+        let lifetime = pool.settings.load().lifetime;
         let usable = now.duration_since(backend.created) < lifetime
             && backend.drained()
             && !backend.has_unsent()
             && !pool.closed.load(Ordering::Relaxed);
         if usable && backend.state.clean() {
-            pool.put_back(backend, now, idle_timeout);
+            pool.put_back(backend, now);
         } else if usable && backend.state.at_rest() {
             // Spawned on this worker: the backend returns to its list.
             tokio::spawn(async move {
                 if backend.reset(RESET_TIMEOUT).await && !pool.closed.load(Ordering::Relaxed) {
-                    pool.put_back(backend, Instant::now(), idle_timeout);
+                    pool.put_back(backend, Instant::now());
                 } else {
                     pool.open.fetch_sub(1, Ordering::Relaxed);
                     backend.close().await;

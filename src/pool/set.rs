@@ -9,7 +9,8 @@ use arc_swap::ArcSwap;
 use prometheus::IntCounterVec;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 /// Pools kept without any backend before empty ones are dropped.
 const EMPTY_POOLS_KEPT: usize = 64;
@@ -137,6 +138,29 @@ impl PoolSet {
             .loads
             .get(node)
             .map_or(0, |l| l.load(Ordering::Relaxed))
+    }
+
+    /// Closes, in every pool, the backends idle past its idle timeout.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let pools: Vec<Arc<Pool>> = self.map().by_key.values().cloned().collect();
+        for p in pools {
+            p.close_stale(now);
+        }
+    }
+
+    /// Sweeps `set` every `period` (see [`Self::sweep`]) until it is gone.
+    pub async fn sweep_every(set: Weak<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(set) = set.upgrade() else {
+                return;
+            };
+            set.sweep();
+        }
     }
 
     /// Every pool with its stats: (key, role, open, idle, waiting).
