@@ -324,51 +324,68 @@ pub fn normalize_with(sql: &str, scs: bool, mut f: impl FnMut(&str)) {
             i += 1;
             continue;
         }
-        let prev_word = i > 0 && has(b[i - 1], WORDISH);
-        let literal_end = match c {
-            b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
-            b'$' if !prev_word
-                && i + 1 < b.len()
-                && (b[i + 1] == b'$' || is_ident_start(b[i + 1])) =>
-            {
-                let end = skip_dollar(b, i);
-                (end > i + 1).then_some(end)
-            }
-            b'0'..=b'9' if !prev_word => {
-                let mut j = i;
-                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
-                    j += 1;
-                }
-                if j < b.len()
-                    && (b[j] == b'e' || b[j] == b'E')
-                    && b.get(j + 1)
-                        .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
-                {
-                    j += 2;
-                    while j < b.len() && b[j].is_ascii_digit() {
-                        j += 1;
-                    }
-                }
-                Some(j)
-            }
-            _ => None,
-        };
-        match literal_end {
-            Some(end) => {
-                let run = sql.get(copied..i).unwrap_or("");
-                if !run.is_empty() {
-                    f(run);
-                }
-                f("?");
-                i = end.max(i + 1);
-                copied = i;
-            }
-            None => i = skip_token(b, i, scs).max(i + 1),
-        }
+        i = normalize_token(sql, i, scs, &mut copied, &mut f);
     }
     let run = sql.get(copied..).unwrap_or("");
     if !run.is_empty() {
         f(run);
+    }
+}
+
+/// One token of [`normalize_with`], at `i`: a literal is handed to `f` as
+/// `?`, after the text since `copied` (which moves past the literal);
+/// any other token is passed over. The index after the token.
+fn normalize_token(
+    sql: &str,
+    i: usize,
+    scs: bool,
+    copied: &mut usize,
+    f: &mut impl FnMut(&str),
+) -> usize {
+    let b = sql.as_bytes();
+    match literal_end(b, i, scs) {
+        Some(end) => {
+            let run = sql.get(*copied..i).unwrap_or("");
+            if !run.is_empty() {
+                f(run);
+            }
+            f("?");
+            *copied = end.max(i + 1);
+            *copied
+        }
+        None => skip_token(b, i, scs).max(i + 1),
+    }
+}
+
+/// Where the string, dollar-quoted or number literal starting at `i`
+/// ends, if one starts there (`scs`: `standard_conforming_strings`); a
+/// number or a dollar quote right after a word byte is part of the word.
+fn literal_end(b: &[u8], i: usize, scs: bool) -> Option<usize> {
+    let prev_word = i > 0 && has(b[i - 1], WORDISH);
+    match b[i] {
+        b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
+        b'$' if !prev_word && i + 1 < b.len() && (b[i + 1] == b'$' || is_ident_start(b[i + 1])) => {
+            let end = skip_dollar(b, i);
+            (end > i + 1).then_some(end)
+        }
+        b'0'..=b'9' if !prev_word => {
+            let mut j = i;
+            while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                j += 1;
+            }
+            if j < b.len()
+                && (b[j] == b'e' || b[j] == b'E')
+                && b.get(j + 1)
+                    .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
+            {
+                j += 2;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+            }
+            Some(j)
+        }
+        _ => None,
     }
 }
 
@@ -495,57 +512,11 @@ mod tests {
     fn normalize_reference(sql: &str, scs: bool) -> String {
         let mut out = String::new();
         let mut f = |piece: &str| out.push_str(piece);
-        let b = sql.as_bytes();
-        let mut i = 0;
-        let mut copied = 0;
-        while i < b.len() {
-            let c = b[i];
-            let prev_word = i > 0 && has(b[i - 1], WORDISH);
-            let literal_end = match c {
-                b'\'' => Some(skip_quoted(b, i, b'\'', !scs || is_e_prefix(b, i))),
-                b'$' if !prev_word
-                    && i + 1 < b.len()
-                    && (b[i + 1] == b'$' || is_ident_start(b[i + 1])) =>
-                {
-                    let end = skip_dollar(b, i);
-                    (end > i + 1).then_some(end)
-                }
-                b'0'..=b'9' if !prev_word => {
-                    let mut j = i;
-                    while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
-                        j += 1;
-                    }
-                    if j < b.len()
-                        && (b[j] == b'e' || b[j] == b'E')
-                        && b.get(j + 1)
-                            .is_some_and(|d| d.is_ascii_digit() || *d == b'-' || *d == b'+')
-                    {
-                        j += 2;
-                        while j < b.len() && b[j].is_ascii_digit() {
-                            j += 1;
-                        }
-                    }
-                    Some(j)
-                }
-                _ => None,
-            };
-            match literal_end {
-                Some(end) => {
-                    let run = sql.get(copied..i).unwrap_or("");
-                    if !run.is_empty() {
-                        f(run);
-                    }
-                    f("?");
-                    i = end.max(i + 1);
-                    copied = i;
-                }
-                None => i = skip_token(b, i, scs).max(i + 1),
-            }
+        let (mut i, mut copied) = (0, 0);
+        while i < sql.len() {
+            i = normalize_token(sql, i, scs, &mut copied, &mut f);
         }
-        let run = sql.get(copied..).unwrap_or("");
-        if !run.is_empty() {
-            f(run);
-        }
+        f(sql.get(copied..).unwrap_or(""));
         out
     }
 
