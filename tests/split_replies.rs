@@ -17,14 +17,22 @@ fn tags(msgs: &[raw::Msg]) -> String {
     msgs.iter().map(|(t, _)| char::from(*t)).collect()
 }
 
-/// Bind of `statement` to the unnamed portal, no parameters, text results.
-fn bind(out: &mut Vec<u8>, statement: &str) {
-    encode::bind_raw(out, "", statement, &[0, 0, 0, 0, 0, 0]);
+/// Prepares `sql` as `name` in a batch of its own: ParseComplete, ReadyForQuery.
+async fn prepare(c: &mut Raw, name: &str, sql: &str) {
+    let mut out = Vec::new();
+    encode::parse(&mut out, name, sql, &[0, 0]);
+    out.extend_from_slice(&raw::sync());
+    c.send(&out).await;
+    assert_eq!(tags(&c.until(b'Z').await), "1Z");
 }
 
-/// Execute of the unnamed portal, no row limit.
-fn execute(out: &mut Vec<u8>) {
-    encode::frame(out, b'E', |b| b.extend_from_slice(&[0, 0, 0, 0, 0]));
+/// Runs Bind of `name`, `between`, Execute and Sync; the replies.
+async fn bind_between_execute(c: &mut Raw, name: &str, between: &[u8]) -> Vec<raw::Msg> {
+    let mut out = Vec::new();
+    raw::bind_execute(&mut out, name, Some(between));
+    out.extend_from_slice(&raw::sync());
+    c.send(&out).await;
+    c.until(b'Z').await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,38 +43,22 @@ async fn made_up_replies_keep_their_place_before_the_rows() {
     let _pv = Pgvane::start(&split_config(&p, split), p.admin);
     let mut c = Raw::login(split, &[]).await;
     let series = "select generate_series(1, 3)";
-    let mut out = Vec::new();
-    encode::parse(&mut out, "s1", series, &[0, 0]);
-    out.extend_from_slice(&raw::sync());
-    c.send(&out).await;
-    assert_eq!(tags(&c.until(b'Z').await), "1Z");
+    prepare(&mut c, "s1", series).await;
 
     // Close of a named statement between Bind and Execute: pgvane answers
     // the Close itself.
-    let mut out = Vec::new();
-    bind(&mut out, "s1");
-    encode::describe_or_close(&mut out, b'C', b'S', "s1");
-    execute(&mut out);
-    out.extend_from_slice(&raw::sync());
-    c.send(&out).await;
-    let got = c.until(b'Z').await;
+    let mut close = Vec::new();
+    encode::describe_or_close(&mut close, b'C', b'S', "s1");
+    let got = bind_between_execute(&mut c, "s1", &close).await;
     assert_eq!(tags(&got), "23DDDCZ");
     assert_eq!(raw::texts(&got), ["1", "2", "3"]);
 
     // A Parse of a text the backend has prepared already: pgvane answers
     // the Parse itself.
-    let mut out = Vec::new();
-    encode::parse(&mut out, "s2", series, &[0, 0]);
-    out.extend_from_slice(&raw::sync());
-    c.send(&out).await;
-    assert_eq!(tags(&c.until(b'Z').await), "1Z");
-    let mut out = Vec::new();
-    bind(&mut out, "s2");
-    encode::parse(&mut out, "s3", series, &[0, 0]);
-    execute(&mut out);
-    out.extend_from_slice(&raw::sync());
-    c.send(&out).await;
-    let got = c.until(b'Z').await;
+    prepare(&mut c, "s2", series).await;
+    let mut parse = Vec::new();
+    encode::parse(&mut parse, "s3", series, &[0, 0]);
+    let got = bind_between_execute(&mut c, "s2", &parse).await;
     assert_eq!(tags(&got), "21DDDCZ");
     assert_eq!(raw::texts(&got), ["1", "2", "3"]);
 }

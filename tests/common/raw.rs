@@ -173,9 +173,16 @@ pub fn query(sql: &str) -> Vec<u8> {
 pub fn parse_bind_execute(name: &str, sql: &str) -> Vec<u8> {
     let mut out = Vec::new();
     encode::parse(&mut out, name, sql, &[0, 0]);
-    encode::bind_raw(&mut out, "", name, &[0, 0, 0, 0, 0, 0]);
-    encode::frame(&mut out, b'E', |b| b.extend_from_slice(&[0, 0, 0, 0, 0]));
+    bind_execute(&mut out, name, None);
     out
+}
+
+/// Bind of statement `name` to the unnamed portal (no parameters, text
+/// results), then `between` if any, then Execute of the portal, no row limit.
+pub fn bind_execute(out: &mut Vec<u8>, name: &str, between: Option<&[u8]>) {
+    encode::bind_raw(out, "", name, &[0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(between.unwrap_or_default());
+    encode::frame(out, b'E', |b| b.extend_from_slice(&[0, 0, 0, 0, 0]));
 }
 
 /// A Flush message.
