@@ -109,8 +109,41 @@ pub struct Pooled {
     /// The backend, boxed: it moves between the idle list, the loan and
     /// the session on every request, a pointer instead of its ~300 bytes.
     pub backend: Box<Backend>,
-    pool: Arc<Pool>,
+    counted: Counted,
     _permit: Loan,
+}
+
+/// A lent backend's place in its pool's `open` count: given back when
+/// dropped (a discard, a session or reset task dropped midway, a runtime
+/// shutting down), unless the backend went back to an idle list, where it
+/// stays counted.
+#[derive(Debug)]
+struct Counted {
+    pool: Arc<Pool>,
+    held: bool,
+}
+
+impl Counted {
+    fn new(pool: &Arc<Pool>) -> Self {
+        Self {
+            pool: Arc::clone(pool),
+            held: true,
+        }
+    }
+
+    /// The backend went to [`Pool::put_back`], which keeps or gives back
+    /// its count itself.
+    fn handed_back(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.held {
+            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A wait for a pool permit, counted in the pool's `waiting` and its
@@ -236,7 +269,7 @@ impl Pool {
         let own = self.idle.here();
         let lend = |backend| Pooled {
             backend,
-            pool: Arc::clone(self),
+            counted: Counted::new(self),
             _permit: permit,
         };
         if let Some(backend) = self.take_idle(own, &settings) {
@@ -327,8 +360,9 @@ impl Pool {
         }
     }
 
-    /// Puts a backend back on this worker's idle list, or closes it when
-    /// the pool closed meanwhile.
+    /// Puts a backend back on this worker's idle list, where it stays
+    /// counted in `open`, or closes it (its count given back) when the pool
+    /// closed meanwhile.
     fn put_back(&self, mut backend: Box<Backend>, now: Instant) {
         backend.idle_since = now;
         let refused = {
@@ -375,7 +409,7 @@ impl Pool {
         let backend = self.take_idle(self.idle.here(), &settings)?;
         Some(Pooled {
             backend,
-            pool: Arc::clone(self),
+            counted: Counted::new(self),
             _permit: permit,
         })
     }
@@ -430,9 +464,10 @@ impl Pooled {
     pub fn release(self) {
         let Self {
             mut backend,
-            pool,
+            counted,
             _permit,
         } = self;
+        let pool = &counted.pool;
         let now = Instant::now();
         let lifetime = pool.settings.load().lifetime;
         let usable = now.duration_since(backend.created) < lifetime
@@ -441,33 +476,37 @@ impl Pooled {
             && !pool.closed.load(Ordering::Relaxed);
         if usable && backend.state.clean() {
             pool.put_back(backend, now);
+            counted.handed_back();
         } else if usable && backend.state.at_rest() {
             // Spawned on this worker: the backend returns to its list.
+            // Dropped unfinished (runtime shutdown), `counted` gives back
+            // its count.
             tokio::spawn(async move {
+                let pool = &counted.pool;
                 if backend.reset(RESET_TIMEOUT).await && !pool.closed.load(Ordering::Relaxed) {
                     pool.put_back(backend, Instant::now());
+                    counted.handed_back();
                 } else {
-                    pool.open.fetch_sub(1, Ordering::Relaxed);
+                    drop(counted);
                     backend.close().await;
                 }
                 drop(_permit);
             });
         } else {
-            pool.open.fetch_sub(1, Ordering::Relaxed);
+            drop(counted);
             tokio::spawn(backend.close());
         }
     }
 
     /// Closes the backend (broken or in an unknown state).
     pub fn discard(self) {
-        self.pool.open.fetch_sub(1, Ordering::Relaxed);
-        drop(self.backend);
+        drop(self);
     }
 
     /// The pool it came from.
     #[must_use]
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+        &self.counted.pool
     }
 }
 

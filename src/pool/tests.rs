@@ -134,3 +134,16 @@ async fn a_failed_or_abandoned_login_leaves_nothing_counted() {
     }
     assert_eq!((p.stats(), p.node_busy()), ((0, 0, 0), 0));
 }
+
+#[test]
+fn a_lent_backend_dropped_unreturned_gives_back_its_count() {
+    let p = pool_at(5432);
+    assert!(p.reserve(2) && p.reserve(2));
+    // Dropped without release or discard (a session or reset task dropped
+    // midway, a runtime shutting down).
+    drop(Counted::new(&p));
+    assert_eq!(p.stats().0, 1, "its count given back");
+    // Handed to put_back, which keeps the count with the idle backend.
+    Counted::new(&p).handed_back();
+    assert_eq!(p.stats().0, 1, "an idle backend stays counted");
+}
