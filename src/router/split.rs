@@ -10,7 +10,7 @@ use crate::classifier::Route;
 use crate::config::{PortConfig, RywTimeout};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::topology::{ClusterMap, Floor, MemberState, NodeAddr, Positions};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// A node's part on a split port (also its pools' role tag).
@@ -128,6 +128,79 @@ pub enum Decision {
 /// worth), so routing a request allocates nothing.
 pub type Targets = smallvec::SmallVec<[Target; 4]>;
 
+/// The port's nodes as the policy admits them under one snapshot of the
+/// map, the port's settings and its lag verdicts, before health, load and
+/// positions are asked: the leader's target (or why there is none) and the
+/// replicas that qualify. Pure in those three snapshots, so a session
+/// keeps one while they stand and computes it again only when one of them
+/// is replaced ([`Eligible::current`]), not on every request.
+#[derive(Debug)]
+pub struct Eligible {
+    /// The snapshots it was computed from. Weak: an idle session keeps no
+    /// old map alive, and the allocation it points to cannot be reused
+    /// while it is held, so equal addresses mean the same snapshot.
+    from: (Weak<ClusterMap>, Weak<PortConfig>, Weak<LagView>),
+    leader: Result<Target, String>,
+    /// In the map's member order.
+    replicas: Box<[Target]>,
+}
+
+impl Eligible {
+    /// Computes what the policy admits under `map`, `port` and `lag`.
+    #[must_use]
+    pub fn of(map: &Arc<ClusterMap>, port: &Arc<PortConfig>, lag: &Arc<LagView>) -> Self {
+        let replicas = map
+            .members
+            .iter()
+            .filter(|m| !m.role.is_leader() && policy::check(m, port, lag).is_ok())
+            .map(|m| {
+                let k = policy::target_key(m, port);
+                Target {
+                    name: k.name,
+                    addr: k.addr,
+                    role: NodeRole::Replica,
+                }
+            })
+            .collect();
+        Self {
+            from: (
+                Arc::downgrade(map),
+                Arc::downgrade(port),
+                Arc::downgrade(lag),
+            ),
+            leader: confirmed_leader(map, port),
+            replicas,
+        }
+    }
+
+    /// Whether it was computed from exactly these snapshots.
+    #[must_use]
+    pub fn stands(
+        &self,
+        map: &Arc<ClusterMap>,
+        port: &Arc<PortConfig>,
+        lag: &Arc<LagView>,
+    ) -> bool {
+        std::ptr::eq(self.from.0.as_ptr(), Arc::as_ptr(map))
+            && std::ptr::eq(self.from.1.as_ptr(), Arc::as_ptr(port))
+            && std::ptr::eq(self.from.2.as_ptr(), Arc::as_ptr(lag))
+    }
+
+    /// The one in `slot` if it stands for these snapshots, else a new one
+    /// put there.
+    pub fn current<'a>(
+        slot: &'a mut Option<Box<Self>>,
+        map: &Arc<ClusterMap>,
+        port: &Arc<PortConfig>,
+        lag: &Arc<LagView>,
+    ) -> &'a Self {
+        if !slot.as_ref().is_some_and(|e| e.stands(map, port, lag)) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| Box::new(Self::of(map, port, lag)))
+    }
+}
+
 /// Everything the decision reads, one snapshot each.
 #[derive(Debug, Clone, Copy)]
 pub struct View<'a> {
@@ -135,41 +208,47 @@ pub struct View<'a> {
     pub map: &'a ClusterMap,
     /// The port's settings.
     pub port: &'a PortConfig,
+    /// What the policy admits under this map, port and lag verdicts.
+    pub eligible: &'a Eligible,
     /// Connect failures of the cluster.
     pub health: &'a HealthBook,
-    /// The port's lag verdicts.
-    pub lag: &'a LagView,
     /// Replica replay positions.
     pub positions: &'a Positions,
     /// Now.
     pub now: Instant,
 }
 
-fn leader(v: &View<'_>) -> Result<Target, String> {
-    let m = v
-        .map
+/// The running leader that confirms its role in its own `/patroni`, as
+/// the port reaches it, or why there is none.
+fn confirmed_leader(map: &ClusterMap, port: &PortConfig) -> Result<Target, String> {
+    let m = map
         .members
         .iter()
         .find(|m| m.role.is_leader() && m.state == MemberState::Running)
-        .ok_or_else(|| format!("cluster \"{}\" has no running leader", v.map.cluster))?;
+        .ok_or_else(|| format!("cluster \"{}\" has no running leader", map.cluster))?;
     if !policy::leader_confirmed(m) {
         return Err(format!(
             "the leader {} does not answer primary in its own /patroni yet",
             m.name
         ));
     }
-    let key = policy::target_key(m, v.port);
-    if v.health.cooling(&key.addr, v.now) {
-        return Err(format!(
-            "the leader {} refused connections moments ago",
-            m.name
-        ));
-    }
+    let key = policy::target_key(m, port);
     Ok(Target {
         name: key.name,
         addr: key.addr,
         role: NodeRole::Leader,
     })
+}
+
+fn leader(v: &View<'_>) -> Result<Target, String> {
+    let t = v.eligible.leader.as_ref().map_err(Clone::clone)?;
+    if v.health.cooling(&t.addr, v.now) {
+        return Err(format!(
+            "the leader {} refused connections moments ago",
+            t.name
+        ));
+    }
+    Ok(t.clone())
 }
 
 fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
@@ -182,29 +261,24 @@ fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
     }
 }
 
-/// Replicas that qualify for the port's reads, least busy first.
+/// Replicas that qualify for the port's reads and are not backing off,
+/// least busy first (by name among equals); each node's load is read once.
 fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Targets {
-    // Per request: names and hosts are shared (`Arc<str>`), so this copies
-    // no text; the member name is the target's.
-    let mut reps: Targets = v
-        .map
-        .members
-        .iter()
-        .filter(|m| !m.role.is_leader() && policy::check(m, v.port, v.lag).is_ok())
-        .map(|m| policy::target_key(m, v.port))
-        .filter(|k| !v.health.cooling(&k.addr, v.now))
-        .map(|k| Target {
-            name: k.name,
-            addr: k.addr,
-            role: NodeRole::Replica,
-        })
-        .collect();
-    if reps.len() > 1 {
-        reps.sort_by(|a, b| {
-            busy(&a.addr)
-                .cmp(&busy(&b.addr))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+    let mut reps = Targets::new();
+    let mut loads = smallvec::SmallVec::<[usize; 4]>::new();
+    for t in &v.eligible.replicas {
+        if v.health.cooling(&t.addr, v.now) {
+            continue;
+        }
+        let load = busy(&t.addr);
+        // Insertion: a handful of replicas at most.
+        let at = reps
+            .iter()
+            .zip(&loads)
+            .position(|(r, &l)| (l, &r.name) > (load, &t.name))
+            .unwrap_or(reps.len());
+        reps.insert(at, t.clone());
+        loads.insert(at, load);
     }
     reps
 }

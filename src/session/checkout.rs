@@ -14,7 +14,7 @@ use crate::classifier::{Classification, Route};
 use crate::config::RywScope;
 use crate::pool::{PoolError, PoolKey};
 use crate::protocol::sqlstate;
-use crate::router::split::{self, Decision, Need, NodeRole, Patience, Targets, View};
+use crate::router::split::{self, Decision, Eligible, Need, NodeRole, Patience, Targets, View};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -193,11 +193,12 @@ impl Session {
                 let port = self.ctx.port.load();
                 let lag = self.ctx.lag.load();
                 let pos = self.ctx.link.tracker.current();
+                let eligible = Eligible::current(&mut self.eligible, &map, &port, &lag);
                 let view = View {
                     map: &map,
                     port: &port,
+                    eligible,
                     health: &self.ctx.health,
-                    lag: &lag,
                     positions: &pos,
                     now: now.take().unwrap_or_else(Instant::now),
                 };

@@ -58,12 +58,13 @@ fn run(
     patience: Patience,
 ) -> Decision {
     let health = HealthBook::default();
-    let lag = LagView::default();
+    let (map, port) = (&Arc::new(map.clone()), &Arc::new(port.clone()));
+    let eligible = Eligible::of(map, port, &Arc::new(LagView::default()));
     let v = View {
         map,
         port,
+        eligible: &eligible,
         health: &health,
-        lag: &lag,
         positions: pos,
         now: Instant::now(),
     };
@@ -222,4 +223,69 @@ fn no_replica_falls_back_to_the_leader_or_refuses() {
         PATIENT,
     );
     assert!(matches!(d, Decision::Refuse(c, _) if c == sqlstate::CANNOT_CONNECT_NOW));
+}
+
+#[test]
+fn reads_go_to_the_least_busy_replica_first_and_skip_one_backing_off() {
+    let (m, p) = (Arc::new(map()), Arc::new(port(true, RywTimeout::Leader)));
+    let eligible = Eligible::of(&m, &p, &Arc::new(LagView::default()));
+    let health = HealthBook::default();
+    let pos = positions(vec![]);
+    let decide_with = |busy: &dyn Fn(&str) -> usize| {
+        let v = View {
+            map: &m,
+            port: &p,
+            eligible: &eligible,
+            health: &health,
+            positions: &pos,
+            now: Instant::now(),
+        };
+        let req = Request {
+            route: Route::Replica,
+            need: Need::Nothing,
+            patience: PATIENT,
+        };
+        let name = |a: &NodeAddr| {
+            let t = eligible.replicas.iter().find(|t| t.addr == *a).unwrap();
+            busy(&t.name)
+        };
+        decide(&v, &req, name)
+    };
+    let busier = |name: &str| usize::from(name == "node2") * 3;
+    assert_eq!(names(&decide_with(&busier)).0, ["node3", "node2"]);
+    let busier = |name: &str| usize::from(name == "node3") * 3;
+    assert_eq!(names(&decide_with(&busier)).0, ["node2", "node3"]);
+    // Equal loads: by name.
+    assert_eq!(names(&decide_with(&|_| 1)).0, ["node2", "node3"]);
+    let node3 = eligible.replicas.iter().find(|t| &*t.name == "node3");
+    health.failure(&node3.unwrap().addr, Instant::now());
+    assert_eq!(names(&decide_with(&|_| 0)).0, ["node2"]);
+}
+
+#[test]
+fn what_the_policy_admits_is_kept_until_a_snapshot_is_replaced() {
+    let m = Arc::new(map());
+    let p = Arc::new(port(true, RywTimeout::Leader));
+    let lag = Arc::new(LagView::default());
+    let mut slot = None;
+    let first: *const Eligible = Eligible::current(&mut slot, &m, &p, &lag);
+    let again: *const Eligible = Eligible::current(&mut slot, &m, &p, &lag);
+    assert!(std::ptr::eq(first, again), "kept while the snapshots stand");
+    // A new map (same content or not) is a new snapshot: computed again,
+    // and what it says counts.
+    let mut next = map();
+    next.members.retain(|x| &*x.name != "node2");
+    let next = Arc::new(next);
+    let e = Eligible::current(&mut slot, &next, &p, &lag);
+    let reps: Vec<&str> = e.replicas.iter().map(|t| &*t.name).collect();
+    assert_eq!(reps, ["node3"]);
+    assert!(e.stands(&next, &p, &lag) && !e.stands(&m, &p, &lag));
+    assert!(!e.stands(&next, &Arc::new(port(true, RywTimeout::Leader)), &lag));
+    assert!(!e.stands(&next, &p, &Arc::new(LagView::default())));
+    // The leader's target comes with it; without one, why.
+    assert_eq!(e.leader.as_ref().map(|t| &*t.name), Ok("node1"));
+    let mut leaderless = map();
+    leaderless.members.retain(|x| !x.role.is_leader());
+    let e = Eligible::of(&Arc::new(leaderless), &p, &lag);
+    assert!(e.leader.unwrap_err().contains("no running leader"));
 }
