@@ -266,11 +266,13 @@ fn on_leader(v: &View<'_>, req: &Request, why: Why) -> Decision {
 fn replicas(v: &View<'_>, busy: &impl Fn(&NodeAddr) -> usize) -> Targets {
     let mut reps = Targets::new();
     let mut loads = smallvec::SmallVec::<[usize; 4]>::new();
+    // One replica needs no order, nor its load.
+    let ordered = v.eligible.replicas.len() > 1;
     for t in &v.eligible.replicas {
         if v.health.cooling(&t.addr, v.now) {
             continue;
         }
-        let load = busy(&t.addr);
+        let load = if ordered { busy(&t.addr) } else { 0 };
         // Insertion: a handful of replicas at most.
         let at = reps
             .iter()

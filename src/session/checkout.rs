@@ -2,38 +2,23 @@
 //! floor, the shared scopes' floors, the leader's position in `cluster`
 //! scope), the router's decision carried out (waits for a replica to
 //! replay the floor, woken by the position tracker; waits for a new leader
-//! within `leader_wait_ms`, woken by the map), the pool of each target in
-//! turn (a refused login such as 53300 or 57P03 tries the next target and
-//! feeds the health book), the session's settings applied to what was
-//! checked out, and giving it back after ReadyForQuery `I`.
+//! within `leader_wait_ms`, woken by the map), the pools of the targets
+//! asked in turn (`acquire.rs`), and giving the backend back after
+//! ReadyForQuery `I`. The usual request (no wait, an idle backend of this
+//! worker whose settings stand) is served without awaiting.
 
 use super::error::SessionError;
-use super::{Held, Session, cancel};
-use crate::backend::BackendError;
+use super::{Session, cancel};
 use crate::classifier::{Classification, Route};
 use crate::config::RywScope;
-use crate::pool::{PoolError, PoolKey};
 use crate::protocol::sqlstate;
-use crate::router::split::{self, Decision, Eligible, Need, NodeRole, Patience, Targets, View};
-use std::sync::Arc;
+use crate::router::split::{self, Decision, Eligible, Need, NodeRole, Patience, View};
+use crate::topology::Floor;
 use std::time::{Duration, Instant};
-
-/// Server SQLSTATEs at login that say "try another node", not "you may not".
-fn try_next(code: &str) -> bool {
-    matches!(code, "53300" | "57P01" | "57P02" | "57P03" | "53000")
-}
 
 /// Longest a leader wait sleeps before asking the router again without a
 /// new map (a node that refused moments ago cools down by time).
 const LEADER_RECHECK: Duration = Duration::from_millis(100);
-
-/// Why no target could be used.
-struct Failed {
-    error: SessionError,
-    /// Every target failed in a way a new leader may cure (connect refused,
-    /// shutting down, too many connections).
-    transient: bool,
-}
 
 impl Session {
     /// The login's backend: the leader's, or a replica's while the cluster
@@ -65,25 +50,42 @@ impl Session {
             }
             return Ok(());
         }
-        // Boxed: a checkout's future is most of a request's; separate, it
-        // is allocated only when one is needed, and both fit the
-        // allocator's per-thread cache.
-        Box::pin(self.backend_for_new(class)).await
-    }
-
-    /// A backend for `class` when the session holds none.
-    async fn backend_for_new(&mut self, class: &Classification) -> Result<(), SessionError> {
         let route = if self.pin.is_some() || class.pin.is_some() {
             Route::Leader
         } else {
             class.route
         };
-        let need = if route == Route::Replica {
-            self.read_need().await
-        } else {
-            Need::Nothing
+        let need = match route {
+            Route::Leader => Ok(Need::Nothing),
+            Route::Replica => self.read_need(),
         };
-        self.checkout(route, need, class.reason.label(), true).await
+        let reason = class.reason.label();
+        if let Ok(need) = need {
+            if self.checkout_at_once(route, need, reason).is_some() {
+                return Ok(());
+            }
+        }
+        // Boxed: a checkout's future is most of a request's; separate, it
+        // is allocated only when one is needed (a wait, a login, a
+        // settings round trip, a `cluster` floor), and both fit the
+        // allocator's per-thread cache.
+        Box::pin(self.backend_for_new(route, need, reason)).await
+    }
+
+    /// A backend for `route` when the session holds none and the usual
+    /// way did not serve: `need` is what the read must see, or the floor
+    /// to raise by the leader's position first (`cluster` scope).
+    async fn backend_for_new(
+        &mut self,
+        route: Route,
+        need: Result<Need, Option<Floor>>,
+        reason: &'static str,
+    ) -> Result<(), SessionError> {
+        let need = match need {
+            Ok(need) => need,
+            Err(floor) => self.leader_need(floor).await,
+        };
+        self.checkout(route, need, reason, true).await
     }
 
     /// A backend on the leader for a read a replica refused.
@@ -95,62 +97,130 @@ impl Session {
             .await
     }
 
-    /// What a read arriving now must see under the port's scope.
-    async fn read_need(&mut self) -> Need {
+    /// What a read arriving now must see under the port's scope; in
+    /// `cluster` scope, the floor known so far, which the leader's position
+    /// raises ([`Self::leader_need`]).
+    fn read_need(&mut self) -> Result<Need, Option<Floor>> {
         let port = self.ctx.port.load();
         let c = &self.consistency;
         let scope = port.resolved.read_your_writes;
         match scope {
-            RywScope::Off => return Need::Nothing,
+            RywScope::Off => return Ok(Need::Nothing),
             RywScope::Window => {
-                return if c.leader_until.is_some_and(|t| Instant::now() < t) {
+                return Ok(if c.leader_until.is_some_and(|t| Instant::now() < t) {
                     Need::Leader
                 } else {
                     Need::Nothing
-                };
+                });
             }
             _ => {}
         }
         if let Some(epoch) = c.unknown {
             if epoch == self.ctx.link.tracker.current().epoch {
-                return Need::Leader;
+                return Ok(Need::Leader);
             }
             self.consistency.unknown = None;
         }
-        let c = &self.consistency;
         let floors = &self.ctx.link.floors;
-        let mut floor = c.floor;
-        let mut raise = |f: Option<crate::topology::Floor>| {
-            if let Some(f) = f {
-                floor = Some(floor.map_or(f, |old| old.max(f)));
-            }
+        let shared = match scope {
+            RywScope::User => floors.user(&self.creds.user, &self.creds.database),
+            RywScope::Database => floors.database(&self.creds.database),
+            _ => None,
         };
-        match scope {
-            RywScope::User => raise(floors.user(&self.creds.user, &self.creds.database)),
-            RywScope::Database => raise(floors.database(&self.creds.database)),
-            RywScope::Cluster => {
-                // Bounded: a leader that does not answer must not hold the
-                // read longer than a leader change would.
-                let bound = self
-                    .ctx
-                    .port
-                    .load()
-                    .resolved
-                    .leader_wait
-                    .max(Duration::from_secs(1));
-                let asked = self.ctx.link.tracker.leader_lsn_after(Instant::now());
-                match tokio::time::timeout(bound, asked).await {
-                    Ok(Ok(f)) => raise(Some(f)),
-                    Err(_) => return Need::Leader,
-                    Ok(Err(e)) => {
-                        tracing::debug!(port = %self.ctx.key, error = %e, "leader position unknown; the read goes to the leader");
-                        return Need::Leader;
-                    }
-                }
-            }
-            _ => {}
+        let floor = raise(self.consistency.floor, shared);
+        if scope == RywScope::Cluster {
+            return Err(floor);
         }
-        floor.map_or(Need::Nothing, Need::Replayed)
+        Ok(floor.map_or(Need::Nothing, Need::Replayed))
+    }
+
+    /// What a read must see in `cluster` scope: `floor` raised by the
+    /// leader's position now, or the leader itself when that position
+    /// cannot be had in time.
+    async fn leader_need(&self, floor: Option<Floor>) -> Need {
+        // Bounded: a leader that does not answer must not hold the read
+        // longer than a leader change would.
+        let bound = self
+            .ctx
+            .port
+            .load()
+            .resolved
+            .leader_wait
+            .max(Duration::from_secs(1));
+        let asked = self.ctx.link.tracker.leader_lsn_after(Instant::now());
+        match tokio::time::timeout(bound, asked).await {
+            Ok(Ok(f)) => raise(floor, Some(f)).map_or(Need::Nothing, Need::Replayed),
+            Err(_) => Need::Leader,
+            Ok(Err(e)) => {
+                tracing::debug!(port = %self.ctx.key, error = %e, "leader position unknown; the read goes to the leader");
+                Need::Leader
+            }
+        }
+    }
+
+    /// The usual checkout, decided and taken without awaiting: no pause,
+    /// the router says run now, and its first target lends at once
+    /// ([`Self::take_at_once`]). `None` leaves it to [`Self::checkout`],
+    /// which asks again.
+    fn checkout_at_once(&mut self, route: Route, need: Need, reason: &'static str) -> Option<()> {
+        if self.ctx.gate.is_paused() {
+            return None;
+        }
+        let now = Instant::now();
+        let (patience, ..) = self.patience(true, now);
+        let Decision::Run(targets, why) = self.decide(route, need, patience, now) else {
+            return None;
+        };
+        let t = targets.first()?;
+        self.take_at_once(t, reason)?;
+        if route == Route::Replica {
+            self.metrics.read(&self.ctx, t.role, why, false);
+        }
+        Some(())
+    }
+
+    /// What a checkout starting at `now` may wait for, and the port's
+    /// bounds on the waits (`read_your_writes_wait_ms`, `leader_wait_ms`).
+    fn patience(&self, wait_leader: bool, now: Instant) -> (Patience, Duration, Duration) {
+        let (ryw_wait, leader_wait) = {
+            let r = &self.ctx.port.load().resolved;
+            (r.read_your_writes_wait, r.leader_wait)
+        };
+        let patience = Patience {
+            replica: !ryw_wait.is_zero() && self.ctx.link.replica_waits_pay(now),
+            leader: wait_leader && !leader_wait.is_zero(),
+        };
+        (patience, ryw_wait, leader_wait)
+    }
+
+    /// The router's decision for a request on this moment's snapshots.
+    fn decide(&mut self, route: Route, need: Need, patience: Patience, now: Instant) -> Decision {
+        let map = self.ctx.map.load();
+        let port = self.ctx.port.load();
+        let lag = self.ctx.lag.load();
+        let pos = self.ctx.link.tracker.current();
+        let eligible = Eligible::current(&mut self.eligible, &map, &port, &lag);
+        let view = View {
+            map: &map,
+            port: &port,
+            eligible,
+            health: &self.ctx.health,
+            positions: &pos,
+            now,
+        };
+        let req = split::Request {
+            route,
+            need,
+            patience,
+        };
+        let (pools, mine) = (&self.ctx.pools, &self.pools);
+        // A node this session has a pool of: its shared counter, read
+        // without the pool set's lock.
+        split::decide(&view, &req, |a| {
+            mine.iter()
+                .find(|(n, p)| n == a && !p.is_closed())
+                .map_or_else(|| pools.busy(a), |(_, p)| p.node_busy())
+        })
     }
 
     /// Asks the router where `route` runs and carries the answer out:
@@ -170,16 +240,9 @@ impl Session {
             Box::pin(self.wait_unpaused()).await?;
         }
         let started = Instant::now();
-        let (ryw_wait, leader_wait) = {
-            let r = &self.ctx.port.load().resolved;
-            (r.read_your_writes_wait, r.leader_wait)
-        };
+        let (mut patience, ryw_wait, leader_wait) = self.patience(wait_leader, started);
         let replica_deadline = started + ryw_wait;
         let leader_deadline = started + leader_wait;
-        let mut patience = Patience {
-            replica: !ryw_wait.is_zero() && self.ctx.link.replica_waits_pay(started),
-            leader: wait_leader && !leader_wait.is_zero(),
-        };
         // The first decision's clock is the one just read.
         let mut now = Some(started);
         let mut waited_replica = false;
@@ -188,34 +251,8 @@ impl Session {
         let mut hurry = None;
         let mut generation = None;
         loop {
-            let decision = {
-                let map = self.ctx.map.load();
-                let port = self.ctx.port.load();
-                let lag = self.ctx.lag.load();
-                let pos = self.ctx.link.tracker.current();
-                let eligible = Eligible::current(&mut self.eligible, &map, &port, &lag);
-                let view = View {
-                    map: &map,
-                    port: &port,
-                    eligible,
-                    health: &self.ctx.health,
-                    positions: &pos,
-                    now: now.take().unwrap_or_else(Instant::now),
-                };
-                let req = split::Request {
-                    route,
-                    need,
-                    patience,
-                };
-                let (pools, mine) = (&self.ctx.pools, &self.pools);
-                // A node this session has a pool of: its shared counter,
-                // read without the pool set's lock.
-                split::decide(&view, &req, |a| {
-                    mine.iter()
-                        .find(|(n, p)| n == a && !p.is_closed())
-                        .map_or_else(|| pools.busy(a), |(_, p)| p.node_busy())
-                })
-            };
+            let now = now.take().unwrap_or_else(Instant::now);
+            let decision = self.decide(route, need, patience, now);
             match decision {
                 Decision::Run(ref targets, why) => {
                     let leader = targets.iter().all(|t| t.role == NodeRole::Leader);
@@ -337,157 +374,6 @@ impl Session {
             .leader_waited(&key.cluster, &key.port, outcome, started.elapsed());
     }
 
-    /// Acquires from `targets`, best first, and applies the session's
-    /// settings; the role of the node taken.
-    ///
-    /// The pool's wait or login and the settings' round trip are boxed:
-    /// the usual request takes an idle backend whose settings stand, and
-    /// its future (allocated per request) stays small.
-    async fn acquire(
-        &mut self,
-        targets: &Targets,
-        reason: &'static str,
-    ) -> Result<NodeRole, Failed> {
-        let mut failures = Vec::new();
-        let mut refused = None;
-        let mut transient = true;
-        for t in targets {
-            let role = t.role.label();
-            let cached = self
-                .pools
-                .iter()
-                .find(|(a, p)| *a == t.addr && p.role == role && !p.is_closed())
-                .map(|(_, p)| Arc::clone(p));
-            let pool = match cached {
-                Some(p) => p,
-                None => {
-                    let key = PoolKey {
-                        node: t.addr.clone(),
-                        creds: self.creds.clone(),
-                    };
-                    let p = self.ctx.pools.get(&key, role, self.ctx.pool_settings());
-                    self.pools.retain(|(a, _)| *a != t.addr);
-                    if self.pools.capacity() == 0 {
-                        // Room for one (see SessionMetrics::statement).
-                        self.pools.reserve_exact(1);
-                    }
-                    self.pools.push((t.addr.clone(), Arc::clone(&p)));
-                    p
-                }
-            };
-            // An idle backend taken at once waited for nothing: no clock
-            // is read for it.
-            let (taken, waited) = match pool.try_take() {
-                Some(p) => (Ok(p), 0.0),
-                None => {
-                    let started = Instant::now();
-                    let r = Box::pin(pool.acquire()).await;
-                    (r, started.elapsed().as_secs_f64())
-                }
-            };
-            match taken {
-                Ok(mut p) => {
-                    self.ctx.health.success(&t.addr);
-                    self.metrics.acquire_wait.observe(waited);
-                    let wanted = &self.settings.wanted;
-                    let applied = if p.backend.has_applied(wanted) {
-                        Ok(())
-                    } else {
-                        Box::pin(p.backend.apply(wanted)).await
-                    };
-                    match applied {
-                        Ok(()) => {}
-                        // The node is shutting down under a pooled backend
-                        // (a switchover): like a refused login, try on.
-                        Err(BackendError::Apply { code, .. }) if try_next(&code) => {
-                            p.discard();
-                            self.ctx.health.failure(&t.addr, Instant::now());
-                            failures.push(format!("{} ({}): {code}", t.name, t.addr));
-                            continue;
-                        }
-                        Err(BackendError::Apply { raw, .. }) => {
-                            p.release();
-                            return Err(Failed {
-                                error: SessionError::Server(raw),
-                                transient: false,
-                            });
-                        }
-                        Err(e) => {
-                            p.discard();
-                            failures.push(format!("{} ({}): {e}", t.name, t.addr));
-                            continue;
-                        }
-                    }
-                    cancel::set(&self.cancel_slot, Some((t.addr.clone(), p.backend.key)));
-                    self.metrics.statement(&self.ctx, &t.name, t.role, reason);
-                    self.held = Some(Box::new(Held {
-                        pooled: p,
-                        node: Arc::clone(&t.name),
-                        role: t.role,
-                        fixup: None,
-                    }));
-                    return Ok(t.role);
-                }
-                Err(PoolError::Backend(BackendError::Refused { code, raw, .. }))
-                    if try_next(&code) =>
-                {
-                    self.ctx.health.failure(&t.addr, Instant::now());
-                    tracing::info!(port = %self.ctx.key, node = %t.name, sqlstate = %code, "backend login refused; trying the next node");
-                    failures.push(format!("{} ({}): refused with {code}", t.name, t.addr));
-                    refused = Some(raw);
-                }
-                Err(PoolError::Backend(BackendError::Refused { raw, .. })) => {
-                    return Err(Failed {
-                        error: SessionError::Server(raw),
-                        transient: false,
-                    });
-                }
-                Err(e @ PoolError::Timeout { .. }) => {
-                    return Err(Failed {
-                        error: SessionError::NoBackend(
-                            sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
-                            format!("pgvane: {e}"),
-                        ),
-                        transient: false,
-                    });
-                }
-                // This port's TLS or login rules refused the node: the node
-                // is up and other ports may use it, so its health stands.
-                Err(e @ PoolError::Backend(BackendError::Tls(_) | BackendError::Auth(_))) => {
-                    tracing::warn!(port = %self.ctx.key, node = %t.name, error = %e, "backend login refused by this port's server_tls or server_require_auth");
-                    failures.push(format!("{} ({}): {e}", t.name, t.addr));
-                    transient = false;
-                }
-                Err(e) => {
-                    self.ctx.health.failure(&t.addr, Instant::now());
-                    self.ctx
-                        .metrics
-                        .connect_failures
-                        .with_label_values(&[&*self.ctx.key.cluster, &*t.name])
-                        .inc();
-                    failures.push(format!("{} ({}): {e}", t.name, t.addr));
-                }
-            }
-        }
-        if let Some(raw) = refused.filter(|_| failures.len() == 1) {
-            return Err(Failed {
-                error: SessionError::Server(raw),
-                transient,
-            });
-        }
-        Err(Failed {
-            error: SessionError::NoBackend(
-                sqlstate::CONNECTION_FAILURE,
-                format!(
-                    "pgvane: could not connect to any node for port \"{}\": {}",
-                    self.ctx.key,
-                    failures.join("; ")
-                ),
-            ),
-            transient,
-        })
-    }
-
     /// Whether the client was last told it is inside a transaction block
     /// (`T` or `E`): then nothing of its may run on another backend, and
     /// losing its backend ends the session, as it would end a direct
@@ -554,5 +440,13 @@ impl Session {
                 .map_or_else(String::new, |h| h.node.to_string()),
             cause: cause.to_string(),
         }
+    }
+}
+
+/// `floor` raised to `other` when that is newer.
+fn raise(floor: Option<Floor>, other: Option<Floor>) -> Option<Floor> {
+    match (floor, other) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     }
 }

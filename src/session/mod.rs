@@ -10,7 +10,9 @@
 //!
 //! Files by job: `login` (startup, access rules, authentication),
 //! `pipeline` (the one request path: classify, route, run, retry, capture),
-//! `checkout` (the router's decision carried out: waits, pools, settings),
+//! `checkout` (the router's decision carried out: waits; the usual request
+//! taken without awaiting), `acquire` (the targets' pools in turn: waits,
+//! logins, settings),
 //! `consistency` (floors, the commit capture, the causal token), `effects`
 //! (pins, replayed settings), `simple` (Query, fast path, COPY), `extended`
 //! (batches, transparent prepared statements), `statements`, `metrics`,
@@ -19,6 +21,7 @@
 //! buffers), `cancel`, `settings`, `error`, `handshake`, `stream` (plain
 //! or TLS socket).
 
+mod acquire;
 mod buffers;
 mod cancel;
 mod checkout;
