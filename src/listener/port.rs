@@ -275,6 +275,7 @@ impl PortShared {
             workers: Arc::clone(&self.workers),
             tls: Arc::clone(&split.tls),
             link: Arc::clone(&self.link),
+            eligible: arc_swap::ArcSwapOption::empty(),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::classifier::Route;
 use crate::config::{PortConfig, RywTimeout};
 use crate::protocol::sqlstate::{self, SqlState};
 use crate::topology::{ClusterMap, Floor, MemberState, NodeAddr, Positions};
+use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -131,13 +132,13 @@ pub type Targets = smallvec::SmallVec<[Target; 4]>;
 /// The port's nodes as the policy admits them under one snapshot of the
 /// map, the port's settings and its lag verdicts, before health, load and
 /// positions are asked: the leader's target (or why there is none) and the
-/// replicas that qualify. Pure in those three snapshots, so a session
+/// replicas that qualify. Pure in those three snapshots, so the port
 /// keeps one while they stand and computes it again only when one of them
-/// is replaced ([`Eligible::current`]), not on every request.
+/// is replaced ([`Eligible::with`]), not on every request.
 #[derive(Debug)]
 pub struct Eligible {
-    /// The snapshots it was computed from. Weak: an idle session keeps no
-    /// old map alive, and the allocation it points to cannot be reused
+    /// The snapshots it was computed from. Weak: it keeps no old map's
+    /// contents alive, and the allocation it points to cannot be reused
     /// while it is held, so equal addresses mean the same snapshot.
     from: (Weak<ClusterMap>, Weak<PortConfig>, Weak<LagView>),
     leader: Result<Target, String>,
@@ -186,18 +187,23 @@ impl Eligible {
             && std::ptr::eq(self.from.2.as_ptr(), Arc::as_ptr(lag))
     }
 
-    /// The one in `slot` if it stands for these snapshots, else a new one
-    /// put there.
-    pub fn current<'a>(
-        slot: &'a mut Option<Box<Self>>,
+    /// Runs `f` on the one `slot` keeps if it stands for these snapshots,
+    /// else on a new one, which `slot` keeps from then on (one per port,
+    /// shared by its sessions: an idle client holds none).
+    pub fn with<R>(
+        slot: &ArcSwapOption<Self>,
         map: &Arc<ClusterMap>,
         port: &Arc<PortConfig>,
         lag: &Arc<LagView>,
-    ) -> &'a Self {
-        if !slot.as_ref().is_some_and(|e| e.stands(map, port, lag)) {
-            *slot = None;
+        f: impl FnOnce(&Self) -> R,
+    ) -> R {
+        let kept = slot.load();
+        if let Some(e) = kept.as_deref().filter(|e| e.stands(map, port, lag)) {
+            return f(e);
         }
-        slot.get_or_insert_with(|| Box::new(Self::of(map, port, lag)))
+        let e = Arc::new(Self::of(map, port, lag));
+        slot.store(Some(Arc::clone(&e)));
+        f(&e)
     }
 }
 

@@ -194,32 +194,33 @@ impl Session {
     }
 
     /// The router's decision for a request on this moment's snapshots.
-    fn decide(&mut self, route: Route, need: Need, patience: Patience, now: Instant) -> Decision {
+    fn decide(&self, route: Route, need: Need, patience: Patience, now: Instant) -> Decision {
         let map = self.ctx.map.load();
         let port = self.ctx.port.load();
         let lag = self.ctx.lag.load();
         let pos = self.ctx.link.tracker.current();
-        let eligible = Eligible::current(&mut self.eligible, &map, &port, &lag);
-        let view = View {
-            map: &map,
-            port: &port,
-            eligible,
-            health: &self.ctx.health,
-            positions: &pos,
-            now,
-        };
-        let req = split::Request {
-            route,
-            need,
-            patience,
-        };
         let (pools, mine) = (&self.ctx.pools, &self.pools);
-        // A node this session has a pool of: its shared counter, read
-        // without the pool set's lock.
-        split::decide(&view, &req, |a| {
-            mine.iter()
-                .find(|(n, p)| n == a && !p.is_closed())
-                .map_or_else(|| pools.busy(a), |(_, p)| p.node_busy())
+        Eligible::with(&self.ctx.eligible, &map, &port, &lag, |eligible| {
+            let view = View {
+                map: &map,
+                port: &port,
+                eligible,
+                health: &self.ctx.health,
+                positions: &pos,
+                now,
+            };
+            let req = split::Request {
+                route,
+                need,
+                patience,
+            };
+            // A node this session has a pool of: its shared counter, read
+            // without the pool set's lock.
+            split::decide(&view, &req, |a| {
+                mine.iter()
+                    .find(|(n, p)| n == a && !p.is_closed())
+                    .map_or_else(|| pools.busy(a), |(_, p)| p.node_busy())
+            })
         })
     }
 

@@ -56,6 +56,9 @@ pub struct SessionContext {
     pub tls: Arc<ArcSwapOption<ServerTls>>,
     /// The cluster's replica positions, shared floors and map generation.
     pub link: Arc<ClusterLink>,
+    /// What the routing policy admits under the current map, port and lag
+    /// snapshots, computed by the first request after one of them changes.
+    pub eligible: ArcSwapOption<crate::router::split::Eligible>,
 }
 
 impl SessionContext {

@@ -102,9 +102,6 @@ struct Session {
     /// the backend's whole state.
     held: Option<Box<Held>>,
     pools: Vec<(NodeAddr, Arc<crate::pool::Pool>)>,
-    /// What the routing policy admits under the map, port and lag
-    /// snapshots of the last checkout, kept while they stand.
-    eligible: Option<Box<crate::router::split::Eligible>>,
     pin: Option<Pin>,
     scs: bool,
     statements: Statements,
@@ -280,7 +277,6 @@ async fn start(
         ctx: Arc::clone(ctx),
         held: None,
         pools: Vec::new(),
-        eligible: None,
         pin: None,
         scs: true,
         statements: Statements::default(),

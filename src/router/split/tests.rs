@@ -267,18 +267,25 @@ fn what_the_policy_admits_is_kept_until_a_snapshot_is_replaced() {
     let m = Arc::new(map());
     let p = Arc::new(port(true, RywTimeout::Leader));
     let lag = Arc::new(LagView::default());
-    let mut slot = None;
-    let first: *const Eligible = Eligible::current(&mut slot, &m, &p, &lag);
-    let again: *const Eligible = Eligible::current(&mut slot, &m, &p, &lag);
+    let slot = ArcSwapOption::empty();
+    let at = |e: &Eligible| std::ptr::from_ref(e);
+    let first = Eligible::with(&slot, &m, &p, &lag, at);
+    let again = Eligible::with(&slot, &m, &p, &lag, at);
     assert!(std::ptr::eq(first, again), "kept while the snapshots stand");
     // A new map (same content or not) is a new snapshot: computed again,
     // and what it says counts.
     let mut next = map();
     next.members.retain(|x| &*x.name != "node2");
     let next = Arc::new(next);
-    let e = Eligible::current(&mut slot, &next, &p, &lag);
-    let reps: Vec<&str> = e.replicas.iter().map(|t| &*t.name).collect();
+    let reps = Eligible::with(&slot, &next, &p, &lag, |e| {
+        e.replicas
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+    });
     assert_eq!(reps, ["node3"]);
+    let kept = slot.load_full().unwrap();
+    let e = &*kept;
     assert!(e.stands(&next, &p, &lag) && !e.stands(&m, &p, &lag));
     assert!(!e.stands(&next, &Arc::new(port(true, RywTimeout::Leader)), &lag));
     assert!(!e.stands(&next, &p, &Arc::new(LagView::default())));
