@@ -9,7 +9,7 @@ use super::{HealthBook, LagView, policy};
 use crate::classifier::Route;
 use crate::config::{PortConfig, RywTimeout};
 use crate::protocol::sqlstate::{self, SqlState};
-use crate::topology::{ClusterMap, Floor, MemberState, NodeAddr, Positions};
+use crate::topology::{ClusterMap, Floor, Member, MemberState, NodeAddr, Positions};
 use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -154,14 +154,7 @@ impl Eligible {
             .members
             .iter()
             .filter(|m| !m.role.is_leader() && policy::check(m, port, lag).is_ok())
-            .map(|m| {
-                let k = policy::target_key(m, port);
-                Target {
-                    name: k.name,
-                    addr: k.addr,
-                    role: NodeRole::Replica,
-                }
-            })
+            .map(|m| target(m, port, NodeRole::Replica))
             .collect();
         Self {
             from: (
@@ -238,12 +231,17 @@ fn confirmed_leader(map: &ClusterMap, port: &PortConfig) -> Result<Target, Strin
             m.name
         ));
     }
+    Ok(target(m, port, NodeRole::Leader))
+}
+
+/// `m` as the port reaches it, in `role`.
+fn target(m: &Member, port: &PortConfig, role: NodeRole) -> Target {
     let key = policy::target_key(m, port);
-    Ok(Target {
+    Target {
         name: key.name,
         addr: key.addr,
-        role: NodeRole::Leader,
-    })
+        role,
+    }
 }
 
 fn leader(v: &View<'_>) -> Result<Target, String> {
